@@ -1,0 +1,32 @@
+"""trustls: matrix-free trust-region nonlinear least squares for PyTorch.
+
+Minimize ½‖r(x)‖² for any PyTorch residual function r::
+
+    from trustls import TrustRegion, GaussNewtonModel
+    result = TrustRegion(GaussNewtonModel(), solver="cg").solve(residuals, x0)
+"""
+
+from trustls.api import least_squares
+from trustls.models import CurvatureModel, GaussNewtonModel, Linearization
+from trustls.radius import RadiusPolicy
+from trustls.result import Result, Status
+from trustls.subproblem import DenseLstsq, SteihaugCG, SubproblemSolver
+from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CurvatureModel",
+    "DenseLstsq",
+    "GaussNewtonModel",
+    "IterationInfo",
+    "Linearization",
+    "RadiusPolicy",
+    "Result",
+    "Status",
+    "SteihaugCG",
+    "SubproblemSolver",
+    "TrustRegion",
+    "TrustRegionState",
+    "least_squares",
+]

@@ -1,0 +1,83 @@
+"""Curvature models: what the trust-region controller knows about the cost at a point.
+
+A model linearizes the residual function r at x and returns a `Linearization`:
+the residual, the cost ½‖r‖² (scipy's convention), the gradient g = Jᵀr, the
+curvature operator B of the quadratic model m(p) = gᵀp + ½pᵀBp, the Jacobian
+as an operator and, when a solver needs it, as a dense matrix.
+
+Scaling (scipy's ``x_scale``): the trust region ‖D⁻¹p‖ ≤ Δ is a sphere in the
+variables z = D⁻¹x. `Linearization.scaled` returns the linearization in those
+variables, g_z = Dg, B_z = DBD, J_z = JD, so every subproblem solver works on
+a sphere and the controller maps the step back with p = Dz (Moré 1978, §6).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from trustls.operators.base import LinearOperator, ScaledOperator
+
+__all__ = ["CurvatureModel", "Linearization"]
+
+
+@dataclass(frozen=True)
+class Linearization:
+    """A residual function linearized at a point.
+
+    Attributes:
+        x: the point.
+        residual: r(x), shape ``(m,)``.
+        cost: ½‖r(x)‖², a Python float computed in float64.
+        gradient: Jᵀr, shape ``(n,)``.
+        operator: the curvature B, an ``(n, n)`` symmetric `LinearOperator`.
+        jacobian: J as an ``(m, n)`` `LinearOperator`.
+        jacobian_matrix: J as a dense tensor, or ``None`` when not requested.
+    """
+
+    x: Tensor
+    residual: Tensor
+    cost: float
+    gradient: Tensor
+    operator: LinearOperator
+    jacobian: LinearOperator
+    jacobian_matrix: Tensor | None = None
+
+    def predicted_reduction(self, step: Tensor) -> float:
+        """−(gᵀp + ½‖Jp‖²), the decrease of the Gauss-Newton model along ``step``."""
+        Jp = self.jacobian.matvec(step)
+        return -float(torch.dot(self.gradient, step) + 0.5 * torch.dot(Jp, Jp))
+
+    def scaled(self, scale: Tensor) -> Linearization:
+        """The linearization in the variables z = x / scale (see the module docstring)."""
+        matrix = None if self.jacobian_matrix is None else self.jacobian_matrix * scale
+        return replace(
+            self,
+            x=self.x / scale,
+            gradient=self.gradient * scale,
+            operator=ScaledOperator(self.operator, scale),
+            jacobian=ScaledOperator(self.jacobian, scale, left=False),
+            jacobian_matrix=matrix,
+        )
+
+
+class CurvatureModel(abc.ABC):
+    """Interface of curvature providers (subclass to supply another model)."""
+
+    @abc.abstractmethod
+    def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
+        """Linearize ``fun`` at ``x``; build ``jacobian_matrix`` when ``dense``."""
+
+    def column_norms(self, linearization: Linearization) -> Tensor:
+        """Euclidean norms of the columns of J (for ``x_scale="jac"``).
+
+        The default builds them from n products with J; models with cheaper
+        estimates override it.
+        """
+        if linearization.jacobian_matrix is not None:
+            return torch.linalg.vector_norm(linearization.jacobian_matrix, dim=0)
+        return torch.linalg.vector_norm(linearization.jacobian.to_dense(), dim=0)

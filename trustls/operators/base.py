@@ -1,0 +1,120 @@
+"""The `LinearOperator` interface: a matrix known only through its products.
+
+A trust-region solver needs curvature B only through products B v. For
+least squares B = JᵀJ, and J itself is available only through products with
+J (a Jacobian-vector product, JVP) and with Jᵀ (a vector-Jacobian product,
+VJP). An operator therefore exposes
+
+* ``matvec(v)  = A v``   for ``v`` of length ``shape[1]``,
+* ``rmatvec(u) = Aᵀ u``  for ``u`` of length ``shape[0]``,
+* ``A @ v`` (a vector, or a matrix whose columns are multiplied one by one),
+* ``to_dense()``, which builds the matrix column by column from products;
+  it is meant for tests and small problems only.
+
+Structure the solvers rely on is declared, not guessed: ``is_symmetric``
+and ``is_positive_semidefinite`` are class-level facts that a solver checks
+once, up front (lineax's convention).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor
+
+__all__ = ["LinearOperator", "ScaledOperator"]
+
+
+class LinearOperator(abc.ABC):
+    """A linear map ``R^n -> R^m`` known through its products.
+
+    Subclasses implement `matvec` and, unless they are symmetric, `rmatvec`.
+
+    Args:
+        shape: ``(m, n)``.
+        dtype: floating dtype of the vectors the operator acts on.
+        device: device of those vectors.
+
+    Example:
+        >>> import torch
+        >>> from trustls.operators import DenseOperator
+        >>> A = DenseOperator(torch.eye(2, dtype=torch.float64))
+        >>> A @ torch.ones(2, dtype=torch.float64)
+        tensor([1., 1.], dtype=torch.float64)
+    """
+
+    is_symmetric: bool = False
+    is_positive_semidefinite: bool = False
+
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device | str):
+        m, n = shape
+        self.shape = (int(m), int(n))
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    @abc.abstractmethod
+    def matvec(self, v: Tensor) -> Tensor:
+        """Return ``A v`` for a vector ``v`` of length ``shape[1]``."""
+
+    def rmatvec(self, u: Tensor) -> Tensor:
+        """Return ``Aᵀ u`` for a vector ``u`` of length ``shape[0]``."""
+        if self.is_symmetric:
+            return self.matvec(u)
+        raise NotImplementedError(f"{type(self).__name__} does not implement rmatvec")
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        if other.ndim == 1:
+            return self.matvec(other)
+        if other.ndim == 2:
+            return torch.stack([self.matvec(column) for column in other.T], dim=1)
+        raise ValueError(f"operand of @ must be 1-D or 2-D, got a tensor with {other.ndim} dimensions")
+
+    def to_dense(self) -> Tensor:
+        """Build the dense ``(m, n)`` matrix from ``n`` products (tests and small problems)."""
+        eye = torch.eye(self.shape[1], dtype=self.dtype, device=self.device)
+        return self @ eye
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return f"{type(self).__name__}(shape=({m}, {n}), dtype={self.dtype}, device={self.device})"
+
+
+class ScaledOperator(LinearOperator):
+    """``D A D`` (or ``A D`` with ``left=False``) for ``D = diag(scale)``.
+
+    ``D A D`` is the curvature in the scaled variables ``z = D⁻¹ x`` of the
+    trust-region subproblem ``min gᵀp + ½ pᵀAp, ‖D⁻¹p‖ ≤ Δ`` (Moré 1978;
+    Conn, Gould & Toint 2000, §7.7): with ``p = D z`` it becomes
+    ``min (Dg)ᵀz + ½ zᵀ(DAD)z, ‖z‖ ≤ Δ``. Solving the scaled problem with CG is
+    CG preconditioned by ``D²`` with the trust region in the matching norm;
+    ``A D`` is the Jacobian in those variables.
+
+    Example:
+        >>> import torch
+        >>> from trustls.operators import DenseOperator
+        >>> A = DenseOperator(torch.ones(2, 2))
+        >>> ScaledOperator(A, torch.tensor([1.0, 2.0])).to_dense()
+        tensor([[1., 2.],
+                [2., 4.]])
+    """
+
+    def __init__(self, operator: LinearOperator, scale: Tensor, *, left: bool = True):
+        m, n = operator.shape
+        if left and m != n:
+            raise ValueError(f"operator must be square to be scaled on both sides, got shape {operator.shape}")
+        if scale.shape != (n,):
+            raise ValueError(f"scale must have shape ({n},), got {tuple(scale.shape)}")
+        super().__init__(operator.shape, operator.dtype, operator.device)
+        self.operator = operator
+        self.scale = scale
+        self.left = left
+        self.is_symmetric = left and operator.is_symmetric
+        self.is_positive_semidefinite = left and operator.is_positive_semidefinite
+
+    def matvec(self, v: Tensor) -> Tensor:
+        Av = self.operator.matvec(self.scale * v)
+        return self.scale * Av if self.left else Av
+
+    def rmatvec(self, u: Tensor) -> Tensor:
+        return self.scale * self.operator.rmatvec(self.scale * u if self.left else u)

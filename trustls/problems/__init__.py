@@ -1,0 +1,1 @@
+"""Test problem collections: NIST StRD, Moré-Garbow-Hillstrom, bundle adjustment."""

@@ -1,0 +1,36 @@
+"""Trust-region subproblem solvers: Steihaug-Toint CG and the exact dense solver."""
+
+from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
+from trustls.subproblem.dense_lstsq import DenseLstsq, secular_step
+from trustls.subproblem.steihaug_cg import SteihaugCG
+
+__all__ = [
+    "SOLVERS",
+    "DenseLstsq",
+    "SteihaugCG",
+    "Step",
+    "SubproblemSolver",
+    "boundary_step_length",
+    "resolve_solver",
+    "secular_step",
+]
+
+SOLVERS: dict[str, type[SubproblemSolver]] = {"cg": SteihaugCG, "lstsq": DenseLstsq}
+
+
+def resolve_solver(solver: str | SubproblemSolver) -> SubproblemSolver:
+    """``"cg"`` → ``SteihaugCG()``, ``"lstsq"`` → ``DenseLstsq()``; instances pass through.
+
+    Example:
+        >>> resolve_solver("cg")
+        SteihaugCG(max_iter=None, forcing=0.5, path_memory=4194304)
+    """
+    if isinstance(solver, SubproblemSolver):
+        return solver
+    if isinstance(solver, str):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)} or a SubproblemSolver, got {solver!r}")
+        return SOLVERS[solver]()
+    raise TypeError(
+        f"solver must be a str (one of {sorted(SOLVERS)}) or a SubproblemSolver, got {type(solver).__name__}"
+    )

@@ -1,0 +1,185 @@
+"""Steihaug-Toint truncated conjugate gradients for the trust-region subproblem.
+
+Conjugate gradients applied to Bp = −g from p₀ = 0 produces iterates whose
+norms increase monotonically while the curvature along every search direction
+is positive (Steihaug 1983, Thm 2.1). Truncating CG therefore yields a
+trust-region step with three exits (Steihaug 1983; Toint 1981; Nocedal &
+Wright 2006, Alg. 7.2):
+
+* the next iterate would leave the region: step to the boundary along the
+  current direction;
+* the direction has curvature dᵀBd ≤ 0: step to the boundary along it;
+* the residual ‖Bp + g‖ falls below η‖g‖ with the forcing term
+  η = min(½, √‖g‖), which makes the outer iteration superlinearly convergent
+  (Eisenstat & Walker 1996; Nocedal & Wright 2006, eq. 7.3 and Alg. 7.1).
+
+The first step is the Cauchy point's direction −g, so the model decrease is at
+least the Cauchy decrease, the property that gives global convergence
+(Nocedal & Wright 2006, Thm 4.5).
+
+The model value is tracked along the path: over a segment p + τd,
+m(p + τd) = m(p) + τ rᵀd + ½τ² dᵀBd with r = Bp + g the CG residual, so the
+predicted reduction costs no product.
+
+Because the iterates do not depend on the radius until they reach the
+boundary, the path computed for radius Δ contains the solution for every
+smaller radius: its first crossing of the smaller sphere. After a rejected step
+the controller shrinks the radius, and `SteihaugCG` answers from the stored
+path with no new product while it fits in ``path_memory`` elements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
+
+__all__ = ["SteihaugCG"]
+
+
+@dataclass
+class _Path:
+    """The CG path at one point: iterates and the model along each segment."""
+
+    linearization: object
+    points: list[Tensor] = field(default_factory=list)  # p_0 = 0, p_1, ..., p_K
+    norms: list[float] = field(default_factory=list)
+    model_values: list[float] = field(default_factory=list)  # m(p_k)
+    slopes: list[float] = field(default_factory=list)  # m'(σ=0) on segment k
+    curvatures: list[float] = field(default_factory=list)  # m''(σ) on segment k
+    radius: float = 0.0  # the radius the path was computed for
+    complete: bool = False  # the path ends where CG stopped for that radius
+    last: Step | None = None
+
+
+@dataclass(frozen=True)
+class SteihaugCG(SubproblemSolver):
+    """Steihaug-Toint truncated CG on the curvature operator.
+
+    Args:
+        max_iter: cap on CG iterations (``None``: the dimension n).
+        forcing: the relative tolerance is ``min(forcing, √‖g‖)``; 0.5 is
+            Nocedal & Wright's choice.
+        path_memory: largest number of tensor elements kept to answer smaller
+            radii from the stored CG path; 0 disables the path (every rejected
+            radius then reruns CG, which stops earlier at the smaller sphere).
+
+    Example:
+        >>> import torch
+        >>> from trustls import TrustRegion, GaussNewtonModel
+        >>> solver = SteihaugCG(max_iter=50)
+        >>> TrustRegion(GaussNewtonModel(), solver=solver).solver.max_iter
+        50
+    """
+
+    max_iter: int | None = None
+    forcing: float = 0.5
+    path_memory: int = 2**22
+
+    def __post_init__(self):
+        if self.max_iter is not None and (
+            isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1
+        ):
+            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
+        if not isinstance(self.forcing, (int, float)) or not 0 < self.forcing < 1:
+            raise ValueError(f"forcing must be a number in (0, 1), got {self.forcing!r}")
+        if isinstance(self.path_memory, bool) or not isinstance(self.path_memory, int) or self.path_memory < 0:
+            raise ValueError(f"path_memory must be a non-negative int, got {self.path_memory!r}")
+
+    def prepare(self, linearization) -> _Path:
+        if not linearization.operator.is_symmetric:
+            raise ValueError("SteihaugCG needs a symmetric curvature operator")
+        return _Path(linearization)
+
+    def solve(self, prepared: _Path, radius: float) -> Step:
+        path = prepared
+        if path.complete and radius <= path.radius:
+            return self._from_path(path, radius)
+        return self._run(path, radius)
+
+    def _run(self, path: _Path, radius: float) -> Step:
+        lin = path.linearization
+        g = lin.gradient
+        B = lin.operator
+        n = g.shape[0]
+        max_iter = n if self.max_iter is None else self.max_iter
+        keep = self.path_memory > 0
+        path.points.clear(), path.norms.clear(), path.model_values.clear()
+        path.slopes.clear(), path.curvatures.clear()
+        path.complete = False
+        path.radius = radius
+
+        p = torch.zeros_like(g)
+        r = g.clone()
+        rr = float(torch.dot(r, r))
+        g_norm = math.sqrt(rr)
+        if g_norm == 0.0:
+            return Step(p, 0.0, 0.0, False, 0, 0, "zero_gradient")
+        tolerance = min(self.forcing, math.sqrt(g_norm)) * g_norm
+        d = -r
+        model = 0.0
+        p_norm = 0.0
+        if keep:
+            path.points.append(p), path.norms.append(0.0), path.model_values.append(0.0)
+        reason = "max_iter"
+        hits_boundary = False
+        iterations = 0
+        for iterations in range(1, max_iter + 1):
+            Bd = B.matvec(d)
+            # One host-device synchronization per iteration, for all tests.
+            kappa, rd = torch.stack([torch.dot(d, Bd), torch.dot(r, d)]).tolist()
+            if kappa <= 0.0:
+                tau = float(boundary_step_length(p, d, radius))
+                reason, hits_boundary = "negative_curvature", True
+            else:
+                alpha = rr / kappa
+                p_next = p + alpha * d
+                p_next_norm = float(torch.linalg.vector_norm(p_next))
+                if p_next_norm >= radius:
+                    tau = float(boundary_step_length(p, d, radius))
+                    reason, hits_boundary = "boundary", True
+                else:
+                    tau = alpha
+            slope, curvature = tau * rd, tau * tau * kappa
+            model += slope + 0.5 * curvature
+            if hits_boundary:
+                p = p + tau * d
+                p_norm = radius
+            else:
+                p, p_norm = p_next, p_next_norm
+            if keep:
+                if path.model_values and (len(path.points) + 1) * n <= self.path_memory:
+                    path.slopes.append(slope), path.curvatures.append(curvature)
+                    path.points.append(p), path.norms.append(p_norm), path.model_values.append(model)
+                else:
+                    keep = False
+                    path.points.clear()
+            if hits_boundary:
+                break
+            r = r + alpha * Bd
+            rr_next = float(torch.dot(r, r))
+            if math.sqrt(rr_next) <= tolerance:
+                reason = "converged"
+                break
+            d = -r + (rr_next / rr) * d
+            rr = rr_next
+        path.complete = keep
+        step = Step(p, p_norm, -model, hits_boundary, iterations, iterations, reason)
+        path.last = step
+        return step
+
+    def _from_path(self, path: _Path, radius: float) -> Step:
+        """The first crossing of the sphere of ``radius`` by the stored path."""
+        last = path.last
+        if radius >= last.norm:
+            return Step(last.step, last.norm, last.predicted_reduction, last.hits_boundary, 0, 0, last.reason)
+        k = next(i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= radius)
+        start = path.points[k]
+        delta = path.points[k + 1] - start
+        sigma = float(boundary_step_length(start, delta, radius))
+        model = path.model_values[k] + sigma * path.slopes[k] + 0.5 * sigma * sigma * path.curvatures[k]
+        return Step(start + sigma * delta, radius, -model, True, 0, 0, "boundary")
