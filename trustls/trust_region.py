@@ -252,12 +252,22 @@ class TrustRegion:
         self._check_gradient(state)
         return state
 
-    def step(self, fun: ResidualFunction, state: TrustRegionState, *, max_trials: int | None = None) -> TrustRegionState:
+    def step(
+        self,
+        fun: ResidualFunction,
+        state: TrustRegionState,
+        *,
+        max_trials: int | None = None,
+        relinearize: bool = True,
+    ) -> TrustRegionState:
         """One outer iteration: trial steps until one is accepted or a test stops the solve.
 
         ``max_trials`` caps the trials (``TrustRegionOptimizer`` takes one per
         mini-batch); without a cap, a rejected step shrinks the radius and
-        the subproblem is solved again from the same preparation.
+        the subproblem is solved again from the same preparation. With
+        ``relinearize=False`` an accepted point is not linearized (the caller
+        linearizes the next mini-batch itself): ``state.linearization`` then
+        still describes the previous point, and the gradient test is skipped.
         """
         if state.status is not None:
             return state
@@ -324,12 +334,13 @@ class TrustRegion:
         state.radius = radius
         if accepted:
             state.x = x_new
-            state.linearization = self.model.linearize(fun, x_new, dense=self.solver.requires_jacobian)
-            state.njev += 1
-            state.scale, state.column_norms = self._scale(state.linearization, state.column_norms, x_new)
+            if relinearize:
+                state.linearization = self.model.linearize(fun, x_new, dense=self.solver.requires_jacobian)
+                state.njev += 1
+                state.scale, state.column_norms = self._scale(state.linearization, state.column_norms, x_new)
         state.nit += 1
         state.status = status
-        if status is None:
+        if status is None and relinearize:
             self._check_gradient(state)
             if state.status is None and state.nfev >= max_nfev:
                 state.status = Status.MAX_NFEV

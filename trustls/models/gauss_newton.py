@@ -27,6 +27,7 @@ from trustls.operators.implicit import (
     PRODUCT_METHODS,
     GaussNewtonOperator,
     JacobianOperator,
+    JacobianProducts,
     jacobian_products,
 )
 
@@ -66,7 +67,14 @@ class GaussNewtonModel(CurvatureModel):
     def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
         if dense:
             return self._linearize_dense(fun, x)
-        products = jacobian_products(fun, x, self.products)
+        return self.from_products(jacobian_products(fun, x, self.products), x)
+
+    def from_products(self, products: JacobianProducts, x: Tensor) -> Linearization:
+        """The linearization at ``x`` from JVP/VJP closures built elsewhere.
+
+        `TrustRegionOptimizer` builds them with autograd on a module's
+        parameters rather than with ``torch.func`` on a function of ``x``.
+        """
         residual = products.residual.detach()
         n = x.shape[0]
         return Linearization(
