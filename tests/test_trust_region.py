@@ -1,0 +1,223 @@
+"""The trust-region controller: invariants, special problems, statuses and input errors."""
+
+import math
+
+import pytest
+import torch
+
+import trustls
+from trustls import DenseLstsq, GaussNewtonModel, SteihaugCG, Status, TrustRegion
+
+SOLVERS = ["cg", "lstsq"]
+
+
+def rosenbrock(x):
+    return torch.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])
+
+
+def x0_rosenbrock(dtype=torch.float64):
+    return torch.tensor([-1.2, 1.0], dtype=dtype)
+
+
+def solve(fun, x0, solver="cg", **options):
+    return TrustRegion(GaussNewtonModel(), solver=solver, **options).solve(fun, x0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_headline_rosenbrock(solver):
+    x0 = x0_rosenbrock()
+    result = solve(rosenbrock, x0, solver)
+    assert result.success and result.status is Status.GTOL
+    torch.testing.assert_close(result.x, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-10)
+    assert result.cost < 1e-20
+    assert result.message == "`gtol` termination condition is satisfied."
+    assert result.optimality == pytest.approx(float(result.grad.abs().max()))
+    torch.testing.assert_close(x0, x0_rosenbrock())  # not mutated
+    assert result.x.dtype == x0.dtype and result.x.device == x0.device
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_step_within_radius_and_accepted_cost_monotone(solver):
+    infos = []
+    result = solve(rosenbrock, x0_rosenbrock(), solver, callback=infos.append)
+    assert infos
+    for info in infos:
+        assert info.step_norm <= info.radius * (1 + 1e-12)
+        assert info.predicted_reduction >= 0
+    accepted = [info.cost for info in infos if info.accepted]
+    assert all(b <= a for a, b in zip(accepted, accepted[1:]))
+    # Stop as soon as a test holds: every evaluation after x0 is a trial step.
+    assert result.nfev == 1 + len(infos)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_linear_problem_ratio_is_one_and_lstsq_takes_one_step(solver):
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(20, 5, generator=generator, dtype=torch.float64)
+    b = torch.randn(20, generator=generator, dtype=torch.float64)
+    infos = []
+    result = solve(lambda x: A @ x - b, torch.zeros(5, dtype=torch.float64), solver,
+                   callback=infos.append, initial_radius=1e6)
+    for info in infos:
+        # The model is exact: actual and predicted reductions agree to the
+        # rounding of the cost difference, about eps·cost.
+        assert abs(info.actual_reduction - info.predicted_reduction) <= 1e-14 * info.cost
+        assert info.ratio == pytest.approx(1.0, abs=1e-14 * info.cost / info.predicted_reduction)
+    expected = torch.linalg.lstsq(A, b).solution
+    minimum = 0.5 * float(torch.sum((A @ expected - b) ** 2))
+    assert result.cost == pytest.approx(minimum, rel=1e-8)  # ftol's promise
+    if solver == "lstsq":
+        torch.testing.assert_close(result.x, expected, rtol=1e-12, atol=1e-14)
+        assert result.nit == 1 and result.nfev == 2
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float32_rosenbrock_converges(solver):
+    result = solve(rosenbrock, x0_rosenbrock(torch.float32), solver)
+    assert result.success
+    assert result.x.dtype == torch.float32
+    torch.testing.assert_close(result.x, torch.ones(2), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_nan_outside_region_is_solved(solver):
+    # log(x1) is NaN for x1 < 0: the first Gauss-Newton step from x1 = 10
+    # (length 43, cut to the radius ‖x0‖ ≈ 10.4) lands there and must be retried.
+    def fun(x):
+        return torch.stack([x[0] - 3.0, torch.log(x[1]) + 2.0, x[0] * x[1] - 3 * math.exp(-2.0)])
+
+    infos = []
+    result = solve(fun, torch.tensor([0.0, 10.0], dtype=torch.float64), solver, callback=infos.append)
+    assert result.success
+    assert any(math.isinf(info.trial_cost) for info in infos), "the test should exercise a NaN trial"
+    torch.testing.assert_close(result.x, torch.tensor([3.0, math.exp(-2.0)], dtype=torch.float64))
+
+
+def test_max_nfev_status():
+    result = solve(rosenbrock, x0_rosenbrock(), "cg", max_nfev=5)
+    assert result.status is Status.MAX_NFEV and not result.success
+    assert result.nfev == 5
+
+
+def test_callback_stops():
+    result = solve(rosenbrock, x0_rosenbrock(), "cg", callback=lambda info: info.nit >= 2)
+    assert result.status is Status.CALLBACK
+    assert result.message == "Stopped by the callback."
+
+
+def test_verbose_prints(capsys):
+    solve(rosenbrock, x0_rosenbrock(), "lstsq", verbose=2)
+    out = capsys.readouterr().out
+    assert "Total nfev" in out and "`gtol` termination condition is satisfied." in out
+
+
+def test_least_squares_equals_trust_region():
+    a = trustls.least_squares(rosenbrock, x0_rosenbrock(), solver="lstsq")
+    b = solve(rosenbrock, x0_rosenbrock(), "lstsq")
+    assert torch.equal(a.x, b.x) and a.nfev == b.nfev
+
+
+def test_configured_solver_instances_are_accepted():
+    controller = TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=50))
+    assert controller.solver == SteihaugCG(max_iter=50)
+    assert isinstance(TrustRegion(GaussNewtonModel(), solver="lstsq").solver, DenseLstsq)
+
+
+def test_result_is_frozen():
+    result = solve(rosenbrock, x0_rosenbrock())
+    with pytest.raises(AttributeError):
+        result.cost = 0.0
+
+
+# -- bad input ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x0, error, match",
+    [
+        ([1.0, 2.0], TypeError, r"x0 must be a torch.Tensor, got list"),
+        (torch.tensor([1, 2]), TypeError, r"x0 must have a floating dtype, got torch.int64"),
+        (torch.ones(2, 2, dtype=torch.float64), ValueError, r"x0 must be a non-empty 1-D tensor, got shape \(2, 2\)"),
+        (torch.ones(0, dtype=torch.float64), ValueError, r"x0 must be a non-empty 1-D tensor, got shape \(0,\)"),
+        (torch.tensor([math.nan, 1.0], dtype=torch.float64), ValueError, r"x0 must be finite"),
+    ],
+)
+def test_bad_x0(x0, error, match):
+    with pytest.raises(error, match=match):
+        solve(rosenbrock, x0)
+
+
+@pytest.mark.parametrize(
+    "fun, error, match",
+    [
+        (lambda x: (x**2).sum(), ValueError, r"fun must return a 1-D tensor, got shape \(\) \(a 0-d output is rejected"),
+        (lambda x: torch.outer(x, x), ValueError, r"fun must return a 1-D tensor, got shape \(2, 2\)"),
+        (lambda x: x.tolist(), TypeError, r"fun must return a torch.Tensor, got list"),
+        (lambda x: x.float(), TypeError, r"fun must return a tensor of x's dtype torch.float64, got torch.float32"),
+        (lambda x: x / 0.0, ValueError, r"fun\(x0\) must be finite"),
+    ],
+)
+def test_bad_residual_at_x0(fun, error, match):
+    with pytest.raises(error, match=match):
+        solve(fun, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_residual_of_changing_length():
+    calls = []
+
+    def fun(x):
+        calls.append(None)
+        return x if len(calls) == 1 else torch.cat([x, x])
+
+    with pytest.raises(ValueError, match=r"fun must return a residual of constant length 2, got length 4"):
+        solve(fun, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_fun_not_callable():
+    with pytest.raises(TypeError, match=r"fun must be callable, got int"):
+        solve(3, x0_rosenbrock())
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        (dict(solver="newton"), ValueError, r"solver must be one of \['cg', 'lstsq'\] or a SubproblemSolver, got 'newton'"),
+        (dict(solver=3), TypeError, r"solver must be a str \(one of \['cg', 'lstsq'\]\) or a SubproblemSolver, got int"),
+        (dict(ftol=-1.0), ValueError, r"ftol must be a finite non-negative number or None, got -1.0"),
+        (dict(xtol="small"), ValueError, r"xtol must be a finite non-negative number or None, got 'small'"),
+        (dict(gtol=math.nan), ValueError, r"gtol must be a finite non-negative number or None, got nan"),
+        (dict(ftol=None, xtol=None, gtol=None), ValueError, r"ftol, xtol and gtol must not all be None"),
+        (dict(max_nfev=0), ValueError, r"max_nfev must be a positive int or None, got 0"),
+        (dict(max_nfev=2.5), ValueError, r"max_nfev must be a positive int or None, got 2.5"),
+        (dict(initial_radius=-1.0), ValueError, r"initial_radius must be a positive finite number or None, got -1.0"),
+        (dict(x_scale="col"), ValueError, r"x_scale must be 'jac', a positive number or a 1-D positive tensor, got 'col'"),
+        (dict(x_scale=0.0), ValueError, r"x_scale must be 'jac', a positive number or a 1-D positive tensor, got 0.0"),
+        (dict(x_scale=torch.tensor([1.0, -1.0])), ValueError, r"x_scale must be a 1-D floating tensor of positive entries"),
+        (dict(callback=3), TypeError, r"callback must be callable or None, got int"),
+        (dict(verbose=3), ValueError, r"verbose must be 0, 1 or 2, got 3"),
+        (dict(radius_policy=None), TypeError, r"radius_policy must be a RadiusPolicy, got NoneType"),
+    ],
+)
+def test_bad_options_raise_in_constructor(options, error, match):
+    solver = options.pop("solver", "cg")
+    with pytest.raises(error, match=match):
+        TrustRegion(GaussNewtonModel(), solver=solver, **options)
+
+
+def test_bad_model():
+    with pytest.raises(TypeError, match=r"model must be a CurvatureModel such as GaussNewtonModel\(\), got str"):
+        TrustRegion("gauss-newton")
+
+
+def test_x_scale_shape_checked_at_solve():
+    controller = TrustRegion(GaussNewtonModel(), x_scale=torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"x_scale must have x0's shape \(2,\)"):
+        controller.solve(rosenbrock, x0_rosenbrock())
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("x_scale", [2.0, "jac"])
+def test_x_scale_solves_rosenbrock(solver, x_scale):
+    result = solve(rosenbrock, x0_rosenbrock(), solver, x_scale=x_scale)
+    assert result.success
+    torch.testing.assert_close(result.x, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-8)
