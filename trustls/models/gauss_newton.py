@@ -56,13 +56,40 @@ class GaussNewtonModel(CurvatureModel):
         (5.0, tensor([12., -0.]))
     """
 
-    def __init__(self, products: str = DEFAULT_PRODUCT_METHOD):
+    def __init__(self, products: str = DEFAULT_PRODUCT_METHOD, *, column_norm_probes: int = 32):
         if products not in PRODUCT_METHODS:
             raise ValueError(f"products must be one of {sorted(PRODUCT_METHODS)}, got {products!r}")
+        if isinstance(column_norm_probes, bool) or not isinstance(column_norm_probes, int) or column_norm_probes < 1:
+            raise ValueError(f"column_norm_probes must be a positive int, got {column_norm_probes!r}")
         self.products = products
+        self.column_norm_probes = column_norm_probes
 
     def __repr__(self) -> str:
-        return f"GaussNewtonModel(products={self.products!r})"
+        return f"GaussNewtonModel(products={self.products!r}, column_norm_probes={self.column_norm_probes})"
+
+    def column_norms(self, linearization: Linearization) -> Tensor:
+        """Column norms of J for ``x_scale="jac"``, without materializing J.
+
+        Exact from n JVPs when n ≤ ``column_norm_probes``; otherwise the
+        unbiased estimate diag(JᵀJ) ≈ (1/k) Σ (Jᵀz)² over k Rademacher
+        vectors z (Bekas, Kokiopoulou & Saad 2007), k = ``column_norm_probes``
+        VJPs, from a fixed seed so that solves are reproducible. Scale only
+        needs the right order of magnitude per column, and ``"jac"`` keeps the
+        running maximum, so a relative error of about √(2/k) is harmless.
+        """
+        if linearization.jacobian_matrix is not None:
+            return torch.linalg.vector_norm(linearization.jacobian_matrix, dim=0)
+        J = linearization.jacobian
+        m, n = J.shape
+        if n <= self.column_norm_probes:
+            eye = torch.eye(n, dtype=J.dtype, device=J.device)
+            return torch.stack([torch.linalg.vector_norm(J.matvec(e)) for e in eye])
+        generator = torch.Generator(device=J.device).manual_seed(0)
+        squares = torch.zeros(n, dtype=J.dtype, device=J.device)
+        for _ in range(self.column_norm_probes):
+            z = torch.randint(0, 2, (m,), generator=generator, device=J.device).to(J.dtype) * 2 - 1
+            squares += J.rmatvec(z) ** 2
+        return torch.sqrt(squares / self.column_norm_probes)
 
     def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
         if dense:
