@@ -112,10 +112,12 @@ def _check_positive_int(name: str, value: object) -> int | None:
     return value
 
 
-def _check_x_scale(x_scale: object) -> float | Tensor | str:
+def _check_x_scale(x_scale: object) -> float | Tensor | str | None:
+    if x_scale is None:
+        return None
     if isinstance(x_scale, str):
         if x_scale != "jac":
-            raise ValueError(f"x_scale must be 'jac', a positive number or a 1-D positive tensor, got {x_scale!r}")
+            raise ValueError(f"x_scale must be 'jac', a positive number, a 1-D positive tensor or None, got {x_scale!r}")
         return x_scale
     if isinstance(x_scale, Tensor):
         if x_scale.ndim != 1 or not x_scale.is_floating_point() or not bool((x_scale > 0).all()):
@@ -124,7 +126,7 @@ def _check_x_scale(x_scale: object) -> float | Tensor | str:
             raise ValueError("x_scale must be finite, got a tensor with NaN or inf entries")
         return x_scale
     if isinstance(x_scale, bool) or not isinstance(x_scale, (int, float)) or not 0 < x_scale < math.inf:
-        raise ValueError(f"x_scale must be 'jac', a positive number or a 1-D positive tensor, got {x_scale!r}")
+        raise ValueError(f"x_scale must be 'jac', a positive number, a 1-D positive tensor or None, got {x_scale!r}")
     return float(x_scale)
 
 
@@ -142,6 +144,9 @@ class TrustRegion:
         x_scale: characteristic scale of each variable: the trust region is
             ‖p / x_scale‖ ≤ Δ. A number, a tensor of length n, or ``"jac"``
             (inverse column norms of J, never decreasing; scipy/MINPACK).
+            ``None`` (default) takes the solver's ``default_x_scale``: 1 for
+            ``"lstsq"`` (scipy trf's default), ``"jac"`` for ``"cg"`` (the
+            Jacobi preconditioner; Ceres' default scaling).
         max_nfev: budget of residual evaluations (``None``: 100·n, scipy's).
         initial_radius: Δ₀ (``None``: ‖x0 / x_scale‖, or 1 when that is 0).
         callback: called with an `IterationInfo` after every trial; returning
@@ -168,7 +173,7 @@ class TrustRegion:
         ftol: float | None = 1e-8,
         xtol: float | None = 1e-8,
         gtol: float | None = 1e-8,
-        x_scale: float | Tensor | str = 1.0,
+        x_scale: float | Tensor | str | None = None,
         max_nfev: int | None = None,
         initial_radius: float | None = None,
         callback: Callback | None = None,
@@ -370,14 +375,20 @@ class TrustRegion:
         if self.gtol is not None and float(state.linearization.gradient.abs().max()) < self.gtol:
             state.status = Status.GTOL
 
+    @property
+    def resolved_x_scale(self) -> float | Tensor | str:
+        """``x_scale``, or the solver's default when it is ``None``."""
+        return self.solver.default_x_scale if self.x_scale is None else self.x_scale
+
     def _scale(
         self, linearization: Linearization, column_norms: Tensor | None, x: Tensor
     ) -> tuple[Tensor | None, Tensor | None]:
         """The variable scale D and, for ``"jac"``, the running maximum of J's column norms."""
-        if isinstance(self.x_scale, Tensor):
-            return self.x_scale.to(x.dtype), None
-        if isinstance(self.x_scale, float):
-            return (None if self.x_scale == 1.0 else torch.full_like(x, self.x_scale)), None
+        x_scale = self.resolved_x_scale
+        if isinstance(x_scale, Tensor):
+            return x_scale.to(x.dtype), None
+        if isinstance(x_scale, float):
+            return (None if x_scale == 1.0 else torch.full_like(x, x_scale)), None
         norms = self.model.column_norms(linearization)
         if column_norms is not None:
             norms = torch.maximum(norms, column_norms)

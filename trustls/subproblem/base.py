@@ -64,9 +64,12 @@ class SubproblemSolver(abc.ABC):
         requires_jacobian: whether `prepare` needs the dense Jacobian matrix
             (``Linearization.jacobian_matrix``); when false the solver works with
             operator products only.
+        default_x_scale: the variable scaling `TrustRegion` uses with this
+            solver when ``x_scale=None``.
     """
 
     requires_jacobian: ClassVar[bool] = False
+    default_x_scale: ClassVar[float | str] = 1.0
 
     @abc.abstractmethod
     def prepare(self, linearization: Linearization) -> Any:
