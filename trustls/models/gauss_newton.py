@@ -11,6 +11,13 @@ product; see `trustls.operators.implicit`); a solver that factors J itself
 (``"lstsq"``) gets the dense Jacobian, computed in forward mode when n ≤ m
 and in reverse mode otherwise (Griewank & Walther 2008: the cost is
 min(n, m) passes).
+
+A user who knows J better than automatic differentiation does, typically
+its sparsity (bundle adjustment, banded problems), passes ``jacobian=``, a
+function returning J at x as a dense tensor, a torch sparse tensor or a
+`LinearOperator` such as `SparseOperator` (scipy's ``jac=`` argument). Products
+then cost two sparse matrix-vector products, and ``x_scale="jac"`` uses J's
+exact column norms.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import torch
 from torch import Tensor
 
 from trustls.models.base import CurvatureModel, Linearization
+from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
+from trustls.operators.sparse import SparseOperator
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
@@ -47,6 +56,11 @@ class GaussNewtonModel(CurvatureModel):
         products: how the implicit operator computes JVPs and VJPs; one of
             ``trustls.operators.PRODUCT_METHODS`` (default
             ``"vjp+double-backward"``, the fastest measured).
+        jacobian: optional ``jacobian(x)`` returning J as a dense tensor, a
+            torch sparse tensor or a `LinearOperator`; replaces automatic
+            differentiation (see the module docstring).
+        column_norm_probes: probes for the column-norm estimate behind
+            ``x_scale="jac"`` (see `column_norms`).
 
     Example:
         >>> import torch
@@ -56,7 +70,16 @@ class GaussNewtonModel(CurvatureModel):
         (5.0, tensor([12., -0.]))
     """
 
-    def __init__(self, products: str = DEFAULT_PRODUCT_METHOD, *, column_norm_probes: int = 32):
+    def __init__(
+        self,
+        products: str = DEFAULT_PRODUCT_METHOD,
+        *,
+        jacobian: Callable[[Tensor], Tensor | LinearOperator] | None = None,
+        column_norm_probes: int = 32,
+    ):
+        if jacobian is not None and not callable(jacobian):
+            raise TypeError(f"jacobian must be callable or None, got {type(jacobian).__name__}")
+        self.jacobian = jacobian
         if products not in PRODUCT_METHODS:
             raise ValueError(f"products must be one of {sorted(PRODUCT_METHODS)}, got {products!r}")
         if isinstance(column_norm_probes, bool) or not isinstance(column_norm_probes, int) or column_norm_probes < 1:
@@ -65,7 +88,8 @@ class GaussNewtonModel(CurvatureModel):
         self.column_norm_probes = column_norm_probes
 
     def __repr__(self) -> str:
-        return f"GaussNewtonModel(products={self.products!r}, column_norm_probes={self.column_norm_probes})"
+        jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
+        return f"GaussNewtonModel(products={self.products!r}{jacobian}, column_norm_probes={self.column_norm_probes})"
 
     def column_norms(self, linearization: Linearization) -> Tensor:
         """Column norms of J for ``x_scale="jac"``, without materializing J.
@@ -80,6 +104,8 @@ class GaussNewtonModel(CurvatureModel):
         if linearization.jacobian_matrix is not None:
             return torch.linalg.vector_norm(linearization.jacobian_matrix, dim=0)
         J = linearization.jacobian
+        if isinstance(J, (DenseOperator, SparseOperator)):
+            return J.column_norms()
         m, n = J.shape
         if n <= self.column_norm_probes:
             eye = torch.eye(n, dtype=J.dtype, device=J.device)
@@ -92,6 +118,8 @@ class GaussNewtonModel(CurvatureModel):
         return torch.sqrt(squares / self.column_norm_probes)
 
     def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
+        if self.jacobian is not None:
+            return self._linearize_given(fun, x, dense)
         if dense:
             return self._linearize_dense(fun, x)
         return self.from_products(jacobian_products(fun, x, self.products), x)
@@ -111,6 +139,26 @@ class GaussNewtonModel(CurvatureModel):
             gradient=products.vjp(residual).detach(),
             operator=GaussNewtonOperator(products, n),
             jacobian=JacobianOperator(products, n),
+        )
+
+    def _linearize_given(self, fun: Callable[[Tensor], Tensor], x: Tensor, dense: bool) -> Linearization:
+        with torch.no_grad():
+            residual = fun(x).detach()
+            J = self.jacobian(x)
+        if isinstance(J, Tensor):
+            J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
+        if not isinstance(J, LinearOperator):
+            raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
+        if J.shape != (residual.shape[0], x.shape[0]):
+            raise ValueError(f"jacobian must return shape {(residual.shape[0], x.shape[0])}, got {J.shape}")
+        return Linearization(
+            x=x,
+            residual=residual,
+            cost=half_squared_norm(residual),
+            gradient=J.rmatvec(residual),
+            operator=NormalOperator(J),
+            jacobian=J,
+            jacobian_matrix=J.to_dense() if dense else None,
         )
 
     def _linearize_dense(self, fun: Callable[[Tensor], Tensor], x: Tensor) -> Linearization:

@@ -2,6 +2,7 @@
 
 from trustls.operators.base import LinearOperator, ScaledOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
+from trustls.operators.sparse import SparseOperator
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
@@ -21,5 +22,6 @@ __all__ = [
     "LinearOperator",
     "NormalOperator",
     "ScaledOperator",
+    "SparseOperator",
     "jacobian_products",
 ]

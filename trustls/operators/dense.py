@@ -8,6 +8,7 @@ number (the square of J's) never enters a computation.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from trustls.operators.base import LinearOperator
@@ -48,9 +49,15 @@ class DenseOperator(LinearOperator):
     def to_dense(self) -> Tensor:
         return self.matrix
 
+    def column_norms(self) -> Tensor:
+        """Euclidean norms of the columns."""
+        return torch.linalg.vector_norm(self.matrix, dim=0)
+
 
 class NormalOperator(LinearOperator):
-    """``JᵀJ`` of a dense ``J`` of shape ``(m, n)``, applied as ``Jᵀ(J v)``.
+    """``JᵀJ`` of a Jacobian ``J`` of shape ``(m, n)``, applied as ``Jᵀ(J v)``.
+
+    ``J`` is a dense tensor or any `LinearOperator` (a `SparseOperator`, say).
 
     Example:
         >>> import torch
@@ -62,11 +69,13 @@ class NormalOperator(LinearOperator):
     is_symmetric = True
     is_positive_semidefinite = True
 
-    def __init__(self, jacobian: Tensor):
-        _check_matrix("jacobian", jacobian)
+    def __init__(self, jacobian: Tensor | LinearOperator):
+        if not isinstance(jacobian, LinearOperator):
+            _check_matrix("jacobian", jacobian)
+            jacobian = DenseOperator(jacobian)
         n = jacobian.shape[1]
         super().__init__((n, n), jacobian.dtype, jacobian.device)
         self.jacobian = jacobian
 
     def matvec(self, v: Tensor) -> Tensor:
-        return self.jacobian.T @ (self.jacobian @ v)
+        return self.jacobian.rmatvec(self.jacobian.matvec(v))
