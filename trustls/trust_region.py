@@ -95,6 +95,7 @@ class TrustRegionState:
     scale: Tensor | None
     column_norms: Tensor | None
     m: int
+    initial_cost: float
     nfev: int = 1
     njev: int = 1
     nit: int = 0
@@ -225,9 +226,10 @@ class TrustRegion:
             self.step(fun, state)
         result = self.result(state)
         if self.verbose >= 1:
+            initial_cost = state.initial_cost
             print(result.message)
             print(
-                f"Function evaluations {result.nfev}, initial cost {self._initial_cost:.4e}, "
+                f"Function evaluations {result.nfev}, initial cost {initial_cost:.4e}, "
                 f"final cost {result.cost:.4e}, first-order optimality {result.optimality:.2e}."
             )
         return result
@@ -249,11 +251,12 @@ class TrustRegion:
         if not bool(torch.isfinite(r0).all()):
             raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
         linearization = self.model.linearize(fun, x, dense=self.solver.requires_jacobian)
-        self._initial_cost = linearization.cost
         scale, column_norms = self._scale(linearization, None, x)
         x_scaled_norm = float(torch.linalg.vector_norm(x if scale is None else x / scale))
         radius = self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
-        state = TrustRegionState(x, linearization, radius, scale, column_norms, m=r0.shape[0])
+        state = TrustRegionState(
+            x, linearization, radius, scale, column_norms, m=r0.shape[0], initial_cost=linearization.cost
+        )
         self._check_gradient(state)
         return state
 
