@@ -101,6 +101,8 @@ class ScaledOperator(LinearOperator):
 
     def __init__(self, operator: LinearOperator, scale: Tensor, *, left: bool = True):
         m, n = operator.shape
+        if not isinstance(scale, Tensor):
+            raise TypeError(f"scale must be a torch.Tensor, got {type(scale).__name__}")
         if left and m != n:
             raise ValueError(f"operator must be square to be scaled on both sides, got shape {operator.shape}")
         if scale.shape != (n,):

@@ -90,8 +90,6 @@ def secular_step(
         alpha = max(0.001 * upper, math.sqrt(lower * upper))
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        if not lower <= alpha <= upper:
-            alpha = max(0.001 * upper, math.sqrt(lower * upper))
         denominator = s2 + alpha
         norm2, slope = torch.stack([(sf2 / denominator**2).sum(), (sf2 / denominator**3).sum()]).tolist()
         norm = math.sqrt(norm2)
@@ -103,6 +101,9 @@ def secular_step(
             lower = alpha
         # Newton on 1/‖c‖ − 1/Δ: d‖c‖/dα = −slope/‖c‖.
         alpha += (norm - radius) / radius * norm2 / slope
+        if not lower <= alpha <= upper:
+            # Newton left the bracket: restart from its geometric mean (Moré 1978).
+            alpha = max(0.001 * upper, math.sqrt(lower * upper))
     return alpha, iterations
 
 

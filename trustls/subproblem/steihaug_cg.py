@@ -199,4 +199,6 @@ class SteihaugCG(SubproblemSolver):
         delta = path.points[k + 1] - start
         sigma = float(boundary_step_length(start, delta, radius))
         model = path.model_values[k] + sigma * path.slopes[k] + 0.5 * sigma * sigma * path.curvatures[k]
-        return Step(start + sigma * delta, radius, -model, True, 0, 0, "boundary")
+        on_last = k == len(path.norms) - 2 and last.reason == "negative_curvature"
+        reason = "negative_curvature" if on_last else "boundary"
+        return Step(start + sigma * delta, radius, -model, True, 0, 0, reason)

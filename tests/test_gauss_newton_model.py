@@ -1,0 +1,219 @@
+"""The Gauss-Newton model against ``torch.func.jacrev``.
+
+`GaussNewtonModel.linearize` must give the residual r(x), the cost ½‖r‖²
+(accumulated in float64), the gradient Jᵀr, and the operators J and JᵀJ of
+the dense Jacobian, whether matrix-free (every product method) or dense (J
+by forward mode for m ≥ n, by reverse mode for m < n). `Linearization.scaled`
+gives the problem in z = x / d: g·d, D B D and J D.
+"""
+
+import re
+
+import pytest
+import torch
+from torch import Tensor
+
+from trustls.models import GaussNewtonModel, Linearization
+from trustls.operators import PRODUCT_METHODS, DenseOperator, NormalOperator, ScaledOperator
+
+METHODS = sorted(PRODUCT_METHODS)
+MODES = [("dense", None)] + [("implicit", method) for method in METHODS]
+MODE_IDS = ["dense"] + METHODS
+RTOL = 1e-12
+
+
+def _tanh_net(inputs: Tensor, targets: Tensor, hidden: int):
+    """Residuals of a 1-hidden-layer tanh network with parameters x = (W₁, b₁, w₂, b₂)."""
+    d_in = inputs.shape[1]
+
+    def fun(x: Tensor) -> Tensor:
+        W1 = x[: hidden * d_in].reshape(hidden, d_in)
+        b1 = x[hidden * d_in : hidden * d_in + hidden]
+        w2 = x[hidden * d_in + hidden : hidden * d_in + 2 * hidden]
+        b2 = x[-1]
+        return torch.tanh(torch.tanh(inputs @ W1.T + b1) @ w2 + b2) - targets
+
+    return fun, hidden * d_in + 2 * hidden + 1
+
+
+def make_problem(name: str, generator: torch.Generator, dtype=torch.float64):
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+    if name == "rosenbrock":  # m = n = 2
+
+        def fun(x):
+            return torch.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])
+
+        return fun, torch.tensor([-1.2, 1.0], dtype=dtype)
+    if name == "exponential_tall":  # m = 8 > n = 2: y = a·exp(b·t)
+        t = torch.linspace(0, 1, 8, dtype=dtype)
+        y = randn(8)
+
+        def fun(x):
+            return x[0] * torch.exp(x[1] * t) - y
+
+        return fun, torch.tensor([1.0, -0.5], dtype=dtype)
+    if name in ("tanh_net_tall", "tanh_net_wide"):  # n = 13; m = 20 or 5
+        batch = 20 if name == "tanh_net_tall" else 5
+        fun, n = _tanh_net(randn(batch, 2), randn(batch), hidden=3)
+        return fun, 0.7 * randn(n)
+    raise AssertionError(name)
+
+
+PROBLEMS = ["rosenbrock", "exponential_tall", "tanh_net_tall", "tanh_net_wide"]
+
+
+def linearize(fun, x, mode: str, method: str | None) -> Linearization:
+    if mode == "dense":
+        return GaussNewtonModel().linearize(fun, x, dense=True)
+    return GaussNewtonModel(products=method).linearize(fun, x)
+
+
+def _size(t: Tensor) -> float:
+    return float(t.abs().max())
+
+
+@pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_linearization_matches_jacrev(name, mode, method, generator):
+    fun, x = make_problem(name, generator)
+    x_copy = x.clone()
+    lin = linearize(fun, x, mode, method)
+    r = fun(x)
+    J = torch.func.jacrev(fun)(x)
+    m, n = J.shape
+    assert lin.x is x and torch.equal(x, x_copy)
+    torch.testing.assert_close(lin.residual, r, rtol=RTOL, atol=RTOL * _size(r))
+    assert not lin.residual.requires_grad and not lin.gradient.requires_grad
+    assert isinstance(lin.cost, float)
+    assert lin.cost == pytest.approx(0.5 * float(r @ r), rel=1e-14)
+    g = J.T @ r
+    torch.testing.assert_close(lin.gradient, g, rtol=1e-10, atol=1e-12 * _size(J) * _size(r))
+    assert lin.operator.shape == (n, n) and lin.jacobian.shape == (m, n)
+    assert lin.operator.is_symmetric and lin.operator.is_positive_semidefinite
+    torch.testing.assert_close(lin.jacobian.to_dense(), J, rtol=1e-10, atol=RTOL * _size(J))
+    torch.testing.assert_close(lin.operator.to_dense(), J.T @ J, rtol=1e-10, atol=RTOL * _size(J) ** 2)
+    v = torch.randn(n, generator=generator, dtype=torch.float64)
+    u = torch.randn(m, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(lin.jacobian.rmatvec(u), J.T @ u, rtol=1e-10, atol=RTOL * _size(J) * _size(u))
+    torch.testing.assert_close(lin.operator @ v, J.T @ (J @ v), rtol=1e-10, atol=RTOL * _size(J) ** 2 * _size(v))
+    if mode == "dense":
+        assert isinstance(lin.operator, NormalOperator) and isinstance(lin.jacobian, DenseOperator)
+        torch.testing.assert_close(lin.jacobian_matrix, J, rtol=1e-10, atol=RTOL * _size(J))
+    else:
+        assert lin.jacobian_matrix is None
+
+
+@pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
+def test_linearize_under_no_grad(mode, method, generator):
+    # The controller linearizes inside torch.no_grad (torch.optim's convention).
+    fun, x = make_problem("tanh_net_tall", generator)
+    with torch.no_grad():
+        lin = linearize(fun, x, mode, method)
+        Bv = lin.operator @ torch.ones_like(x)
+    J = torch.func.jacrev(fun)(x)
+    torch.testing.assert_close(lin.gradient, J.T @ fun(x), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(Bv, J.T @ (J @ torch.ones_like(x)), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("name", "reverse"), [("tanh_net_wide", True), ("tanh_net_tall", False), ("rosenbrock", False)]
+)
+def test_dense_jacobian_mode_follows_shape(name, reverse, generator, monkeypatch):
+    # min(m, n) passes: reverse mode (m VJPs) when m < n, forward mode otherwise.
+    calls = []
+    jacfwd = torch.func.jacfwd
+
+    def counting_jacfwd(*args, **kwargs):
+        calls.append(args)
+        return jacfwd(*args, **kwargs)
+
+    monkeypatch.setattr(torch.func, "jacfwd", counting_jacfwd)
+    fun, x = make_problem(name, generator)
+    lin = GaussNewtonModel().linearize(fun, x, dense=True)
+    assert len(calls) == (0 if reverse else 1)
+    m, n = lin.jacobian_matrix.shape
+    assert (m < n) == reverse
+    torch.testing.assert_close(lin.jacobian_matrix, torch.func.jacrev(fun)(x), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("name", ["exponential_tall", "tanh_net_wide"])
+def test_predicted_reduction(name, mode, method, generator):
+    fun, x = make_problem(name, generator)
+    lin = linearize(fun, x, mode, method)
+    J = torch.func.jacrev(fun)(x)
+    r = fun(x)
+    for scale in [1e-3, 1.0]:
+        p = scale * torch.randn(x.shape[0], generator=generator, dtype=torch.float64)
+        Jp = J @ p
+        expected = -float((J.T @ r) @ p + 0.5 * Jp @ Jp)
+        assert lin.predicted_reduction(p) == pytest.approx(expected, rel=1e-10, abs=1e-14 * lin.cost)
+        # Same quantity as a difference of costs of the linear model: ½‖r‖² − ½‖r + Jp‖².
+        assert lin.predicted_reduction(p) == pytest.approx(
+            lin.cost - 0.5 * float((r + Jp) @ (r + Jp)), rel=1e-8, abs=1e-12 * lin.cost
+        )
+
+
+@pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("name", ["exponential_tall", "tanh_net_wide"])
+def test_scaled_linearization(name, mode, method, generator):
+    fun, x = make_problem(name, generator)
+    lin = linearize(fun, x, mode, method)
+    n = x.shape[0]
+    d = 0.1 + torch.rand(n, generator=generator, dtype=torch.float64)
+    D = torch.diag(d)
+    J = torch.func.jacrev(fun)(x)
+    B = J.T @ J
+    scaled = lin.scaled(d)
+    torch.testing.assert_close(scaled.x, x / d, rtol=0, atol=0)
+    assert scaled.residual is lin.residual and scaled.cost == lin.cost
+    torch.testing.assert_close(scaled.gradient, lin.gradient * d, rtol=0, atol=0)
+    assert isinstance(scaled.operator, ScaledOperator) and scaled.operator.is_symmetric
+    torch.testing.assert_close(scaled.operator.to_dense(), D @ B @ D, rtol=1e-10, atol=RTOL * _size(B))
+    torch.testing.assert_close(scaled.jacobian.to_dense(), J @ D, rtol=1e-10, atol=RTOL * _size(J))
+    u = torch.randn(J.shape[0], generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(scaled.jacobian.rmatvec(u), D @ J.T @ u, rtol=1e-10, atol=RTOL * _size(J) * _size(u))
+    if mode == "dense":
+        torch.testing.assert_close(scaled.jacobian_matrix, J @ D, rtol=1e-10, atol=RTOL * _size(J))
+    else:
+        assert scaled.jacobian_matrix is None
+    # The model in z at z-step w equals the model in x at p = D w.
+    w = torch.randn(n, generator=generator, dtype=torch.float64)
+    assert scaled.predicted_reduction(w) == pytest.approx(lin.predicted_reduction(d * w), rel=1e-12)
+    # The original is untouched.
+    torch.testing.assert_close(lin.gradient, J.T @ fun(x), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
+def test_float32(mode, method):
+    fun32, x32 = make_problem("tanh_net_tall", torch.Generator().manual_seed(3), dtype=torch.float32)
+    fun64, x64 = make_problem("tanh_net_tall", torch.Generator().manual_seed(3))
+    lin = linearize(fun32, x32, mode, method)
+    exact = linearize(fun64, x64, "dense", None)
+    assert lin.residual.dtype == lin.gradient.dtype == lin.operator.dtype == torch.float32
+    assert isinstance(lin.cost, float)
+    assert lin.cost == pytest.approx(exact.cost, rel=1e-5)
+    torch.testing.assert_close(lin.gradient.double(), exact.gradient, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(lin.operator.to_dense().double(), exact.operator.to_dense(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
+def test_cost_accumulates_in_float64(mode, method):
+    # r = (4096, 2⁻¹⁰) in float32: r₀² = 2²⁴, and a float32 sum drops r₁² = 2⁻²⁰.
+    r0 = torch.tensor([4096.0, 2.0**-10])
+
+    def fun(x):
+        return x - r0
+
+    x = torch.zeros(2)
+    lin = linearize(fun, x, mode, method)
+    float32_sum = 0.5 * float(torch.dot(r0, r0))
+    assert float32_sum == 2.0**23  # what float32 accumulation would give
+    assert lin.cost == 2.0**23 + 2.0**-21  # exact: ½(2²⁴ + 2⁻²⁰)
+
+
+def test_unknown_products():
+    with pytest.raises(ValueError, match=re.escape(f"products must be one of {METHODS}, got 'jvp'")):
+        GaussNewtonModel(products="jvp")

@@ -1,0 +1,464 @@
+"""Steihaug-Toint CG, the boundary intersection and solver resolution.
+
+The quadratic model m(p) = gᵀp + ½pᵀBp is evaluated densely in float64 and
+CG is checked for the properties the trust-region method relies on (Nocedal &
+Wright 2006, ch. 4 and §7.2): the step stays in the region, the model
+decrease is at least the Cauchy point's, the predicted reduction is −m(p),
+each exit ("boundary", "negative_curvature", "converged", "max_iter",
+"zero_gradient") happens when it should, and the stored CG path answers a
+smaller radius exactly as a fresh solve would, with no product.
+"""
+
+import math
+import re
+from dataclasses import FrozenInstanceError
+
+import pytest
+import torch
+from torch import Tensor
+
+from trustls.models import Linearization
+from trustls.operators import DenseOperator, LinearOperator, NormalOperator
+from trustls.subproblem import (
+    SOLVERS,
+    DenseLstsq,
+    SteihaugCG,
+    SubproblemSolver,
+    boundary_step_length,
+    resolve_solver,
+)
+
+# ‖p‖ ≤ Δ holds to the rounding of one boundary intersection.
+BOUNDARY_RTOL = 1e-12
+
+
+class SymmetricMatrix(LinearOperator):
+    """A symmetric (possibly indefinite) dense B that counts its products."""
+
+    is_symmetric = True
+
+    def __init__(self, matrix: Tensor):
+        super().__init__(tuple(matrix.shape), matrix.dtype, matrix.device)
+        self.matrix = matrix
+        self.calls = 0
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.calls += 1
+        return self.matrix @ v
+
+
+def quadratic(B: Tensor, g: Tensor) -> Linearization:
+    """A linearization carrying what SteihaugCG reads: the gradient and B.
+
+    There is no Jacobian behind an indefinite B, so ``jacobian`` is None.
+    """
+    return Linearization(
+        x=torch.zeros_like(g), residual=g.new_zeros(0), cost=0.0, gradient=g,
+        operator=SymmetricMatrix(B), jacobian=None,
+    )
+
+
+def least_squares(J: Tensor, r: Tensor) -> Linearization:
+    """The Gauss-Newton linearization of a dense J and residual r."""
+    return Linearization(
+        x=torch.zeros(J.shape[1], dtype=J.dtype, device=J.device), residual=r,
+        cost=0.5 * float(r @ r), gradient=J.T @ r, operator=NormalOperator(J),
+        jacobian=DenseOperator(J), jacobian_matrix=J,
+    )
+
+
+def make_matrix(kind: str, generator: torch.Generator, device="cpu") -> tuple[Tensor, Tensor]:
+    """(B, g) in float64: SPD, PSD-singular (g in the range of B) or indefinite."""
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device)
+
+    if kind == "spd":
+        J, r = randn(9, 6), randn(9)
+    elif kind == "psd_wide":  # m < n: rank 3 of 6
+        J, r = randn(3, 6), randn(3)
+    elif kind == "psd_duplicate_columns":  # rank 4 of 6
+        J, r = randn(8, 4), randn(8)
+        J = torch.cat([J, J[:, :2]], dim=1)
+    elif kind in ("indefinite", "negative_definite"):
+        Q, _ = torch.linalg.qr(randn(6, 6))
+        eigenvalues = torch.tensor([3.0, 1.5, 0.7, 0.2, -0.4, -1.0], dtype=torch.float64, device=device)
+        if kind == "negative_definite":
+            eigenvalues = -eigenvalues.abs()
+        B = Q @ torch.diag(eigenvalues) @ Q.T
+        return 0.5 * (B + B.T), randn(6)
+    else:
+        raise AssertionError(kind)
+    return J.T @ J, J.T @ r
+
+
+KINDS = ["spd", "psd_wide", "psd_duplicate_columns", "indefinite", "negative_definite"]
+RADII = [1e-4, 1e-2, 0.3, 1.0, 3.0, 100.0, 1e6]
+
+
+def model(B: Tensor, g: Tensor, p: Tensor) -> float:
+    return float(g @ p + 0.5 * p @ (B @ p))
+
+
+def cauchy_point(B: Tensor, g: Tensor, radius: float) -> Tensor:
+    """The minimizer of m along −g within the region (Nocedal & Wright 2006, eq. 4.12)."""
+    g_norm = float(torch.linalg.vector_norm(g))
+    curvature = float(g @ (B @ g))
+    tau_max = radius / g_norm
+    tau = tau_max if curvature <= 0 else min(g_norm**2 / curvature, tau_max)
+    return -tau * g
+
+
+def run(solver: SubproblemSolver, B: Tensor, g: Tensor, radius: float):
+    lin = quadratic(B, g)
+    return solver.solve(solver.prepare(lin), radius), lin.operator
+
+
+# --- invariants over a grid ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("radius", RADII)
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_within_region_with_cauchy_decrease_and_exact_prediction(kind, radius, generator, device):
+    B, g = make_matrix(kind, generator, device)
+    step, operator = run(SteihaugCG(), B, g, radius)
+    p = step.step
+    p_norm = float(torch.linalg.vector_norm(p))
+    assert p.shape == g.shape and p.dtype == g.dtype and p.device == g.device
+    assert p_norm <= radius * (1 + BOUNDARY_RTOL)
+    assert step.norm == pytest.approx(p_norm, rel=1e-12)
+    if step.hits_boundary:
+        assert step.reason in ("boundary", "negative_curvature")
+        assert p_norm == pytest.approx(radius, rel=BOUNDARY_RTOL)
+    else:
+        assert step.reason in ("converged", "max_iter")
+    # predicted_reduction is −m(p), tracked along the path without a product.
+    scale = float(torch.linalg.vector_norm(g)) * p_norm
+    assert step.predicted_reduction == pytest.approx(-model(B, g, p), rel=1e-10, abs=1e-13 * scale)
+    # At least the Cauchy decrease (Nocedal & Wright 2006, Thm 4.5 and §7.2).
+    cauchy = -model(B, g, cauchy_point(B, g, radius))
+    assert step.predicted_reduction >= cauchy * (1 - 1e-12) > 0
+    # One product per iteration, all of them counted.
+    assert step.products == step.iterations == operator.calls >= 1
+
+
+@pytest.mark.parametrize("radius", [1e-2, 1.0, 100.0])
+@pytest.mark.parametrize("kind", ["spd", "psd_wide"])
+def test_least_squares_linearization_gives_same_step(kind, radius, generator):
+    # NormalOperator(J) and the dense B = JᵀJ are the same curvature.
+    J = torch.randn(9 if kind == "spd" else 3, 6, generator=generator, dtype=torch.float64)
+    r = torch.randn(J.shape[0], generator=generator, dtype=torch.float64)
+    solver = SteihaugCG()
+    from_normal = solver.solve(solver.prepare(least_squares(J, r)), radius)
+    from_dense, _ = run(solver, J.T @ J, J.T @ r, radius)
+    torch.testing.assert_close(from_normal.step, from_dense.step, rtol=1e-10, atol=1e-12 * radius)
+    assert from_normal.reason == from_dense.reason
+
+
+@pytest.mark.parametrize("kind", ["spd", "psd_wide", "psd_duplicate_columns"])
+def test_large_radius_gives_the_minimum_norm_newton_step(kind, generator):
+    # From p₀ = 0 the CG iterates stay in the Krylov space of g ⊂ range(B), so
+    # for PSD B and g in range(B) CG converges to the minimum-norm solution.
+    B, g = make_matrix(kind, generator)
+    n = g.shape[0]
+    step, _ = run(SteihaugCG(forcing=1e-10, max_iter=n), B, g, 1e6)
+    expected = torch.linalg.lstsq(B, -g, driver="gelsd").solution
+    assert step.reason == "converged" and not step.hits_boundary
+    torch.testing.assert_close(step.step, expected, rtol=1e-8, atol=1e-10 * float(expected.norm()))
+    assert step.iterations <= n
+
+
+def test_large_radius_spd_step_equals_solve(generator):
+    B, g = make_matrix("spd", generator)
+    step, _ = run(SteihaugCG(forcing=1e-10, max_iter=g.shape[0]), B, g, 1e6)
+    torch.testing.assert_close(step.step, torch.linalg.solve(B, -g), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("forcing, g_scale", [(0.5, 1.0), (0.1, 1.0), (0.5, 1e-4)])
+def test_converged_residual_meets_forcing_tolerance(forcing, g_scale, generator):
+    # tolerance = min(forcing, √‖g‖)·‖g‖ (Nocedal & Wright 2006, eq. 7.3); the
+    # small gradient exercises the √‖g‖ branch.
+    B, g = make_matrix("spd", generator)
+    g = g_scale * g
+    step, _ = run(SteihaugCG(forcing=forcing), B, g, 1e6)
+    g_norm = float(g.norm())
+    assert step.reason == "converged"
+    residual = float(torch.linalg.vector_norm(B @ step.step + g))
+    assert residual <= min(forcing, math.sqrt(g_norm)) * g_norm * (1 + 1e-8)
+
+
+# --- the exits --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.999, 0.5, 0.1, 1e-3])
+def test_boundary_exit(fraction, generator):
+    B, g = make_matrix("spd", generator)
+    radius = fraction * float(torch.linalg.solve(B, g).norm())
+    step, _ = run(SteihaugCG(forcing=1e-10), B, g, radius)
+    assert step.reason == "boundary" and step.hits_boundary
+    assert step.norm == radius
+    assert float(step.step.norm()) == pytest.approx(radius, rel=BOUNDARY_RTOL)
+
+
+def test_negative_curvature_exit_hand_computed():
+    # B = diag(-1, 2), g = (1, 1): d₀ = −g has curvature 1 > 0, so p₁ = −2g and
+    # r₁ = (3, −3); d₁ = −r₁ + 9d₀ = (−12, −6) has curvature −144 + 72 < 0.
+    B = torch.diag(torch.tensor([-1.0, 2.0], dtype=torch.float64))
+    g = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    radius = 100.0
+    step, operator = run(SteihaugCG(), B, g, radius)
+    p1 = torch.tensor([-2.0, -2.0], dtype=torch.float64)
+    d1 = torch.tensor([-12.0, -6.0], dtype=torch.float64)
+    # ‖p₁ + τd₁‖ = Δ: 180τ² + 72τ + 8 − Δ² = 0.
+    tau = (-72 + math.sqrt(72**2 - 4 * 180 * (8 - radius**2))) / (2 * 180)
+    assert step.reason == "negative_curvature" and step.hits_boundary
+    assert step.iterations == step.products == operator.calls == 2
+    torch.testing.assert_close(step.step, p1 + tau * d1, rtol=1e-14, atol=0)
+    assert step.norm == radius
+    assert step.predicted_reduction == pytest.approx(-model(B, g, step.step), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["indefinite", "negative_definite"])
+def test_negative_curvature_exit_on_boundary(kind, generator):
+    B, g = make_matrix(kind, generator)
+    radius = 1e6  # far beyond any positive-curvature CG iterate
+    step, _ = run(SteihaugCG(), B, g, radius)
+    assert step.reason == "negative_curvature" and step.hits_boundary
+    assert float(step.step.norm()) == pytest.approx(radius, rel=BOUNDARY_RTOL)
+    if kind == "negative_definite":
+        # The first direction −g already has negative curvature: a boundary step along −g.
+        assert step.iterations == 1
+        torch.testing.assert_close(step.step, -radius * g / g.norm(), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("max_iter", [1, 2, 3])
+def test_max_iter_exit(max_iter, generator):
+    B, g = make_matrix("spd", generator)
+    step, operator = run(SteihaugCG(max_iter=max_iter, forcing=1e-10), B, g, 1e6)
+    assert step.reason == "max_iter" and not step.hits_boundary
+    assert step.iterations == step.products == operator.calls == max_iter
+    if max_iter == 1:
+        # One CG step from 0 is the unconstrained Cauchy point.
+        torch.testing.assert_close(step.step, cauchy_point(B, g, 1e6), rtol=1e-14, atol=0)
+
+
+def test_max_iter_defaults_to_dimension():
+    # forcing = 1e-15 asks for a residual below what float64 CG reaches on
+    # cond(B) = 1e3, so CG runs until the default cap n = 6; n steps solve the
+    # system in exact arithmetic, so the step is accurate anyway.
+    eigenvalues = torch.logspace(0, 3, 6, dtype=torch.float64)
+    g = torch.ones(6, dtype=torch.float64)
+    step, _ = run(SteihaugCG(forcing=1e-15), torch.diag(eigenvalues), g, 1e6)
+    assert step.reason == "max_iter" and step.iterations == 6
+    expected = -g / eigenvalues
+    assert float((step.step - expected).norm()) <= 1e-10 * float(expected.norm())
+
+
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+def test_zero_gradient(kind, generator):
+    B, g = make_matrix(kind, generator)
+    step, operator = run(SteihaugCG(), B, torch.zeros_like(g), 1.0)
+    assert step.reason == "zero_gradient"
+    assert torch.equal(step.step, torch.zeros_like(g))
+    assert step.norm == 0.0 and step.predicted_reduction == 0.0 and not step.hits_boundary
+    assert step.products == step.iterations == operator.calls == 0
+
+
+# --- the stored path ------------------------------------------------------------------
+
+
+def _assert_same_step(actual, expected, radius):
+    torch.testing.assert_close(actual.step, expected.step, rtol=1e-12, atol=1e-13 * radius)
+    assert actual.norm == pytest.approx(expected.norm, rel=1e-12)
+    assert actual.predicted_reduction == pytest.approx(expected.predicted_reduction, rel=1e-10)
+    assert actual.hits_boundary == expected.hits_boundary
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stored_path_answers_smaller_radii_without_products(kind, generator):
+    B, g = make_matrix(kind, generator)
+    solver = SteihaugCG()
+    lin = quadratic(B, g)
+    prepared = solver.prepare(lin)
+    first = solver.solve(prepared, 10.0)
+    calls = lin.operator.calls
+    assert first.products == calls > 0
+    for radius in [10.0, 3.0, 1.0, 0.25, 0.01, 1e-5]:
+        stored = solver.solve(prepared, radius)
+        fresh, _ = run(SteihaugCG(), B, g, radius)
+        assert stored.products == stored.iterations == 0
+        assert lin.operator.calls == calls
+        _assert_same_step(stored, fresh, radius)
+        assert float(stored.step.norm()) <= radius * (1 + BOUNDARY_RTOL)
+
+
+@pytest.mark.parametrize("kind", ["spd", "psd_wide"])
+def test_stored_path_reason_matches_fresh_solve(kind, generator):
+    B, g = make_matrix(kind, generator)
+    newton_norm = float(torch.linalg.lstsq(B, g, driver="gelsd").solution.norm())
+    solver = SteihaugCG()
+    prepared = solver.prepare(quadratic(B, g))
+    solver.solve(prepared, 10 * newton_norm)
+    for radius in [0.5 * newton_norm, 0.01 * newton_norm]:
+        assert solver.solve(prepared, radius).reason == run(SteihaugCG(), B, g, radius)[0].reason == "boundary"
+
+
+def test_stored_path_reason_on_negative_curvature_segment():
+    # The hand-computed case above: the second segment is the negative-curvature one.
+    B = torch.diag(torch.tensor([-1.0, 2.0], dtype=torch.float64))
+    g = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    solver = SteihaugCG()
+    prepared = solver.prepare(quadratic(B, g))
+    assert solver.solve(prepared, 100.0).reason == "negative_curvature"
+    radius = 50.0  # beyond p₁ (‖p₁‖ = 2.8), so the crossing is on the last segment
+    fresh, _ = run(SteihaugCG(), B, g, radius)
+    assert fresh.reason == "negative_curvature"
+    assert solver.solve(prepared, radius).reason == fresh.reason
+
+
+def test_stored_converged_step_answers_radius_beyond_it(generator):
+    B, g = make_matrix("spd", generator)
+    solver = SteihaugCG()
+    prepared = solver.prepare(quadratic(B, g))
+    first = solver.solve(prepared, 1e6)
+    assert first.reason == "converged"
+    again = solver.solve(prepared, 2 * first.norm)
+    assert again.products == 0 and again.reason == "converged"
+    assert torch.equal(again.step, first.step)
+
+
+def test_larger_radius_reruns_cg(generator):
+    B, g = make_matrix("spd", generator)
+    solver = SteihaugCG()
+    lin = quadratic(B, g)
+    prepared = solver.prepare(lin)
+    solver.solve(prepared, 0.01)
+    larger = solver.solve(prepared, 1.0)
+    assert larger.products > 0
+    _assert_same_step(larger, run(SteihaugCG(), B, g, 1.0)[0], 1.0)
+
+
+@pytest.mark.parametrize("path_memory", [0, 6])  # n = 6: not even two points fit
+def test_path_memory_too_small_reruns_cg(path_memory, generator):
+    B, g = make_matrix("spd", generator)
+    solver = SteihaugCG(path_memory=path_memory)
+    lin = quadratic(B, g)
+    prepared = solver.prepare(lin)
+    solver.solve(prepared, 10.0)
+    calls = lin.operator.calls
+    second = solver.solve(prepared, 0.01)
+    assert second.products > 0 and lin.operator.calls == calls + second.products
+    _assert_same_step(second, run(SteihaugCG(), B, g, 0.01)[0], 0.01)
+
+
+# --- float32, arguments, structure -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+def test_float32_smoke(kind, generator):
+    B, g = make_matrix(kind, generator)
+    step, _ = run(SteihaugCG(), B.float(), g.float(), 1.0)
+    assert step.step.dtype == torch.float32
+    assert float(step.step.double().norm()) <= 1.0 * (1 + 1e-6)
+    assert step.predicted_reduction == pytest.approx(-model(B, g, step.step.double()), rel=1e-4)
+
+
+def test_prepare_rejects_non_symmetric_operator():
+    J = torch.ones(3, 3, dtype=torch.float64)
+    lin = Linearization(torch.zeros(3), torch.zeros(3), 0.0, torch.ones(3), DenseOperator(J), DenseOperator(J))
+    with pytest.raises(ValueError, match="^SteihaugCG needs a symmetric curvature operator$"):
+        SteihaugCG().prepare(lin)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_iter": 0}, "max_iter must be a positive int or None, got 0"),
+        ({"max_iter": -3}, "max_iter must be a positive int or None, got -3"),
+        ({"max_iter": 2.0}, "max_iter must be a positive int or None, got 2.0"),
+        ({"max_iter": True}, "max_iter must be a positive int or None, got True"),
+        ({"forcing": 0.0}, "forcing must be a number in (0, 1), got 0.0"),
+        ({"forcing": 1}, "forcing must be a number in (0, 1), got 1"),
+        ({"forcing": -0.5}, "forcing must be a number in (0, 1), got -0.5"),
+        ({"forcing": "0.5"}, "forcing must be a number in (0, 1), got '0.5'"),
+        ({"forcing": math.nan}, "forcing must be a number in (0, 1), got nan"),
+        ({"path_memory": -1}, "path_memory must be a non-negative int, got -1"),
+        ({"path_memory": 1.5}, "path_memory must be a non-negative int, got 1.5"),
+        ({"path_memory": False}, "path_memory must be a non-negative int, got False"),
+    ],
+)
+def test_constructor_validation(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        SteihaugCG(**kwargs)
+
+
+def test_solver_is_a_frozen_value():
+    solver = SteihaugCG(max_iter=5, forcing=0.25, path_memory=0)
+    assert solver == SteihaugCG(max_iter=5, forcing=0.25, path_memory=0)
+    assert repr(solver) == "SteihaugCG(max_iter=5, forcing=0.25, path_memory=0)"
+    assert not SteihaugCG.requires_jacobian
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'forcing'"):
+        solver.forcing = 0.5
+
+
+# --- boundary_step_length (subproblem/base.py) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "p, d, radius",
+    [
+        ([0.0, 0.0], [3.0, 4.0], 10.0),  # from the centre: τ = Δ/‖d‖
+        ([0.5, 0.0], [1.0, 0.0], 2.0),  # pᵀd > 0
+        ([0.5, 0.0], [-1.0, 0.0], 2.0),  # pᵀd < 0
+        ([0.3, -0.4], [0.1, 0.2], 1.0),  # pᵀd < 0, oblique
+        ([0.6, 0.8], [1.0, 1.0], 1.0),  # on the boundary, pointing out: τ = 0
+        ([0.6, 0.8], [-1.0, -1.0], 1.0),  # on the boundary, pointing in: the far crossing
+        ([0.0, 0.0, 0.0], [1e-8, 0.0, 0.0], 1e3),  # tiny direction
+    ],
+)
+def test_boundary_step_length(p, d, radius):
+    p = torch.tensor(p, dtype=torch.float64)
+    d = torch.tensor(d, dtype=torch.float64)
+    tau = boundary_step_length(p, d, radius)
+    assert isinstance(tau, Tensor) and tau.ndim == 0 and tau.dtype == torch.float64
+    # The non-negative root of ‖d‖²τ² + 2pᵀdτ + ‖p‖² − Δ² = 0, textbook formula.
+    a, b, c = float(d @ d), 2 * float(p @ d), float(p @ p) - radius**2
+    expected = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+    assert float(tau) >= 0
+    assert float(tau) == pytest.approx(expected, rel=1e-14, abs=1e-15)
+    assert float(torch.linalg.vector_norm(p + tau * d)) == pytest.approx(radius, rel=1e-14)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_boundary_step_length_avoids_cancellation(sign):
+    # p just inside the unit sphere, inputs exact in float32: c = 1 − ‖p‖² is
+    # exact, so only the root formula can lose accuracy. With pᵀd > 0 the root
+    # is τ ≈ 2⁻¹² and −pᵀd + √(...) would cancel to ~2e-4 relative in float32;
+    # the stable formula c / (pᵀd + √(...)) keeps a few ulps.
+    p = torch.tensor([1.0 - 2.0**-12, 0.0])
+    d = torch.tensor([sign, 2.0**-6])
+    tau = boundary_step_length(p, d, 1.0)
+    assert tau.dtype == torch.float32
+    p64, d64 = p.double(), d.double()
+    a, half_b, c = float(d64 @ d64), float(p64 @ d64), 1.0 - float(p64 @ p64)
+    root = math.sqrt(half_b**2 + a * c)
+    expected = c / (half_b + root) if half_b >= 0 else (root - half_b) / a
+    assert float(tau) == pytest.approx(expected, rel=1e-6)
+
+
+# --- resolve_solver (subproblem/__init__.py) ------------------------------------------------
+
+
+def test_resolve_solver():
+    assert resolve_solver("cg") == SteihaugCG()
+    assert resolve_solver("lstsq") == DenseLstsq()
+    custom = SteihaugCG(max_iter=3)
+    assert resolve_solver(custom) is custom
+    assert sorted(SOLVERS) == ["cg", "lstsq"]
+    with pytest.raises(ValueError, match=re.escape("solver must be one of ['cg', 'lstsq'] or a SubproblemSolver, got 'CG'")):
+        resolve_solver("CG")
+    wrong_type = "solver must be a str (one of ['cg', 'lstsq']) or a SubproblemSolver, got"
+    with pytest.raises(TypeError, match=re.escape(f"{wrong_type} int")):
+        resolve_solver(1)
+    with pytest.raises(TypeError, match=re.escape(f"{wrong_type} NoneType")):
+        resolve_solver(None)
