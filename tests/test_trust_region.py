@@ -222,3 +222,15 @@ def test_x_scale_solves_rosenbrock(solver, x_scale):
     result = solve(rosenbrock, x0_rosenbrock(), solver, x_scale=x_scale)
     assert result.success
     torch.testing.assert_close(result.x, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_residual_nan_everywhere_but_x0_collapses_the_radius(solver):
+    def fun(x):
+        return (x - 1.0) + torch.where(x == 0.0, 0.0, math.nan)
+
+    result = solve(fun, torch.zeros(1, dtype=torch.float64), solver, x_scale=1.0)
+    assert result.status is Status.RADIUS_COLLAPSED and not result.success
+    assert result.message.startswith("The trust region shrank below the floating-point resolution")
+    assert torch.equal(result.x, torch.zeros(1, dtype=torch.float64))
+    assert result.nfev < 40  # a factor 4 per retry from radius 1 down to eps

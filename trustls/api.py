@@ -31,7 +31,7 @@ def least_squares(
     the arguments mean what they mean in `TrustRegion` and in
     ``scipy.optimize.least_squares``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import trustls
         >>> t = torch.linspace(0, 1, 20, dtype=torch.float64)

@@ -25,7 +25,7 @@ __all__ = ["RadiusPolicy"]
 class RadiusPolicy:
     """Constants of the ratio test (see the module docstring for their source).
 
-    Example:
+    Examples:
         >>> RadiusPolicy().update(1.0, ratio=0.9, step_norm=1.0, hits_boundary=True)
         2.0
     """

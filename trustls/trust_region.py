@@ -155,7 +155,7 @@ class TrustRegion:
         verbose: 0 silent, 1 a summary at the end, 2 a line per trial.
         radius_policy: the ratio-test constants.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from trustls import TrustRegion, GaussNewtonModel
         >>> def residuals(x):
@@ -332,7 +332,10 @@ class TrustRegion:
             if accepted or status is not None:
                 break
             if radius <= eps * (1.0 + x_scaled_norm):
-                status = Status.RADIUS_COLLAPSED
+                # No step longer than the rounding of x remains. After a finite
+                # trial that is convergence to working precision (xtol at eps);
+                # after a non-finite one the region around x is unusable.
+                status = Status.XTOL if math.isfinite(cost_new) else Status.RADIUS_COLLAPSED
                 break
             if state.nfev >= max_nfev:
                 status = Status.MAX_NFEV

@@ -62,7 +62,7 @@ class GaussNewtonModel(CurvatureModel):
         column_norm_probes: probes for the column-norm estimate behind
             ``x_scale="jac"`` (see `column_norms`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = GaussNewtonModel()
         >>> lin = model.linearize(lambda x: x**2 - 1, torch.tensor([2.0, 0.0]))

@@ -36,7 +36,7 @@ class LinearOperator(abc.ABC):
         dtype: floating dtype of the vectors the operator acts on.
         device: device of those vectors.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from trustls.operators import DenseOperator
         >>> A = DenseOperator(torch.eye(2, dtype=torch.float64))
@@ -90,7 +90,7 @@ class ScaledOperator(LinearOperator):
     CG preconditioned by ``D²`` with the trust region in the matching norm;
     ``A D`` is the Jacobian in those variables.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from trustls.operators import DenseOperator
         >>> A = DenseOperator(torch.ones(2, 2))

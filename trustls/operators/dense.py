@@ -28,7 +28,7 @@ def _check_matrix(name: str, matrix: Tensor) -> None:
 class DenseOperator(LinearOperator):
     """The operator ``v -> A v`` of a dense matrix ``A`` of shape ``(m, n)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> A = DenseOperator(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
         >>> A.rmatvec(torch.tensor([1.0, 0.0]))
@@ -59,7 +59,7 @@ class NormalOperator(LinearOperator):
 
     ``J`` is a dense tensor or any `LinearOperator` (a `SparseOperator`, say).
 
-    Example:
+    Examples:
         >>> import torch
         >>> J = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
         >>> NormalOperator(J) @ torch.tensor([1.0, 0.0])

@@ -143,7 +143,7 @@ def jacobian_products(
         x: the point, a 1-D floating tensor.
         method: one of `PRODUCT_METHODS` (see the module docstring).
 
-    Example:
+    Examples:
         >>> import torch
         >>> products = jacobian_products(lambda x: x**2, torch.tensor([1.0, 3.0]))
         >>> products.jvp(torch.tensor([1.0, 1.0]))
@@ -162,7 +162,7 @@ def jacobian_products(
 class JacobianOperator(LinearOperator):
     """The Jacobian ``J`` (shape ``(m, n)``) through its JVP and VJP.
 
-    Example:
+    Examples:
         >>> import torch
         >>> products = jacobian_products(lambda x: x**2, torch.tensor([1.0, 3.0]))
         >>> JacobianOperator(products, n=2).to_dense()
@@ -185,7 +185,7 @@ class JacobianOperator(LinearOperator):
 class GaussNewtonOperator(LinearOperator):
     """The Gauss-Newton matrix ``JᵀJ`` (shape ``(n, n)``) applied as ``Jᵀ(J v)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> products = jacobian_products(lambda x: x**2, torch.tensor([1.0, 3.0]))
         >>> GaussNewtonOperator(products, n=2) @ torch.tensor([1.0, 1.0])

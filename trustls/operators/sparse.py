@@ -36,11 +36,12 @@ class SparseOperator(LinearOperator):
     """The ``(m, n)`` matrix with entries ``values`` at ``(rows, cols)``.
 
     Args:
-        rows, cols: int64 index tensors of equal length.
+        rows: int64 row indices.
+        cols: int64 column indices, as many as ``rows``.
         values: floating tensor of the same length.
         shape: ``(m, n)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> A = SparseOperator(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([2.0, 3.0]), (2, 2))
         >>> A @ torch.tensor([1.0, 1.0]), A.rmatvec(torch.tensor([1.0, 0.0]))

@@ -76,7 +76,7 @@ def default_bal_path() -> pathlib.Path:
     Raises:
         FileNotFoundError: if no candidate exists; the message lists every place tried.
 
-    Example:
+    Examples:
         >>> default_bal_path().name  # doctest: +SKIP
         'problem-49-7776-pre.txt'
     """
@@ -127,7 +127,7 @@ def rodrigues_rotate(points: Tensor, rotation_vectors: Tensor) -> Tensor:
     Returns:
         The rotated points, shape of the broadcast inputs.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.0, 0.0, torch.pi / 2])
         >>> y = rodrigues_rotate(torch.tensor([1.0, 0.0, 0.0]), w)
         >>> torch.allclose(y, torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
@@ -169,7 +169,7 @@ class BundleAdjustmentProblem:
         observations: ``(M, 2)`` float64 observed image coordinates ``(u, v)``.
         x0: ``(9 C + 3 N,)`` float64 initial parameters, cameras first then points.
 
-    Example:
+    Examples:
         >>> problem = load_bal()  # doctest: +SKIP
         >>> r = problem.residual(problem.x0)  # doctest: +SKIP
         >>> float(0.5 * r.square().sum())  # doctest: +SKIP
@@ -293,7 +293,7 @@ def load_bal(path: str | os.PathLike | None = None) -> BundleAdjustmentProblem:
         FileNotFoundError: if the file does not exist.
         ValueError: if the file does not hold the counts its header announces.
 
-    Example:
+    Examples:
         >>> problem = load_bal()  # doctest: +SKIP
         >>> problem.n_cameras, problem.n_points, problem.n_observations  # doctest: +SKIP
         (49, 7776, 31843)

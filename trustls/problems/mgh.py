@@ -61,7 +61,7 @@ class MGHProblem:
         f_star: Minimum of ``sum r_i^2`` reported in the paper, or ``None``.
         note: Where the data and ``f_star`` come from, and any choice made.
 
-    Example:
+    Examples:
         >>> p = get("rosenbrock")
         >>> round(float(p.residual(p.x0).square().sum()), 12)
         24.2
@@ -420,7 +420,7 @@ def _make(number, name, residual, x0, f_star, note="") -> MGHProblem:
 def problems() -> tuple[MGHProblem, ...]:
     """All implemented MGH problems, in the paper's order, at the dimensions used here.
 
-    Example:
+    Examples:
         >>> [p.name for p in problems()][:3]
         ['rosenbrock', 'freudenstein_roth', 'powell_badly_scaled']
     """
@@ -493,7 +493,7 @@ def get(name: str) -> MGHProblem:
     Raises:
         ValueError: If ``name`` is not one of :func:`names`.
 
-    Example:
+    Examples:
         >>> get("wood").n
         4
     """

@@ -210,7 +210,7 @@ class NistProblem:
         certified_std: certified standard deviations of the parameters, float64, ``(p,)``.
         certified_rss: certified residual sum of squares ``||r||^2`` (``= 2 * cost``).
 
-    Example:
+    Examples:
         >>> problem = load("Misra1a")
         >>> rss = problem.residual(problem.certified_params).square().sum()
         >>> abs(rss.item() / problem.certified_rss - 1) < 1e-9
@@ -252,7 +252,7 @@ class NistProblem:
             TypeError: ``b`` is not a tensor of a floating dtype.
             ValueError: ``b`` does not have shape ``(p,)``; batch with ``torch.func.vmap``.
 
-        Example:
+        Examples:
             >>> load("BoxBOD").model(torch.tensor([1.0, 0.0])).abs().max().item()
             0.0
         """
@@ -262,7 +262,7 @@ class NistProblem:
     def residual(self, b: torch.Tensor) -> torch.Tensor:
         """The residual ``response - model(b)``, shape ``(N,)``, in ``b``'s dtype and device.
 
-        Example:
+        Examples:
             >>> problem = load("DanWood")
             >>> problem.residual(problem.starts[0]).shape
             torch.Size([6])
@@ -278,7 +278,7 @@ class NistProblem:
 def names() -> tuple[str, ...]:
     """The 27 problem names in NIST's order: by difficulty (lower, average, higher).
 
-    Example:
+    Examples:
         >>> names()[:3]
         ('Misra1a', 'Chwirut2', 'Chwirut1')
     """
@@ -294,7 +294,7 @@ def load(name: str) -> NistProblem:
     Raises:
         ValueError: ``name`` is not one of :func:`names`.
 
-    Example:
+    Examples:
         >>> problem = load("Rat43")
         >>> problem.difficulty, problem.certified_params.shape
         ('higher', torch.Size([4]))
@@ -332,7 +332,7 @@ def lre(
         certified: certified value(s) ``c``, broadcastable against ``estimate``.
         cap: the most digits to credit; NIST certifies 11.
 
-    Example:
+    Examples:
         >>> round(lre(1.2345678, 1.2345679), 2)
         7.09
         >>> lre(2.0, 2.0)

@@ -57,7 +57,7 @@ class Problem:
         source: Where the problem comes from, e.g. ``"MGH 1981 #1"``.
         reference_cost: Known minimum of ``||r||^2 / 2`` reached from ``x0``, or ``None``.
 
-    Example:
+    Examples:
         >>> p = get("rosenbrock")
         >>> p.m, p.n, p.zero_residual
         (2, 2, True)
@@ -177,7 +177,7 @@ def _nist_problems() -> list[Problem]:
 def problems() -> tuple[Problem, ...]:
     """All registered problems: MGH, then synthetic, then NIST.
 
-    Example:
+    Examples:
         >>> len(problems()) >= 24
         True
     """
@@ -196,7 +196,7 @@ def get(name: str) -> Problem:
     Raises:
         ValueError: If ``name`` is not one of :func:`names`.
 
-    Example:
+    Examples:
         >>> get("linear_20x5").m
         20
     """

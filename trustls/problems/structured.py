@@ -50,7 +50,7 @@ class StructuredProblem:
             indices and values on ``x``'s dtype, all on ``x``'s device, with no
             repeated ``(row, col)`` pair.
 
-    Example:
+    Examples:
         >>> p = broyden_tridiagonal(5)
         >>> rows, cols, values = p.jacobian_coo(p.x0)
         >>> indices = torch.stack([rows, cols])
@@ -100,7 +100,7 @@ def extended_rosenbrock(n: int) -> StructuredProblem:
         TypeError: If ``n`` is not an int.
         ValueError: If ``n`` is less than 2 or odd.
 
-    Example:
+    Examples:
         >>> p = extended_rosenbrock(4)
         >>> round(float(p.residual(p.x0).square().sum() / 2), 12)
         24.2
@@ -137,7 +137,7 @@ def broyden_tridiagonal(n: int) -> StructuredProblem:
         TypeError: If ``n`` is not an int.
         ValueError: If ``n`` is less than 2.
 
-    Example:
+    Examples:
         >>> p = broyden_tridiagonal(10)
         >>> float(p.residual(p.x0).square().sum())
         21.0

@@ -21,7 +21,7 @@ SOLVERS: dict[str, type[SubproblemSolver]] = {"cg": SteihaugCG, "lstsq": DenseLs
 def resolve_solver(solver: str | SubproblemSolver) -> SubproblemSolver:
     """``"cg"`` → ``SteihaugCG()``, ``"lstsq"`` → ``DenseLstsq()``; instances pass through.
 
-    Example:
+    Examples:
         >>> resolve_solver("cg")
         SteihaugCG(max_iter=None, forcing=0.001, path_memory=4194304)
     """

@@ -88,7 +88,7 @@ def boundary_step_length(p: Tensor, d: Tensor, radius: float) -> Tensor:
     computed from whichever formula avoids cancellation (as in scipy's
     ``intersect_trust_region``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> boundary_step_length(torch.zeros(2), torch.tensor([3.0, 4.0]), 10.0)
         tensor(2.)

@@ -68,7 +68,7 @@ def secular_step(
     Returns:
         ``(alpha, iterations)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> s, sf = torch.tensor([2.0, 1.0]), torch.tensor([4.0, 1.0])
         >>> alpha, _ = secular_step(s, sf, 0.5, full_rank=True)
@@ -115,7 +115,7 @@ class DenseLstsq(SubproblemSolver):
         rtol: relative accuracy of ‖p‖ = Δ for boundary steps.
         max_iter: cap on secular-equation iterations per radius.
 
-    Example:
+    Examples:
         >>> from trustls import TrustRegion, GaussNewtonModel
         >>> TrustRegion(GaussNewtonModel(), solver="lstsq").solver
         DenseLstsq(rtol=0.001, max_iter=30)

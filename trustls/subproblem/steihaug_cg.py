@@ -83,7 +83,7 @@ class SteihaugCG(SubproblemSolver):
             radii from the stored CG path; 0 disables the path (every rejected
             radius then reruns CG, which stops earlier at the smaller sphere).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from trustls import TrustRegion, GaussNewtonModel
         >>> solver = SteihaugCG(max_iter=50)
@@ -147,7 +147,7 @@ class SteihaugCG(SubproblemSolver):
         iterations = 0
         for iterations in range(1, max_iter + 1):
             Bd = B.matvec(d)
-            # One host-device synchronization per iteration, for all tests.
+            # Curvature and slope come back in one host-device synchronization.
             kappa, rd = torch.stack([torch.dot(d, Bd), torch.dot(r, d)]).tolist()
             if kappa <= 0.0:
                 tau = float(boundary_step_length(p, d, radius))

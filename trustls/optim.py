@@ -1,0 +1,215 @@
+"""`TrustRegionOptimizer`: a trust-region Gauss-Newton step per mini-batch, as a `torch.optim.Optimizer`.
+
+Each `TrustRegionOptimizer.step` is one outer iteration of `TrustRegion` on
+the cost ½‖r‖² of the current batch, with x the parameters laid end to end:
+
+1. the closure is evaluated once with its graph; the gradient Jᵀr and the
+   Gauss-Newton products JᵀJv reuse that graph (`trustls._closure`), so J is
+   never formed and memory grows with parameters plus activations;
+2. the subproblem solver (Steihaug-Toint CG) computes p with ‖p‖ ≤ Δ;
+3. the closure is evaluated at x + p without a graph, on the same batch, and
+   the ratio ρ of actual to predicted reduction decides acceptance and the
+   next radius, exactly as in `TrustRegion.step`.
+
+Mini-batches (see docs/training.md). Both evaluations of a step see the same
+batch, so ρ tests the model against the cost it was built for; batch noise
+enters only through which cost that is. One trial per batch (``max_trials=1``)
+is the default: a rejected step shrinks the radius and the next batch brings a
+new linearization, as Hessian-free optimization runs one CG solve per batch
+(Martens 2010, §4). The radius persists across batches as the running
+estimate of where the Gauss-Newton model can be trusted; it is the primal
+form of Levenberg-Marquardt damping, whose multiplier λ solves
+(JᵀJ + λI)p = −g on the boundary (Moré 1978; Nocedal & Wright 2006, §10.3),
+and Martens' λ update from ρ (2010, §4.1) mirrors the radius update from ρ.
+Trust-region methods whose models and function values are random but
+sufficiently accurate often enough keep their convergence guarantees (Chen,
+Menickelly & Scheinberg 2018). `WarmStartCG` starts CG at the decayed previous
+step (Martens 2010, §4.5); ``SteihaugCG(max_iter=...)`` caps CG iterations.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustls._closure import check_closure_output, flatten, parameter_products, unflatten
+from trustls._warm_start import WarmStartCG, WarmStartLinearization
+from trustls.subproblem.steihaug_cg import SteihaugCG
+from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
+
+__all__ = ["TrustRegionOptimizer", "WarmStartCG"]
+
+_COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
+
+
+class TrustRegionOptimizer(torch.optim.Optimizer):
+    """One trust-region Gauss-Newton step per call of `step`, for any ``torch.nn`` network.
+
+    Args:
+        params: the tensors to optimize (any shapes), or one parameter-group
+            dict. Tensors with ``requires_grad=False`` at a step are left alone.
+        method: the `TrustRegion` whose model, solver, radius policy,
+            ``initial_radius``, ``x_scale`` and ``callback`` are used. The
+            solver must be matrix-free (``"cg"``, `SteihaugCG`, `WarmStartCG`);
+            for training cap CG, e.g. ``SteihaugCG(max_iter=10)``.
+            ``x_scale=None`` means 1 here: Jacobi scaling (``"jac"``, the
+            default of `TrustRegion.solve` with CG) costs
+            ``column_norm_probes`` extra VJPs per step, so it is opt-in.
+        max_trials: trial steps per call of `step` (``None``: until one is
+            accepted, as in `TrustRegion.solve`; for full-batch training).
+
+    The closure:
+        ``step(closure)`` calls ``closure()`` (no arguments) and expects **the
+        residual vector r** of the current batch, a 1-D tensor whose cost
+        ½‖r‖² is minimized, e.g. ``(net(X) - Y).reshape(-1)`` — **not a scalar
+        loss, and without calling ``backward``**. It is called twice per trial
+        (once with a graph, once at the trial point without) and must evaluate
+        the same batch each time. ``.grad`` is neither read nor written.
+
+    Attributes:
+        last: the `IterationInfo` of the last trial (cost before and after,
+            ratio, radius and next radius, CG iterations, exit reason,
+            products), the record ``method.callback`` receives; its return
+            value is ignored here.
+
+    Examples:
+        >>> import torch
+        >>> from trustls import TrustRegion, GaussNewtonModel
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> net = torch.nn.Linear(3, 1)
+        >>> X, Y = torch.randn(32, 3), torch.randn(32, 1)
+        >>> opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="cg"))
+        >>> costs = [opt.step(lambda: (net(X) - Y).reshape(-1)) for _ in range(5)]
+        >>> costs[-1] < costs[0], opt.last.reason in ("converged", "boundary")
+        (True, True)
+    """
+
+    def __init__(self, params: Iterable[Any], method: TrustRegion, *, max_trials: int | None = 1):
+        if not isinstance(method, TrustRegion):
+            raise TypeError(f"method must be a TrustRegion, got {type(method).__name__}")
+        if not callable(getattr(method.model, "from_products", None)):
+            raise TypeError(f"method.model must provide from_products (e.g. GaussNewtonModel), got {method.model!r}")
+        if method.solver.requires_jacobian:
+            raise ValueError(
+                f"method.solver must be matrix-free: TrustRegionOptimizer never builds J, got {method.solver!r}"
+            )
+        if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
+            raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")
+        params = list(params)
+        if not params or (isinstance(params[0], dict) and not list(params[0].get("params", []))):
+            raise ValueError("params must hold at least one tensor, got an empty parameter list")
+        self.method = method
+        self._controller = copy.copy(method)
+        if method.x_scale is None:
+            # Jacobi scaling ("jac", the CG default of `TrustRegion`) estimates
+            # J's column norms with column_norm_probes VJPs per linearization:
+            # affordable once per solve iteration, not once per mini-batch.
+            self._controller.x_scale = 1.0
+        solver = method.solver
+        if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory:
+            # One solve per linearization: a stored CG path would never be reused.
+            self._controller.solver = dataclasses.replace(solver, path_memory=0)
+        self.last: IterationInfo | None = None
+        super().__init__(params, {"max_trials": max_trials})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups:
+            raise ValueError("TrustRegionOptimizer takes a single parameter group (x is all parameters end to end)")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate")
+            super().add_param_group(param_group)
+        params = self.param_groups[0]["params"]
+        if len({id(p) for p in params}) != len(params):
+            self.param_groups.clear()
+            raise ValueError("params must not contain the same tensor twice, got duplicates")
+        if len({(p.dtype, p.device) for p in params}) != 1 or not params[0].is_floating_point():
+            self.param_groups.clear()
+            raise ValueError(
+                "params must share one floating dtype and one device, got "
+                f"{sorted({f'{p.dtype} on {p.device}' for p in params})}"
+            )
+
+    def __repr__(self) -> str:
+        group = self.param_groups[0]
+        shapes = [tuple(p.shape) for p in group["params"]]
+        return f"TrustRegionOptimizer({self.method!r}, max_trials={group['max_trials']}, params={shapes})"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
+        """Take one trust-region step on the batch the closure evaluates.
+
+        Returns:
+            ½‖r‖² at the parameters before the step, a Python float.
+        """
+        if not callable(closure):
+            raise TypeError(f"closure must be callable and return the residual vector, got {type(closure).__name__}")
+        group = self.param_groups[0]
+        params = [p for p in group["params"] if p.requires_grad]
+        if not params:
+            raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
+        self.last = None  # drop the previous record's vector before the step allocates
+        with torch.enable_grad():
+            residual = check_closure_output(closure(), params[0])
+        if not residual.requires_grad:
+            raise ValueError(
+                "closure must return a residual that depends on the parameters through autograd; got one without "
+                "a graph (computed under torch.no_grad() or detached?)"
+            )
+        if not bool(torch.isfinite(residual).all()):
+            raise ValueError("closure must return a finite residual at the current parameters, got NaN or inf")
+        x = flatten(params)
+        lin = self.method.model.from_products(parameter_products(residual, params, eager=True), x)
+        del residual
+        state = self.state[group["params"][0]]
+        scale, column_norms = self._controller._scale(lin, state.get("column_norms"), x)
+        if scale is not None and scale.shape != x.shape:
+            raise ValueError(f"method.x_scale must have length {x.shape[0]} (the parameters), got {scale.shape[0]}")
+        radius = state.get("radius")
+        if radius is None:
+            x_norm = float(torch.linalg.vector_norm(x if scale is None else x / scale))
+            radius = self.method.initial_radius or (x_norm if x_norm > 0 else 1.0)
+        previous = state.get("previous_step")
+        if isinstance(self._controller.solver, WarmStartCG) and previous is not None and previous.shape == x.shape:
+            start = previous if scale is None else previous / scale
+            lin = WarmStartLinearization(**{f.name: getattr(lin, f.name) for f in dataclasses.fields(lin)},
+                                         initial_step=start)
+        tr = TrustRegionState(x=x, linearization=lin, radius=radius, scale=scale, column_norms=column_norms,
+                              m=lin.residual.shape[0], initial_cost=lin.cost,
+                              **{name: state.get(name, 0) for name in _COUNTERS})
+        tr.nfev, tr.njev = tr.nfev + 1, tr.njev + 1
+        trial_steps = []
+
+        def trial(x_new: Tensor) -> Tensor:
+            # Swapping .data leaves the version counters alone, so the graph of
+            # the linearization stays valid for further trials.
+            originals = [p.data for p in params]
+            try:
+                for p, value in zip(params, unflatten(x_new, params)):
+                    p.data = value
+                r = check_closure_output(closure(), x, tr.m)
+            finally:
+                for p, original in zip(params, originals):
+                    p.data = original
+            trial_steps[:] = [x_new]
+            return r
+
+        cost = lin.cost
+        self._controller.step(trial, tr, max_trials=group["max_trials"], relinearize=False)
+        del lin
+        if tr.x is not x:
+            for p, value in zip(params, unflatten(tr.x, params)):
+                p.copy_(value)
+        if isinstance(self._controller.solver, WarmStartCG) and trial_steps:
+            state["previous_step"] = trial_steps[0] - x
+        if column_norms is not None:
+            state["column_norms"] = column_norms
+        state.update(radius=tr.radius, **{name: getattr(tr, name) for name in _COUNTERS})
+        self.last = tr.last
+        return cost
