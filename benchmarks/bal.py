@@ -1,0 +1,162 @@
+"""trustls against scipy on BAL bundle adjustment (problem-49-7776-pre), in one run.
+
+Both solvers get the same residual and the same exact sparse Jacobian
+(:meth:`trustls.problems.bal.BundleAdjustmentProblem.jacobian_coo`):
+
+* scipy: ``least_squares(method="trf", x_scale="jac", ftol=1e-4, tr_solver="lsmr")``
+  (``benchmarks/bal_scipy.py``);
+* trustls: ``TrustRegion(GaussNewtonModel(jacobian=...), solver=SteihaugCG(...),
+  ftol=1e-4, x_scale="jac")`` with J as a `SparseOperator`, for the CG settings
+  listed in ``CONFIGS``.
+
+It prints one table row per solver (final cost, evaluations, CG iterations,
+wall time, time relative to scipy) and, with ``--plot``, draws the cost at
+every residual evaluation against wall time (``docs/img/bal_cost_time.png``).
+
+Run from the repository root::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bal.py --plot docs/img/bal_cost_time.png
+
+``OMP_NUM_THREADS=1`` (and ``torch.set_num_threads(1)`` below) pins numpy's
+BLAS and torch to one thread each; on a small shared machine the default pools
+oversubscribe the cores and the timings mean little (see ``bal_scipy.py``).
+Add ``--matrix-free`` to also time the default ``GaussNewtonModel()``
+(autodiff JVP/VJP products, no Jacobian; about 50 ms per product here, so it
+is capped at 40 CG iterations per step and still slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from bal_scipy import run_scipy_baseline  # noqa: E402
+
+from trustls import GaussNewtonModel, IterationInfo, SteihaugCG, TrustRegion  # noqa: E402
+from trustls.operators import SparseOperator  # noqa: E402
+from trustls.problems.bal import load_bal  # noqa: E402
+
+FTOL = 1e-4
+
+# label -> SteihaugCG settings; all with the sparse Jacobian and x_scale="jac".
+CONFIGS: dict[str, dict] = {
+    "cg forcing=0.1 max_iter=100": {"forcing": 0.1, "max_iter": 100},
+    "cg forcing=0.1 max_iter=50": {"forcing": 0.1, "max_iter": 50},
+    "cg forcing=0.5 max_iter=100": {"forcing": 0.5, "max_iter": 100},
+    "cg default (forcing=1e-3, max_iter=n)": {},
+}
+
+
+def sparse_jacobian(problem):
+    """``jacobian(x)`` for `GaussNewtonModel`: the exact J of ``problem`` as a `SparseOperator`."""
+    shape = (problem.n_residuals, problem.n_parameters)
+
+    def jacobian(x: torch.Tensor) -> SparseOperator:
+        rows, cols, values = problem.jacobian_coo(x)
+        return SparseOperator(rows, cols, values, shape)
+
+    return jacobian
+
+
+def run_trustls(problem, solver: SteihaugCG, *, matrix_free: bool = False, ftol: float = FTOL) -> dict:
+    """Solve ``problem`` with trustls and record the cost at every residual evaluation.
+
+    Returns the keys of ``run_scipy_baseline`` (``cost_initial``, ``cost_final``,
+    ``nfev``, ``njev``, ``time_s``, ``history``, ``message``) plus ``nit``,
+    ``inner_iterations`` and ``products``.
+    """
+    model = GaussNewtonModel() if matrix_free else GaussNewtonModel(jacobian=sparse_jacobian(problem))
+    history: list[tuple[float, float]] = []
+    start = 0.0
+
+    def callback(info: IterationInfo) -> None:
+        history.append((time.perf_counter() - start, info.trial_cost))
+
+    optimizer = TrustRegion(model, solver=solver, ftol=ftol, x_scale="jac", callback=callback)
+    start = time.perf_counter()
+    result = optimizer.solve(problem.residual, problem.x0)
+    elapsed = time.perf_counter() - start
+    cost_initial = optimizer._initial_cost
+    return {
+        "cost_initial": cost_initial,
+        "cost_final": result.cost,
+        "nfev": result.nfev,
+        "njev": result.njev,
+        "nit": result.nit,
+        "inner_iterations": result.inner_iterations,
+        "products": result.products,
+        "time_s": elapsed,
+        "history": [(0.0, cost_initial)] + history,
+        "message": result.message,
+    }
+
+
+def plot(runs: dict[str, dict], path: pathlib.Path) -> None:
+    """Cost against wall time, one line per run, running minimum of the evaluated costs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, out in runs.items():
+        times, costs, best = [], [], float("inf")
+        for t, c in out["history"]:
+            best = min(best, c)
+            times.append(t)
+            costs.append(best)
+        ax.step(times, costs, where="post", marker=".", label=f"{label} ({out['time_s']:.1f} s)")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("cost ½‖r‖² (best so far)")
+    ax.set_title("BAL problem-49-7776: cost against time (1 thread)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plot", type=pathlib.Path, help="write the cost-time plot (PNG) here")
+    parser.add_argument("--configs", nargs="*", choices=sorted(CONFIGS), help="trustls settings to run (default all)")
+    parser.add_argument("--matrix-free", action="store_true", help="also run the default matrix-free model")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    problem = load_bal()
+    print(f"BAL problem: {problem.n_cameras} cameras, {problem.n_points} points, "
+          f"{problem.n_observations} observations; {problem.n_parameters} parameters, "
+          f"{problem.n_residuals} residuals; torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    runs: dict[str, dict] = {"scipy trf+lsmr": run_scipy_baseline(problem, ftol=FTOL)}
+    for label in args.configs or list(CONFIGS):
+        runs[f"trustls {label}"] = run_trustls(problem, SteihaugCG(**CONFIGS[label]))
+    if args.matrix_free:
+        runs["trustls matrix-free cg forcing=0.1 max_iter=40"] = run_trustls(
+            problem, SteihaugCG(forcing=0.1, max_iter=40), matrix_free=True
+        )
+
+    base = runs["scipy trf+lsmr"]["time_s"]
+    print(f"\ninitial cost {runs['scipy trf+lsmr']['cost_initial']:,.2f}; ftol={FTOL}\n")
+    print("| solver | final cost | nfev | njev | CG iterations | time (s) | time / scipy |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, out in runs.items():
+        inner = out.get("inner_iterations", "lsmr")
+        print(f"| {label} | {out['cost_final']:,.2f} | {out['nfev']} | {out['njev']} | {inner} | "
+              f"{out['time_s']:.2f} | {out['time_s'] / base:.2f} |")
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()
