@@ -16,7 +16,9 @@ problem-49-7776-pre has 49 cameras, 7,776 points and 31,843 observations:
 touches 12 parameters), so it is computed exactly per observation (two
 vector-Jacobian products of the batched projection give every 2x12 block) and
 handed to trustls as a `SparseOperator`; Steihaug CG then costs two sparse
-products per iteration.
+products per iteration. CG is preconditioned by block Jacobi: the trust
+region is measured in the norm of the 9×9 camera and 3×3 point blocks of JᵀJ,
+which cuts CG from about 90 to about 7 iterations per step.
 
 Run from the repository root (the data file is ``../shared/data/bal/``; pass
 another BAL file as the first argument)::
@@ -34,6 +36,7 @@ import torch
 from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
 from trustls.operators import SparseOperator
 from trustls.problems.bal import load_bal
+from trustls.scaling import BlockJacobi
 
 
 def rotate(points, w):
@@ -71,13 +74,19 @@ def make_problem(bal):
     cols = cols[:, None, :].expand(M, 2, 12).reshape(-1)
     rows = (2 * torch.arange(M)[:, None] + torch.arange(2))[:, :, None].expand(M, 2, 12).reshape(-1)
 
+    pattern = []
+
     def jacobian(x):
         # The projection is independent per observation, so one VJP with the
         # cotangent selecting every u residual (then every v) yields all blocks.
         _, pullback = torch.func.vjp(project, gather(x))
         selectors = torch.eye(2, dtype=x.dtype)[:, None, :].expand(2, M, 2)
         (blocks,) = torch.func.vmap(pullback)(selectors)  # (2, M, 12)
-        return SparseOperator(rows, cols, blocks.transpose(0, 1).reshape(-1), (2 * M, bal.n_parameters))
+        values = blocks.transpose(0, 1).reshape(-1)
+        if not pattern:  # sort the indices once; later Jacobians reuse them
+            pattern.append(SparseOperator(rows, cols, values, (2 * M, bal.n_parameters)))
+            return pattern[0]
+        return pattern[0].with_values(values)
 
     return residual, jacobian
 
@@ -89,13 +98,13 @@ def main() -> None:
     print(f"{bal.n_cameras} cameras, {bal.n_points} points, {bal.n_observations} observations: "
           f"{bal.n_parameters} parameters, {bal.n_residuals} residuals")
 
-    # forcing=0.5, max_iter=100: loose inner solves; BAL needs many cheap
-    # outer steps more than accurate Gauss-Newton steps (docs/bundle-adjustment.md).
+    # Inexact Gauss-Newton steps (forcing 0.1, Ceres' default), block-Jacobi
+    # preconditioning over cameras then points (docs/bundle-adjustment.md).
     solver = TrustRegion(
         GaussNewtonModel(jacobian=jacobian),
-        solver=SteihaugCG(forcing=0.5, max_iter=100),
+        solver=SteihaugCG(forcing=0.1, max_iter=100),
         ftol=1e-4,
-        x_scale="jac",
+        x_scale=BlockJacobi(((bal.n_cameras, 9), (bal.n_points, 3))),
         verbose=2,
     )
     tic = time.perf_counter()

@@ -33,6 +33,7 @@ from trustls.models.base import CurvatureModel, Linearization
 from trustls.models.gauss_newton import half_squared_norm
 from trustls.radius import RadiusPolicy
 from trustls.result import Result, Status
+from trustls.scaling import BlockJacobi, Scale, apply_scale, inverse_scale, resolve_scale
 from trustls.subproblem import SubproblemSolver, resolve_solver
 from trustls.termination import check_step_termination, effective_tolerance
 
@@ -92,7 +93,7 @@ class TrustRegionState:
     x: Tensor
     linearization: Linearization
     radius: float
-    scale: Tensor | None
+    scale: Scale | None
     column_norms: Tensor | None
     m: int
     initial_cost: float
@@ -113,12 +114,13 @@ def _check_positive_int(name: str, value: object) -> int | None:
     return value
 
 
-def _check_x_scale(x_scale: object) -> float | Tensor | str | None:
-    if x_scale is None:
-        return None
+def _check_x_scale(x_scale: object) -> float | Tensor | str | BlockJacobi | None:
+    rule = "x_scale must be 'jac', a positive number, a 1-D positive tensor, a BlockJacobi or None"
+    if x_scale is None or isinstance(x_scale, BlockJacobi):
+        return x_scale
     if isinstance(x_scale, str):
         if x_scale != "jac":
-            raise ValueError(f"x_scale must be 'jac', a positive number, a 1-D positive tensor or None, got {x_scale!r}")
+            raise ValueError(f"{rule}, got {x_scale!r}")
         return x_scale
     if isinstance(x_scale, Tensor):
         if x_scale.ndim != 1 or not x_scale.is_floating_point() or not bool((x_scale > 0).all()):
@@ -127,7 +129,7 @@ def _check_x_scale(x_scale: object) -> float | Tensor | str | None:
             raise ValueError("x_scale must be finite, got a tensor with NaN or inf entries")
         return x_scale
     if isinstance(x_scale, bool) or not isinstance(x_scale, (int, float)) or not 0 < x_scale < math.inf:
-        raise ValueError(f"x_scale must be 'jac', a positive number, a 1-D positive tensor or None, got {x_scale!r}")
+        raise ValueError(f"{rule}, got {x_scale!r}")
     return float(x_scale)
 
 
@@ -145,7 +147,9 @@ class TrustRegion:
         x_scale: characteristic scale of each variable: the trust region is
             ‖p / x_scale‖ ≤ Δ. A number, a tensor of length n, or ``"jac"``
             (inverse column norms of J, never decreasing; scipy/MINPACK).
-            ``None`` (default) takes the solver's ``default_x_scale``: 1 for
+            A `BlockJacobi` partition gives block-Jacobi scaling (see
+            `trustls.scaling`). ``None`` (default) takes the solver's
+            ``default_x_scale``: 1 for
             ``"lstsq"`` (scipy trf's default), ``"jac"`` for ``"cg"`` (the
             Jacobi preconditioner; Ceres' default scaling).
         max_nfev: budget of residual evaluations (``None``: 100·n, scipy's).
@@ -174,7 +178,7 @@ class TrustRegion:
         ftol: float | None = 1e-8,
         xtol: float | None = 1e-8,
         gtol: float | None = 1e-8,
-        x_scale: float | Tensor | str | None = None,
+        x_scale: float | Tensor | str | BlockJacobi | None = None,
         max_nfev: int | None = None,
         initial_radius: float | None = None,
         callback: Callback | None = None,
@@ -251,8 +255,8 @@ class TrustRegion:
         if not bool(torch.isfinite(r0).all()):
             raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
         linearization = self.model.linearize(fun, x, dense=self.solver.requires_jacobian)
-        scale, column_norms = self._scale(linearization, None, x)
-        x_scaled_norm = float(torch.linalg.vector_norm(x if scale is None else x / scale))
+        scale, column_norms = self._scale(linearization, None)
+        x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(scale, x)))
         radius = self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
         state = TrustRegionState(
             x, linearization, radius, scale, column_norms, m=r0.shape[0], initial_cost=linearization.cost
@@ -286,7 +290,7 @@ class TrustRegion:
         max_nfev = self.max_nfev or 100 * x.shape[0]
         prepared = self.solver.prepare(lin if state.scale is None else lin.scaled(state.scale))
         x_norm = float(torch.linalg.vector_norm(x))
-        x_scaled_norm = x_norm if state.scale is None else float(torch.linalg.vector_norm(x / state.scale))
+        x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(state.scale, x)))
         radius = state.radius
         trials = 0
         while True:
@@ -294,7 +298,7 @@ class TrustRegion:
             trials += 1
             state.inner_iterations += step.iterations
             state.products += step.products
-            p = step.step if state.scale is None else state.scale * step.step
+            p = apply_scale(state.scale, step.step)
             x_new = x + p
             with torch.no_grad():
                 r_new = check_residual(fun(x_new), x, state.m)
@@ -307,7 +311,7 @@ class TrustRegion:
                 next_radius = self.radius_policy.update(
                     radius, ratio=ratio, step_norm=step.norm, hits_boundary=step.hits_boundary
                 )
-                p_norm = step.norm if state.scale is None else float(torch.linalg.vector_norm(p))
+                p_norm = float(torch.linalg.vector_norm(p))
                 status = check_step_termination(actual, lin.cost, p_norm, x_norm, ratio, ftol, xtol)
                 accepted = actual > 0
             else:
@@ -348,7 +352,7 @@ class TrustRegion:
             if relinearize:
                 state.linearization = self.model.linearize(fun, x_new, dense=self.solver.requires_jacobian)
                 state.njev += 1
-                state.scale, state.column_norms = self._scale(state.linearization, state.column_norms, x_new)
+                state.scale, state.column_norms = self._scale(state.linearization, state.column_norms)
         state.nit += 1
         state.status = status
         if status is None and relinearize:
@@ -382,22 +386,11 @@ class TrustRegion:
             state.status = Status.GTOL
 
     @property
-    def resolved_x_scale(self) -> float | Tensor | str:
+    def resolved_x_scale(self) -> float | Tensor | str | BlockJacobi:
         """``x_scale``, or the solver's default when it is ``None``."""
         return self.solver.default_x_scale if self.x_scale is None else self.x_scale
 
     def _scale(
-        self, linearization: Linearization, column_norms: Tensor | None, x: Tensor
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """The variable scale D and, for ``"jac"``, the running maximum of J's column norms."""
-        x_scale = self.resolved_x_scale
-        if isinstance(x_scale, Tensor):
-            return x_scale.to(x.dtype), None
-        if isinstance(x_scale, float):
-            return (None if x_scale == 1.0 else torch.full_like(x, x_scale)), None
-        norms = self.model.column_norms(linearization)
-        if column_norms is not None:
-            norms = torch.maximum(norms, column_norms)
-        # MINPACK keeps the largest column norm seen so far (Moré 1978, §6).
-        norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-        return 1.0 / norms, norms
+        self, linearization: Linearization, column_norms: Tensor | None
+    ) -> tuple[Scale | None, Tensor | None]:
+        return resolve_scale(self.resolved_x_scale, self.model, linearization, column_norms)

@@ -5,10 +5,12 @@ the residual, the cost ½‖r‖² (scipy's convention), the gradient g = Jᵀr,
 curvature operator B of the quadratic model m(p) = gᵀp + ½pᵀBp, the Jacobian
 as an operator and, when a solver needs it, as a dense matrix.
 
-Scaling (scipy's ``x_scale``): the trust region ‖D⁻¹p‖ ≤ Δ is a sphere in the
-variables z = D⁻¹x. `Linearization.scaled` returns the linearization in those
-variables, g_z = Dg, B_z = DBD, J_z = JD, so every subproblem solver works on
-a sphere and the controller maps the step back with p = Dz (Moré 1978, §6).
+Scaling (scipy's ``x_scale``): the trust region ‖T⁻¹p‖ ≤ Δ is a sphere in the
+variables z = T⁻¹x. `Linearization.scaled` returns the linearization in those
+variables, g_z = Tᵀg, B_z = TᵀBT, J_z = JT, so every subproblem solver works
+on a sphere and the controller maps the step back with p = Tz (Moré 1978,
+§6). T is diagonal for ``x_scale`` and Jacobi scaling, block diagonal for
+block-Jacobi scaling (`trustls.scaling`).
 """
 
 from __future__ import annotations
@@ -52,13 +54,22 @@ class Linearization:
         Jp = self.jacobian.matvec(step)
         return -float(torch.dot(self.gradient, step) + 0.5 * torch.dot(Jp, Jp))
 
-    def scaled(self, scale: Tensor) -> Linearization:
-        """The linearization in the variables z = x / scale (see the module docstring)."""
-        matrix = None if self.jacobian_matrix is None else self.jacobian_matrix * scale
+    def scaled(self, scale: Tensor | LinearOperator) -> Linearization:
+        """The linearization in the variables z = T⁻¹x (see the module docstring).
+
+        ``scale`` is T: a 1-D tensor (diagonal) or a square operator with
+        ``inverse_matvec`` (`DiagonalOperator`, `BlockDiagonalOperator`).
+        """
+        if isinstance(scale, Tensor):
+            x, gradient = self.x / scale, self.gradient * scale
+            matrix = None if self.jacobian_matrix is None else self.jacobian_matrix * scale
+        else:
+            x, gradient = scale.inverse_matvec(self.x), scale.rmatvec(self.gradient)
+            matrix = None if self.jacobian_matrix is None else self.jacobian_matrix @ scale.to_dense()
         return replace(
             self,
-            x=self.x / scale,
-            gradient=self.gradient * scale,
+            x=x,
+            gradient=gradient,
             operator=ScaledOperator(self.operator, scale),
             jacobian=ScaledOperator(self.jacobian, scale, left=False),
             jacobian_matrix=matrix,

@@ -2,7 +2,8 @@
 
 from trustls.operators.base import LinearOperator, ScaledOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
-from trustls.operators.sparse import SparseOperator
+from trustls.operators.diagonal import BlockDiagonalOperator, DiagonalOperator
+from trustls.operators.sparse import SparseOperator, SparsityPattern
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
@@ -13,6 +14,8 @@ from trustls.operators.implicit import (
 )
 
 __all__ = [
+    "BlockDiagonalOperator",
+    "DiagonalOperator",
     "DEFAULT_PRODUCT_METHOD",
     "PRODUCT_METHODS",
     "DenseOperator",
@@ -23,5 +26,6 @@ __all__ = [
     "NormalOperator",
     "ScaledOperator",
     "SparseOperator",
+    "SparsityPattern",
     "jacobian_products",
 ]

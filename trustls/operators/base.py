@@ -81,14 +81,16 @@ class LinearOperator(abc.ABC):
 
 
 class ScaledOperator(LinearOperator):
-    """``D A D`` (or ``A D`` with ``left=False``) for ``D = diag(scale)``.
+    """``Tᵀ A T`` (or ``A T`` with ``left=False``) for a change of variables ``T``.
 
-    ``D A D`` is the curvature in the scaled variables ``z = D⁻¹ x`` of the
-    trust-region subproblem ``min gᵀp + ½ pᵀAp, ‖D⁻¹p‖ ≤ Δ`` (Moré 1978;
-    Conn, Gould & Toint 2000, §7.7): with ``p = D z`` it becomes
-    ``min (Dg)ᵀz + ½ zᵀ(DAD)z, ‖z‖ ≤ Δ``. Solving the scaled problem with CG is
-    CG preconditioned by ``D²`` with the trust region in the matching norm;
-    ``A D`` is the Jacobian in those variables.
+    ``T`` is a diagonal given as a 1-D tensor (``T = diag(scale)``) or any
+    square `LinearOperator` (a `BlockDiagonalOperator`, say). ``Tᵀ A T`` is the
+    curvature in the variables ``z = T⁻¹ x`` of the trust-region subproblem
+    ``min gᵀp + ½ pᵀAp, ‖T⁻¹p‖ ≤ Δ`` (Moré 1978; Conn, Gould & Toint 2000,
+    §7.7): with ``p = T z`` it becomes ``min (Tᵀg)ᵀz + ½ zᵀ(TᵀAT)z, ‖z‖ ≤ Δ``.
+    Solving the scaled problem with CG is CG preconditioned by ``(TTᵀ)⁻¹``
+    with the trust region in the matching norm; ``A T`` is the Jacobian in
+    those variables.
 
     Examples:
         >>> import torch
@@ -99,14 +101,18 @@ class ScaledOperator(LinearOperator):
                 [2., 4.]])
     """
 
-    def __init__(self, operator: LinearOperator, scale: Tensor, *, left: bool = True):
+    def __init__(self, operator: LinearOperator, scale: Tensor | LinearOperator, *, left: bool = True):
         m, n = operator.shape
-        if not isinstance(scale, Tensor):
-            raise TypeError(f"scale must be a torch.Tensor, got {type(scale).__name__}")
+        if isinstance(scale, Tensor):
+            if scale.shape != (n,):
+                raise ValueError(f"scale must have shape ({n},), got {tuple(scale.shape)}")
+        elif isinstance(scale, LinearOperator):
+            if scale.shape != (n, n):
+                raise ValueError(f"scale must have shape ({n}, {n}), got {scale.shape}")
+        else:
+            raise TypeError(f"scale must be a torch.Tensor or a LinearOperator, got {type(scale).__name__}")
         if left and m != n:
             raise ValueError(f"operator must be square to be scaled on both sides, got shape {operator.shape}")
-        if scale.shape != (n,):
-            raise ValueError(f"scale must have shape ({n},), got {tuple(scale.shape)}")
         super().__init__(operator.shape, operator.dtype, operator.device)
         self.operator = operator
         self.scale = scale
@@ -114,9 +120,15 @@ class ScaledOperator(LinearOperator):
         self.is_symmetric = left and operator.is_symmetric
         self.is_positive_semidefinite = left and operator.is_positive_semidefinite
 
+    def _T(self, v: Tensor) -> Tensor:
+        return self.scale * v if isinstance(self.scale, Tensor) else self.scale.matvec(v)
+
+    def _Tt(self, v: Tensor) -> Tensor:
+        return self.scale * v if isinstance(self.scale, Tensor) else self.scale.rmatvec(v)
+
     def matvec(self, v: Tensor) -> Tensor:
-        Av = self.operator.matvec(self.scale * v)
-        return self.scale * Av if self.left else Av
+        Av = self.operator.matvec(self._T(v))
+        return self._Tt(Av) if self.left else Av
 
     def rmatvec(self, u: Tensor) -> Tensor:
-        return self.scale * self.operator.rmatvec(self.scale * u if self.left else u)
+        return self._Tt(self.operator.rmatvec(self._T(u) if self.left else u))

@@ -3,9 +3,11 @@
 Jacobians of structured problems (bundle adjustment, discretized PDEs, banded
 systems) have few nonzeros per row. `SparseOperator` keeps J in compressed
 sparse row (CSR) form for ``J v`` and a second CSR copy of Jᵀ for ``Jᵀu``:
-building Jᵀ costs one stable sort of the column indices per linearization,
-and saves a scatter (``index_add``) per product, several times slower on CPU.
-Duplicate coordinates are summed, as in every COO format.
+building Jᵀ costs one stable sort of the column indices, and saves a scatter
+(``index_add``) per product, several times slower on CPU. The sorts live in a
+`SparsityPattern` that Jacobians with the same pattern share
+(`SparseOperator.with_values`). Duplicate coordinates are summed, as in every
+COO format.
 """
 
 from __future__ import annotations
@@ -17,19 +19,42 @@ from torch import Tensor
 
 from trustls.operators.base import LinearOperator
 
-__all__ = ["SparseOperator"]
+__all__ = ["SparseOperator", "SparsityPattern"]
 
 
-def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    """CSR tensor of the triplets; sorts by row only when they are not already."""
-    if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
-        order = torch.argsort(rows, stable=True)
-        rows, cols, values = rows[order], cols[order], values[order]
-    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
+def _crow(rows: Tensor, m: int) -> Tensor:
+    crow = torch.zeros(m + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
+    return crow
+
+
+def _csr(crow: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
+class SparsityPattern:
+    """The index structure of a sparse matrix, shared by matrices with the same pattern.
+
+    Holds the permutations that order the triplets by row (for J) and by
+    column (for Jᵀ) and the compressed index arrays, so that a new Jacobian
+    with the same pattern (`SparseOperator.with_values`) costs two gathers
+    instead of two sorts. Derived structures (block plans) are cached here.
+    """
+
+    def __init__(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]):
+        m, n = shape
+        self.rows, self.cols, self.shape = rows, cols, (m, n)
+        self.row_order = None
+        if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
+            self.row_order = torch.argsort(rows, stable=True)
+        self.crow = _crow(rows, m)
+        self.cols_by_row = cols if self.row_order is None else cols[self.row_order]
+        self.col_order = torch.argsort(cols, stable=True)
+        self.ccol = _crow(cols, n)
+        self.rows_by_col = rows[self.col_order]
+        self.cache: dict = {}
 
 
 class SparseOperator(LinearOperator):
@@ -59,10 +84,32 @@ class SparseOperator(LinearOperator):
                 f"rows, cols and values must have the same length, got {rows.numel()}, {cols.numel()}, {values.numel()}"
             )
         super().__init__(shape, values.dtype, values.device)
+        self._set(SparsityPattern(rows, cols, self.shape), values)
+
+    def _set(self, pattern: SparsityPattern, values: Tensor) -> None:
         m, n = self.shape
-        self.rows, self.cols, self.values = rows, cols, values
-        self.matrix = _csr(rows, cols, values, (m, n))
-        self.transpose = _csr(cols, rows, values, (n, m))
+        self.pattern = pattern
+        self.rows, self.cols, self.values = pattern.rows, pattern.cols, values
+        by_row = values if pattern.row_order is None else values[pattern.row_order]
+        self.matrix = _csr(pattern.crow, pattern.cols_by_row, by_row, (m, n))
+        self.transpose = _csr(pattern.ccol, pattern.rows_by_col, values[pattern.col_order], (n, m))
+
+    def with_values(self, values: Tensor) -> SparseOperator:
+        """The matrix with this one's sparsity pattern and new ``values`` (no sorting).
+
+        Examples:
+            >>> import torch
+            >>> A = SparseOperator(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([2.0, 3.0]), (2, 2))
+            >>> A.with_values(torch.tensor([1.0, 1.0])).to_dense()
+            tensor([[0., 1.],
+                    [1., 0.]])
+        """
+        if not isinstance(values, Tensor) or values.shape != self.values.shape:
+            raise ValueError(f"values must be a tensor of shape {tuple(self.values.shape)}")
+        operator = object.__new__(SparseOperator)
+        LinearOperator.__init__(operator, self.shape, values.dtype, values.device)
+        operator._set(self.pattern, values)
+        return operator
 
     @classmethod
     def from_tensor(cls, matrix: Tensor) -> SparseOperator:

@@ -1,0 +1,173 @@
+"""Scaled trust regions: diagonal and block-diagonal operators, block-Jacobi scaling, user Jacobians."""
+
+import pytest
+import torch
+
+from scipy_oracle import scipy_least_squares
+from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
+from trustls.operators import (
+    BlockDiagonalOperator,
+    DenseOperator,
+    DiagonalOperator,
+    ScaledOperator,
+    SparseOperator,
+)
+from trustls.problems.structured import broyden_tridiagonal, extended_rosenbrock
+from trustls.scaling import BlockJacobi, block_normal_diagonal, resolve_scale
+
+F64 = torch.float64
+
+
+def random_sparse(generator, m=12, n=10, density=0.4):
+    dense = torch.randn(m, n, generator=generator, dtype=F64)
+    dense = dense * (torch.rand(m, n, generator=generator, dtype=F64) < density)
+    rows, cols = torch.nonzero(dense, as_tuple=True)
+    order = torch.randperm(rows.numel(), generator=generator)  # unsorted triplets
+    return dense, SparseOperator(rows[order], cols[order], dense[rows, cols][order], (m, n))
+
+
+def test_sparse_operator_matches_dense_and_with_values(generator):
+    dense, A = random_sparse(generator)
+    v = torch.randn(10, generator=generator, dtype=F64)
+    u = torch.randn(12, generator=generator, dtype=F64)
+    torch.testing.assert_close(A @ v, dense @ v)
+    torch.testing.assert_close(A.rmatvec(u), dense.T @ u)
+    torch.testing.assert_close(A.column_norms(), torch.linalg.vector_norm(dense, dim=0))
+    B = A.with_values(3 * A.values)
+    assert B.pattern is A.pattern
+    torch.testing.assert_close(B.to_dense(), 3 * dense)
+
+
+def test_sparse_operator_sums_duplicates_and_checks_input():
+    A = SparseOperator(torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([1.0, 2.0]), (1, 2))
+    torch.testing.assert_close(A.to_dense(), torch.tensor([[0.0, 3.0]]))
+    with pytest.raises(TypeError, match=r"rows must be a 1-D int64 tensor, got torch.int32"):
+        SparseOperator(torch.tensor([0], dtype=torch.int32), torch.tensor([0]), torch.tensor([1.0]), (1, 1))
+    with pytest.raises(ValueError, match=r"rows, cols and values must have the same length, got 1, 2, 1"):
+        SparseOperator(torch.tensor([0]), torch.tensor([0, 1]), torch.tensor([1.0]), (1, 2))
+    with pytest.raises(ValueError, match=r"values must be a tensor of shape \(2,\)"):
+        A.with_values(torch.ones(3))
+
+
+def test_diagonal_and_block_diagonal_operators(generator):
+    d = torch.rand(4, generator=generator, dtype=F64) + 0.5
+    D = DiagonalOperator(d)
+    v = torch.randn(4, generator=generator, dtype=F64)
+    torch.testing.assert_close(D.to_dense() @ v, D @ v)
+    torch.testing.assert_close(D.inverse_matvec(D @ v), v)
+    blocks = [torch.randn(2, 3, 3, generator=generator, dtype=F64) + 3 * torch.eye(3, dtype=F64),
+              torch.randn(3, 1, 1, generator=generator, dtype=F64) + 2]
+    B = BlockDiagonalOperator(blocks, [torch.linalg.inv(b) for b in blocks])
+    w = torch.randn(9, generator=generator, dtype=F64)
+    dense = B.to_dense()
+    torch.testing.assert_close(B @ w, dense @ w)
+    torch.testing.assert_close(B.rmatvec(w), dense.T @ w)
+    torch.testing.assert_close(B.inverse_matvec(B @ w), w)
+    with pytest.raises(ValueError, match=r"blocks must be a non-empty list of \(count, size, size\) tensors"):
+        BlockDiagonalOperator([torch.ones(2, 3)])
+    with pytest.raises(ValueError, match=r"inverse_matvec needs inverse_blocks"):
+        BlockDiagonalOperator(blocks).inverse_matvec(w)
+
+
+def test_scaled_operator_with_block_transform(generator):
+    A = torch.randn(9, 9, generator=generator, dtype=F64)
+    A = A @ A.T
+    T = BlockDiagonalOperator([torch.randn(3, 3, 3, generator=generator, dtype=F64)])
+    Td = T.to_dense()
+    torch.testing.assert_close(ScaledOperator(DenseOperator(A), T).to_dense(), Td.T @ A @ Td)
+    J = torch.randn(5, 9, generator=generator, dtype=F64)
+    scaled_J = ScaledOperator(DenseOperator(J), T, left=False)
+    torch.testing.assert_close(scaled_J.to_dense(), J @ Td)
+    u = torch.randn(5, generator=generator, dtype=F64)
+    torch.testing.assert_close(scaled_J.rmatvec(u), Td.T @ J.T @ u)
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense", "implicit"])
+def test_block_normal_diagonal_equals_dense_blocks(form, generator):
+    dense, sparse = random_sparse(generator, m=15, n=10, density=0.5)
+    spec = BlockJacobi(((2, 3), (4, 1)))
+    model = GaussNewtonModel(jacobian=(lambda x: sparse) if form == "sparse" else (lambda x: dense))
+    if form == "implicit":
+        model = GaussNewtonModel()
+    lin = model.linearize(lambda x: dense @ x, torch.zeros(10, dtype=F64))
+    blocks = block_normal_diagonal(lin, spec)
+    normal = dense.T @ dense
+    torch.testing.assert_close(blocks[0][0], normal[0:3, 0:3])
+    torch.testing.assert_close(blocks[0][1], normal[3:6, 3:6])
+    torch.testing.assert_close(blocks[1].reshape(-1), torch.diagonal(normal)[6:])
+
+
+def test_block_jacobi_whitens_the_diagonal_blocks(generator):
+    dense, sparse = random_sparse(generator, m=20, n=6, density=0.9)
+    lin = GaussNewtonModel(jacobian=lambda x: sparse).linearize(lambda x: dense @ x, torch.zeros(6, dtype=F64))
+    T, norms = resolve_scale(BlockJacobi(((2, 3),), damping=0.0), GaussNewtonModel(), lin, None)
+    assert norms is None
+    whitened = ScaledOperator(lin.operator, T).to_dense()
+    torch.testing.assert_close(whitened[:3, :3], torch.eye(3, dtype=F64))
+    torch.testing.assert_close(whitened[3:, 3:], torch.eye(3, dtype=F64))
+
+
+@pytest.mark.parametrize("make, blocks", [(lambda: extended_rosenbrock(10), ((5, 2),)),
+                                          (lambda: broyden_tridiagonal(9), ((3, 3),))])
+def test_block_jacobi_solves_structured_problems_with_sparse_jacobians(make, blocks):
+    problem = make()
+    n = problem.x0.shape[0]
+    m = problem.residual(problem.x0).shape[0]
+
+    def jacobian(x):
+        rows, cols, values = problem.jacobian_coo(x)
+        return SparseOperator(rows, cols, values, (m, n))
+
+    result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver="cg", x_scale=BlockJacobi(blocks)).solve(
+        problem.residual, problem.x0
+    )
+    reference = scipy_least_squares(problem.residual, problem.x0)
+    assert result.success
+    assert result.cost <= max(reference.cost, 1e-14 * (1 + 0.5 * float(problem.residual(problem.x0).square().sum())))
+
+
+def test_user_jacobian_forms_agree(generator):
+    A = torch.randn(8, 3, generator=generator, dtype=F64)
+    b = torch.randn(8, generator=generator, dtype=F64)
+    x0 = torch.zeros(3, dtype=F64)
+    costs = []
+    for jacobian in (lambda x: A, lambda x: A.to_sparse(), lambda x: DenseOperator(A)):
+        result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver="lstsq").solve(lambda x: A @ x - b, x0)
+        costs.append(result.cost)
+    assert costs[0] == pytest.approx(costs[1], rel=1e-12) == pytest.approx(costs[2], rel=1e-12)
+
+
+def test_user_jacobian_errors():
+    with pytest.raises(TypeError, match=r"jacobian must be callable or None, got int"):
+        GaussNewtonModel(jacobian=3)
+    model = GaussNewtonModel(jacobian=lambda x: torch.ones(2, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"jacobian must return shape \(3, 2\), got \(2, 2\)"):
+        model.linearize(lambda x: torch.cat([x, x[:1]]), torch.ones(2, dtype=F64))
+    model = GaussNewtonModel(jacobian=lambda x: [[1.0]])
+    with pytest.raises(TypeError, match=r"jacobian must return a Tensor or a LinearOperator, got list"):
+        model.linearize(lambda x: x, torch.ones(1, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    "blocks, damping, match",
+    [
+        ((), 1e-10, r"blocks must be a non-empty sequence of \(count, size\) pairs of positive ints, got \(\)"),
+        (((2, 0),), 1e-10, r"blocks must be a non-empty sequence of \(count, size\) pairs"),
+        (((2, 3),), 1.5, r"damping must be a number in \[0, 1\), got 1.5"),
+    ],
+)
+def test_block_jacobi_validation(blocks, damping, match):
+    with pytest.raises(ValueError, match=match):
+        BlockJacobi(blocks, damping)
+
+
+def test_block_jacobi_must_cover_x():
+    controller = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=BlockJacobi(((1, 3),)))
+    with pytest.raises(ValueError, match=r"x_scale=BlockJacobi must cover the 2 variables, its blocks cover 3"):
+        controller.solve(lambda x: x - 1, torch.zeros(2, dtype=F64))
+
+
+def test_block_jacobi_refuses_large_implicit_jacobians():
+    controller = TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=5), x_scale=BlockJacobi(((300, 1),)))
+    with pytest.raises(ValueError, match=r"x_scale=BlockJacobi needs a dense or sparse Jacobian when n > 256"):
+        controller.solve(lambda x: x - 1, torch.zeros(300, dtype=F64))

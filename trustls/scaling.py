@@ -1,0 +1,195 @@
+"""Scaling of the trust region: scipy's ``x_scale``, Jacobi and block-Jacobi.
+
+The trust region ‖T⁻¹p‖ ≤ Δ is a sphere in the variables z = T⁻¹x, and
+solving the subproblem there with CG is CG preconditioned by M = (TTᵀ)⁻¹
+with the trust region in the matching M-norm (Steihaug 1983, §3; Conn,
+Gould & Toint 2000, §5.1.6). The choices, selected by `TrustRegion`'s
+``x_scale``:
+
+* a number or a tensor: T = diag(x_scale), fixed (scipy's ``x_scale``);
+* ``"jac"``: T = diag(1/‖J e_j‖) with the running maximum of the column norms
+  (Moré 1978, §6; MINPACK and scipy): Jacobi preconditioning,
+  M = diag(JᵀJ) up to the running maximum;
+* `BlockJacobi`: T = L⁻ᵀ with LLᵀ the block diagonal of JᵀJ over a partition
+  of the variables into blocks (camera and point parameters in bundle
+  adjustment): block-Jacobi preconditioning, recomputed at every
+  linearization, the preconditioner of Ceres' iterative solvers (Agarwal et
+  al. 2010). The blocks are computed from a dense or sparse Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from trustls.models.base import CurvatureModel, Linearization
+from trustls.operators.dense import DenseOperator
+from trustls.operators.diagonal import BlockDiagonalOperator
+from trustls.operators.sparse import SparseOperator
+
+__all__ = ["BlockJacobi", "Scale", "apply_scale", "block_normal_diagonal", "inverse_scale", "resolve_scale"]
+
+Scale = Tensor | BlockDiagonalOperator
+"""T: a 1-D tensor (its diagonal) or a block-diagonal operator."""
+
+# Blocks are materialized from an implicit Jacobian (n JVPs) only up to this n.
+_MAX_IMPLICIT_N = 256
+
+
+@dataclass(frozen=True)
+class BlockJacobi:
+    """Block-Jacobi scaling over a partition of x into contiguous blocks.
+
+    Args:
+        blocks: ``(count, size)`` groups in the order of x: ``((49, 9), (7776, 3))``
+            is 49 blocks of 9 variables followed by 7,776 blocks of 3.
+        damping: each block B_k is factored as B_k + damping·diag(B_k), which
+            keeps blocks that are singular (gauge freedoms, points seen once)
+            factorable without changing well-conditioned ones.
+
+    Examples:
+        >>> BlockJacobi(((2, 3), (4, 1))).n
+        10
+    """
+
+    blocks: tuple[tuple[int, int], ...]
+    damping: float = 1e-10
+
+    def __post_init__(self):
+        blocks = tuple(tuple(group) for group in self.blocks) if isinstance(self.blocks, Sequence) else None
+        if not blocks or any(
+            len(g) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in g) for g in blocks
+        ):
+            raise ValueError(f"blocks must be a non-empty sequence of (count, size) pairs of positive ints, got {self.blocks!r}")
+        object.__setattr__(self, "blocks", blocks)
+        if not isinstance(self.damping, (int, float)) or not 0 <= self.damping < 1:
+            raise ValueError(f"damping must be a number in [0, 1), got {self.damping!r}")
+
+    @property
+    def n(self) -> int:
+        """Number of variables the partition covers."""
+        return sum(count * size for count, size in self.blocks)
+
+
+# Up to this many blocks in a group, sum each block's outer products with one
+# matrix product (BLAS); beyond it, one batched outer product and a scatter.
+_MAX_LOOPED_BLOCKS = 1024
+
+
+def _sparse_blocks(J: SparseOperator, offset: int, count: int, size: int) -> Tensor:
+    key = ("block", offset, count, size)
+    plan = J.pattern.cache.get(key)
+    if plan is None:
+        rows, cols = J.pattern.rows, J.pattern.cols
+        entries = torch.nonzero((cols >= offset) & (cols < offset + count * size)).squeeze(1)
+        local = cols[entries] - offset
+        block, position = local // size, local % size
+        # One slot per (block, row) pair, holding the row's entries in that
+        # block; ordering the key by block first groups each block's slots.
+        slots, slot = torch.unique(block * J.shape[0] + rows[entries], return_inverse=True)
+        slot_block = slots // J.shape[0]
+        plan = (entries, slot * size + position, slot_block, torch.bincount(slot_block, minlength=count).tolist())
+        J.pattern.cache[key] = plan
+    entries, flat, slot_block, counts = plan
+    n_slots = slot_block.numel()
+    R = torch.zeros(n_slots * size, dtype=J.dtype, device=J.device).index_add_(0, flat, J.values[entries])
+    R = R.view(n_slots, size)
+    if count <= _MAX_LOOPED_BLOCKS:
+        return torch.stack([rows.T @ rows for rows in torch.split(R, counts)])
+    outer = (R[:, :, None] * R[:, None, :]).reshape(n_slots, size * size)
+    blocks = torch.zeros(count, size * size, dtype=J.dtype, device=J.device).index_add_(0, slot_block, outer)
+    return blocks.view(count, size, size)
+
+
+def block_normal_diagonal(linearization: Linearization, spec: BlockJacobi) -> list[Tensor]:
+    """The diagonal blocks of JᵀJ, one ``(count, size, size)`` tensor per group.
+
+    From the sparse Jacobian's nonzeros (the grouping of entries into row
+    blocks is computed once per sparsity pattern), or from a dense J.
+    """
+    J = linearization.jacobian
+    n = J.shape[1]
+    if spec.n != n:
+        raise ValueError(f"x_scale=BlockJacobi must cover the {n} variables, its blocks cover {spec.n}")
+    if isinstance(J, SparseOperator):
+        groups, offset = [], 0
+        for count, size in spec.blocks:
+            groups.append(_sparse_blocks(J, offset, count, size))
+            offset += count * size
+        return groups
+    if linearization.jacobian_matrix is not None:
+        matrix = linearization.jacobian_matrix
+    elif isinstance(J, DenseOperator) or n <= _MAX_IMPLICIT_N:
+        matrix = J.to_dense()
+    else:
+        raise ValueError(
+            f"x_scale=BlockJacobi needs a dense or sparse Jacobian when n > {_MAX_IMPLICIT_N}: "
+            "pass GaussNewtonModel(jacobian=...) returning a SparseOperator"
+        )
+    groups, offset = [], 0
+    for count, size in spec.blocks:
+        columns = matrix[:, offset : offset + count * size].reshape(matrix.shape[0], count, size)
+        groups.append(torch.einsum("rki,rkj->kij", columns, columns))
+        offset += count * size
+    return groups
+
+
+def _block_jacobi(linearization: Linearization, spec: BlockJacobi) -> BlockDiagonalOperator:
+    """T = L⁻ᵀ (and T⁻¹ = Lᵀ) from the Cholesky factors of the regularized blocks."""
+    transforms, inverses = [], []
+    for B in block_normal_diagonal(linearization, spec):
+        d = torch.diagonal(B, dim1=1, dim2=2)
+        # A variable no residual depends on has d = 0: scale it by 1, as "jac" does.
+        shift = torch.where(d > 0, spec.damping * d, torch.ones_like(d))
+        L, info = torch.linalg.cholesky_ex(B + torch.diag_embed(shift))
+        if bool((info != 0).any()):
+            jitter = math.sqrt(torch.finfo(B.dtype).eps) * d.amax(dim=1, keepdim=True)
+            L = torch.linalg.cholesky(B + torch.diag_embed(shift + jitter))
+        eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device).expand_as(B)
+        L_inverse = torch.linalg.solve_triangular(L, eye, upper=False)
+        transforms.append(L_inverse.transpose(1, 2))
+        inverses.append(L.transpose(1, 2))
+    return BlockDiagonalOperator(transforms, inverses)
+
+
+def resolve_scale(
+    x_scale: float | Tensor | str | BlockJacobi,
+    model: CurvatureModel,
+    linearization: Linearization,
+    column_norms: Tensor | None,
+) -> tuple[Scale | None, Tensor | None]:
+    """T at a new point, and the running maximum of J's column norms for ``"jac"``.
+
+    ``None`` for T means no scaling (x_scale = 1).
+    """
+    x = linearization.x
+    if isinstance(x_scale, BlockJacobi):
+        return _block_jacobi(linearization, x_scale), None
+    if isinstance(x_scale, Tensor):
+        return x_scale.to(x.dtype), None
+    if isinstance(x_scale, float):
+        return (None if x_scale == 1.0 else torch.full_like(x, x_scale)), None
+    norms = model.column_norms(linearization)
+    if column_norms is not None:
+        norms = torch.maximum(norms, column_norms)
+    # MINPACK keeps the largest column norm seen so far (Moré 1978, §6).
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return 1.0 / norms, norms
+
+
+def apply_scale(scale: Scale | None, z: Tensor) -> Tensor:
+    """p = T z."""
+    if scale is None:
+        return z
+    return scale * z if isinstance(scale, Tensor) else scale.matvec(z)
+
+
+def inverse_scale(scale: Scale | None, p: Tensor) -> Tensor:
+    """z = T⁻¹ p."""
+    if scale is None:
+        return p
+    return p / scale if isinstance(scale, Tensor) else scale.inverse_matvec(p)
