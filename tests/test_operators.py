@@ -289,7 +289,7 @@ def test_scaled_operator_rejects_mismatched_shapes():
 
 
 def test_scaled_operator_rejects_non_tensor_scale():
-    with pytest.raises(TypeError, match="^scale must be a torch.Tensor, got list$"):
+    with pytest.raises(TypeError, match="^scale must be a torch.Tensor or a LinearOperator, got list$"):
         ScaledOperator(DenseOperator(torch.ones(2, 2)), [1.0, 2.0])
 
 
