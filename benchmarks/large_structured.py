@@ -59,9 +59,16 @@ def run_scipy(problem) -> dict:
 def run_trustls(problem, *, sparse: bool) -> dict:
     if sparse:
         shape = (problem.m, problem.n)
+        first: list[SparseOperator] = []
 
         def jacobian(x):
-            return SparseOperator(*problem.jacobian_coo(x), shape)
+            # The pattern is fixed: sort the indices once per solve, then
+            # only the values change (SparseOperator.with_values).
+            rows, cols, values = problem.jacobian_coo(x)
+            if not first:
+                first.append(SparseOperator(rows, cols, values, shape))
+                return first[0]
+            return first[0].with_values(values)
 
         model = GaussNewtonModel(jacobian=jacobian)
     else:

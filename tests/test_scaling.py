@@ -171,3 +171,33 @@ def test_block_jacobi_refuses_large_implicit_jacobians():
     controller = TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=5), x_scale=BlockJacobi(((300, 1),)))
     with pytest.raises(ValueError, match=r"x_scale=BlockJacobi needs a dense or sparse Jacobian when n > 256"):
         controller.solve(lambda x: x - 1, torch.zeros(300, dtype=F64))
+
+
+def test_estimated_column_norms_are_refreshed_on_a_doubling_schedule():
+    calls = []
+
+    class CountingModel(GaussNewtonModel):
+        def column_norms(self, linearization):
+            calls.append(None)
+            return super().column_norms(linearization)
+
+    problem = extended_rosenbrock(10)
+    model = CountingModel(column_norm_probes=2)  # n = 10 > 2 probes: estimated
+    result = TrustRegion(model, solver="cg", x_scale="jac").solve(problem.residual, problem.x0)
+    assert result.success
+    linearized_at = range(result.njev)  # iteration index of each linearization
+    assert len(calls) == sum(1 for k in linearized_at if k & (k - 1) == 0)
+    assert result.njev > len(calls)
+
+
+def test_exact_column_norms_are_refreshed_every_iteration():
+    calls = []
+
+    class CountingModel(GaussNewtonModel):
+        def column_norms(self, linearization):
+            calls.append(None)
+            return super().column_norms(linearization)
+
+    problem = extended_rosenbrock(10)
+    result = TrustRegion(CountingModel(), solver="cg", x_scale="jac").solve(problem.residual, problem.x0)
+    assert len(calls) == result.njev

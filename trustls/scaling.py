@@ -161,10 +161,13 @@ def resolve_scale(
     model: CurvatureModel,
     linearization: Linearization,
     column_norms: Tensor | None,
+    iteration: int = 0,
 ) -> tuple[Scale | None, Tensor | None]:
     """T at a new point, and the running maximum of J's column norms for ``"jac"``.
 
-    ``None`` for T means no scaling (x_scale = 1).
+    ``None`` for T means no scaling (x_scale = 1). Column norms that the model
+    can only estimate are refreshed at iterations 0, 1, 2, 4, 8, … and kept in
+    between (see `GaussNewtonModel.column_norms`).
     """
     x = linearization.x
     if isinstance(x_scale, BlockJacobi):
@@ -173,6 +176,9 @@ def resolve_scale(
         return x_scale.to(x.dtype), None
     if isinstance(x_scale, float):
         return (None if x_scale == 1.0 else torch.full_like(x, x_scale)), None
+    refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
+    if column_norms is not None and not refresh and model.column_norms_are_estimated(linearization):
+        return 1.0 / column_norms, column_norms
     norms = model.column_norms(linearization)
     if column_norms is not None:
         norms = torch.maximum(norms, column_norms)

@@ -352,7 +352,9 @@ class TrustRegion:
             if relinearize:
                 state.linearization = self.model.linearize(fun, x_new, dense=self.solver.requires_jacobian)
                 state.njev += 1
-                state.scale, state.column_norms = self._scale(state.linearization, state.column_norms)
+                state.scale, state.column_norms = self._scale(
+                    state.linearization, state.column_norms, state.nit + 1
+                )
         state.nit += 1
         state.status = status
         if status is None and relinearize:
@@ -391,6 +393,6 @@ class TrustRegion:
         return self.solver.default_x_scale if self.x_scale is None else self.x_scale
 
     def _scale(
-        self, linearization: Linearization, column_norms: Tensor | None
+        self, linearization: Linearization, column_norms: Tensor | None, iteration: int = 0
     ) -> tuple[Scale | None, Tensor | None]:
-        return resolve_scale(self.resolved_x_scale, self.model, linearization, column_norms)
+        return resolve_scale(self.resolved_x_scale, self.model, linearization, column_norms, iteration)

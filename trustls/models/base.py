@@ -83,6 +83,10 @@ class CurvatureModel(abc.ABC):
     def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
         """Linearize ``fun`` at ``x``; build ``jacobian_matrix`` when ``dense``."""
 
+    def column_norms_are_estimated(self, linearization: Linearization) -> bool:
+        """Whether `column_norms` estimates rather than computes (then it is refreshed less often)."""
+        return False
+
     def column_norms(self, linearization: Linearization) -> Tensor:
         """Euclidean norms of the columns of J (for ``x_scale="jac"``).
 

@@ -91,6 +91,11 @@ class GaussNewtonModel(CurvatureModel):
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
         return f"GaussNewtonModel(products={self.products!r}{jacobian}, column_norm_probes={self.column_norm_probes})"
 
+    def column_norms_are_estimated(self, linearization: Linearization) -> bool:
+        J = linearization.jacobian
+        exact = linearization.jacobian_matrix is not None or isinstance(J, (DenseOperator, SparseOperator))
+        return not exact and J.shape[1] > self.column_norm_probes
+
     def column_norms(self, linearization: Linearization) -> Tensor:
         """Column norms of J for ``x_scale="jac"``, without materializing J.
 
@@ -99,7 +104,10 @@ class GaussNewtonModel(CurvatureModel):
         vectors z (Bekas, Kokiopoulou & Saad 2007), k = ``column_norm_probes``
         VJPs, from a fixed seed so that solves are reproducible. Scale only
         needs the right order of magnitude per column, and ``"jac"`` keeps the
-        running maximum, so a relative error of about √(2/k) is harmless.
+        running maximum, so a relative error of about √(2/k) is harmless. The
+        controller refreshes estimated norms at iterations 0, 1, 2, 4, 8, …
+        only (`column_norms_are_estimated`): k VJPs cost as much as k/2 CG
+        iterations, and the running maximum settles after a few iterations.
         """
         if linearization.jacobian_matrix is not None:
             return torch.linalg.vector_norm(linearization.jacobian_matrix, dim=0)
