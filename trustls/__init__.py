@@ -8,7 +8,9 @@ Minimize ½‖r(x)‖² for any PyTorch residual function r::
 
 from trustls.api import least_squares
 from trustls.models import CurvatureModel, GaussNewtonModel, Linearization
+from trustls.optim import TrustRegionOptimizer
 from trustls.radius import RadiusPolicy
+from trustls.scaling import BlockJacobi
 from trustls.result import Result, Status
 from trustls.subproblem import DenseLstsq, SteihaugCG, SubproblemSolver
 from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
@@ -16,6 +18,7 @@ from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockJacobi",
     "CurvatureModel",
     "DenseLstsq",
     "GaussNewtonModel",
@@ -27,6 +30,7 @@ __all__ = [
     "SteihaugCG",
     "SubproblemSolver",
     "TrustRegion",
+    "TrustRegionOptimizer",
     "TrustRegionState",
     "least_squares",
 ]

@@ -7,12 +7,14 @@ list, from one evaluation of the closure with its graph:
 
 * ``Jᵀu``: ``torch.autograd.grad(r, params, u)``, the graph kept for reuse;
 * ``Jv``: the map u ↦ Jᵀu is linear, so ``J v`` is its VJP with cotangent v.
-  One backward pass with ``create_graph=True`` at a dummy u₀ = 0 records the
+  One backward pass with ``create_graph=True`` at a dummy u₀ records the
   graph of Jᵀu₀ as a function of u₀; each ``J v`` is then a backward pass
   through that graph (the "double-backward trick", Townsend 2017; the
-  ``"vjp+double-backward"`` method of `trustls.operators.implicit`). It is
-  recorded on the first product only, so a step whose CG solve needs no
-  product never pays for it.
+  ``"vjp+double-backward"`` method of `trustls.operators.implicit`). By
+  default it is recorded at u₀ = 0 on the first product, so a step whose
+  CG solve needs no product never pays for it; with ``eager=True`` (what
+  `TrustRegionOptimizer` uses, since CG always runs there) it is recorded at
+  once at u₀ = r, and the gradient Jᵀr comes out of that same pass.
 
 A Gauss-Newton product JᵀJv thus costs two backward passes over graphs built
 once per step; J itself is never formed, and memory grows with the
@@ -97,17 +99,20 @@ def parameter_products(residual: Tensor, params: Sequence[Tensor], *, eager: boo
     """
     params = list(params)
     detached = residual.detach()
-    double_backward: list[tuple[Tensor, tuple[Tensor, ...]]] = []
+    recorded: list[tuple[Tensor, Tensor]] = []
     gradient: list[Tensor] = []
 
     def record(at: Tensor) -> None:
         with torch.enable_grad():
             dummy = at.detach().clone().requires_grad_()
-            double_backward.append((dummy, _grad(residual, params, dummy, create_graph=True)))
+            pulled = _grad(residual, params, dummy, create_graph=True)
+            # cat saves no input for its backward: the per-parameter tensors
+            # are freed and one flat vector remains, Jᵀu₀ and the graph's root.
+            recorded.append((dummy, torch.cat([t.reshape(-1) for t in pulled])))
 
     if eager:
         record(detached)
-        gradient.append(flatten(double_backward[0][1]))
+        gradient.append(recorded[0][1].detach())
 
     def vjp(u: Tensor) -> Tensor:
         if gradient and u.shape == detached.shape and u.data_ptr() == detached.data_ptr():
@@ -115,14 +120,12 @@ def parameter_products(residual: Tensor, params: Sequence[Tensor], *, eager: boo
         return flatten(_grad(residual, params, u, retain_graph=True))
 
     def jvp(v: Tensor) -> Tensor:
-        if not double_backward:
+        if not recorded:
             record(torch.zeros_like(detached))
-        dummy, pulled = double_backward[0]
-        used = [(p, t) for p, t in zip(pulled, unflatten(v, params)) if p.requires_grad]
-        if not used:
+        dummy, pulled = recorded[0]
+        if not pulled.requires_grad:  # no parameter reaches the residual
             return torch.zeros_like(detached)
-        outputs, tangents = zip(*used)
         with torch.enable_grad():
-            return _grad(outputs, dummy, tangents, retain_graph=True)[0]
+            return _grad(pulled, dummy, v, retain_graph=True)[0]
 
     return JacobianProducts(detached, jvp, vjp)

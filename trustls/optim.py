@@ -40,6 +40,7 @@ from torch import Tensor
 
 from trustls._closure import check_closure_output, flatten, parameter_products, unflatten
 from trustls._warm_start import WarmStartCG, WarmStartLinearization
+from trustls.scaling import inverse_scale, resolve_scale
 from trustls.subproblem.steihaug_cg import SteihaugCG
 from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
 
@@ -57,10 +58,10 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         method: the `TrustRegion` whose model, solver, radius policy,
             ``initial_radius``, ``x_scale`` and ``callback`` are used. The
             solver must be matrix-free (``"cg"``, `SteihaugCG`, `WarmStartCG`);
-            for training cap CG, e.g. ``SteihaugCG(max_iter=10)``.
-            ``x_scale=None`` means 1 here: Jacobi scaling (``"jac"``, the
-            default of `TrustRegion.solve` with CG) costs
-            ``column_norm_probes`` extra VJPs per step, so it is opt-in.
+            for training cap CG, e.g. ``SteihaugCG(max_iter=10)``. With CG
+            the default scaling is Jacobi (``"jac"``), whose estimated column
+            norms cost ``column_norm_probes`` VJPs at steps 0, 1, 2, 4, 8, …
+            (accepted steps), as in `TrustRegion.solve`.
         max_trials: trial steps per call of `step` (``None``: until one is
             accepted, as in `TrustRegion.solve`; for full-batch training).
 
@@ -107,11 +108,6 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise ValueError("params must hold at least one tensor, got an empty parameter list")
         self.method = method
         self._controller = copy.copy(method)
-        if method.x_scale is None:
-            # Jacobi scaling ("jac", the CG default of `TrustRegion`) estimates
-            # J's column norms with column_norm_probes VJPs per linearization:
-            # affordable once per solve iteration, not once per mini-batch.
-            self._controller.x_scale = 1.0
         solver = method.solver
         if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory:
             # One solve per linearization: a stored CG path would never be reused.
@@ -168,18 +164,21 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         lin = self.method.model.from_products(parameter_products(residual, params, eager=True), x)
         del residual
         state = self.state[group["params"][0]]
-        scale, column_norms = self._controller._scale(lin, state.get("column_norms"), x)
-        if scale is not None and scale.shape != x.shape:
-            raise ValueError(f"method.x_scale must have length {x.shape[0]} (the parameters), got {scale.shape[0]}")
+        x_scale = self._controller.resolved_x_scale
+        if isinstance(x_scale, Tensor) and x_scale.shape != x.shape:
+            raise ValueError(f"method.x_scale must have length {x.shape[0]} (the parameters), got {x_scale.shape[0]}")
+        # Estimated column norms are refreshed on the schedule of `TrustRegion.solve`,
+        # whose iteration count is the number of accepted steps.
+        accepted = state.get("accepted_steps", 0)
+        scale, column_norms = resolve_scale(x_scale, self.method.model, lin, state.get("column_norms"), accepted)
         radius = state.get("radius")
         if radius is None:
-            x_norm = float(torch.linalg.vector_norm(x if scale is None else x / scale))
+            x_norm = float(torch.linalg.vector_norm(inverse_scale(scale, x)))
             radius = self.method.initial_radius or (x_norm if x_norm > 0 else 1.0)
         previous = state.get("previous_step")
         if isinstance(self._controller.solver, WarmStartCG) and previous is not None and previous.shape == x.shape:
-            start = previous if scale is None else previous / scale
-            lin = WarmStartLinearization(**{f.name: getattr(lin, f.name) for f in dataclasses.fields(lin)},
-                                         initial_step=start)
+            fields = {f.name: getattr(lin, f.name) for f in dataclasses.fields(lin)}
+            lin = WarmStartLinearization(**fields, initial_step=inverse_scale(scale, previous))
         tr = TrustRegionState(x=x, linearization=lin, radius=radius, scale=scale, column_norms=column_norms,
                               m=lin.residual.shape[0], initial_cost=lin.cost,
                               **{name: state.get(name, 0) for name in _COUNTERS})
@@ -210,6 +209,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             state["previous_step"] = trial_steps[0] - x
         if column_norms is not None:
             state["column_norms"] = column_norms
-        state.update(radius=tr.radius, **{name: getattr(tr, name) for name in _COUNTERS})
+        state.update(radius=tr.radius, accepted_steps=accepted + (tr.x is not x),
+                     **{name: getattr(tr, name) for name in _COUNTERS})
         self.last = tr.last
         return cost

@@ -3,35 +3,31 @@
 Solves every problem of :mod:`trustls.problems.nist` from both of NIST's starting
 points with each subproblem solver and scores the answer by the log relative error
 (LRE; McCullough 1998): the number of significant digits that agree with NIST's
-certified values, capped at the 11 that NIST certifies. A row's LRE is the smaller
-of the parameters' LRE (the minimum over the parameters) and the LRE of the
-residual sum of squares RSS = 2·cost. McCullough (1998) calls an answer with fewer
-than 4 correct digits a failure; trustls counts a run as passed at LRE ≥ 6.
+certified values, at most the 11 that NIST certifies. A row's LRE is the smaller of
+the parameters' LRE (their minimum) and the LRE of the residual sum of squares
+RSS = 2·cost; a run passes at LRE ≥ 6.
 
-Tolerances. The library's defaults (1e-8) stop a solve near 4-5 correct digits,
-so the self-check uses its own, the same for every problem (`DEFAULT_OPTIONS`):
+Tolerances. The library's defaults (1e-8) stop near 4-5 correct digits, so the
+self-check uses its own, one setting for every problem (`DEFAULT_OPTIONS`):
 
-* ``ftol=None``: a relative cost decrease cannot resolve the last digits. An error
-  δ in the parameters changes the cost by ~½‖Jδ‖², quadratically, and evaluating
-  the residual in float64 already perturbs the cost by ~10⁻¹⁴ of itself, so on
+* ``ftol=None``: an error δ in the parameters changes the cost by ~½‖Jδ‖², and
+  evaluating the residual in float64 perturbs the cost by ~10⁻¹⁴ of itself, so on
   ill-conditioned or large-residual problems (ENSO, MGH09, Roszman1) ftol=1e-15
   stops with parameters still wrong at 10⁻⁷.
-* ``gtol=None``: ‖Jᵀr‖∞ < gtol is an absolute test, not scale-invariant; on
-  Lanczos1, whose RSS is 1.4·10⁻²⁵, any fixed gtol holds long before the end.
-* ``xtol=1e-15`` (≈ 4.5 machine epsilons): the solve stops when a step changes x
-  by less than 10⁻¹⁵‖x‖, or when the trust region collapses because no step
-  decreases the cost any more (status ``RADIUS_COLLAPSED``: the cost has reached
-  its floating-point floor; the answer is still scored on its digits).
-* ``x_scale="jac"`` for both solvers: scaling by J's column norms (Moré 1978)
-  matters for CG, whose unscaled iteration fails on problems whose parameters
-  differ by 10⁶ in size; with ``"lstsq"`` it avoids Nelson's spurious stop from
-  start 1 (measured in ``docs/validation.md``).
+* ``gtol=None``: ‖Jᵀr‖∞ < gtol is absolute, not scale-invariant, and the certified
+  RSS ranges from 10⁻²⁵ (Lanczos1) to 10⁴ (Rat43).
+* ``xtol=1e-15`` (≈ 4.5 eps): stop when a step changes x by less than 10⁻¹⁵‖x‖, or
+  when the radius shrinks below the rounding of x because no step decreases the
+  cost any more (also reported as ``XTOL``).
+* ``x_scale="jac"`` for both solvers (Moré 1978): unscaled CG fails on the problems
+  whose parameters differ by 10⁶ in size, and unscaled ``"lstsq"`` stops early on
+  Nelson from start 1 (see ``docs/validation.md``).
 * ``max_nfev=3000``: Bennett5 and MGH17 from start 1 need 1000-2100 evaluations.
 
-Float64 limits the attainable digits: the residuals are evaluated with a rounding
-error of about eps·|model|, so the float64 minimizer differs from NIST's by ~10⁻¹¹
-at best, and Lanczos1's RSS (1.4·10⁻²⁵ from residuals of 10⁻¹³ against data of
-order 1) is computable to about 3 digits only, whatever the solver.
+Float64 bounds the digits: the residuals carry rounding errors of ~eps·|model|, and
+Gauss-Newton iterated from NIST's values settles 10.3-11 digits from them. Lanczos1's
+RSS, 1.4·10⁻²⁵ from residuals of 10⁻¹³ against data of order 1, is computable to
+about 3 digits only, whatever the solver.
 
 References:
     B. D. McCullough, "Assessing the reliability of statistical software: Part I",
@@ -46,6 +42,9 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from trustls.api import least_squares
 from trustls.problems import nist
@@ -98,6 +97,7 @@ class ValidationRow:
 
     @property
     def passed(self) -> bool:
+        """Whether the run reached `PASS_LRE` digits."""
         return self.lre >= PASS_LRE
 
 
@@ -124,31 +124,44 @@ def _check_solvers(solvers: Iterable[str]) -> tuple[str, ...]:
 
 
 def run(
-    solvers: Sequence[str] = ("cg", "lstsq"), names: Sequence[str] | None = None, **trust_region_options
+    solvers: Sequence[str] = ("cg", "lstsq"),
+    names: Sequence[str] | None = None,
+    *,
+    starts: Sequence[int] = (1, 2),
+    **trust_region_options: Any,
 ) -> list[ValidationRow]:
-    """Solve the NIST problems from both starts with each solver and score the answers.
+    """Solve the NIST problems from NIST's starts with each solver and score the answers.
 
     Args:
         solvers: subproblem solver names (``"cg"``, ``"lstsq"``).
         names: NIST problem names (default all 27, in NIST's order).
+        starts: which of NIST's two starting points, 1 and/or 2.
         **trust_region_options: options of `trustls.least_squares` that replace
             `DEFAULT_OPTIONS`, e.g. ``xtol=1e-12``.
 
     Returns:
         One `ValidationRow` per problem × start × solver, in that order.
 
-    Example:
+    Raises:
+        TypeError: ``solvers`` or ``names`` is a single str rather than a sequence.
+        ValueError: an unknown solver, problem name or start.
+
+    Examples:
         >>> rows = run(solvers=["lstsq"], names=["Misra1a"])
         >>> [(row.start, row.lre >= 6) for row in rows]
         [(1, True), (2, True)]
     """
     solvers = _check_solvers(solvers)
     names = _check_names(names)
+    starts = tuple(starts)
+    if not starts or any(start not in (1, 2) for start in starts):
+        raise ValueError(f"starts must be a non-empty sequence of 1 and/or 2, got {starts!r}")
     options = {**DEFAULT_OPTIONS, **trust_region_options}
     rows = []
     for name in names:
         problem = nist.load(name)
-        for start, x0 in enumerate(problem.starts, start=1):
+        for start in starts:
+            x0 = problem.starts[start - 1]
             for solver in solvers:
                 began = time.perf_counter()
                 result = least_squares(problem.residual, x0, solver=solver, **options)
@@ -164,7 +177,16 @@ def run(
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals of one solver's rows (see `summarize`)."""
+    """Totals of one solver's rows (see `summarize`).
+
+    Attributes:
+        solver: the solver's name.
+        runs: rows of this solver.
+        passed: rows with LRE ≥ `PASS_LRE`.
+        passed_params: rows whose parameters alone reach `PASS_LRE`.
+        mean_lre: mean of the rows' LRE.
+        total_nfev, seconds: sums over the rows.
+    """
 
     solver: str
     runs: int
@@ -196,7 +218,9 @@ def summarize(rows: Sequence[ValidationRow]) -> list[Summary]:
 
 def format_table(rows: Sequence[ValidationRow]) -> str:
     """The rows as a fixed-width table; failed runs are marked ``<``."""
-    header = f"{'problem':<10}{'start':>5}  {'solver':<7}{'LRE b':>7}{'LRE RSS':>8}{'LRE':>7}{'nfev':>7}{'ms':>9}  status"
+    header = (
+        f"{'problem':<10}{'start':>5}  {'solver':<7}{'LRE b':>7}{'LRE RSS':>8}{'LRE':>7}{'nfev':>7}{'ms':>9}  status"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         mark = " " if row.passed else "<"
@@ -253,11 +277,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="xtol, the relative step tolerance (default %(default)g; ftol and gtol stay off)")
     parser.add_argument("--max-nfev", type=_positive_int, default=DEFAULT_OPTIONS["max_nfev"],
                         help="evaluation budget per solve (default %(default)d)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch.set_num_threads before solving (default: torch's); the last digits "
+                        "of ill-conditioned fits depend on rounding, hence on the thread count")
     return parser  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: ``python -m trustls.validate [--solver S] [--problem NAME] [--tol T]``.
+    """``python -m trustls.validate [--solver S] [--problem NAME] [--tol T] [--max-nfev N] [--threads N]``.
 
     Prints the table and a summary per solver; returns 0 (the table is the result:
     known failures are listed in ``docs/validation.md``).
@@ -272,9 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     solvers = tuple(dict.fromkeys(args.solver)) if args.solver else ("cg", "lstsq")
     options = {"xtol": args.tol, "max_nfev": args.max_nfev}
     settings = {**DEFAULT_OPTIONS, **options}
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print("NIST StRD nonlinear regression: digits agreeing with the certified values (LRE, at most 11)")
     print("options: " + ", ".join(f"{key}={value!r}" for key, value in settings.items()))
-    print(f"LRE = min(LRE b, LRE RSS); '<' marks LRE < {PASS_LRE:g}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); LRE = min(LRE b, LRE RSS); "
+          f"'<' marks LRE < {PASS_LRE:g}\n")
+    # The first solve pays torch.func's one-time setup (~1 s); keep it out of the timings.
+    run(solvers, ["DanWood"], **options)
     rows = run(solvers, names, **options)
     print(format_table(rows))
     print()

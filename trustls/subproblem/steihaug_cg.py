@@ -178,6 +178,7 @@ class SteihaugCG(SubproblemSolver):
             if hits_boundary:
                 break
             r = r + alpha * Bd
+            del Bd  # free it before the next product: one length-n vector less at the peak
             rr_next = float(torch.dot(r, r))
             if math.sqrt(rr_next) <= tolerance:
                 reason = "converged"

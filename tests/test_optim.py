@@ -1,0 +1,335 @@
+"""TrustRegionOptimizer: agreement with TrustRegion.solve, checkpoints, mini-batches, products, input errors."""
+
+import doctest
+import math
+
+import pytest
+import torch
+
+import trustls._closure
+import trustls._warm_start
+import trustls.optim
+from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
+from trustls._closure import flatten, parameter_products, unflatten
+from trustls._warm_start import WarmStartCG, WarmStartLinearization
+from trustls.optim import TrustRegionOptimizer
+
+
+class Net(torch.nn.Module):
+    """Parameters of several shapes, a 0-d one included, and a frozen one."""
+
+    def __init__(self, dtype=torch.float64):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.hidden = torch.nn.Linear(3, 6).to(dtype)
+        self.out = torch.nn.Parameter(torch.randn(2, 6, generator=generator, dtype=dtype) / 3)
+        self.gain = torch.nn.Parameter(torch.tensor(0.8, dtype=dtype))
+        self.frozen = torch.nn.Parameter(torch.tensor([0.1, -0.2], dtype=dtype), requires_grad=False)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.randn(6, 3, generator=generator, dtype=dtype) / 2)
+            self.hidden.bias.copy_(torch.randn(6, generator=generator, dtype=dtype) / 2)
+
+    def forward(self, X):
+        return self.gain * torch.tanh(self.hidden(X)) @ self.out.T + self.frozen
+
+
+def data(m=40, dtype=torch.float64, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, 3, generator=generator, dtype=dtype)
+    return X, torch.stack([torch.sin(X[:, 0]), X[:, 1] * X[:, 2]], dim=1)
+
+
+def method(**options):
+    return TrustRegion(GaussNewtonModel(), **{"solver": SteihaugCG(max_iter=5), "x_scale": 1.0, **options})
+
+
+def trainable(net):
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+# -- agreement with TrustRegion.solve ---------------------------------------
+
+
+@pytest.mark.parametrize("max_trials", [None, 1])
+@pytest.mark.parametrize("x_scale", [1.0, "jac"])
+@pytest.mark.parametrize("solver", [SteihaugCG(max_iter=5), SteihaugCG()])
+def test_full_batch_iterates_equal_solve(solver, x_scale, max_trials):
+    net, (X, Y) = Net(), data()
+    params = trainable(net)
+    x0 = flatten(params).clone()
+
+    def fun(x):  # the same residual as a function of the flattened parameters
+        out, gain, W, b = unflatten(x, params)
+        return (gain * torch.tanh(X @ W.T + b) @ out.T + net.frozen - Y).reshape(-1)
+
+    infos = []
+    TrustRegion(GaussNewtonModel(), solver=solver, x_scale=x_scale, callback=infos.append, max_nfev=25).solve(fun, x0)
+    expected = [info.x for info in infos if info.accepted]
+    opt = TrustRegionOptimizer(net.parameters(), method(solver=solver, x_scale=x_scale), max_trials=max_trials)
+    iterates = []
+    while len(iterates) < min(len(expected), 12):
+        opt.step(lambda: (net(X) - Y).reshape(-1))
+        if opt.last.accepted:
+            iterates.append(flatten(params))
+    assert len(iterates) >= 8
+    for got, want in zip(iterates, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert torch.equal(net.frozen, torch.tensor([0.1, -0.2], dtype=torch.float64))
+
+
+def test_step_reports_cost_and_statistics_and_calls_callback():
+    net, (X, Y) = Net(), data()
+    records = []
+    opt = TrustRegionOptimizer(net.parameters(), method(callback=records.append))
+    for _ in range(6):
+        before = flatten(trainable(net))
+        with torch.no_grad():
+            expected_cost = 0.5 * float(((net(X) - Y) ** 2).sum())
+        cost = opt.step(lambda: (net(X) - Y).reshape(-1))
+        info = opt.last
+        assert records[-1] is info
+        assert cost == info.cost == pytest.approx(expected_cost, rel=1e-14)
+        assert info.step_norm <= info.radius * (1 + 1e-12) and 1 <= info.inner_iterations <= 5
+        assert info.products == info.inner_iterations and info.reason in ("max_iter", "boundary", "converged")
+        after = flatten(trainable(net))
+        if info.accepted:
+            assert info.trial_cost < info.cost
+            torch.testing.assert_close(after, info.x, rtol=0, atol=0)
+        else:
+            assert torch.equal(after, before)
+    state = opt.state[next(net.parameters())]
+    assert state["nit"] == 6 and state["nfev"] == 12 and state["njev"] == 6
+    assert state["radius"] == opt.last.next_radius
+
+
+def test_rejected_and_non_finite_trials_restore_the_parameters_exactly():
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    target = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    # A huge first radius sends w negative: sqrt is NaN there, the step is rejected.
+    opt = TrustRegionOptimizer([w], method(solver="cg", initial_radius=1e3))
+    opt.step(lambda: torch.sqrt(w) - target)
+    assert not opt.last.accepted and opt.last.trial_cost == math.inf
+    assert torch.equal(w.detach(), torch.tensor([4.0, 9.0], dtype=torch.float64))
+    assert opt.last.next_radius == pytest.approx(0.25 * opt.last.step_norm)
+    for _ in range(30):
+        opt.step(lambda: torch.sqrt(w) - target)
+    torch.testing.assert_close(w.detach(), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+# -- checkpoints -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver,x_scale", [(SteihaugCG(max_iter=4), 1.0), (WarmStartCG(max_iter=4), "jac")])
+def test_state_dict_round_trip_resumes_identically(solver, x_scale):
+    X, Y = data(m=64)
+    batches = [(X[i : i + 16], Y[i : i + 16]) for i in range(0, 64, 16)] * 3
+
+    def train(net, opt, steps):
+        for xb, yb in steps:
+            opt.step(lambda: (net(xb) - yb).reshape(-1))
+
+    make = lambda net: TrustRegionOptimizer(net.parameters(), method(solver=solver, x_scale=x_scale))  # noqa: E731
+    net = Net()
+    opt = make(net)
+    train(net, opt, batches)
+
+    resumed_net = Net()
+    resumed_opt = make(resumed_net)
+    train(resumed_net, resumed_opt, batches[:5])
+    checkpoint = {"net": resumed_net.state_dict(), "opt": resumed_opt.state_dict()}
+    state = checkpoint["opt"]["state"][0]
+    assert {"radius", "nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps"} <= state.keys()
+    fresh_net = Net()
+    fresh_net.load_state_dict(checkpoint["net"])
+    fresh_opt = make(fresh_net)
+    fresh_opt.load_state_dict(checkpoint["opt"])
+    train(fresh_net, fresh_opt, batches[5:])
+    for a, b in zip(net.parameters(), fresh_net.parameters()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state_dict()["state"][0]["radius"] == opt.state_dict()["state"][0]["radius"]
+
+
+# -- mini-batches, modules, devices ------------------------------------------
+
+
+def test_batchnorm_and_dropout_in_train_mode():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.1), torch.nn.Linear(8, 2))
+    X, Y = data(m=64, dtype=torch.float32)
+    opt = TrustRegionOptimizer(net.parameters(), method(solver=SteihaugCG(max_iter=10)))
+    running_mean = net[1].running_mean.clone()
+    costs = [opt.step(lambda: (net(X) - Y).reshape(-1)) for _ in range(20)]
+    assert all(math.isfinite(c) for c in costs) and min(costs[-5:]) < costs[0]
+    assert not torch.equal(net[1].running_mean, running_mean)
+
+
+def test_float32_mlp_training_on_device(device):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(device)
+    X, Y = (t.to(device) for t in data(m=128, dtype=torch.float32))
+    opt = TrustRegionOptimizer(net.parameters(), method(solver=SteihaugCG(max_iter=10)))
+    costs = []
+    for epoch in range(5):
+        for i in range(0, 128, 32):
+            xb, yb = X[i : i + 32], Y[i : i + 32]
+            costs.append(opt.step(lambda: (net(xb) - yb).reshape(-1)))
+    assert costs[-1] < 0.5 * costs[0]
+    assert all(p.device.type == device.type and p.grad is None for p in net.parameters())
+
+
+def test_parameter_products_match_the_dense_jacobian(device):
+    net, (X, Y) = Net(), data(m=7)
+    net, X, Y = net.to(device), X.to(device), Y.to(device)
+    params = trainable(net)
+
+    def fun(x):
+        out, gain, W, b = unflatten(x, params)
+        return (gain * torch.tanh(X @ W.T + b) @ out.T + net.frozen - Y).reshape(-1)
+
+    J = torch.func.jacrev(fun)(flatten(params))
+    with torch.enable_grad():
+        products = parameter_products((net(X) - Y).reshape(-1), params)
+    eye_n = torch.eye(J.shape[1], dtype=J.dtype, device=device)
+    eye_m = torch.eye(J.shape[0], dtype=J.dtype, device=device)
+    torch.testing.assert_close(torch.stack([products.jvp(e) for e in eye_n], dim=1), J)
+    torch.testing.assert_close(torch.stack([products.vjp(e) for e in eye_m]), J)
+
+
+def test_unused_parameter_has_zero_jacobian_block():
+    used = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    unused = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        products = parameter_products(used**2, [used, unused])
+    v = torch.tensor([1.0, 1.0, 5.0], dtype=torch.float64)
+    torch.testing.assert_close(products.jvp(v), torch.tensor([2.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(products.vjp(torch.ones(2, dtype=torch.float64)),
+                               torch.tensor([2.0, 4.0, 0.0], dtype=torch.float64))
+
+
+# -- warm-started CG ---------------------------------------------------------
+
+
+def _quadratic(start):
+    generator = torch.Generator().manual_seed(3)
+    A = torch.randn(12, 6, generator=generator, dtype=torch.float64)
+    b = torch.randn(12, generator=generator, dtype=torch.float64)
+    lin = GaussNewtonModel().linearize(lambda x: A @ x - b, torch.zeros(6, dtype=torch.float64))
+    fields = {name: getattr(lin, name) for name in lin.__dataclass_fields__}
+    return A, b, WarmStartLinearization(**fields, initial_step=start)
+
+
+@pytest.mark.parametrize("radius", [0.05, 0.5, 100.0])
+def test_warm_start_stays_in_region_and_predicts_its_model_decrease(radius):
+    A, b, lin = _quadratic(torch.full((6,), 0.3, dtype=torch.float64))
+    solver = WarmStartCG(max_iter=20)
+    step = solver.solve(solver.prepare(lin), radius)
+    p = step.step
+    assert float(torch.linalg.vector_norm(p)) <= radius * (1 + 1e-12)
+    model = float(torch.dot(lin.gradient, p) + 0.5 * torch.dot(A @ p, A @ p))
+    assert step.predicted_reduction == pytest.approx(-model, rel=1e-10) and step.predicted_reduction > 0
+    if radius == 100.0:  # interior: CG converges to the least-squares solution
+        torch.testing.assert_close(p, torch.linalg.lstsq(A, b).solution, rtol=1e-6, atol=1e-8)
+
+
+def test_warm_start_falls_back_to_cold_start_and_matches_steihaug_without_start():
+    A, b, lin = _quadratic(None)
+    cold = SteihaugCG(max_iter=2, path_memory=0)
+    want = cold.solve(cold.prepare(lin), 0.5)
+    got = WarmStartCG(max_iter=2).solve(WarmStartCG(max_iter=2).prepare(lin), 0.5)
+    assert torch.equal(got.step, want.step) and got.products == want.products
+    _, _, bad = _quadratic(-1e3 * lin.gradient.neg())  # uphill start: m ≥ 0 after 1 iteration
+    solver = WarmStartCG(max_iter=1, decay=1.0)
+    step = solver.solve(solver.prepare(bad), 1e6)
+    assert step.predicted_reduction > 0 and step.products == 1 + 1 + 1
+
+
+def test_optimizer_warm_starts_cg_from_the_previous_step():
+    net, (X, Y) = Net(), data()
+    opt = TrustRegionOptimizer(net.parameters(), method(solver=WarmStartCG(max_iter=3)))
+    opt.step(lambda: (net(X) - Y).reshape(-1))
+    assert opt.last.products == opt.last.inner_iterations  # no previous step yet: a cold start
+    before = flatten(trainable(net))
+    opt.step(lambda: (net(X) - Y).reshape(-1))
+    # The first residual Bp₀ + g of the warm start costs one product.
+    assert opt.last.products >= opt.last.inner_iterations + 1
+    previous = opt.state[next(net.parameters())]["previous_step"]
+    if opt.last.accepted:
+        torch.testing.assert_close(before + previous, opt.last.x)
+    assert float(torch.linalg.vector_norm(previous)) == pytest.approx(opt.last.step_norm, rel=1e-12)
+
+
+# -- input errors ------------------------------------------------------------
+
+
+def test_closure_output_errors():
+    net, (X, Y) = Net(), data()
+    opt = TrustRegionOptimizer(net.parameters(), method())
+    with pytest.raises(ValueError, match=r"got a 0-d tensor.*docs/training\.md"):
+        opt.step(lambda: 0.5 * ((net(X) - Y) ** 2).sum())
+    with pytest.raises(ValueError, match=r"1-D residual vector, got shape \(40, 2\)"):
+        opt.step(lambda: net(X) - Y)
+    with pytest.raises(TypeError, match="closure must return the residual vector as a torch.Tensor, got float"):
+        opt.step(lambda: 1.0)
+    with pytest.raises(TypeError, match="closure must be callable"):
+        opt.step(None)
+    with pytest.raises(TypeError, match=r"parameters' dtype torch.float64, got torch.float32"):
+        opt.step(lambda: (net(X) - Y).reshape(-1).float())
+    with pytest.raises(ValueError, match="finite residual at the current parameters"):
+        opt.step(lambda: (net(X) - Y).reshape(-1) / 0.0)
+    with pytest.raises(ValueError, match="depends on the parameters through autograd"):
+        opt.step(lambda: (net(X) - Y).reshape(-1).detach())
+    calls = []
+
+    def changing():  # a closure that draws a new batch on every call
+        calls.append(None)
+        return (net(X[: 40 - len(calls)]) - Y[: 40 - len(calls)]).reshape(-1)
+
+    before = flatten(trainable(net))
+    with pytest.raises(ValueError, match=r"same length every time it is called within a step.*got length 76 after 78"):
+        opt.step(changing)
+    assert torch.equal(flatten(trainable(net)), before)
+    assert opt.state[next(net.parameters())] == {}
+
+
+def test_parameter_and_method_errors():
+    net = Net()
+    with pytest.raises(ValueError, match="empty parameter list"):
+        TrustRegionOptimizer([], method())
+    with pytest.raises(ValueError, match="empty parameter list"):
+        TrustRegionOptimizer([{"params": []}], method())
+    with pytest.raises(ValueError, match="same tensor twice"):
+        TrustRegionOptimizer([net.out, net.gain, net.out], method())
+    with pytest.raises(ValueError, match="single parameter group"):
+        TrustRegionOptimizer([{"params": [net.out]}, {"params": [net.gain]}], method())
+    with pytest.raises(ValueError, match="one floating dtype and one device"):
+        TrustRegionOptimizer([net.out, torch.nn.Parameter(torch.ones(2))], method())
+    with pytest.raises(TypeError, match="method must be a TrustRegion, got str"):
+        TrustRegionOptimizer(net.parameters(), "cg")
+    with pytest.raises(ValueError, match="matrix-free: TrustRegionOptimizer never builds J"):
+        TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="lstsq"))
+    with pytest.raises(ValueError, match="max_trials must be a positive int or None, got 0"):
+        TrustRegionOptimizer(net.parameters(), method(), max_trials=0)
+    with pytest.raises(ValueError, match="path_memory must be 0 for WarmStartCG"):
+        WarmStartCG(path_memory=10)
+    with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\]"):
+        WarmStartCG(decay=0.0)
+    opt = TrustRegionOptimizer([net.frozen], method())
+    with pytest.raises(ValueError, match="requires_grad=True at step time"):
+        opt.step(lambda: net.frozen)
+
+
+def test_repr_and_defaults():
+    net = Net()
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="cg"))
+    text = repr(opt)
+    assert text.startswith("TrustRegionOptimizer(TrustRegion(GaussNewtonModel(") and "max_trials=1" in text
+    assert "params=[(2, 6), (), (2,), (6, 3), (6,)]" in text
+    # One trial per batch: the CG path would never be reused, so it is not stored.
+    assert opt._controller.solver.path_memory == 0 and opt.method.solver.path_memory > 0
+    assert opt._controller.resolved_x_scale == "jac"
+
+
+@pytest.mark.parametrize("module", [trustls.optim, trustls._closure, trustls._warm_start])
+def test_docstring_examples(module):
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
