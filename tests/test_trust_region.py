@@ -234,3 +234,27 @@ def test_residual_nan_everywhere_but_x0_collapses_the_radius(solver):
     assert result.message.startswith("The trust region shrank below the floating-point resolution")
     assert torch.equal(result.x, torch.zeros(1, dtype=torch.float64))
     assert result.nfev < 40  # a factor 4 per retry from radius 1 down to eps
+
+
+def test_ratio_with_rounding_noise():
+    policy = trustls.RadiusPolicy()
+    # Both reductions far below δ: the shifted ratio is ~1, and the step is accepted.
+    assert policy.ratio(-7e-19, 4.8e-19, noise=5e-17) == pytest.approx((5e-17 - 7e-19) / (5e-17 + 4.8e-19), rel=1e-12)
+    assert policy.accepts(-7e-19, policy.ratio(-7e-19, 4.8e-19, noise=5e-17), noise=5e-17)
+    # A real increase is never accepted.
+    assert not policy.accepts(-1e-10, policy.ratio(-1e-10, 4.8e-19, noise=5e-17), noise=5e-17)
+    assert policy.ratio(1.0, 2.0) == 0.5 and policy.ratio(0.0, 0.0) == 1.0 and policy.ratio(1.0, 0.0) == 0.0
+
+
+def test_noise_floor_status_after_a_step_within_rounding():
+    # Start at the minimizer of a nonzero-residual problem, nudged by 1e-9: the
+    # predicted decrease (~1e-18) is below eps·cost, so the cost change is noise.
+    t = torch.linspace(0, 1, 20, dtype=torch.float64)
+    y = torch.exp(-t) + 0.1 * torch.sin(7 * t)
+    fun = lambda b: b[0] * torch.exp(-b[1] * t) - y  # noqa: E731
+    first = solve(fun, torch.tensor([1.0, 1.0], dtype=torch.float64), "lstsq", ftol=None, xtol=0.0, gtol=None,
+                  max_nfev=60)
+    result = solve(fun, first.x + 1e-9, "lstsq", ftol=None, xtol=0.0, gtol=None, max_nfev=60)
+    assert result.status is Status.NOISE_FLOOR
+    assert result.success
+    assert result.cost <= first.cost * (1 + 1e-12)

@@ -22,6 +22,7 @@ class Status(enum.Enum):
     FTOL = (2, "`ftol` termination condition is satisfied.")
     XTOL = (3, "`xtol` termination condition is satisfied.")
     FTOL_XTOL = (4, "Both `ftol` and `xtol` termination conditions are satisfied.")
+    NOISE_FLOOR = (5, "The cost changes less than its rounding error: no further decrease is measurable.")
     CALLBACK = (-2, "Stopped by the callback.")
     RADIUS_COLLAPSED = (
         -3,

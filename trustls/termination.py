@@ -25,7 +25,7 @@ def check_step_termination(
     actual_reduction: float, cost: float, step_norm: float, x_norm: float, ratio: float, ftol: float, xtol: float
 ) -> Status | None:
     """The ftol/xtol tests after a trial step; ``None`` when neither holds."""
-    ftol_satisfied = actual_reduction < ftol * cost and ratio > 0.25
+    ftol_satisfied = ftol > 0 and actual_reduction < ftol * cost and ratio > 0.25
     xtol_satisfied = step_norm < xtol * (xtol + x_norm)
     if ftol_satisfied and xtol_satisfied:
         return Status.FTOL_XTOL

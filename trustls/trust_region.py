@@ -307,13 +307,16 @@ class TrustRegion:
             status = None
             if math.isfinite(cost_new):
                 actual = lin.cost - cost_new
-                ratio = self.radius_policy.ratio(actual, step.predicted_reduction)
+                noise = self.radius_policy.rounding_noise * eps * lin.cost
+                ratio = self.radius_policy.ratio(actual, step.predicted_reduction, noise)
                 next_radius = self.radius_policy.update(
                     radius, ratio=ratio, step_norm=step.norm, hits_boundary=step.hits_boundary
                 )
                 p_norm = float(torch.linalg.vector_norm(p))
                 status = check_step_termination(actual, lin.cost, p_norm, x_norm, ratio, ftol, xtol)
-                accepted = actual > 0
+                accepted = self.radius_policy.accepts(actual, ratio, noise)
+                if accepted and actual <= 0 and status is None:
+                    status = Status.NOISE_FLOOR
             else:
                 cost_new, actual, ratio = math.inf, -math.inf, 0.0
                 next_radius = self.radius_policy.shrink_factor * step.norm
