@@ -57,18 +57,19 @@ class Linearization:
     def scaled(self, scale: Tensor | LinearOperator) -> Linearization:
         """The linearization in the variables z = T⁻¹x (see the module docstring).
 
-        ``scale`` is T: a 1-D tensor (diagonal) or a square operator with
-        ``inverse_matvec`` (`DiagonalOperator`, `BlockDiagonalOperator`).
+        ``scale`` is T: a 1-D tensor (diagonal) or a square operator
+        (`BlockDiagonalOperator`). The gradient, curvature and Jacobian are
+        transformed; ``x`` stays the point in the original variables, since no
+        subproblem solver reads it (and an n-vector less matters in training).
         """
         if isinstance(scale, Tensor):
-            x, gradient = self.x / scale, self.gradient * scale
+            gradient = self.gradient * scale
             matrix = None if self.jacobian_matrix is None else self.jacobian_matrix * scale
         else:
-            x, gradient = scale.inverse_matvec(self.x), scale.rmatvec(self.gradient)
+            gradient = scale.rmatvec(self.gradient)
             matrix = None if self.jacobian_matrix is None else self.jacobian_matrix @ scale.to_dense()
         return replace(
             self,
-            x=x,
             gradient=gradient,
             operator=ScaledOperator(self.operator, scale),
             jacobian=ScaledOperator(self.jacobian, scale, left=False),
