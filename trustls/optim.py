@@ -173,8 +173,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         scale, column_norms = resolve_scale(x_scale, self.method.model, lin, state.get("column_norms"), accepted)
         radius = state.get("radius")
         if radius is None:
-            x_norm = float(torch.linalg.vector_norm(inverse_scale(scale, x)))
-            radius = self.method.initial_radius or (x_norm if x_norm > 0 else 1.0)
+            radius = self._controller.starting_radius(scale, x)
         previous = state.get("previous_step")
         if isinstance(self._controller.solver, WarmStartCG) and previous is not None and previous.shape == x.shape:
             fields = {f.name: getattr(lin, f.name) for f in dataclasses.fields(lin)}

@@ -251,13 +251,15 @@ class TrustRegion:
                 f"got shape {tuple(self.x_scale.shape)} on {self.x_scale.device}"
             )
         with torch.no_grad():
+            # A plain evaluation first, so that a malformed output gets our
+            # message rather than an error from inside torch.func; it costs one
+            # forward pass, counted in nfev as scipy counts fun(x0).
             r0 = check_residual(fun(x), x)
         if not bool(torch.isfinite(r0).all()):
             raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
         linearization = self.model.linearize(fun, x, dense=self.solver.requires_jacobian)
         scale, column_norms = self._scale(linearization, None)
-        x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(scale, x)))
-        radius = self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
+        radius = self.starting_radius(scale, x)
         state = TrustRegionState(
             x, linearization, radius, scale, column_norms, m=r0.shape[0], initial_cost=linearization.cost
         )
@@ -389,6 +391,11 @@ class TrustRegion:
     def _check_gradient(self, state: TrustRegionState) -> None:
         if self.gtol is not None and float(state.linearization.gradient.abs().max()) < self.gtol:
             state.status = Status.GTOL
+
+    def starting_radius(self, scale: Scale | None, x: Tensor) -> float:
+        """Δ₀: ``initial_radius``, else ‖T⁻¹x‖ (scipy's choice), else 1 when x = 0."""
+        x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(scale, x)))
+        return self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
 
     @property
     def resolved_x_scale(self) -> float | Tensor | str | BlockJacobi:
