@@ -10,6 +10,10 @@ mmap threshold in the heap, so peaks would depend on allocation history;
 the launcher sets ``MALLOC_MMAP_THRESHOLD_=65536`` so that every tensor above
 64 KiB is mapped and unmapped on its own and RSS follows live memory.
 
+With ``--device cuda`` the network, the batch and the steps live on the GPU
+and the peak is ``torch.cuda.max_memory_allocated()`` above the allocation
+after setup: live tensors exactly, independent of the caching allocator.
+
 ``--memory-cap-gib`` limits the address space of the process to its size
 after setup plus the cap (``RLIMIT_AS``), so that a method that builds J fails
 with an allocation error instead of exhausting a shared machine; the result
@@ -68,6 +72,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--cg-iter", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-cap-gib", type=float, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--x-scale", default=None, help="TrustRegion's x_scale for trustls: a number or 'jac' (default: None)")
     args = parser.parse_args(argv)
 
@@ -76,9 +81,10 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     generator = torch.Generator().manual_seed(0)
-    net = mlp(widths, generator)
-    X = torch.randn(args.batch, widths[0], generator=generator)
-    Y = torch.randn(args.batch, widths[-1], generator=generator)
+    net = mlp(widths, generator).to(args.device)
+    X = torch.randn(args.batch, widths[0], generator=generator).to(args.device)
+    Y = torch.randn(args.batch, widths[-1], generator=generator).to(args.device)
+    cuda = torch.device(args.device).type == "cuda"
     n = sum(p.numel() for p in net.parameters())
 
     if args.optimizer == "adam":
@@ -119,7 +125,12 @@ def main(argv=None) -> dict:
     if args.memory_cap_gib is not None:
         cap = address_space_bytes() + int(args.memory_cap_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    baseline = rss_mib()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated() / 2**20
+    else:
+        baseline = rss_mib()
     start = time.perf_counter()
     costs, out_of_memory = [], False
     try:
@@ -129,7 +140,10 @@ def main(argv=None) -> dict:
         if "alloc" not in str(error).lower() and not isinstance(error, MemoryError):
             raise
         out_of_memory = True
+    if cuda:
+        torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / max(1, len(costs))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
     result = {
         "out_of_memory": out_of_memory,
         "optimizer": args.optimizer,
@@ -138,7 +152,8 @@ def main(argv=None) -> dict:
         "parameters": n,
         "residuals": args.batch * widths[-1],
         "baseline_mib": round(baseline, 1),
-        "peak_over_baseline_mib": round(peak_rss_mib() - baseline, 1),
+        "device": args.device,
+        "peak_over_baseline_mib": round(peak - baseline, 1),
         "seconds_per_step": seconds,
         "costs": costs,
     }

@@ -26,7 +26,10 @@ Sections (all by default, or pick with ``--only``):
     per step beside TrustRegionOptimizer's; where J does not fit, "out of
     memory". Skipped when torchzero is not installed.
 
-Run:  python benchmarks/training.py [--only products,step,memory,torchzero] [--threads 1]
+With ``--device cuda`` the products, step and memory sections run on the GPU;
+memory then counts live tensors with ``torch.cuda.max_memory_allocated``.
+
+Run:  python benchmarks/training.py [--only products,step,memory,torchzero] [--threads 1] [--device cuda]
 """
 
 from __future__ import annotations
@@ -55,24 +58,30 @@ from trustls.optim import TrustRegionOptimizer  # noqa: E402
 
 
 def timed(fn) -> float:
+    # CUDA runs asynchronously: time from an idle device to an idle device.
+    cuda = torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def setup(widths, batch, seed=0):
+def setup(widths, batch, seed=0, device="cpu"):
     generator = torch.Generator().manual_seed(seed)
-    net = mlp(widths, generator)
-    X = torch.randn(batch, widths[0], generator=generator)
-    Y = torch.randn(batch, widths[-1], generator=generator)
+    net = mlp(widths, generator).to(device)
+    X = torch.randn(batch, widths[0], generator=generator).to(device)
+    Y = torch.randn(batch, widths[-1], generator=generator).to(device)
     return net, X, Y
 
 
-def products(repeats: int) -> None:
-    net, X, Y = setup((784, 512, 512, 10), 256)
+def products(repeats: int, device: str) -> None:
+    net, X, Y = setup((784, 512, 512, 10), 256, device=device)
     params = list(net.parameters())
     n = sum(p.numel() for p in params)
-    v = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(device)
 
     def gradient():
         r = (net(X) - Y).reshape(-1)
@@ -102,7 +111,7 @@ def products(repeats: int) -> None:
             samples[f"{mode}:product"].append(timed(lambda: operator.matvec(v)))
     grad = statistics.median(samples["gradient"])
     ratio = {key: statistics.median(values) / grad for key, values in samples.items()}
-    print(f"\n## Product cost: MLP 784-512-512-10 (tanh), batch 256, n = {n:,}, float32")
+    print(f"\n## Product cost: MLP 784-512-512-10 (tanh), batch 256, n = {n:,}, float32, device {device}")
     print(f"one gradient evaluation = {1e3 * grad:.2f} ms (median of {repeats}); costs in gradient evaluations\n")
     print("| double-backward graph | linearization (closure + Jᵀr) | first product | product "
           "| per product over a 10-product CG solve |")
@@ -113,16 +122,16 @@ def products(repeats: int) -> None:
         print(f"| {label} | {lin:.2f} | {first:.2f} | {product:.2f} | {(lin + first + 9 * product) / 10:.2f} |")
 
 
-def steps(repeats: int) -> None:
+def steps(repeats: int, device: str) -> None:
     # A new batch every step, as in training: on one fixed batch the network
     # (n ≫ m) interpolates within a few steps, and later steps are degenerate.
     generator = torch.Generator().manual_seed(2)
-    batches = [(torch.randn(256, 784, generator=generator), torch.randn(256, 10, generator=generator))
-               for _ in range(repeats)]
+    batches = [(torch.randn(256, 784, generator=generator).to(device),
+                torch.randn(256, 10, generator=generator).to(device)) for _ in range(repeats)]
     configs = {"Adam": None, 'TrustRegionOptimizer, x_scale="jac" (default)': None, "TrustRegionOptimizer, x_scale=1": 1.0}
     step_functions, samples, iterations = {}, {name: [] for name in configs}, {name: [] for name in configs}
     for name, x_scale in configs.items():
-        net, _, _ = setup((784, 512, 512, 10), 256)
+        net, _, _ = setup((784, 512, 512, 10), 256, device=device)
         if name == "Adam":
             adam = torch.optim.Adam(net.parameters(), lr=1e-3)
 
@@ -145,7 +154,8 @@ def steps(repeats: int) -> None:
         for name, step in step_functions.items():
             samples[name].append(timed(lambda: step(X, Y)))
     adam = statistics.median(samples["Adam"])
-    print("\n## Time per step: MLP 784-512-512-10 (tanh), batch 256 (a new random batch each step), float32")
+    print(f"\n## Time per step: MLP 784-512-512-10 (tanh), batch 256 (a new random batch each step), float32, "
+          f"device {device}")
     print(f"\nSteihaugCG(max_iter=10); medians of {repeats} interleaved steps; Jacobi scaling re-estimates its column "
           "norms at accepted steps 0, 1, 2, 4, 8, …\n")
     print("| optimizer | ms per step | ratio to Adam | CG iterations (median) |")
@@ -155,13 +165,14 @@ def steps(repeats: int) -> None:
         print(f"| {name} | {1e3 * statistics.median(values):.1f} | {statistics.median(values) / adam:.1f} | {cg} |")
 
 
-def probe(optimizer, widths, batch, *, mmap: bool, threads: int, cap_gib: float | None = None, x_scale=None) -> dict:
+def probe(optimizer, widths, batch, *, mmap: bool, threads: int, cap_gib: float | None = None, x_scale=None,
+          device: str = "cpu") -> dict:
     env = dict(os.environ)
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
     if mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     command = [sys.executable, str(HERE / "_memory.py"), optimizer, "--widths", ",".join(map(str, widths)),
-               "--batch", str(batch), "--threads", str(threads)]
+               "--batch", str(batch), "--threads", str(threads), "--device", device]
     if cap_gib is not None:
         command += ["--memory-cap-gib", str(cap_gib)]
     if x_scale is not None:
@@ -170,20 +181,22 @@ def probe(optimizer, widths, batch, *, mmap: bool, threads: int, cap_gib: float 
     return json.loads(out.strip().splitlines()[-1])
 
 
-def memory(threads: int) -> None:
+def memory(threads: int, device: str) -> None:
     widths = (784, 1024, 256, 10)
     print("\n## Peak memory of 3 steps above the post-setup baseline: MLP 784-1024-256-10 (1,068,810 parameters)")
-    print("\nOne fresh process per cell; TrustRegionOptimizer with SteihaugCG(max_iter=10).\n")
+    print(f"\nOne fresh process per cell; TrustRegionOptimizer with SteihaugCG(max_iter=10); device {device}.\n")
     print('| batch | residuals | allocator | Adam | TR, x_scale=1 | ratio | TR, x_scale="jac" (default) | ratio |'
           " Adam s/step | TR x_scale=1 s/step |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for batch in (640, 2560, 10240):
-        for mmap in (True, False):
-            adam = probe("adam", widths, batch, mmap=mmap, threads=threads)
-            plain = probe("trustls", widths, batch, mmap=mmap, threads=threads, x_scale=1.0)
-            jac = probe("trustls", widths, batch, mmap=mmap, threads=threads)
+        # On CUDA the peak is torch.cuda.max_memory_allocated: glibc plays no part.
+        for mmap in (True, False) if device == "cpu" else (True,):
+            options = {"mmap": mmap, "threads": threads, "device": device}
+            adam = probe("adam", widths, batch, **options)
+            plain = probe("trustls", widths, batch, x_scale=1.0, **options)
+            jac = probe("trustls", widths, batch, **options)
             a, t, j = (r["peak_over_baseline_mib"] for r in (adam, plain, jac))
-            label = "mmap ≥ 64 KiB" if mmap else "glibc default"
+            label = ("mmap ≥ 64 KiB" if mmap else "glibc default") if device == "cpu" else "CUDA live tensors"
             print(f"| {batch:,} | {batch * 10:,} | {label} | {a:.1f} MiB | {t:.1f} MiB | {t / a:.2f} | {j:.1f} MiB | "
                   f"{j / a:.2f} | {adam['seconds_per_step']:.3f} | {plain['seconds_per_step']:.3f} |", flush=True)
 
@@ -213,17 +226,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-cap-gib", type=float, default=4.0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (products, step and memory sections)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
     sections = args.only.split(",")
     if "products" in sections:
-        products(args.repeats)
+        products(args.repeats, args.device)
     if "step" in sections:
-        steps(args.repeats)
+        steps(args.repeats, args.device)
     if "memory" in sections:
-        memory(args.threads)
+        memory(args.threads, args.device)
     if "torchzero" in sections:
         torchzero(args.threads, args.memory_cap_gib)
 

@@ -100,8 +100,7 @@ def test_block_normal_diagonal_equals_dense_blocks(form, generator):
 def test_block_jacobi_whitens_the_diagonal_blocks(generator):
     dense, sparse = random_sparse(generator, m=20, n=6, density=0.9)
     lin = GaussNewtonModel(jacobian=lambda x: sparse).linearize(lambda x: dense @ x, torch.zeros(6, dtype=F64))
-    T, norms = resolve_scale(BlockJacobi(((2, 3),), damping=0.0), GaussNewtonModel(), lin, None)
-    assert norms is None
+    T = resolve_scale(BlockJacobi(((2, 3),), damping=0.0), GaussNewtonModel(), lin, None)
     whitened = ScaledOperator(lin.operator, T).to_dense()
     torch.testing.assert_close(whitened[:3, :3], torch.eye(3, dtype=F64))
     torch.testing.assert_close(whitened[3:, 3:], torch.eye(3, dtype=F64))
@@ -200,3 +199,17 @@ def test_exact_column_norms_are_refreshed_every_iteration():
     model = CountingModel()
     result = TrustRegion(model, solver="cg", x_scale="jac").solve(problem.residual, problem.x0)
     assert model.calls == result.njev
+
+
+def test_jac_scale_carries_the_running_maximum_of_column_norms():
+    # Column norms (3, 0, 4) then (1, 2, 8): T = 1 / (3, 2, 8); the column
+    # that was zero at the first point is scaled by 1 until it is not.
+    J0 = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 4.0]], dtype=F64)
+    J1 = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 8.0]], dtype=F64)
+    model = GaussNewtonModel()
+    first = model.linearize(lambda x: J0 @ x, torch.zeros(3, dtype=F64))
+    T0 = resolve_scale("jac", model, first, None)
+    torch.testing.assert_close(T0, torch.tensor([1 / 3, 1.0, 1 / 4], dtype=F64))
+    second = model.linearize(lambda x: J1 @ x, torch.zeros(3, dtype=F64))
+    T1 = resolve_scale("jac", model, second, T0, iteration=1)
+    torch.testing.assert_close(T1, torch.tensor([1 / 3, 1 / 2, 1 / 8], dtype=F64), rtol=0, atol=0)

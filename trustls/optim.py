@@ -170,7 +170,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         # Estimated column norms are refreshed on the schedule of `TrustRegion.solve`,
         # whose iteration count is the number of accepted steps.
         accepted = state.get("accepted_steps", 0)
-        scale, column_norms = resolve_scale(x_scale, self.method.model, lin, state.get("column_norms"), accepted)
+        scale = resolve_scale(x_scale, self.method.model, lin, state.get("scale"), accepted)
         radius = state.get("radius")
         if radius is None:
             radius = self._controller.starting_radius(scale, x)
@@ -178,7 +178,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if isinstance(self._controller.solver, WarmStartCG) and previous is not None and previous.shape == x.shape:
             fields = {f.name: getattr(lin, f.name) for f in dataclasses.fields(lin)}
             lin = WarmStartLinearization(**fields, initial_step=inverse_scale(scale, previous))
-        tr = TrustRegionState(x=x, linearization=lin, radius=radius, scale=scale, column_norms=column_norms,
+        tr = TrustRegionState(x=x, linearization=lin, radius=radius, scale=scale,
                               m=lin.residual.shape[0], initial_cost=lin.cost,
                               **{name: state.get(name, 0) for name in _COUNTERS})
         tr.nfev, tr.njev = tr.nfev + 1, tr.njev + 1
@@ -206,8 +206,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 p.copy_(value)
         if isinstance(self._controller.solver, WarmStartCG) and trial_steps:
             state["previous_step"] = trial_steps[0] - x
-        if column_norms is not None:
-            state["column_norms"] = column_norms
+        if isinstance(x_scale, str):  # "jac": the running column-norm maximum lives in T (see `resolve_scale`)
+            state["scale"] = scale
         state.update(radius=tr.radius, accepted_steps=accepted + (tr.x is not x),
                      **{name: getattr(tr, name) for name in _COUNTERS})
         self.last = tr.last

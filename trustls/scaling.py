@@ -160,31 +160,35 @@ def resolve_scale(
     x_scale: float | Tensor | str | BlockJacobi,
     model: CurvatureModel,
     linearization: Linearization,
-    column_norms: Tensor | None,
+    previous: Scale | None,
     iteration: int = 0,
-) -> tuple[Scale | None, Tensor | None]:
-    """T at a new point, and the running maximum of J's column norms for ``"jac"``.
+) -> Scale | None:
+    """T at a new point; ``None`` means no scaling (x_scale = 1).
 
-    ``None`` for T means no scaling (x_scale = 1). Column norms that the model
-    can only estimate are refreshed at iterations 0, 1, 2, 4, 8, … and kept in
-    between (see `GaussNewtonModel.column_norms`).
+    For ``"jac"``, T = diag(1/c) with c the running maximum of J's column norms
+    (MINPACK keeps the largest column norm seen so far; Moré 1978, §6), and
+    ``previous`` is the T of the previous point: since 1/x is monotone, also
+    in rounded arithmetic, the running maximum of c is exactly the running
+    minimum of T, so T alone carries it and no second n-vector is kept.
+    Column norms that the model can only estimate are refreshed at iterations
+    0, 1, 2, 4, 8, … and kept in between (see `GaussNewtonModel.column_norms`).
+    ``previous`` is ignored for the other kinds of ``x_scale``.
     """
     x = linearization.x
     if isinstance(x_scale, BlockJacobi):
-        return _block_jacobi(linearization, x_scale), None
+        return _block_jacobi(linearization, x_scale)
     if isinstance(x_scale, Tensor):
-        return x_scale.to(x.dtype), None
+        return x_scale.to(x.dtype)
     if isinstance(x_scale, float):
-        return (None if x_scale == 1.0 else torch.full_like(x, x_scale)), None
+        return None if x_scale == 1.0 else torch.full_like(x, x_scale)
     refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
-    if column_norms is not None and not refresh and model.column_norms_are_estimated(linearization):
-        return 1.0 / column_norms, column_norms
-    norms = model.column_norms(linearization)
-    if column_norms is not None:
-        norms = torch.maximum(norms, column_norms)
-    # MINPACK keeps the largest column norm seen so far (Moré 1978, §6).
-    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return 1.0 / norms, norms
+    if previous is not None and not refresh and model.column_norms_are_estimated(linearization):
+        return previous
+    scale = model.column_norms(linearization).reciprocal_()  # inf for a column of zeros
+    if previous is not None:
+        return torch.minimum(scale, previous)  # finite: previous is
+    # A variable no residual depends on yet is scaled by 1, as in scipy.
+    return scale.masked_fill_(torch.isinf(scale), 1.0)
 
 
 def apply_scale(scale: Scale | None, z: Tensor) -> Tensor:

@@ -94,7 +94,6 @@ class TrustRegionState:
     linearization: Linearization
     radius: float
     scale: Scale | None
-    column_norms: Tensor | None
     m: int
     initial_cost: float
     nfev: int = 1
@@ -258,11 +257,9 @@ class TrustRegion:
         if not bool(torch.isfinite(r0).all()):
             raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
         linearization = self.model.linearize(fun, x, dense=self.solver.requires_jacobian)
-        scale, column_norms = self._scale(linearization, None)
+        scale = self._scale(linearization, None)
         radius = self.starting_radius(scale, x)
-        state = TrustRegionState(
-            x, linearization, radius, scale, column_norms, m=r0.shape[0], initial_cost=linearization.cost
-        )
+        state = TrustRegionState(x, linearization, radius, scale, m=r0.shape[0], initial_cost=linearization.cost)
         self._check_gradient(state)
         return state
 
@@ -357,9 +354,7 @@ class TrustRegion:
             if relinearize:
                 state.linearization = self.model.linearize(fun, x_new, dense=self.solver.requires_jacobian)
                 state.njev += 1
-                state.scale, state.column_norms = self._scale(
-                    state.linearization, state.column_norms, state.nit + 1
-                )
+                state.scale = self._scale(state.linearization, state.scale, state.nit + 1)
         state.nit += 1
         state.status = status
         if status is None and relinearize:
@@ -402,7 +397,5 @@ class TrustRegion:
         """``x_scale``, or the solver's default when it is ``None``."""
         return self.solver.default_x_scale if self.x_scale is None else self.x_scale
 
-    def _scale(
-        self, linearization: Linearization, column_norms: Tensor | None, iteration: int = 0
-    ) -> tuple[Scale | None, Tensor | None]:
-        return resolve_scale(self.resolved_x_scale, self.model, linearization, column_norms, iteration)
+    def _scale(self, linearization: Linearization, previous: Scale | None, iteration: int = 0) -> Scale | None:
+        return resolve_scale(self.resolved_x_scale, self.model, linearization, previous, iteration)

@@ -130,12 +130,14 @@ class SteihaugCG(SubproblemSolver):
         path.complete = False
         path.radius = radius
 
-        p = torch.zeros_like(g)
-        r = g.clone()
+        # p₀ = 0 as a broadcast scalar and r₀ = g as an alias (r is never updated
+        # in place): two length-n vectors less at the peak of the first product.
+        p = g.new_zeros(()).expand_as(g)
+        r = g
         rr = float(torch.dot(r, r))
         g_norm = math.sqrt(rr)
         if g_norm == 0.0:
-            return Step(p, 0.0, 0.0, False, 0, 0, "zero_gradient")
+            return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
         tolerance = min(self.forcing, math.sqrt(g_norm)) * g_norm
         d = -r
         model = 0.0
