@@ -67,7 +67,8 @@ def test_summarize_counts_passes_means_and_totals():
     rows = [row("cg", 10.0, 3.0, 10), row("cg", 8.0, 11.0, 20), row("lstsq", 5.0, 11.0, 7)]
     cg, lstsq = validate.summarize(rows)
     assert (cg.solver, cg.runs, cg.passed, cg.passed_params, cg.total_nfev) == ("cg", 2, 1, 2, 30)
-    assert cg.mean_lre == pytest.approx(5.5) and cg.seconds == pytest.approx(1.0)
+    assert cg.mean_lre == pytest.approx(5.5) and cg.mean_lre_params == pytest.approx(9.0)
+    assert cg.seconds == pytest.approx(1.0)
     assert (lstsq.runs, lstsq.passed, lstsq.passed_params, lstsq.mean_lre) == (1, 0, 0, 5.0)
     table = validate.format_table(rows)
     assert table.splitlines()[2].split()[5] == "3.00<"  # a failed run is marked

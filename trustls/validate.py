@@ -185,6 +185,7 @@ class Summary:
         passed: rows with LRE ≥ `PASS_LRE`.
         passed_params: rows whose parameters alone reach `PASS_LRE`.
         mean_lre: mean of the rows' LRE.
+        mean_lre_params: mean of the rows' parameter LRE.
         total_nfev, seconds: sums over the rows.
     """
 
@@ -193,6 +194,7 @@ class Summary:
     passed: int
     passed_params: int
     mean_lre: float
+    mean_lre_params: float
     total_nfev: int
     seconds: float
 
@@ -209,6 +211,7 @@ def summarize(rows: Sequence[ValidationRow]) -> list[Summary]:
                 passed=sum(row.passed for row in mine),
                 passed_params=sum(row.lre_params >= PASS_LRE for row in mine),
                 mean_lre=math.fsum(row.lre for row in mine) / len(mine),
+                mean_lre_params=math.fsum(row.lre_params for row in mine) / len(mine),
                 total_nfev=sum(row.nfev for row in mine),
                 seconds=math.fsum(row.seconds for row in mine),
             )
@@ -233,12 +236,12 @@ def format_table(rows: Sequence[ValidationRow]) -> str:
 
 def format_summary(rows: Sequence[ValidationRow]) -> str:
     """One line per solver: passes, mean LRE, total nfev and time."""
-    header = f"{'solver':<7}{'LRE>=6':>9}{'b only':>9}{'mean LRE':>10}{'nfev':>8}{'seconds':>9}"
+    header = f"{'solver':<7}{'LRE>=6':>9}{'b only':>9}{'mean LRE':>10}{'b only':>8}{'nfev':>8}{'seconds':>9}"
     lines = [header, "-" * len(header)]
     for s in summarize(rows):
         lines.append(
             f"{s.solver:<7}{f'{s.passed}/{s.runs}':>9}{f'{s.passed_params}/{s.runs}':>9}{s.mean_lre:>10.2f}"
-            f"{s.total_nfev:>8}{s.seconds:>9.1f}"
+            f"{s.mean_lre_params:>8.2f}{s.total_nfev:>8}{s.seconds:>9.1f}"
         )
     return "\n".join(lines)
 
