@@ -51,6 +51,7 @@ __all__ = [
     "BundleAdjustmentProblem",
     "default_bal_path",
     "load_bal",
+    "projection_jacobian",
     "rodrigues_rotate",
 ]
 
@@ -242,13 +243,10 @@ class BundleAdjustmentProblem:
         """Exact sparse Jacobian of :meth:`residual` at ``x`` in COO form.
 
         Each observation's two residuals depend only on its own 12 parameters,
-        so with the camera and point parameters gathered per observation into
-        ``q (M, 12)`` the Jacobian of the batched projection with respect to ``q``
-        is block diagonal. Two vector-Jacobian products, with cotangents selecting
-        every u (then every v) residual, therefore return all 2x12 blocks at once:
-        reverse mode costs two backward passes where forward mode
-        (``vmap(jacfwd(...))`` over observations) needs twelve tangents, about 5x
-        slower here. Entries are ordered observation-major, then residual (u, v),
+        so J is made of one 2x12 block per observation, computed in closed form
+        for all observations at once by :func:`projection_jacobian` (about 5x
+        faster here than two batched vector-Jacobian products through
+        autograd). Entries are ordered observation-major, then residual (u, v),
         then the 12 block columns (9 camera, 3 point).
 
         Returns:
@@ -256,15 +254,7 @@ class BundleAdjustmentProblem:
             int64 and values ``x.dtype``, all on ``x.device``.
         """
         cameras, points = self._gathered(x)
-        params = torch.cat((cameras, points), dim=1)  # (M, 12)
-
-        def project(q: Tensor) -> Tensor:
-            return _project(q[:, :CAMERA_SIZE], q[:, CAMERA_SIZE:])
-
-        predicted, pullback = torch.func.vjp(project, params)
-        selectors = torch.eye(2, dtype=x.dtype, device=x.device).unsqueeze(1).expand(2, *predicted.shape)
-        (blocks,) = torch.func.vmap(pullback)(selectors)  # (2, M, 12)
-        blocks = blocks.transpose(0, 1)  # (M, 2, 12)
+        blocks = projection_jacobian(cameras, points)  # (M, 2, 12)
         m = self.n_observations
         device = x.device
         camera_cols = (CAMERA_SIZE * self.camera_indices.to(device)).unsqueeze(1) \
@@ -275,6 +265,103 @@ class BundleAdjustmentProblem:
         rows = (2 * torch.arange(m, device=device).unsqueeze(1) + torch.arange(2, device=device))
         rows = rows.unsqueeze(2).expand(m, 2, 12)
         return rows.reshape(-1), cols.reshape(-1), blocks.reshape(-1)
+
+
+def _dot3(a: Tensor, b: Tensor) -> Tensor:
+    """Dot products of 3-vectors stored along dim -2 (component-major)."""
+    return (a * b).sum(dim=-2, keepdim=True)
+
+
+def _cross3(a: Tensor, b: Tensor) -> Tensor:
+    """Cross products of 3-vectors stored along dim -2 (component-major)."""
+    a0, a1, a2 = a.unbind(-2)
+    b0, b1, b2 = b.unbind(-2)
+    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=-2)
+
+
+def projection_jacobian(cameras: Tensor, points: Tensor) -> Tensor:
+    r"""The 2x12 Jacobian of each observation's projection, in closed form.
+
+    For ``cameras (M, 9)`` and ``points (M, 3)`` returns ``(M, 2, 12)``: the
+    derivatives of the predicted ``(u, v)`` (the residual minus the constant
+    observation) with respect to ``(w, t, f, k1, k2, X)``, the model of the
+    module docstring differentiated by the chain rule.
+
+    Projection. With :math:`e = 2 (k_1 + 2 k_2 \|p\|^2)`, the derivative of
+    :math:`f d p` in :math:`p` is :math:`f (d I_2 + e\, p p^T)` and that of
+    :math:`p = -P_{xy}/P_z` in :math:`P` is :math:`-[I_2 \,|\, p] / P_z`, so the
+    row :math:`k` of :math:`G = \partial (u, v) / \partial P` is
+
+    .. math::
+        g_k = -\frac{f}{P_z} \big(d\, \delta_{k1} + e\, p_k p_1,\;
+              d\, \delta_{k2} + e\, p_k p_2,\; (d + e \|p\|^2)\, p_k\big).
+
+    Rotation. With :math:`s = \theta^2`, :math:`u_1 = w \times X`,
+    :math:`u_2 = w \times u_1 = w (w \cdot X) - s X` and the coefficients
+    :math:`a(s) = \sin\theta/\theta`, :math:`b(s) = (1 - \cos\theta)/s` of
+    :math:`R X = X + a u_1 + b u_2`,
+
+    .. math::
+        \partial_w (R X) = -a [X]_\times + b\,((w \cdot X) I + w X^T - 2 X w^T) + c\, w^T,
+        \qquad c = 2 (a' u_1 + b' u_2),
+
+    and :math:`\partial_X (R X) = R = I + a [w]_\times + b [w]_\times^2`. Since
+    :math:`g^T [v]_\times = (g \times v)^T`, each row needs only dot and cross
+    products of 3-vectors, no 3x3 matrix:
+
+    .. math::
+        g_k^T \partial_w (R X) &= -a\, g_k \times X
+            + b\,((w \cdot X)\, g_k + (g_k \cdot w)\, X - 2 (g_k \cdot X)\, w) + (g_k \cdot c)\, w, \\
+        g_k^T R &= g_k + a\, g_k \times w + b\,((g_k \cdot w)\, w - s\, g_k),
+
+    while :math:`\partial_t = G` and :math:`(f, k_1, k_2)` give
+    :math:`(d\, p,\; f \|p\|^2 p,\; f \|p\|^4 p)`. The coefficient derivatives
+    are :math:`a' = (\cos\theta - a)/(2s)` and :math:`b' = (a/2 - b)/s`, replaced
+    by their Taylor series :math:`-\tfrac16 + \tfrac{s}{60} - \tfrac{s^2}{1680}`
+    and :math:`-\tfrac1{24} + \tfrac{s}{360} - \tfrac{s^2}{13440}` below the
+    threshold of :func:`rodrigues_rotate`, where the closed forms cancel.
+    The arithmetic runs component-major (each component of every observation
+    contiguous), about 5x faster on a CPU than observation-major 3-vectors,
+    whose length-3 reductions and strided cross products dominate otherwise.
+    ``tests/test_bal_problem.py`` checks the result against autograd.
+    """
+    # Component-major: a vector of every observation is (3, M), a scalar (1, M),
+    # and G's rows are (2, 3, M).
+    cameras, X = cameras.T.contiguous(), points.T.contiguous()
+    w, t = cameras[0:3], cameras[3:6]
+    focal, k1, k2 = cameras[6:7], cameras[7:8], cameras[8:9]
+    s = _dot3(w, w)
+    small = s < torch.finfo(s.dtype).eps ** (1.0 / 3.0)
+    s_safe = torch.where(small, torch.ones_like(s), s)
+    theta = s_safe.sqrt()
+    a_closed = torch.sin(theta) / theta
+    half_sinc = torch.sin(0.5 * theta) / (0.5 * theta)
+    b_closed = 0.5 * half_sinc * half_sinc
+    a = torch.where(small, 1.0 - s / 6.0 + s * s / 120.0, a_closed)
+    b = torch.where(small, 0.5 - s / 24.0 + s * s / 720.0, b_closed)
+    da = torch.where(small, -1.0 / 6.0 + s / 60.0 - s * s / 1680.0, (torch.cos(theta) - a_closed) / (2.0 * s_safe))
+    db = torch.where(small, -1.0 / 24.0 + s / 360.0 - s * s / 13440.0, (0.5 * a_closed - b_closed) / s_safe)
+    u1 = _cross3(w, X)
+    u2 = _cross3(w, u1)
+    P = X + a * u1 + b * u2 + t
+
+    p = -P[0:2] / P[2:3]
+    r2 = _dot3(p, p)
+    d = 1.0 + r2 * (k1 + k2 * r2)
+    e = 2.0 * (k1 + 2.0 * k2 * r2)
+    G = (e * p).unsqueeze(1) * torch.cat((p, r2)).unsqueeze(0)  # e p_k (p_1, p_2, |p|^2)
+    G[0, 0] += d[0]
+    G[1, 1] += d[0]
+    G[:, 2] += d * p
+    G *= -focal / P[2:3]
+
+    c = 2.0 * (da * u1 + db * u2)
+    Gw, GX = _dot3(G, w), _dot3(G, X)
+    d_rotation = -a * _cross3(G, X) + b * (_dot3(w, X) * G + Gw * X - 2.0 * GX * w) + _dot3(G, c) * w
+    d_point = G + a * _cross3(G, w) + b * (Gw * w - s * G)
+    r2p = (focal * r2 * p).unsqueeze(1)
+    blocks = torch.cat((d_rotation, G, (d * p).unsqueeze(1), r2p, r2p * r2, d_point), dim=1)  # (2, 12, M)
+    return blocks.permute(2, 0, 1)
 
 
 def _describe(value: object) -> str:
