@@ -256,7 +256,7 @@ class TrustRegion:
             r0 = check_residual(fun(x), x)
         if not bool(torch.isfinite(r0).all()):
             raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
-        linearization = self.model.linearize(fun, x, dense=self.solver.requires_jacobian)
+        linearization = self.model.linearize(fun, x, dense=self.solver.requires_jacobian, residual=r0)
         scale = self._scale(linearization, None)
         radius = self.starting_radius(scale, x)
         state = TrustRegionState(x, linearization, radius, scale, m=r0.shape[0], initial_cost=linearization.cost)
@@ -352,7 +352,9 @@ class TrustRegion:
         if accepted:
             state.x = x_new
             if relinearize:
-                state.linearization = self.model.linearize(fun, x_new, dense=self.solver.requires_jacobian)
+                state.linearization = self.model.linearize(
+                    fun, x_new, dense=self.solver.requires_jacobian, residual=r_new
+                )
                 state.njev += 1
                 state.scale = self._scale(state.linearization, state.scale, state.nit + 1)
         state.nit += 1

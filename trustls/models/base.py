@@ -81,8 +81,15 @@ class CurvatureModel(abc.ABC):
     """Interface of curvature providers (subclass to supply another model)."""
 
     @abc.abstractmethod
-    def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
-        """Linearize ``fun`` at ``x``; build ``jacobian_matrix`` when ``dense``."""
+    def linearize(
+        self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False, residual: Tensor | None = None
+    ) -> Linearization:
+        """Linearize ``fun`` at ``x``; build ``jacobian_matrix`` when ``dense``.
+
+        ``residual`` is ``fun(x)`` when the caller has already evaluated it (the
+        controller passes the accepted trial's residual); a model that needs no
+        forward pass of its own, such as one given the Jacobian, then skips one.
+        """
 
     def column_norms_are_estimated(self, linearization: Linearization) -> bool:
         """Whether `column_norms` estimates rather than computes (then it is refreshed less often)."""

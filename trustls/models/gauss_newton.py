@@ -125,9 +125,11 @@ class GaussNewtonModel(CurvatureModel):
             squares += J.rmatvec(z) ** 2
         return torch.sqrt(squares / self.column_norm_probes)
 
-    def linearize(self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False) -> Linearization:
+    def linearize(
+        self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False, residual: Tensor | None = None
+    ) -> Linearization:
         if self.jacobian is not None:
-            return self._linearize_given(fun, x, dense)
+            return self._linearize_given(fun, x, dense, residual)
         if dense:
             return self._linearize_dense(fun, x)
         return self.from_products(jacobian_products(fun, x, self.products), x)
@@ -149,9 +151,13 @@ class GaussNewtonModel(CurvatureModel):
             jacobian=JacobianOperator(products, n),
         )
 
-    def _linearize_given(self, fun: Callable[[Tensor], Tensor], x: Tensor, dense: bool) -> Linearization:
+    def _linearize_given(
+        self, fun: Callable[[Tensor], Tensor], x: Tensor, dense: bool, residual: Tensor | None
+    ) -> Linearization:
+        # With J given, r(x) needs no pass of its own: the caller's evaluation
+        # (the accepted trial's) is reused, as scipy does.
         with torch.no_grad():
-            residual = fun(x).detach()
+            residual = fun(x).detach() if residual is None else residual.detach()
             J = self.jacobian(x)
         if isinstance(J, Tensor):
             J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())

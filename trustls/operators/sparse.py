@@ -8,6 +8,13 @@ building Jᵀ costs one stable sort of the column indices, and saves a scatter
 `SparsityPattern` that Jacobians with the same pattern share
 (`SparseOperator.with_values`). Duplicate coordinates are summed, as in every
 COO format.
+
+The compressed indices are int32 whenever the sizes allow: torch's CPU kernel
+then multiplies without converting the indices at every product (measured on
+a tridiagonal J, n = 10⁵: 0.28 ms per product against 0.47 ms with int64). The
+triplets of a vectorized Jacobian usually arrive as a few sorted runs (one per
+diagonal or per block of the formula); on CPU those are ordered by numpy's
+stable sort, which merges runs (timsort) in a fraction of a general sort.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from __future__ import annotations
 import warnings
 
 import torch
+
+try:
+    import numpy
+except ImportError:  # numpy is optional: torch's sort is used instead
+    numpy = None
 from torch import Tensor
 
 from trustls.operators.base import LinearOperator
@@ -22,8 +34,26 @@ from trustls.operators.base import LinearOperator
 __all__ = ["SparseOperator", "SparsityPattern"]
 
 
-def _crow(rows: Tensor, m: int) -> Tensor:
-    crow = torch.zeros(m + 1, dtype=torch.int64, device=rows.device)
+# Sorted runs up to which numpy's timsort beats torch's sort (measured on 3·10⁵
+# int64 keys: 0.3-2.4 ms for 1-3 runs, 5 ms for 10, against 5.5 ms for torch).
+_MAX_MERGED_RUNS = 8
+
+
+def _stable_order(keys: Tensor, bound: int) -> Tensor | None:
+    """The stable permutation that sorts ``keys`` (all in ``[0, bound)``); ``None`` when sorted."""
+    if keys.numel() <= 1:
+        return None
+    descents = int((keys[1:] < keys[:-1]).sum())
+    if descents == 0:
+        return None
+    if numpy is not None and keys.device.type == "cpu" and descents < _MAX_MERGED_RUNS:
+        return torch.from_numpy(numpy.argsort(keys.numpy(), kind="stable")).to(torch.int64)
+    narrow = keys.to(torch.int32) if bound <= torch.iinfo(torch.int32).max else keys
+    return torch.argsort(narrow, stable=True)
+
+
+def _crow(rows: Tensor, m: int, dtype: torch.dtype) -> Tensor:
+    crow = torch.zeros(m + 1, dtype=dtype, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
     return crow
 
@@ -38,7 +68,8 @@ class SparsityPattern:
     """The index structure of a sparse matrix, shared by matrices with the same pattern.
 
     Holds the permutations that order the triplets by row (for J) and by
-    column (for Jᵀ) and the compressed index arrays, so that a new Jacobian
+    column (for Jᵀ), ``None`` where they already are, and the compressed
+    index arrays (int32 when the sizes allow), so that a new Jacobian
     with the same pattern (`SparseOperator.with_values`) costs two gathers
     instead of two sorts. Derived structures (block plans) are cached here.
     """
@@ -46,14 +77,14 @@ class SparsityPattern:
     def __init__(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]):
         m, n = shape
         self.rows, self.cols, self.shape = rows, cols, (m, n)
-        self.row_order = None
-        if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
-            self.row_order = torch.argsort(rows, stable=True)
-        self.crow = _crow(rows, m)
-        self.cols_by_row = cols if self.row_order is None else cols[self.row_order]
-        self.col_order = torch.argsort(cols, stable=True)
-        self.ccol = _crow(cols, n)
-        self.rows_by_col = rows[self.col_order]
+        # int32 compressed indices when every index and offset fits.
+        index = torch.int32 if max(m, n, rows.numel()) <= torch.iinfo(torch.int32).max else torch.int64
+        self.row_order = _stable_order(rows, m)
+        self.crow = _crow(rows, m, index)
+        self.cols_by_row = (cols if self.row_order is None else cols.index_select(0, self.row_order)).to(index)
+        self.col_order = _stable_order(cols, n)
+        self.ccol = _crow(cols, n, index)
+        self.rows_by_col = (rows if self.col_order is None else rows.index_select(0, self.col_order)).to(index)
         self.cache: dict = {}
 
 
@@ -90,9 +121,10 @@ class SparseOperator(LinearOperator):
         m, n = self.shape
         self.pattern = pattern
         self.rows, self.cols, self.values = pattern.rows, pattern.cols, values
-        by_row = values if pattern.row_order is None else values[pattern.row_order]
+        by_row = values if pattern.row_order is None else values.index_select(0, pattern.row_order)
+        by_col = values if pattern.col_order is None else values.index_select(0, pattern.col_order)
         self.matrix = _csr(pattern.crow, pattern.cols_by_row, by_row, (m, n))
-        self.transpose = _csr(pattern.ccol, pattern.rows_by_col, values[pattern.col_order], (n, m))
+        self.transpose = _csr(pattern.ccol, pattern.rows_by_col, by_col, (n, m))
 
     def with_values(self, values: Tensor) -> SparseOperator:
         """The matrix with this one's sparsity pattern and new ``values`` (no sorting).

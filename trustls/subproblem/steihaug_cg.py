@@ -10,9 +10,16 @@ Wright 2006, Alg. 7.2):
   current direction;
 * the direction has curvature dᵀBd ≤ 0: step to the boundary along it;
 * the residual ‖Bp + g‖ falls below η‖g‖ with the forcing term
-  η = min(η_max, √‖g‖), which makes the outer iteration superlinearly
-  convergent (Eisenstat & Walker 1996; Nocedal & Wright 2006, eq. 7.3 and
-  Alg. 7.1, where η_max = ½).
+  η = min(η_max, ‖g‖), which makes the outer iteration quadratically
+  convergent (Dembo, Eisenstat & Steihaug 1982; Nocedal & Wright 2006,
+  Thm 7.2; their eq. 7.3 takes √‖g‖, superlinear only).
+
+The quadratic forcing matters where the cost goes to zero: with
+η = min(η_max, √‖g‖) the last steps stayed η-limited, reducing ‖r‖ by about
+10⁻³ each, and xtol stopped extended Rosenbrock (n = 10⁵) at cost 4.6·10⁻¹⁴
+and Broyden tridiagonal at 1.6·10⁻²⁰ where scipy's trf reaches 0 and
+3.7·10⁻²⁷. With η = ‖g‖ the same number of outer iterations reaches 0 and
+1.2·10⁻²⁸, for one and fourteen more CG iterations.
 
 trustls' default η_max is 10⁻³, not ½: on the 35 problems of the test
 registry, η_max = ½ stops CG after one or two iterations, the outer iteration
@@ -77,7 +84,7 @@ class SteihaugCG(SubproblemSolver):
 
     Args:
         max_iter: cap on CG iterations (``None``: the dimension n).
-        forcing: η_max: the relative tolerance is ``min(forcing, √‖g‖)``
+        forcing: η_max: the relative tolerance is ``min(forcing, ‖g‖)``
             (Nocedal & Wright use 0.5; see the module docstring for 10⁻³).
         path_memory: largest number of tensor elements kept to answer smaller
             radii from the stored CG path; 0 disables the path (every rejected
@@ -130,15 +137,17 @@ class SteihaugCG(SubproblemSolver):
         path.complete = False
         path.radius = radius
 
-        # p₀ = 0 as a broadcast scalar and r₀ = g as an alias (r is never updated
-        # in place): two length-n vectors less at the peak of the first product.
+        # p₀ = 0 as a broadcast scalar and r₀ = g as an alias: two length-n
+        # vectors less at the peak of the first product. r is updated in place
+        # from its second update on (the first one allocates it, leaving g alone),
+        # and d always: the stored path keeps only the iterates p.
         p = g.new_zeros(()).expand_as(g)
         r = g
         rr = float(torch.dot(r, r))
         g_norm = math.sqrt(rr)
         if g_norm == 0.0:
             return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
-        tolerance = min(self.forcing, math.sqrt(g_norm)) * g_norm
+        tolerance = min(self.forcing, g_norm) * g_norm
         d = -r
         model = 0.0
         p_norm = 0.0
@@ -156,7 +165,7 @@ class SteihaugCG(SubproblemSolver):
                 reason, hits_boundary = "negative_curvature", True
             else:
                 alpha = rr / kappa
-                p_next = p + alpha * d
+                p_next = torch.add(p, d, alpha=alpha)
                 p_next_norm = float(torch.linalg.vector_norm(p_next))
                 if p_next_norm >= radius:
                     tau = float(boundary_step_length(p, d, radius))
@@ -166,7 +175,7 @@ class SteihaugCG(SubproblemSolver):
             slope, curvature = tau * rd, tau * tau * kappa
             model += slope + 0.5 * curvature
             if hits_boundary:
-                p = p + tau * d
+                p = torch.add(p, d, alpha=tau)
                 p_norm = radius
             else:
                 p, p_norm = p_next, p_next_norm
@@ -179,13 +188,13 @@ class SteihaugCG(SubproblemSolver):
                     path.points.clear()
             if hits_boundary:
                 break
-            r = r + alpha * Bd
+            r = torch.add(g, Bd, alpha=alpha) if r is g else r.add_(Bd, alpha=alpha)
             del Bd  # free it before the next product: one length-n vector less at the peak
             rr_next = float(torch.dot(r, r))
             if math.sqrt(rr_next) <= tolerance:
                 reason = "converged"
                 break
-            d = -r + (rr_next / rr) * d
+            d.mul_(rr_next / rr).sub_(r)  # d = −r + βd
             rr = rr_next
         path.complete = keep
         step = Step(p, p_norm, -model, hits_boundary, iterations, iterations, reason)
