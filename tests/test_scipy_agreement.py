@@ -14,26 +14,14 @@ from trustls.problems import registry
 
 PROBLEMS = registry.problems()
 
-# CG works on JᵀJ, whose condition number is cond(J)²: for Lanczos3
-# (cond(J) ≈ 10⁸ at the solution) the CG residual cannot reach the forcing
-# tolerance in float64, the steps stay inexact and gtol stops the solve above
-# the minimum (0.1 % above it from start 1; from start 2 the quadratic forcing
-# min(η_max, ‖g‖) of `SteihaugCG` now reaches it). "lstsq" factors J itself
-# and succeeds.
-CG_ILL_CONDITIONED = {"lanczos3_start1"}
-
-
 def cases():
     for solver in ("cg", "lstsq"):
         for problem in PROBLEMS:
-            marks = []
-            if solver == "cg" and problem.name in CG_ILL_CONDITIONED:
-                marks = [pytest.mark.xfail(strict=True, reason="cond(JᵀJ) ≈ 1e16: CG cannot resolve the step")]
-            yield pytest.param(problem, solver, id=f"{problem.name}-{solver}", marks=marks)
+            yield pytest.param(problem, solver, id=f"{problem.name}-{solver}")
 
 
 def test_registry_is_large_enough():
-    assert len(PROBLEMS) - len(CG_ILL_CONDITIONED) >= 20
+    assert len(PROBLEMS) >= 20
 
 
 @pytest.fixture(scope="module")

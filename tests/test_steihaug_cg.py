@@ -178,13 +178,27 @@ def test_large_radius_spd_step_equals_solve(generator):
 def test_converged_residual_meets_forcing_tolerance(forcing, g_scale, generator):
     # tolerance = min(forcing, ‖g‖)·‖g‖ (Nocedal & Wright 2006, Thm 7.2); the
     # small gradient exercises the ‖g‖ branch.
+    # exact_up_to=0: the forcing applies at this small n.
     B, g = make_matrix("spd", generator)
     g = g_scale * g
-    step, _ = run(SteihaugCG(forcing=forcing), B, g, 1e6)
+    step, _ = run(SteihaugCG(forcing=forcing, exact_up_to=0), B, g, 1e6)
     g_norm = float(g.norm())
     assert step.reason == "converged"
     residual = float(torch.linalg.vector_norm(B @ step.step + g))
     assert residual <= min(forcing, g_norm) * g_norm * (1 + 1e-8)
+    if g_scale == 1.0:  # truncated by the forcing: a near-exact solve would be far below
+        assert residual > 1e-6 * g_norm
+
+
+@pytest.mark.parametrize("exact_up_to, near_exact", [(32, True), (6, True), (5, False), (0, False)])
+def test_small_dimensions_solve_near_exactly(exact_up_to, near_exact, generator):
+    # n = 6: up to exact_up_to variables η_max = eps^(3/4) replaces forcing=0.5.
+    B, g = make_matrix("spd", generator)
+    step, _ = run(SteihaugCG(forcing=0.5, exact_up_to=exact_up_to), B, g, 1e6)
+    relative = float(torch.linalg.vector_norm(B @ step.step + g) / g.norm())
+    assert step.reason == "converged"
+    eta = torch.finfo(torch.float64).eps ** 0.75
+    assert (relative <= eta) == near_exact, relative
 
 
 # --- the exits --------------------------------------------------------------------
@@ -242,16 +256,26 @@ def test_max_iter_exit(max_iter, generator):
         torch.testing.assert_close(step.step, cauchy_point(B, g, 1e6), rtol=1e-14, atol=0)
 
 
-def test_max_iter_defaults_to_dimension():
+def test_max_iter_defaults_to_twice_the_dimension():
     # forcing = 1e-15 asks for a residual below what float64 CG reaches on
-    # cond(B) = 1e3, so CG runs until the default cap n = 6; n steps solve the
-    # system in exact arithmetic, so the step is accurate anyway.
-    eigenvalues = torch.logspace(0, 3, 6, dtype=torch.float64)
+    # cond(B) = 1e10, so CG runs until the default cap 2n = 12.
+    eigenvalues = torch.logspace(0, 10, 6, dtype=torch.float64)
     g = torch.ones(6, dtype=torch.float64)
     step, _ = run(SteihaugCG(forcing=1e-15), torch.diag(eigenvalues), g, 1e6)
-    assert step.reason == "max_iter" and step.iterations == 6
+    assert step.reason == "max_iter" and step.iterations == 12
     expected = -g / eigenvalues
-    assert float((step.step - expected).norm()) <= 1e-10 * float(expected.norm())
+    assert float((step.step - expected).norm()) <= 1e-12 * float(expected.norm())
+
+
+def test_rounding_delays_convergence_past_n_iterations():
+    # n steps solve the system in exact arithmetic; in float64 the residuals
+    # lose orthogonality and CG needs more (the reason the default cap is 2n).
+    eigenvalues = torch.logspace(0, 3, 6, dtype=torch.float64)
+    g = torch.ones(6, dtype=torch.float64)
+    capped, _ = run(SteihaugCG(forcing=1e-15, max_iter=6), torch.diag(eigenvalues), g, 1e6)
+    default, _ = run(SteihaugCG(forcing=1e-15), torch.diag(eigenvalues), g, 1e6)
+    assert capped.reason == "max_iter"
+    assert default.reason == "converged" and 6 < default.iterations < 12
 
 
 @pytest.mark.parametrize("kind", ["spd", "indefinite"])
@@ -385,6 +409,8 @@ def test_prepare_rejects_non_symmetric_operator():
         ({"path_memory": -1}, "path_memory must be a non-negative int, got -1"),
         ({"path_memory": 1.5}, "path_memory must be a non-negative int, got 1.5"),
         ({"path_memory": False}, "path_memory must be a non-negative int, got False"),
+        ({"exact_up_to": -1}, "exact_up_to must be a non-negative int, got -1"),
+        ({"exact_up_to": 3.0}, "exact_up_to must be a non-negative int, got 3.0"),
     ],
 )
 def test_constructor_validation(kwargs, message):
@@ -395,7 +421,7 @@ def test_constructor_validation(kwargs, message):
 def test_solver_is_a_frozen_value():
     solver = SteihaugCG(max_iter=5, forcing=0.25, path_memory=0)
     assert solver == SteihaugCG(max_iter=5, forcing=0.25, path_memory=0)
-    assert repr(solver) == "SteihaugCG(max_iter=5, forcing=0.25, path_memory=0)"
+    assert repr(solver) == "SteihaugCG(max_iter=5, forcing=0.25, path_memory=0, exact_up_to=32)"
     assert not SteihaugCG.requires_jacobian
     with pytest.raises(FrozenInstanceError, match="cannot assign to field 'forcing'"):
         solver.forcing = 0.5

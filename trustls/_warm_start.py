@@ -92,7 +92,7 @@ class WarmStartCG(SteihaugCG):
             p, p_norm = p * (self.decay * radius / p_norm), self.decay * radius
         r = B.matvec(p) + g
         model = 0.5 * float(torch.dot(p, r + g))
-        tolerance = min(self.forcing, math.sqrt(g_norm)) * g_norm
+        tolerance = min(self._forcing_bound(g), math.sqrt(g_norm)) * g_norm
         rr = float(torch.dot(r, r))
         d = -r
         reason, hits_boundary, iterations = "converged", False, 0
