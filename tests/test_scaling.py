@@ -13,6 +13,7 @@ from trustls.operators import (
     SparseOperator,
 )
 from trustls.problems.structured import broyden_tridiagonal, extended_rosenbrock
+from trustls.result import Status
 from trustls.scaling import BlockJacobi, block_normal_diagonal, resolve_scale
 
 F64 = torch.float64
@@ -198,7 +199,10 @@ def test_exact_column_norms_are_refreshed_every_iteration():
     problem = extended_rosenbrock(10)
     model = CountingModel()
     result = TrustRegion(model, solver="cg", x_scale="jac").solve(problem.residual, problem.x0)
-    assert model.calls == result.njev
+    # Every linearization but the last: the solve stops at an accepted step,
+    # and no subproblem follows to use the scale.
+    assert result.status in (Status.XTOL, Status.FTOL, Status.GTOL)
+    assert model.calls == result.njev - 1
 
 
 def test_jac_scale_carries_the_running_maximum_of_column_norms():

@@ -349,6 +349,7 @@ class TrustRegion:
             if max_trials is not None and trials >= max_trials:
                 break
         state.radius = radius
+        relinearized = accepted and relinearize
         if accepted:
             state.x = x_new
             if relinearize:
@@ -356,13 +357,16 @@ class TrustRegion:
                     fun, x_new, dense=self.solver.requires_jacobian, residual=r_new
                 )
                 state.njev += 1
-                state.scale = self._scale(state.linearization, state.scale, state.nit + 1)
         state.nit += 1
         state.status = status
         if status is None and relinearize:
             self._check_gradient(state)
             if state.status is None and state.nfev >= max_nfev:
                 state.status = Status.MAX_NFEV
+        # The scale serves the next subproblem only: after a stop, its column
+        # norms (a pass over J) would be wasted.
+        if relinearized and state.status is None:
+            state.scale = self._scale(state.linearization, state.scale, state.nit)
         return state
 
     def result(self, state: TrustRegionState) -> Result:

@@ -13,8 +13,9 @@ The compressed indices are int32 whenever the sizes allow: torch's CPU kernel
 then multiplies without converting the indices at every product (measured on
 a tridiagonal J, n = 10⁵: 0.28 ms per product against 0.47 ms with int64). The
 triplets of a vectorized Jacobian usually arrive as a few sorted runs (one per
-diagonal or per block of the formula); on CPU those are ordered by numpy's
-stable sort, which merges runs (timsort) in a fraction of a general sort.
+diagonal or per block of the formula), or row by row with a little local
+disorder; on CPU those are ordered by numpy's stable sort, which merges runs
+(timsort) in a fraction of a general sort.
 """
 
 from __future__ import annotations
@@ -37,17 +38,24 @@ __all__ = ["SparseOperator", "SparsityPattern"]
 # Sorted runs up to which numpy's timsort beats torch's sort (measured on 3·10⁵
 # int64 keys: 0.3-2.4 ms for 1-3 runs, 5 ms for 10, against 5.5 ms for torch).
 _MAX_MERGED_RUNS = 8
+# Timsort first sorts chunks of 32-64 keys by insertion, so disorder within
+# such a window is nearly free: the runs that matter are those of every
+# 32nd key. Row-major triplets of a banded matrix have a descent in their
+# column indices at every row but none at that stride (tridiagonal, n = 10⁵:
+# 0.9 ms against 5 ms for torch's sort).
+_TIMSORT_WINDOW = 32
 
 
 def _stable_order(keys: Tensor, bound: int) -> Tensor | None:
     """The stable permutation that sorts ``keys`` (all in ``[0, bound)``); ``None`` when sorted."""
     if keys.numel() <= 1:
         return None
-    descents = int((keys[1:] < keys[:-1]).sum())
-    if descents == 0:
+    if not bool((keys[1:] < keys[:-1]).any()):
         return None
-    if numpy is not None and keys.device.type == "cpu" and descents < _MAX_MERGED_RUNS:
-        return torch.from_numpy(numpy.argsort(keys.numpy(), kind="stable")).to(torch.int64)
+    if numpy is not None and keys.device.type == "cpu":
+        coarse = keys[::_TIMSORT_WINDOW]
+        if int((coarse[1:] < coarse[:-1]).sum()) < _MAX_MERGED_RUNS:
+            return torch.from_numpy(numpy.argsort(keys.numpy(), kind="stable")).to(torch.int64)
     narrow = keys.to(torch.int32) if bound <= torch.iinfo(torch.int32).max else keys
     return torch.argsort(narrow, stable=True)
 
