@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from trustls.models import GaussNewtonModel, Linearization
-from trustls.operators import PRODUCT_METHODS, DenseOperator, NormalOperator, ScaledOperator
+from trustls.operators import PRODUCT_METHODS, DenseOperator, NormalOperator, ScaledOperator, SparseOperator
 
 METHODS = sorted(PRODUCT_METHODS)
 MODES = [("dense", None)] + [("implicit", method) for method in METHODS]
@@ -217,3 +217,21 @@ def test_cost_accumulates_in_float64(mode, method):
 def test_unknown_products():
     with pytest.raises(ValueError, match=re.escape(f"products must be one of {METHODS}, got 'jvp'")):
         GaussNewtonModel(products="jvp")
+
+
+def test_scaled_sparse_linearization_scales_the_matrix(generator):
+    # A diagonal scale is folded into a sparse J's values once (JT on J's pattern),
+    # so the CG products are sparse products only; the result is the same operator.
+    fun, x = make_problem("exponential_tall", generator)
+    J = torch.func.jacrev(fun)(x)
+    sparse = SparseOperator.from_tensor(J.to_sparse())
+    lin = GaussNewtonModel(jacobian=lambda _: sparse).linearize(fun, x)
+    d = 0.1 + torch.rand(x.shape[0], generator=generator, dtype=torch.float64)
+    scaled = lin.scaled(d)
+    assert isinstance(scaled.jacobian, SparseOperator) and isinstance(scaled.operator, NormalOperator)
+    assert scaled.operator.jacobian is scaled.jacobian
+    D = torch.diag(d)
+    torch.testing.assert_close(scaled.jacobian.to_dense(), J @ D, rtol=1e-14, atol=0)
+    torch.testing.assert_close(scaled.operator.to_dense(), D @ J.T @ J @ D, rtol=1e-10, atol=RTOL * _size(J) ** 2)
+    torch.testing.assert_close(scaled.gradient, lin.gradient * d, rtol=0, atol=0)
+    assert torch.equal(lin.jacobian.to_dense(), J)  # the original is untouched

@@ -27,6 +27,7 @@ from trustls.operators import (
     LinearOperator,
     NormalOperator,
     ScaledOperator,
+    SparseOperator,
     jacobian_products,
 )
 
@@ -333,3 +334,16 @@ def test_operator_docstring_examples():
     for module in (base, dense, implicit):
         failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert tried > 0 and failures == 0, module.__name__
+
+
+def test_sparse_scale_columns_matches_dense(generator):
+    A = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    A[A.abs() < 0.5] = 0.0
+    sparse = SparseOperator.from_tensor(A.to_sparse())
+    scale = 0.1 + torch.rand(4, generator=generator, dtype=torch.float64)
+    scaled = sparse.scale_columns(scale)
+    torch.testing.assert_close(scaled.to_dense(), A * scale, rtol=1e-15, atol=0)
+    u = torch.randn(5, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(scaled.rmatvec(u), scale * (A.T @ u), rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match=r"scale must be a tensor of shape \(4,\)"):
+        sparse.scale_columns(torch.ones(5, dtype=torch.float64))

@@ -214,6 +214,24 @@ def test_boundary_exit(fraction, generator):
     assert float(step.step.norm()) == pytest.approx(radius, rel=BOUNDARY_RTOL)
 
 
+def test_recurrence_drift_is_caught_at_exit(generator, monkeypatch):
+    # With the near-boundary margin disabled the recurrent ‖p‖² never triggers
+    # the true-norm test, as if it had drifted: CG runs past the sphere, and the
+    # exit guard pulls p back onto it with the model evaluated exactly.
+    import trustls.subproblem.steihaug_cg as module
+
+    monkeypatch.setattr(module, "_NEAR_BOUNDARY", -math.inf)
+    B, g = make_matrix("spd", generator)
+    radius = 0.1 * float(torch.linalg.solve(B, g).norm())
+    step, _ = run(SteihaugCG(forcing=1e-10), B, g, radius)
+    assert step.reason == "boundary" and step.hits_boundary
+    assert float(step.step.norm()) == pytest.approx(radius, rel=BOUNDARY_RTOL)
+    p = step.step
+    model = float(g @ p + 0.5 * p @ B @ p)
+    assert step.predicted_reduction == pytest.approx(-model, rel=1e-12) and model < 0
+    assert step.products == step.iterations + 1
+
+
 def test_negative_curvature_exit_hand_computed():
     # B = diag(-1, 2), g = (1, 1): d₀ = −g has curvature 1 > 0, so p₁ = −2g and
     # r₁ = (3, −3); d₁ = −r₁ + 9d₀ = (−12, −6) has curvature −144 + 72 < 0.

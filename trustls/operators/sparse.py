@@ -151,6 +151,21 @@ class SparseOperator(LinearOperator):
         operator._set(self.pattern, values)
         return operator
 
+    def scale_columns(self, scale: Tensor) -> SparseOperator:
+        """``A diag(scale)``: the values times ``scale`` at their columns, on the same pattern.
+
+        Examples:
+            >>> import torch
+            >>> A = SparseOperator(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([2.0, 3.0]), (2, 2))
+            >>> A.scale_columns(torch.tensor([10.0, 100.0])).to_dense()
+            tensor([[  0., 200.],
+                    [ 30.,   0.]])
+        """
+        if not isinstance(scale, Tensor) or scale.shape != (self.shape[1],):
+            got = tuple(scale.shape) if isinstance(scale, Tensor) else type(scale).__name__
+            raise ValueError(f"scale must be a tensor of shape ({self.shape[1]},), got {got}")
+        return self.with_values(self.values * scale.index_select(0, self.cols))
+
     @classmethod
     def from_tensor(cls, matrix: Tensor) -> SparseOperator:
         """From a torch sparse tensor (COO or CSR) of two dimensions."""

@@ -71,6 +71,26 @@ The model value is tracked along the path: over a segment p + τd,
 m(p + τd) = m(p) + τ rᵀd + ½τ² dᵀBd with r = Bp + g the CG residual, so the
 predicted reduction costs no product.
 
+Each iteration reduces only dᵀBd and rᵀr (two host synchronizations); the
+other scalars come from the recurrences of Steihaug-Toint CG and GLTR (Conn,
+Gould & Toint 2000, §7.5.1; Gould, Lucidi, Roma & Toint 1999, §5), exact in
+exact arithmetic because r_{k+1} ⊥ d_k and r_{k+1} ⊥ p_{k+1}:
+
+    rᵀd_k = −‖r_k‖²,
+    ‖p_{k+1}‖² = ‖p_k‖² + 2α pᵀd_k + α²‖d_k‖²,
+    pᵀd_{k+1} = β(pᵀd_k + α‖d_k‖²),
+    ‖d_{k+1}‖² = ‖r_{k+1}‖² + β²‖d_k‖².
+
+Rounding makes them drift as the residuals lose orthogonality: over the 54
+NIST solves of ``trustls.validate`` the recurrent ‖p‖² differed from the true
+one by at most 7.7·10⁻⁴ relative (worst on the ill-conditioned problems). So
+the recurrence only says when p is near the sphere, within 10% in ‖p‖²; there
+the boundary test uses the true norm (one dot), the boundary step length τ is
+computed from the true p and d, and an interior exit reports the true ‖p‖.
+‖p‖ ≤ Δ thus holds to rounding as before. Per iteration this saves three
+reductions and a synchronization: on Broyden tridiagonal (n = 10⁴, Jacobi-
+scaled sparse J) an iteration fell from about 160 to 127 µs.
+
 Because the iterates do not depend on the radius until they reach the
 boundary, the path computed for radius Δ contains the solution for every
 smaller radius: its first crossing of the smaller sphere. After a rejected step
@@ -82,6 +102,11 @@ References:
     linear systems", J. Res. Nat. Bur. Standards 49(6), 1952, pp. 409-436.
     A. Greenbaum, "Behavior of slightly perturbed Lanczos and conjugate-gradient
     recurrences", Linear Algebra Appl. 113, 1989, pp. 7-63.
+    N. I. M. Gould, S. Lucidi, M. Roma and Ph. L. Toint, "Solving the
+    trust-region subproblem using the Lanczos method", SIAM J. Optim. 9(2),
+    1999, pp. 504-525.
+    A. R. Conn, N. I. M. Gould and Ph. L. Toint, "Trust-Region Methods",
+    SIAM, 2000.
     G. Meurant and Z. Strakoš, "The Lanczos and conjugate gradient algorithms in
     finite precision arithmetic", Acta Numerica 15, 2006, pp. 471-542.
 """
@@ -99,6 +124,10 @@ from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
 
 __all__ = ["SteihaugCG"]
 
+# Relative margin, in ‖p‖², within which the boundary test uses the true norm
+# instead of the recurrence (module docstring).
+_NEAR_BOUNDARY = 0.1
+
 
 @dataclass
 class _Path:
@@ -112,6 +141,7 @@ class _Path:
     curvatures: list[float] = field(default_factory=list)  # m''(σ) on segment k
     radius: float = 0.0  # the radius the path was computed for
     complete: bool = False  # the path ends where CG stopped for that radius
+    exact_norms: bool = False  # norms recomputed from the points (else from the recurrences)
     last: Step | None = None
 
 
@@ -187,12 +217,14 @@ class SteihaugCG(SubproblemSolver):
         path.points.clear(), path.norms.clear(), path.model_values.clear()
         path.slopes.clear(), path.curvatures.clear()
         path.complete = False
+        path.exact_norms = False
         path.radius = radius
 
-        # p₀ = 0 as a broadcast scalar and r₀ = g as an alias: two length-n
-        # vectors less at the peak of the first product. r is updated in place
-        # from its second update on (the first one allocates it, leaving g alone),
-        # and d always: the stored path keeps only the iterates p.
+        # p₀ = 0 as a broadcast scalar, and r₀ = g and s₀ = g as aliases: length-n
+        # vectors less at the peak of the first product. s = −d is the negated
+        # direction, so that d = −r + βd is the single in-place s ← r + βs. r and
+        # s are updated in place from their second update on (the first one
+        # allocates them, leaving g alone): the stored path keeps only the p.
         p = g.new_zeros(()).expand_as(g)
         r = g
         rr = float(torch.dot(r, r))
@@ -200,56 +232,81 @@ class SteihaugCG(SubproblemSolver):
         if g_norm == 0.0:
             return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
         tolerance = min(self._forcing_bound(g), g_norm) * g_norm
-        d = -r
+        s = g
+        # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring.
+        pp, pd, dd = 0.0, 0.0, rr
+        near = (1.0 - _NEAR_BOUNDARY) * radius * radius
         model = 0.0
-        p_norm = 0.0
         if keep:
             path.points.append(p), path.norms.append(0.0), path.model_values.append(0.0)
         reason = "max_iter"
         hits_boundary = False
-        iterations = 0
+        iterations = products = 0
         for iterations in range(1, max_iter + 1):
-            Bd = B.matvec(d)
-            # Curvature and slope come back in one host-device synchronization.
-            kappa, rd = torch.stack([torch.dot(d, Bd), torch.dot(r, d)]).tolist()
+            products = iterations
+            Bs = B.matvec(s)
+            kappa = float(torch.dot(s, Bs))
             if kappa <= 0.0:
-                tau = float(boundary_step_length(p, d, radius))
                 reason, hits_boundary = "negative_curvature", True
             else:
                 alpha = rr / kappa
-                p_next = torch.add(p, d, alpha=alpha)
-                p_next_norm = float(torch.linalg.vector_norm(p_next))
-                if p_next_norm >= radius:
-                    tau = float(boundary_step_length(p, d, radius))
-                    reason, hits_boundary = "boundary", True
-                else:
-                    tau = alpha
-            slope, curvature = tau * rd, tau * tau * kappa
-            model += slope + 0.5 * curvature
+                p_next = torch.add(p, s, alpha=-alpha)
+                pp_next = pp + alpha * (2.0 * pd + alpha * dd)
+                if pp_next >= near:
+                    # The recurrence decides only that p_next is near the
+                    # sphere; whether it is outside is decided on the true norm.
+                    pp_next = float(torch.dot(p_next, p_next))
+                    if pp_next >= radius * radius:
+                        reason, hits_boundary = "boundary", True
             if hits_boundary:
-                p = torch.add(p, d, alpha=tau)
-                p_norm = radius
+                # τ from the true p and d, so that ‖p + τd‖ = Δ to rounding.
+                d = -s
+                tau = float(boundary_step_length(p, d, radius))
+                p, pp = torch.add(p, d, alpha=tau), radius * radius
             else:
-                p, p_norm = p_next, p_next_norm
+                tau = alpha
+                p, pp = p_next, pp_next
+            # rᵀd = −‖r‖² (r_k ⊥ d_{k−1}), so m along the segment costs no dot.
+            slope, curvature = -tau * rr, tau * tau * kappa
+            model += slope + 0.5 * curvature
             if keep:
                 if path.model_values and (len(path.points) + 1) * n <= self.path_memory:
                     path.slopes.append(slope), path.curvatures.append(curvature)
-                    path.points.append(p), path.norms.append(p_norm), path.model_values.append(model)
+                    path.points.append(p), path.model_values.append(model)
+                    path.norms.append(radius if hits_boundary else math.sqrt(pp))
                 else:
                     keep = False
                     path.points.clear()
             if hits_boundary:
                 break
-            r = torch.add(g, Bd, alpha=alpha) if r is g else r.add_(Bd, alpha=alpha)
-            del Bd  # free it before the next product: one length-n vector less at the peak
+            r = torch.add(g, Bs, alpha=-alpha) if r is g else r.sub_(Bs, alpha=alpha)
+            del Bs  # free it before the next product: one length-n vector less at the peak
             rr_next = float(torch.dot(r, r))
             if math.sqrt(rr_next) <= tolerance:
                 reason = "converged"
                 break
-            d.mul_(rr_next / rr).sub_(r)  # d = −r + βd
+            beta = rr_next / rr
+            pd = beta * (pd + alpha * dd)
+            dd = rr_next + beta * beta * dd
+            s = torch.add(r, s, alpha=beta) if s is g else torch.add(r, s, alpha=beta, out=s)
             rr = rr_next
+        if hits_boundary:
+            p_norm = radius
+        else:
+            # An interior exit reports the true ‖p‖, once per solve.
+            p_norm = float(torch.linalg.vector_norm(p))
+            if keep:
+                path.norms[-1] = p_norm
+            if p_norm > radius * (1.0 + 8.0 * torch.finfo(g.dtype).eps):
+                # Only if the recurrence drifted by more than _NEAR_BOUNDARY (never
+                # seen): pull p back along its ray, where m(tp) ≤ t·m(p) < 0 by
+                # convexity on [0, 1], and evaluate the model there with one product.
+                p = p * (radius / p_norm)
+                p_norm, hits_boundary, reason, keep = radius, True, "boundary", False
+                model = float(torch.dot(g, p) + 0.5 * torch.dot(p, B.matvec(p)))
+                products += 1
         path.complete = keep
-        step = Step(p, p_norm, -model, hits_boundary, iterations, iterations, reason)
+        step = Step(p, p_norm, -model, hits_boundary, iterations, products, reason)
         path.last = step
         return step
 
@@ -258,6 +315,14 @@ class SteihaugCG(SubproblemSolver):
         last = path.last
         if radius >= last.norm:
             return Step(last.step, last.norm, last.predicted_reduction, last.hits_boundary, 0, 0, last.reason)
+        if not path.exact_norms:
+            # The crossing is found on the true norms: the recurrences drift by
+            # rounding, and a point taken as inside must be inside. The first and
+            # last norms are exact already; one synchronization for the rest.
+            inner = path.points[1:-1]
+            if inner:
+                path.norms[1:-1] = torch.stack([torch.linalg.vector_norm(q) for q in inner]).tolist()
+            path.exact_norms = True
         k = next(i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= radius)
         start = path.points[k]
         delta = path.points[k + 1] - start
