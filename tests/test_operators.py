@@ -216,6 +216,9 @@ def test_symmetric_forms_are_symmetric_and_positive_semidefinite(name, generator
     for form in ("dense", "dense_scaled_right", "square_scaled", "jacobian", "jacobian_scaled_right"):
         operator, _ = forms[form]
         assert not operator.is_symmetric and not operator.is_positive_semidefinite, form
+    # Stored matrices, also scaled, read their products from entries; autodiff computes them.
+    for form, (operator, _) in forms.items():
+        assert operator.is_matrix_free == (form in IMPLICIT_FORMS), form
 
 
 @pytest.mark.parametrize("method", METHODS)

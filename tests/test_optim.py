@@ -326,7 +326,7 @@ def test_repr_and_defaults():
     assert text.startswith("TrustRegionOptimizer(TrustRegion(GaussNewtonModel(") and "max_trials=1" in text
     assert "params=[(2, 6), (), (2,), (6, 3), (6,)]" in text
     # One trial per batch: the CG path would never be reused, so it is not stored.
-    assert opt._controller.solver.path_memory == 0 and opt.method.solver.path_memory > 0
+    assert opt._controller.solver.path_memory == 0 and opt.method.solver.path_memory is None
     assert opt._controller.resolved_x_scale == "jac"
 
 

@@ -7,6 +7,7 @@ from scipy_oracle import scipy_least_squares
 from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
 from trustls.operators import (
     BlockDiagonalOperator,
+    NormalOperator,
     DenseOperator,
     DiagonalOperator,
     ScaledOperator,
@@ -37,6 +38,7 @@ def test_sparse_operator_matches_dense_and_with_values(generator):
     B = A.with_values(3 * A.values)
     assert B.pattern is A.pattern
     torch.testing.assert_close(B.to_dense(), 3 * dense)
+    assert not A.is_matrix_free and not NormalOperator(A).is_matrix_free
 
 
 def test_sparse_operator_sums_duplicates_and_checks_input():

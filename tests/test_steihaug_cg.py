@@ -393,6 +393,23 @@ def test_path_memory_too_small_reruns_cg(path_memory, generator):
     _assert_same_step(second, run(SteihaugCG(), B, g, 0.01)[0], 0.01)
 
 
+def test_stored_matrices_rerun_cg_by_default(generator):
+    # NormalOperator of a dense J stores its entries: no path is kept by
+    # default, and a smaller radius reruns CG (module docstring).
+    J, r = torch.randn(9, 6, generator=generator, dtype=torch.float64), torch.randn(9, generator=generator, dtype=torch.float64)
+    lin = least_squares(J, r)
+    assert not lin.operator.is_matrix_free
+    solver = SteihaugCG()
+    prepared = solver.prepare(lin)
+    solver.solve(prepared, 10.0)
+    second = solver.solve(prepared, 0.01)
+    assert second.products > 0
+    kept = SteihaugCG(path_memory=2**22)
+    prepared = kept.prepare(lin)
+    kept.solve(prepared, 10.0)
+    assert kept.solve(prepared, 0.01).products == 0
+
+
 # --- float32, arguments, structure -------------------------------------------------------
 
 
@@ -424,9 +441,9 @@ def test_prepare_rejects_non_symmetric_operator():
         ({"forcing": -0.5}, "forcing must be a number in (0, 1), got -0.5"),
         ({"forcing": "0.5"}, "forcing must be a number in (0, 1), got '0.5'"),
         ({"forcing": math.nan}, "forcing must be a number in (0, 1), got nan"),
-        ({"path_memory": -1}, "path_memory must be a non-negative int, got -1"),
-        ({"path_memory": 1.5}, "path_memory must be a non-negative int, got 1.5"),
-        ({"path_memory": False}, "path_memory must be a non-negative int, got False"),
+        ({"path_memory": -1}, "path_memory must be a non-negative int or None, got -1"),
+        ({"path_memory": 1.5}, "path_memory must be a non-negative int or None, got 1.5"),
+        ({"path_memory": False}, "path_memory must be a non-negative int or None, got False"),
         ({"exact_up_to": -1}, "exact_up_to must be a non-negative int, got -1"),
         ({"exact_up_to": 3.0}, "exact_up_to must be a non-negative int, got 3.0"),
     ],

@@ -109,7 +109,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         self.method = method
         self._controller = copy.copy(method)
         solver = method.solver
-        if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory:
+        if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory != 0:
             # One solve per linearization: a stored CG path would never be reused.
             self._controller.solver = dataclasses.replace(solver, path_memory=0)
         self.last: IterationInfo | None = None

@@ -31,6 +31,11 @@ class LinearOperator(abc.ABC):
 
     Subclasses implement `matvec` and, unless they are symmetric, `rmatvec`.
 
+    ``is_matrix_free`` says whether a product is computed (by automatic
+    differentiation or user code, the default) rather than read from stored
+    entries. Solvers use it to weigh recomputing products against storing
+    vectors (`SteihaugCG`'s stored path).
+
     Args:
         shape: ``(m, n)``.
         dtype: floating dtype of the vectors the operator acts on.
@@ -46,6 +51,7 @@ class LinearOperator(abc.ABC):
 
     is_symmetric: bool = False
     is_positive_semidefinite: bool = False
+    is_matrix_free: bool = True
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device | str):
         m, n = shape
@@ -119,6 +125,7 @@ class ScaledOperator(LinearOperator):
         self.left = left
         self.is_symmetric = left and operator.is_symmetric
         self.is_positive_semidefinite = left and operator.is_positive_semidefinite
+        self.is_matrix_free = operator.is_matrix_free or (isinstance(scale, LinearOperator) and scale.is_matrix_free)
 
     def _T(self, v: Tensor) -> Tensor:
         return self.scale * v if isinstance(self.scale, Tensor) else self.scale.matvec(v)

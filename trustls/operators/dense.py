@@ -35,6 +35,8 @@ class DenseOperator(LinearOperator):
         tensor([1., 2.])
     """
 
+    is_matrix_free = False
+
     def __init__(self, matrix: Tensor):
         _check_matrix("matrix", matrix)
         super().__init__(tuple(matrix.shape), matrix.dtype, matrix.device)
@@ -76,6 +78,7 @@ class NormalOperator(LinearOperator):
         n = jacobian.shape[1]
         super().__init__((n, n), jacobian.dtype, jacobian.device)
         self.jacobian = jacobian
+        self.is_matrix_free = jacobian.is_matrix_free
 
     def matvec(self, v: Tensor) -> Tensor:
         return self.jacobian.rmatvec(self.jacobian.matvec(v))

@@ -30,6 +30,7 @@ class DiagonalOperator(LinearOperator):
     """
 
     is_symmetric = True
+    is_matrix_free = False
 
     def __init__(self, diagonal: Tensor):
         if not isinstance(diagonal, Tensor) or diagonal.ndim != 1 or not diagonal.is_floating_point():
@@ -64,6 +65,8 @@ class BlockDiagonalOperator(LinearOperator):
         >>> A @ torch.ones(4)
         tensor([2., 2., 1., 1.])
     """
+
+    is_matrix_free = False
 
     def __init__(self, blocks: Sequence[Tensor], inverse_blocks: Sequence[Tensor] | None = None):
         blocks = list(blocks)

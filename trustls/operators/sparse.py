@@ -67,9 +67,21 @@ def _crow(rows: Tensor, m: int, dtype: torch.dtype) -> Tensor:
 
 
 def _csr(crow: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
+def _spend_csr_warnings() -> None:
+    # torch warns once per process when it first builds a CSR tensor (CSR
+    # support is in beta; some versions add that invariant checks are off).
+    # Spending those warnings here, silenced, spares `_csr` a catch_warnings
+    # block, about 25 µs per tensor: a fifth of `with_values` at n = 10⁴.
+    one = torch.tensor([0, 1])
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+        warnings.simplefilter("ignore")
+        _csr(one, one[:1], torch.ones(1), (1, 1))
+
+
+_spend_csr_warnings()
 
 
 class SparsityPattern:
@@ -111,6 +123,8 @@ class SparseOperator(LinearOperator):
         >>> A @ torch.tensor([1.0, 1.0]), A.rmatvec(torch.tensor([1.0, 0.0]))
         (tensor([2., 3.]), tensor([0., 2.]))
     """
+
+    is_matrix_free = False
 
     def __init__(self, rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]):
         for name, index in (("rows", rows), ("cols", cols)):

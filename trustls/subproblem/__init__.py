@@ -23,7 +23,7 @@ def resolve_solver(solver: str | SubproblemSolver) -> SubproblemSolver:
 
     Examples:
         >>> resolve_solver("cg")
-        SteihaugCG(max_iter=None, forcing=0.001, path_memory=4194304)
+        SteihaugCG(max_iter=None, forcing=0.001, path_memory=None, exact_up_to=32)
     """
     if isinstance(solver, SubproblemSolver):
         return solver
