@@ -396,7 +396,8 @@ def test_path_memory_too_small_reruns_cg(path_memory, generator):
 def test_stored_matrices_rerun_cg_by_default(generator):
     # NormalOperator of a dense J stores its entries: no path is kept by
     # default, and a smaller radius reruns CG (module docstring).
-    J, r = torch.randn(9, 6, generator=generator, dtype=torch.float64), torch.randn(9, generator=generator, dtype=torch.float64)
+    J = torch.randn(9, 6, generator=generator, dtype=torch.float64)
+    r = torch.randn(9, generator=generator, dtype=torch.float64)
     lin = least_squares(J, r)
     assert not lin.operator.is_matrix_free
     solver = SteihaugCG()
