@@ -348,5 +348,5 @@ def test_sparse_scale_columns_matches_dense(generator):
     torch.testing.assert_close(scaled.to_dense(), A * scale, rtol=1e-15, atol=0)
     u = torch.randn(5, generator=generator, dtype=torch.float64)
     torch.testing.assert_close(scaled.rmatvec(u), scale * (A.T @ u), rtol=1e-14, atol=1e-15)
-    with pytest.raises(ValueError, match=r"scale must be a tensor of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"scale must be a tensor of shape \(4,\), got \(5,\)"):
         sparse.scale_columns(torch.ones(5, dtype=torch.float64))

@@ -48,7 +48,7 @@ def test_sparse_operator_sums_duplicates_and_checks_input():
         SparseOperator(torch.tensor([0], dtype=torch.int32), torch.tensor([0]), torch.tensor([1.0]), (1, 1))
     with pytest.raises(ValueError, match=r"rows, cols and values must have the same length, got 1, 2, 1"):
         SparseOperator(torch.tensor([0]), torch.tensor([0, 1]), torch.tensor([1.0]), (1, 2))
-    with pytest.raises(ValueError, match=r"values must be a tensor of shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"values must be a tensor of shape \(2,\), got \(3,\)"):
         A.with_values(torch.ones(3))
 
 

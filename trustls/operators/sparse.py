@@ -159,7 +159,8 @@ class SparseOperator(LinearOperator):
                     [1., 0.]])
         """
         if not isinstance(values, Tensor) or values.shape != self.values.shape:
-            raise ValueError(f"values must be a tensor of shape {tuple(self.values.shape)}")
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"values must be a tensor of shape {tuple(self.values.shape)}, got {got}")
         operator = object.__new__(SparseOperator)
         LinearOperator.__init__(operator, self.shape, values.dtype, values.device)
         operator._set(self.pattern, values)
