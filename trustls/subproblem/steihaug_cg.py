@@ -54,8 +54,8 @@ to ``max_nfev`` (3,000 evaluations, 0 correct digits), where the near-exact
 step follows `DenseLstsq`'s path to 10.5 digits in 448 evaluations. (With
 η_max from 10⁻⁶ to 10⁻¹⁰ the solve stops on the flat region where the model
 underflows to 0, at cost 1.9·10⁹; 10⁻¹¹ is the first that succeeds.) Over
-the 54 NIST runs the evaluations fall from 8,422 to 3,737
-(``python -m trustls.validate --solver cg``).
+the 54 NIST runs the evaluations fall from 8,422 to 3,768
+(``python -m trustls.validate --solver cg --threads 1``; scipy's trf: 4,480).
 
 By default `TrustRegion` pairs this solver with ``x_scale="jac"``: CG in the
 variables scaled by J's column norms is CG with the Jacobi preconditioner
