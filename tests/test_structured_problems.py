@@ -135,3 +135,16 @@ def test_rejects_small_n(kind):
 def test_rejects_non_int_n(kind, n):
     with pytest.raises(TypeError, match=r"`n` must be an int, got"):
         FACTORIES[kind](n)
+
+
+@pytest.mark.parametrize(("kind", "n"), CASES)
+def test_coo_values_differentiate_with_autograd(kind, n):
+    # The second derivatives: the values are differentiable in x, as in the formulas.
+    p = FACTORIES[kind](n)
+    x = points(p)[1].clone().requires_grad_(True)
+    rows, cols, values = p.jacobian_coo(x)
+    (grad,) = torch.autograd.grad(values.sum(), x)
+    expected = torch.func.jacrev(lambda y: p.jacobian_coo(y)[2].sum())(x.detach())
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-14)
+    slope = -20.0 if kind == "extended_rosenbrock" else -4.0
+    assert bool((grad[0::2] == slope).all())

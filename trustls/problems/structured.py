@@ -119,7 +119,7 @@ def _rosenbrock_jacobian(x: Tensor, pattern: _CachedPattern) -> tuple[Tensor, Te
     rows, cols = pattern(x)
     # Row 2k: d/dx_{2k} = -20 x_{2k}, d/dx_{2k+1} = 10.  Row 2k+1: d/dx_{2k} = -1.
     values = torch.empty(x.shape[0] // 2, 3, dtype=x.dtype, device=x.device)
-    torch.mul(x[0::2], -20, out=values[:, 0])
+    values[:, 0] = -20 * x[0::2]  # an assignment, not out=: x may require grad
     values[:, 1] = 10.0
     values[:, 2] = -1.0
     return rows, cols, values.reshape(-1)
@@ -162,7 +162,7 @@ def _broyden_jacobian(x: Tensor, pattern: _CachedPattern) -> tuple[Tensor, Tenso
     rows, cols = pattern(x)
     values = torch.empty(x.shape[0], 3, dtype=x.dtype, device=x.device)
     values[:, 0] = -1.0
-    torch.mul(x, -4, out=values[:, 1]).add_(3)
+    values[:, 1] = 3 - 4 * x
     values[:, 2] = -2.0
     return rows, cols, values.reshape(-1)[1:-1]
 
