@@ -5,10 +5,12 @@ import pathlib
 import pytest
 import torch
 
+from trustls.problems import bal as bal_module
 from trustls.problems.bal import (
     BundleAdjustmentProblem,
     default_bal_path,
     load_bal,
+    projection_jacobian,
     rodrigues_rotate,
 )
 
@@ -174,6 +176,31 @@ def test_float32_smoke(problem):
     r32 = problem.residual(problem.x0.float())
     assert r32.dtype == torch.float32
     assert 0.5 * r32.double().square().sum().item() == pytest.approx(INITIAL_COST, rel=1e-4)
+
+
+@pytest.mark.parametrize("theta2", [1e-3, 4e-3, 6e-3, 0.1])  # float32 switches to the series at 4.9e-3
+def test_projection_jacobian_float32_matches_autograd(small_problem, theta2):
+    cameras, points = small_problem._gathered(small_problem.x0)
+    cameras, points = cameras.float().clone(), points.float()
+    cameras[:, 0:3] = torch.tensor([1.0, -2.0, 2.0]) * (theta2 / 9.0) ** 0.5
+
+    def project(q):
+        return bal_module._project(q[:, :9], q[:, 9:])
+
+    q = torch.cat((cameras, points), dim=1)
+    _, pullback = torch.func.vjp(project, q)
+    selectors = torch.eye(2).unsqueeze(1).expand(2, q.shape[0], 2)
+    expected = torch.func.vmap(pullback)(selectors)[0].transpose(0, 1)
+    actual = projection_jacobian(cameras, points)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected, rtol=2e-4, atol=2e-4 * float(expected.abs().max()))
+
+
+def test_projection_jacobian_checks_shapes():
+    with pytest.raises(ValueError, match=r"cameras must have shape \(M, 9\), got \(4, 8\)"):
+        projection_jacobian(torch.zeros(4, 8), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"points must have shape \(4, 3\), got \(5, 3\)"):
+        projection_jacobian(torch.zeros(4, 9), torch.zeros(5, 3))
 
 
 @pytest.mark.cuda

@@ -219,3 +219,26 @@ def test_jac_scale_carries_the_running_maximum_of_column_norms():
     second = model.linearize(lambda x: J1 @ x, torch.zeros(3, dtype=F64))
     T1 = resolve_scale("jac", model, second, T0, iteration=1)
     torch.testing.assert_close(T1, torch.tensor([1 / 3, 1 / 2, 1 / 8], dtype=F64), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("order", ["sorted", "two runs", "row-major band", "random"])
+@pytest.mark.parametrize("with_numpy", [True, False])
+def test_stable_order_sorts_stably_on_every_path(order, with_numpy, monkeypatch):
+    import trustls.operators.sparse as sparse_module
+
+    if not with_numpy:
+        monkeypatch.setattr(sparse_module, "numpy", None)
+    generator = torch.Generator().manual_seed(3)
+    n = 500
+    keys = {
+        "sorted": torch.arange(3 * n) // 3,
+        "two runs": torch.cat([torch.arange(n), torch.arange(n)]),
+        "row-major band": (torch.arange(n)[:, None] + torch.tensor([-1, 0, 1])).clamp(0, n - 1).reshape(-1),
+        "random": torch.randint(0, n, (3 * n,), generator=generator),
+    }[order]
+    permutation = sparse_module._stable_order(keys, n)
+    if order == "sorted":
+        assert permutation is None
+        return
+    assert permutation.dtype == torch.int64
+    torch.testing.assert_close(permutation, torch.argsort(keys, stable=True), rtol=0, atol=0)

@@ -214,16 +214,22 @@ def test_boundary_exit(fraction, generator):
     assert float(step.step.norm()) == pytest.approx(radius, rel=BOUNDARY_RTOL)
 
 
-def test_recurrence_drift_is_caught_at_exit(generator, monkeypatch):
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+def test_recurrence_drift_is_caught_at_exit(kind, generator, monkeypatch):
     # With the near-boundary margin disabled the recurrent ‖p‖² never triggers
-    # the true-norm test, as if it had drifted: CG runs past the sphere, and the
-    # exit guard pulls p back onto it with the model evaluated exactly.
+    # the true-norm test, as if it had drifted: CG runs past the sphere until it
+    # converges (SPD) or meets negative curvature (indefinite), and the exit
+    # guard pulls p back onto the sphere with the model evaluated exactly.
     import trustls.subproblem.steihaug_cg as module
 
     monkeypatch.setattr(module, "_NEAR_BOUNDARY", -math.inf)
-    B, g = make_matrix("spd", generator)
-    radius = 0.1 * float(torch.linalg.solve(B, g).norm())
-    step, _ = run(SteihaugCG(forcing=1e-10), B, g, radius)
+    if kind == "spd":
+        B, g = make_matrix(kind, generator)
+    else:  # −g has positive curvature, the second direction negative
+        B = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+        g = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    radius = 0.01 * float(g.norm())
+    step, _ = run(SteihaugCG(forcing=1e-10, exact_up_to=0), B, g, radius)
     assert step.reason == "boundary" and step.hits_boundary
     assert float(step.step.norm()) == pytest.approx(radius, rel=BOUNDARY_RTOL)
     p = step.step
@@ -409,6 +415,16 @@ def test_stored_matrices_rerun_cg_by_default(generator):
     prepared = kept.prepare(lin)
     kept.solve(prepared, 10.0)
     assert kept.solve(prepared, 0.01).products == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_is_left_unchanged(kind, generator):
+    # r₀ and s₀ alias g and are then updated in place: the first update must copy.
+    B, g = make_matrix(kind, generator)
+    before = g.clone()
+    for radius in (1e-2, 1e6):
+        run(SteihaugCG(forcing=1e-10, exact_up_to=0), B, g, radius)
+    assert torch.equal(g, before)
 
 
 # --- float32, arguments, structure -------------------------------------------------------

@@ -258,3 +258,24 @@ def test_noise_floor_status_after_a_step_within_rounding():
     assert result.status is Status.NOISE_FLOOR
     assert result.success
     assert result.cost <= first.cost * (1 + 1e-12)
+
+
+def test_model_given_the_jacobian_evaluates_the_residual_once_per_trial():
+    # The accepted trial's residual is reused for the linearization, as in
+    # scipy: with J given, the residual function runs exactly nfev times.
+    from trustls.problems.structured import broyden_tridiagonal
+
+    problem = broyden_tridiagonal(20)
+    calls = []
+
+    def fun(x):
+        calls.append(None)
+        return problem.residual(x)
+
+    def jacobian(x):
+        rows, cols, values = problem.jacobian_coo(x)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (20, 20), check_invariants=True)
+
+    result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver="cg").solve(fun, problem.x0)
+    assert result.success and result.njev > 2
+    assert len(calls) == result.nfev

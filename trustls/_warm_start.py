@@ -23,6 +23,14 @@ p₀ ≠ 0 neither holds, so `WarmStartCG`
 The stored CG path of `SteihaugCG` relies on the monotone norms, so it is
 not kept (``path_memory`` must be 0). Without a start (`TrustRegion.solve`,
 the first step) the solver is `SteihaugCG`.
+
+The warm-started loop differs from `SteihaugCG`'s in three ways, all for
+mini-batch training where each subproblem is one noisy batch: its cap is n
+iterations (training caps CG far lower with ``max_iter`` anyway), its forcing
+term is the superlinear min(η_max, √‖g‖) (Nocedal & Wright 2006, eq. 7.3), not the
+quadratic min(η_max, ‖g‖), which only pays near the minimum of one fixed
+problem, and it computes its norms directly rather than by recurrences,
+since it starts away from 0. ``exact_up_to`` applies as in `SteihaugCG`.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ class WarmStartCG(SteihaugCG):
 
     Args:
         max_iter: cap on CG iterations (``None``: the dimension n).
-        forcing: as in `SteihaugCG`.
+        forcing: η_max; the tolerance is min(η_max, √‖g‖)·‖g‖ (module docstring).
         path_memory: must be 0 (see the module docstring).
         decay: factor applied to the previous step, in (0, 1]; Martens uses 0.95.
 

@@ -184,7 +184,7 @@ def resolve_scale(
     refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
     if previous is not None and not refresh and model.column_norms_are_estimated(linearization):
         return previous
-    scale = model.column_norms(linearization).reciprocal_()  # inf for a column of zeros
+    scale = torch.reciprocal(model.column_norms(linearization))  # inf for a column of zeros
     if previous is not None:
         return torch.minimum(scale, previous)  # finite: previous is
     # A variable no residual depends on yet is scaled by 1, as in scipy.

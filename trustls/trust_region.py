@@ -88,7 +88,12 @@ class Callback(Protocol):
 
 @dataclass
 class TrustRegionState:
-    """Mutable state of one solve; created by `TrustRegion.init`, advanced by `TrustRegion.step`."""
+    """Mutable state of one solve; created by `TrustRegion.init`, advanced by `TrustRegion.step`.
+
+    ``scale`` is T for the next subproblem. A step that ends the solve leaves it
+    at the previous point's T: computing it at the final point would cost a pass
+    over J that no subproblem uses.
+    """
 
     x: Tensor
     linearization: Linearization

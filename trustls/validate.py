@@ -236,7 +236,7 @@ def format_table(rows: Sequence[ValidationRow]) -> str:
 
 def format_summary(rows: Sequence[ValidationRow]) -> str:
     """One line per solver: passes, mean LRE, total nfev and time."""
-    header = f"{'solver':<7}{'LRE>=6':>9}{'b only':>9}{'mean LRE':>10}{'b only':>8}{'nfev':>8}{'seconds':>9}"
+    header = f"{'solver':<7}{'LRE>=6':>9}{'b only':>9}{'mean LRE':>10}{'mean b':>8}{'nfev':>8}{'seconds':>9}"
     lines = [header, "-" * len(header)]
     for s in summarize(rows):
         lines.append(

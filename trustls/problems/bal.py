@@ -325,6 +325,10 @@ def projection_jacobian(cameras: Tensor, points: Tensor) -> Tensor:
     whose length-3 reductions and strided cross products dominate otherwise.
     ``tests/test_bal_problem.py`` checks the result against autograd.
     """
+    if cameras.ndim != 2 or cameras.shape[1] != CAMERA_SIZE:
+        raise ValueError(f"cameras must have shape (M, {CAMERA_SIZE}), got {tuple(cameras.shape)}")
+    if points.shape != (cameras.shape[0], POINT_SIZE):
+        raise ValueError(f"points must have shape ({cameras.shape[0]}, {POINT_SIZE}), got {tuple(points.shape)}")
     # Component-major: a vector of every observation is (3, M), a scalar (1, M),
     # and G's rows are (2, 3, M).
     cameras, X = cameras.T.contiguous(), points.T.contiguous()

@@ -10,9 +10,11 @@ Wright 2006, Alg. 7.2):
   current direction;
 * the direction has curvature dᵀBd ≤ 0: step to the boundary along it;
 * the residual ‖Bp + g‖ falls below η‖g‖ with the forcing term
-  η = min(η_max, ‖g‖), which makes the outer iteration quadratically
-  convergent (Dembo, Eisenstat & Steihaug 1982; Nocedal & Wright 2006,
-  Thm 7.2; their eq. 7.3 takes √‖g‖, superlinear only).
+  η = min(η_max, ‖g‖), the choice that keeps an inexact Newton iteration
+  quadratically convergent (Dembo, Eisenstat & Steihaug 1982; Nocedal &
+  Wright 2006, Thm 7.2; their eq. 7.3 takes √‖g‖, superlinear only). For
+  Gauss-Newton it keeps the Gauss-Newton rate: quadratic on zero-residual
+  problems, linear otherwise.
 
 The quadratic forcing matters where the cost goes to zero: with
 η = min(η_max, √‖g‖) the last steps stayed η-limited, reducing ‖r‖ by about
@@ -35,10 +37,10 @@ CG on a larger matrix whose eigenvalues cluster around those of B, so
 convergence is delayed rather than lost (Greenbaum 1989; Meurant & Strakoš
 2006, §5). The delay is largest where B is most ill-conditioned: on NIST's
 Lanczos3 (n = 6, cond(B) ≈ 10⁸ in the Jacobi-scaled variables at the
-solution) the self-check's solves (`trustls.validate`) reach 6.7 and 6.3
-correct digits in 557 and 281 evaluations from starts 1 and 2 with a cap of
-n and η_max = 10⁻³, and 9.0 and 9.9 digits in 217 and 307 with 2n; with the
-near-exact solves below, 5.5 and 5.8 digits with n, 7.2 and 6.4 with 2n. On
+solution) the self-check's solves (`trustls.validate`) reach 5.5 and 7.7
+correct digits in 410 and 312 evaluations from starts 1 and 2 with a cap of
+n and η_max = 10⁻³, and 10.0 and 9.0 digits in 200 and 309 with 2n; with the
+near-exact solves below, 5.8 and 6.6 digits with n, 8.1 and 6.4 with 2n. On
 well-conditioned problems the forcing test stops CG long before either cap.
 
 Up to ``exact_up_to`` variables (default 32) η_max is eps^(3/4) of the dtype
@@ -51,7 +53,7 @@ from start 1 (n = 3), the first step decides the basin, because the scaled J
 at x₀ has singular values 1.7, 1.3·10⁻³ and 3.1·10⁻⁷; η_max = 10⁻³ accepts
 nearly a steepest-descent step and the solve runs down an exponential valley
 to ``max_nfev`` (3,000 evaluations, 0 correct digits), where the near-exact
-step follows `DenseLstsq`'s path to 10.5 digits in 448 evaluations. (With
+step follows `DenseLstsq`'s path to 10.9 digits in 457 evaluations. (With
 η_max from 10⁻⁶ to 10⁻¹⁰ the solve stops on the flat region where the model
 underflows to 0, at cost 1.9·10⁹; 10⁻¹¹ is the first that succeeds.) Over
 the 54 NIST runs the evaluations fall from 8,422 to 3,768
@@ -87,8 +89,8 @@ one by at most 7.7·10⁻⁴ relative (worst on the ill-conditioned problems). S
 the recurrence only says when p is near the sphere, within 10% in ‖p‖²; there
 the boundary test uses the true norm (one dot), the boundary step length τ is
 computed from the true p and d, and an interior exit reports the true ‖p‖.
-‖p‖ ≤ Δ thus holds to rounding as before. Per iteration this saves three
-reductions and a synchronization: on Broyden tridiagonal (n = 10⁴, Jacobi-
+‖p‖ ≤ Δ thus holds to rounding as before. Per iteration this saves two
+reductions (rᵀd and ‖p_{k+1}‖), the stack and one synchronization: on Broyden tridiagonal (n = 10⁴, Jacobi-
 scaled sparse J) an iteration fell from about 160 to 127 µs.
 
 Because the iterates do not depend on the radius until they reach the
@@ -108,6 +110,8 @@ of 0.39× scipy's time, while on BAL (6 rejected steps in 35) rerunning CG
 after a rejection cost 248 products instead of 209 and no time.
 
 References:
+    R. S. Dembo, S. C. Eisenstat and T. Steihaug, "Inexact Newton methods",
+    SIAM J. Numer. Anal. 19(2), 1982, pp. 400-408.
     M. R. Hestenes and E. Stiefel, "Methods of conjugate gradients for solving
     linear systems", J. Res. Nat. Bur. Standards 49(6), 1952, pp. 409-436.
     A. Greenbaum, "Behavior of slightly perturbed Lanczos and conjugate-gradient
@@ -260,6 +264,7 @@ class SteihaugCG(SubproblemSolver):
         # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring.
         pp, pd, dd = 0.0, 0.0, rr
         near = (1.0 - _NEAR_BOUNDARY) * radius * radius
+        eps = torch.finfo(g.dtype).eps
         model = 0.0
         if keep:
             path.points.append(p), path.norms.append(0.0), path.model_values.append(0.0)
@@ -282,6 +287,11 @@ class SteihaugCG(SubproblemSolver):
                     pp_next = float(torch.dot(p_next, p_next))
                     if pp_next >= radius * radius:
                         reason, hits_boundary = "boundary", True
+            if hits_boundary and float(torch.dot(p, p)) > radius * radius * (1.0 + 8.0 * eps):
+                # p itself is outside: the recurrence drifted past _NEAR_BOUNDARY
+                # (never seen). Leave the loop; the exit guard below pulls p back.
+                hits_boundary, reason = False, "drift"
+                break
             if hits_boundary:
                 # τ from the true p and d, so that ‖p + τd‖ = Δ to rounding.
                 d = -s
@@ -321,7 +331,7 @@ class SteihaugCG(SubproblemSolver):
             p_norm = float(torch.linalg.vector_norm(p))
             if keep:
                 path.norms[-1] = p_norm
-            if p_norm > radius * (1.0 + 8.0 * torch.finfo(g.dtype).eps):
+            if p_norm > radius * (1.0 + 8.0 * eps):
                 # Only if the recurrence drifted by more than _NEAR_BOUNDARY (never
                 # seen): pull p back along its ray, where m(tp) ≤ t·m(p) < 0 by
                 # convexity on [0, 1], and evaluate the model there with one product.
