@@ -117,11 +117,13 @@ def run(solver: SubproblemSolver, B: Tensor, g: Tensor, radius: float):
 # --- invariants over a grid ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("exact_up_to", [32, 0], ids=["near-exact", "truncated"])
 @pytest.mark.parametrize("radius", RADII)
 @pytest.mark.parametrize("kind", KINDS)
-def test_step_within_region_with_cauchy_decrease_and_exact_prediction(kind, radius, generator, device):
+def test_step_within_region_with_cauchy_decrease_and_exact_prediction(kind, radius, exact_up_to, generator, device):
+    # n = 6: near-exact by default; exact_up_to=0 exercises the truncated path (forcing 1e-3).
     B, g = make_matrix(kind, generator, device)
-    step, operator = run(SteihaugCG(), B, g, radius)
+    step, operator = run(SteihaugCG(exact_up_to=exact_up_to), B, g, radius)
     p = step.step
     p_norm = float(torch.linalg.vector_norm(p))
     assert p.shape == g.shape and p.dtype == g.dtype and p.device == g.device
