@@ -24,7 +24,6 @@ from torch import Tensor
 
 from trustls.operators.base import LinearOperator, ScaledOperator
 from trustls.operators.dense import NormalOperator
-from trustls.operators.sparse import SparseOperator
 
 __all__ = ["CurvatureModel", "Linearization"]
 
@@ -67,30 +66,19 @@ class Linearization:
         if isinstance(scale, Tensor):
             gradient = self.gradient * scale
             matrix = None if self.jacobian_matrix is None else self.jacobian_matrix * scale
-            if isinstance(self.jacobian, SparseOperator) and isinstance(self.operator, NormalOperator) and (
-                self.operator.jacobian is self.jacobian
-            ):
-                # JT as a sparse matrix, once per linearization (one pass over the
-                # nonzeros): each product TJᵀJTv then saves two diagonal multiplies,
-                # two length-n temporaries and a dispatch layer, about a fifth of a
-                # CG iteration on Broyden tridiagonal. It pays from about five
-                # products per linearization on; below that (extended Rosenbrock,
-                # 1.5) it costs a few per cent of the solve.
-                jacobian = self.jacobian.scale_columns(scale)
-                return replace(
-                    self, gradient=gradient, operator=NormalOperator(jacobian), jacobian=jacobian,
-                    jacobian_matrix=matrix,
-                )
+            jacobian = self.jacobian.scale_columns(scale)
         else:
             gradient = scale.rmatvec(self.gradient)
             matrix = None if self.jacobian_matrix is None else self.jacobian_matrix @ scale.to_dense()
-        return replace(
-            self,
-            gradient=gradient,
-            operator=ScaledOperator(self.operator, scale),
-            jacobian=ScaledOperator(self.jacobian, scale, left=False),
-            jacobian_matrix=matrix,
-        )
+            jacobian = ScaledOperator(self.jacobian, scale, left=False)
+        # Gauss-Newton curvature JᵀJ becomes (JT)ᵀ(JT): the normal operator of the
+        # scaled Jacobian, which a stored J may have scaled once for every product
+        # (`SparseOperator.scale_columns`). Any other curvature is scaled on both sides.
+        if isinstance(self.operator, NormalOperator) and self.operator.jacobian is self.jacobian:
+            operator = NormalOperator(jacobian)
+        else:
+            operator = ScaledOperator(self.operator, scale)
+        return replace(self, gradient=gradient, operator=operator, jacobian=jacobian, jacobian_matrix=matrix)
 
 
 class CurvatureModel(abc.ABC):

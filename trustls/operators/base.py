@@ -76,6 +76,10 @@ class LinearOperator(abc.ABC):
             return torch.stack([self.matvec(column) for column in other.T], dim=1)
         raise ValueError(f"operand of @ must be 1-D or 2-D, got a tensor with {other.ndim} dimensions")
 
+    def scale_columns(self, scale: Tensor) -> LinearOperator:
+        """``A diag(scale)``; stored matrices may override this to scale their entries once."""
+        return ScaledOperator(self, scale, left=False)
+
     def to_dense(self) -> Tensor:
         """Build the dense ``(m, n)`` matrix from ``n`` products (tests and small problems)."""
         eye = torch.eye(self.shape[1], dtype=self.dtype, device=self.device)

@@ -60,6 +60,11 @@ def _stable_order(keys: Tensor, bound: int) -> Tensor | None:
     return torch.argsort(narrow, stable=True)
 
 
+def _shape_of(value: object) -> object:
+    """What an argument check reports as received: a tensor's shape, else the type's name."""
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+
+
 def _crow(rows: Tensor, m: int, dtype: torch.dtype) -> Tensor:
     crow = torch.zeros(m + 1, dtype=dtype, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
@@ -159,8 +164,7 @@ class SparseOperator(LinearOperator):
                     [1., 0.]])
         """
         if not isinstance(values, Tensor) or values.shape != self.values.shape:
-            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-            raise ValueError(f"values must be a tensor of shape {tuple(self.values.shape)}, got {got}")
+            raise ValueError(f"values must be a tensor of shape {tuple(self.values.shape)}, got {_shape_of(values)}")
         operator = object.__new__(SparseOperator)
         LinearOperator.__init__(operator, self.shape, values.dtype, values.device)
         operator._set(self.pattern, values)
@@ -177,8 +181,7 @@ class SparseOperator(LinearOperator):
                     [ 30.,   0.]])
         """
         if not isinstance(scale, Tensor) or scale.shape != (self.shape[1],):
-            got = tuple(scale.shape) if isinstance(scale, Tensor) else type(scale).__name__
-            raise ValueError(f"scale must be a tensor of shape ({self.shape[1]},), got {got}")
+            raise ValueError(f"scale must be a tensor of shape ({self.shape[1]},), got {_shape_of(scale)}")
         return self.with_values(self.values * scale.index_select(0, self.cols))
 
     @classmethod

@@ -264,12 +264,13 @@ class SteihaugCG(SubproblemSolver):
         # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring.
         pp, pd, dd = 0.0, 0.0, rr
         near = (1.0 - _NEAR_BOUNDARY) * radius * radius
-        eps = torch.finfo(g.dtype).eps
+        # Beyond this norm p is outside the region, not merely on it by rounding.
+        outside = radius * (1.0 + 8.0 * torch.finfo(g.dtype).eps)
         model = 0.0
         if keep:
             path.points.append(p), path.norms.append(0.0), path.model_values.append(0.0)
         reason = "max_iter"
-        hits_boundary = False
+        hits_boundary = drifted = False
         iterations = products = 0
         for iterations in range(1, max_iter + 1):
             products = iterations
@@ -287,10 +288,10 @@ class SteihaugCG(SubproblemSolver):
                     pp_next = float(torch.dot(p_next, p_next))
                     if pp_next >= radius * radius:
                         reason, hits_boundary = "boundary", True
-            if hits_boundary and float(torch.dot(p, p)) > radius * radius * (1.0 + 8.0 * eps):
+            if hits_boundary and float(torch.dot(p, p)) > outside * outside:
                 # p itself is outside: the recurrence drifted past _NEAR_BOUNDARY
-                # (never seen). Leave the loop; the exit guard below pulls p back.
-                hits_boundary, reason = False, "drift"
+                # (never seen). The exit guard pulls p back.
+                hits_boundary, drifted = False, True
                 break
             if hits_boundary:
                 # τ from the true p and d, so that ‖p + τd‖ = Δ to rounding.
@@ -331,7 +332,7 @@ class SteihaugCG(SubproblemSolver):
             p_norm = float(torch.linalg.vector_norm(p))
             if keep:
                 path.norms[-1] = p_norm
-            if p_norm > radius * (1.0 + 8.0 * eps):
+            if drifted or p_norm > outside:
                 # Only if the recurrence drifted by more than _NEAR_BOUNDARY (never
                 # seen): pull p back along its ray, where m(tp) ≤ t·m(p) < 0 by
                 # convexity on [0, 1], and evaluate the model there with one product.
