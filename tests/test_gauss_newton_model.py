@@ -138,6 +138,22 @@ def test_dense_jacobian_mode_follows_shape(name, reverse, generator, monkeypatch
     torch.testing.assert_close(lin.jacobian_matrix, torch.func.jacrev(fun)(x), rtol=1e-12, atol=1e-14)
 
 
+def test_dense_forward_mode_reuses_the_callers_residual(generator):
+    # m ≥ n with r(x) given: jacfwd's pass is the only evaluation of fun.
+    fun, x = make_problem("tanh_net_tall", generator)
+    residual = fun(x)
+    calls = []
+
+    def counted(y):
+        calls.append(None)
+        return fun(y)
+
+    lin = GaussNewtonModel().linearize(counted, x, dense=True, residual=residual)
+    assert len(calls) == 1
+    torch.testing.assert_close(lin.jacobian_matrix, torch.func.jacrev(fun)(x), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(lin.gradient, lin.jacobian_matrix.T @ residual)
+
+
 @pytest.mark.parametrize(("mode", "method"), MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("name", ["exponential_tall", "tanh_net_wide"])
 def test_predicted_reduction(name, mode, method, generator):

@@ -131,7 +131,7 @@ class GaussNewtonModel(CurvatureModel):
         if self.jacobian is not None:
             return self._linearize_given(fun, x, dense, residual)
         if dense:
-            return self._linearize_dense(fun, x)
+            return self._linearize_dense(fun, x, residual)
         return self.from_products(jacobian_products(fun, x, self.products), x)
 
     def from_products(self, products: JacobianProducts, x: Tensor) -> Linearization:
@@ -175,9 +175,12 @@ class GaussNewtonModel(CurvatureModel):
             jacobian_matrix=J.to_dense() if dense else None,
         )
 
-    def _linearize_dense(self, fun: Callable[[Tensor], Tensor], x: Tensor) -> Linearization:
+    def _linearize_dense(self, fun: Callable[[Tensor], Tensor], x: Tensor, residual: Tensor | None) -> Linearization:
         with torch.enable_grad():
-            residual, pullback = torch.func.vjp(fun, x)
+            # Reverse mode (m < n) needs the pullback's pass; forward mode needs no
+            # pass of its own once the caller has r(x), as the controller does.
+            if residual is None or residual.shape[0] < x.shape[0]:
+                residual, pullback = torch.func.vjp(fun, x)
             m, n = residual.shape[0], x.shape[0]
             if m < n:
                 eye = torch.eye(m, dtype=residual.dtype, device=residual.device)
