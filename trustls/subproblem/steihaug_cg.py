@@ -90,8 +90,9 @@ the recurrence only says when p is near the sphere, within 10% in ‖p‖²; the
 the boundary test uses the true norm (one dot), the boundary step length τ is
 computed from the true p and d, and an interior exit reports the true ‖p‖.
 ‖p‖ ≤ Δ thus holds to rounding as before. Per iteration this saves two
-reductions (rᵀd and ‖p_{k+1}‖), the stack and one synchronization: on Broyden tridiagonal (n = 10⁴, Jacobi-
-scaled sparse J) an iteration fell from about 160 to 127 µs.
+reductions (rᵀd and ‖p_{k+1}‖), the stack and one synchronization: on Broyden
+tridiagonal (n = 10⁴, Jacobi-scaled sparse J) an iteration fell from about 160
+to 127 µs when this was introduced.
 
 Because the iterates do not depend on the radius until they reach the
 boundary, the path computed for radius Δ contains the solution for every
@@ -104,9 +105,9 @@ matrix-free operators (`LinearOperator.is_matrix_free`: autodiff products, a
 gradient evaluation or more each). For a stored matrix a product costs about
 as much memory traffic as keeping an iterate, and the stored iterates are
 fresh memory that the allocator maps anew at every linearization: on
-Broyden tridiagonal with a sparse J (n = 10⁵) keeping the path made each CG
-iteration 27 % slower (1.32 against 1.04 ms) and the whole solve 0.47× instead
-of 0.39× scipy's time, while on BAL (6 rejected steps in 35) rerunning CG
+Broyden tridiagonal with a sparse J (n = 10⁵) keeping the path makes each CG
+iteration 30 % slower (1,070 against 824 µs, ``benchmarks/micro.py --only cg``)
+and made the whole solve 0.47× instead of 0.39× scipy's time, while on BAL (6 rejected steps in 35) rerunning CG
 after a rejection cost 248 products instead of 209 and no time.
 
 References:

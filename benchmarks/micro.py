@@ -1,0 +1,126 @@
+"""Micro-benchmarks behind the per-operation figures in the docs, in one run.
+
+Sections:
+
+``bal-jacobian``
+    The 31,843 BAL Jacobian blocks (2x12 each) in closed form
+    (`trustls.problems.bal.projection_jacobian`) against two batched autograd
+    VJPs of the projection, the method it replaced.
+``sparse-product``
+    One product J v with the tridiagonal J of Broyden tridiagonal
+    (n = 10⁵) as a CSR tensor with int32 indices (what `SparseOperator`
+    builds) against int64 indices.
+``cg``
+    One Steihaug-CG iteration on Broyden tridiagonal's Jacobi-scaled sparse
+    linearization (n = 10⁴ and 10⁵): the default (no stored path for a stored
+    matrix) against the stored path kept (``path_memory=2**22``), and the two
+    sparse products alone.
+
+Medians of interleaved repeats. Run from the repository root::
+
+    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from trustls import GaussNewtonModel, SteihaugCG  # noqa: E402
+from trustls.operators import SparseOperator  # noqa: E402
+from trustls.problems import bal  # noqa: E402
+from trustls.problems.structured import broyden_tridiagonal  # noqa: E402
+from trustls.scaling import resolve_scale  # noqa: E402
+
+
+def medians(functions: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, the functions interleaved."""
+    for f in functions.values():
+        f()
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, f in functions.items():
+            start = time.perf_counter()
+            f()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bal_jacobian(repeats: int) -> None:
+    problem = bal.load_bal()
+    cameras, points = problem._gathered(problem.x0)
+    q = torch.cat((cameras, points), dim=1)
+
+    def autograd():
+        _, pullback = torch.func.vjp(lambda q: bal._project(q[:, :9], q[:, 9:]), q)
+        selectors = torch.eye(2, dtype=q.dtype).unsqueeze(1).expand(2, q.shape[0], 2)
+        return torch.func.vmap(pullback)(selectors)[0]
+
+    t = medians({"closed form": lambda: bal.projection_jacobian(cameras, points), "autograd": autograd}, repeats)
+    print(f"\n## BAL Jacobian blocks ({problem.n_observations:,} observations)\n")
+    print(f"closed form {1e3 * t['closed form']:.1f} ms, two batched autograd VJPs {1e3 * t['autograd']:.1f} ms "
+          f"(ratio {t['autograd'] / t['closed form']:.1f})")
+
+
+def sparse_product(repeats: int) -> None:
+    n = 10**5
+    problem = broyden_tridiagonal(n)
+    rows, cols, values = problem.jacobian_coo(problem.x0)
+    J = SparseOperator(rows, cols, values, (n, n)).matrix
+    wide = torch.sparse_csr_tensor(J.crow_indices().long(), J.col_indices().long(), J.values(), (n, n),
+                                   check_invariants=True)
+    v = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = medians({"int32": lambda: J @ v, "int64": lambda: wide @ v}, repeats)
+    print(f"\n## One CSR product J v, Broyden tridiagonal n = {n:,}\n")
+    print(f"int32 indices {1e3 * t['int32']:.3f} ms, int64 indices {1e3 * t['int64']:.3f} ms")
+
+
+def cg(repeats: int) -> None:
+    print("\n## One Steihaug-CG iteration, Broyden tridiagonal, Jacobi-scaled sparse J\n")
+    print("| n | default (no path) | path kept | two sparse products |")
+    print("|---:|---:|---:|---:|")
+    for n in (10**4, 10**5):
+        problem = broyden_tridiagonal(n)
+
+        def jacobian(x, problem=problem, n=n):
+            return SparseOperator(*problem.jacobian_coo(x), (n, n))
+
+        model = GaussNewtonModel(jacobian=jacobian)
+        x = 0.5 * problem.x0
+        lin = model.linearize(problem.residual, x)
+        scaled = lin.scaled(resolve_scale("jac", model, lin, None))
+        solvers = {"default": SteihaugCG(forcing=1e-9, max_iter=40),
+                   "path": SteihaugCG(forcing=1e-9, max_iter=40, path_memory=2**22)}
+        iterations = solvers["default"].solve(solvers["default"].prepare(scaled), 1e9).iterations
+        calls = {name: (lambda s=s: s.solve(s.prepare(scaled), 1e9)) for name, s in solvers.items()}
+        calls["products"] = lambda: scaled.operator.matvec(scaled.gradient)
+        t = medians(calls, repeats)
+        print(f"| {n:,} | {1e6 * t['default'] / iterations:.0f} µs | {1e6 * t['path'] / iterations:.0f} µs | "
+              f"{1e6 * t['products']:.0f} µs |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread")
+    sections = args.only.split(",")
+    if "bal-jacobian" in sections:
+        bal_jacobian(args.repeats)
+    if "sparse-product" in sections:
+        sparse_product(args.repeats)
+    if "cg" in sections:
+        cg(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
