@@ -14,6 +14,8 @@ default tolerances (ftol = xtol = gtol = 1e-8):
 
 Each solve runs ``--repeat`` times (default 3) and the table reports the
 fastest, which is the least disturbed by other work on a shared machine.
+``--unscaled`` adds the matrix-free solve with ``x_scale=1``, which skips the
+Jacobi column-norm estimates.
 
 Run from the repository root::
 
@@ -56,7 +58,7 @@ def run_scipy(problem) -> dict:
             "inner": "-", "status": int(result.status)}
 
 
-def run_trustls(problem, *, sparse: bool) -> dict:
+def run_trustls(problem, *, sparse: bool, x_scale=None) -> dict:
     if sparse:
         shape = (problem.m, problem.n)
         first: list[SparseOperator] = []
@@ -74,7 +76,7 @@ def run_trustls(problem, *, sparse: bool) -> dict:
     else:
         model = GaussNewtonModel()
     tic = time.perf_counter()
-    result = TrustRegion(model, solver="cg").solve(problem.residual, problem.x0)
+    result = TrustRegion(model, solver="cg", x_scale=x_scale).solve(problem.residual, problem.x0)
     return {"time_s": time.perf_counter() - tic, "cost": result.cost, "nfev": result.nfev,
             "inner": result.inner_iterations, "status": result.status.code}
 
@@ -88,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10**4, 10**5])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--unscaled", action="store_true",
+                        help="also time the matrix-free solve with x_scale=1 (no Jacobi column-norm estimates)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__} threads {torch.get_num_threads()}; numpy {np.__version__}; "
@@ -102,6 +106,10 @@ def main() -> None:
                 "trustls cg, sparse J": best_of(lambda: run_trustls(problem, sparse=True), args.repeat),
                 "trustls cg, matrix-free": best_of(lambda: run_trustls(problem, sparse=False), args.repeat),
             }
+            if args.unscaled:
+                rows["trustls cg, matrix-free, x_scale=1"] = best_of(
+                    lambda: run_trustls(problem, sparse=False, x_scale=1.0), args.repeat
+                )
             base = rows["scipy trf+lsmr"]["time_s"]
             for label, out in rows.items():
                 print(f"| {make.__name__} | {n:,} | {label} | {out['cost']:.3e} | {out['nfev']} | {out['inner']} | "

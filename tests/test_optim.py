@@ -77,6 +77,22 @@ def test_full_batch_iterates_equal_solve(solver, x_scale, max_trials):
     assert torch.equal(net.frozen, torch.tensor([0.1, -0.2], dtype=torch.float64))
 
 
+def test_optimizer_keeps_the_largest_gradient_norm_as_the_forcing_reference():
+    # CG's forcing term measures ‖g‖ against the largest ‖g‖ of the run (as in
+    # TrustRegion.solve), so the optimizer carries it from step to step.
+    net, (X, Y) = Net(), data()
+    params = trainable(net)
+    opt = TrustRegionOptimizer(net.parameters(), method(x_scale=1.0))
+    norms = []
+    for _ in range(6):
+        loss = 0.5 * (net(X) - Y).square().sum()
+        norms.append(float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))))
+        opt.step(lambda: (net(X) - Y).reshape(-1))
+        reference = opt.state[params[0]]["gradient_reference"]
+        assert reference == pytest.approx(max(norms), rel=1e-10)
+    assert min(norms) < 0.5 * max(norms)  # the reference is not merely the latest norm
+
+
 def test_step_reports_cost_and_statistics_and_calls_callback():
     net, (X, Y) = Net(), data()
     records = []

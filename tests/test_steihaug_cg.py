@@ -176,20 +176,48 @@ def test_large_radius_spd_step_equals_solve(generator):
     torch.testing.assert_close(step.step, torch.linalg.solve(B, -g), rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("forcing, g_scale", [(0.5, 1.0), (0.1, 1.0), (0.5, 1e-4)])
-def test_converged_residual_meets_forcing_tolerance(forcing, g_scale, generator):
-    # tolerance = min(forcing, ‖g‖)·‖g‖ (Nocedal & Wright 2006, Thm 7.2); the
-    # small gradient exercises the ‖g‖ branch.
+@pytest.mark.parametrize("forcing, reference", [(0.5, None), (0.1, None), (0.5, 1e4), (0.5, 1e14)])
+def test_converged_residual_meets_forcing_tolerance(forcing, reference, generator):
+    # tolerance = min(forcing, max(ρ, ε/ρ))·‖g‖ with ρ = ‖g‖/reference, the
+    # reference the controller passes (none: ‖g‖ itself). 10⁴ exercises the
+    # relative-gradient branch, 10¹⁴ the rounding floor ε/ρ = 0.022.
     # exact_up_to=0: the forcing applies at this small n.
     B, g = make_matrix("spd", generator)
-    g = g_scale * g
-    step, _ = run(SteihaugCG(forcing=forcing, exact_up_to=0), B, g, 1e6)
     g_norm = float(g.norm())
+    solver = SteihaugCG(forcing=forcing, exact_up_to=0)
+    reference = None if reference is None else reference * g_norm
+    step = solver.solve(solver.prepare(quadratic(B, g), reference), 1e6)
     assert step.reason == "converged"
     residual = float(torch.linalg.vector_norm(B @ step.step + g))
-    assert residual <= min(forcing, g_norm) * g_norm * (1 + 1e-8)
-    if g_scale == 1.0:  # truncated by the forcing: a near-exact solve would be far below
+    rho = 1.0 if reference is None else g_norm / reference
+    eta = min(forcing, max(rho, torch.finfo(g.dtype).eps / rho))
+    assert residual <= eta * g_norm * (1 + 1e-8)
+    if reference is None:  # truncated by the forcing: a near-exact solve would be far below
         assert residual > 1e-6 * g_norm
+
+
+def test_forcing_stops_at_the_rounding_level_of_the_reference_gradient():
+    # ρ = ‖g‖/‖g‖_ref = 10⁻¹⁴: the quadratic target ρ‖g‖ lies below ε‖g‖_ref, where
+    # the floor η = ε/ρ (0.022) stops CG instead, as forcing=ε/ρ would.
+    B = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float64))
+    g = torch.ones(50, dtype=torch.float64)
+    eta = torch.finfo(torch.float64).eps * 1e14
+    solver = SteihaugCG(forcing=0.5, exact_up_to=0)
+    floored = solver.solve(solver.prepare(quadratic(B, g), 1e14 * float(g.norm())), 1e6)
+    capped = run(SteihaugCG(forcing=eta, exact_up_to=0), B, g, 1e6)[0]
+    tight = run(SteihaugCG(forcing=1e-13, exact_up_to=0), B, g, 1e6)[0]
+    assert floored.iterations == capped.iterations < tight.iterations
+    torch.testing.assert_close(floored.step, capped.step, rtol=0, atol=0)
+
+
+def test_forcing_reference_below_the_gradient_is_the_gradient(generator):
+    # A reference below ‖g‖ (the gradient grew) measures ‖g‖ against itself: η = forcing.
+    B, g = make_matrix("spd", generator)
+    solver = SteihaugCG(forcing=0.5, exact_up_to=0)
+    below = solver.solve(solver.prepare(quadratic(B, g), 1e-3 * float(g.norm())), 1e6)
+    none = solver.solve(solver.prepare(quadratic(B, g)), 1e6)
+    assert below.iterations == none.iterations
+    torch.testing.assert_close(below.step, none.step, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("exact_up_to, near_exact", [(32, True), (6, True), (5, False), (0, False)])

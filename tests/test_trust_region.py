@@ -279,3 +279,28 @@ def test_model_given_the_jacobian_evaluates_the_residual_once_per_trial():
     result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver="cg").solve(fun, problem.x0)
     assert result.success and result.njev > 2
     assert len(calls) == result.nfev
+
+
+def test_cg_solve_is_invariant_to_the_units_of_the_residual():
+    # r → c·r (c a power of two, so every product scales exactly) leaves the
+    # Jacobi-scaled subproblems' solutions scaled by c and the ratio, ftol and
+    # xtol tests unchanged; the forcing term ‖g‖/gradient_reference is unit-free,
+    # so the whole solve is the same. (An absolute forcing min(η_max, ‖g‖) took
+    # different CG iterations here.) gtol is absolute, hence off.
+    from trustls.operators import SparseOperator
+    from trustls.problems.structured import broyden_tridiagonal
+
+    problem = broyden_tridiagonal(200)
+    shape = (problem.m, problem.n)
+    runs = []
+    for c in (2.0**-20, 1.0, 2.0**20):
+        def jacobian(x, c=c):
+            rows, cols, values = problem.jacobian_coo(x)
+            return SparseOperator(rows, cols, c * values, shape)
+
+        model = GaussNewtonModel(jacobian=jacobian)
+        runs.append(TrustRegion(model, solver="cg", gtol=None).solve(lambda x, c=c: c * problem.residual(x), problem.x0))
+    for result in runs:
+        assert result.success and result.inner_iterations == runs[1].inner_iterations
+        assert result.nfev == runs[1].nfev
+        torch.testing.assert_close(result.x, runs[1].x, rtol=0, atol=0)

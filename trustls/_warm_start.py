@@ -27,9 +27,10 @@ the first step) the solver is `SteihaugCG`.
 The warm-started loop differs from `SteihaugCG`'s in three ways, all for
 mini-batch training where each subproblem is one noisy batch: its cap is n
 iterations (training caps CG far lower with ``max_iter`` anyway), its forcing
-term is the superlinear min(η_max, √‖g‖) (Nocedal & Wright 2006, eq. 7.3), not the
-quadratic min(η_max, ‖g‖), which only pays near the minimum of one fixed
-problem, and it computes its norms directly rather than by recurrences,
+term is the superlinear min(η_max, √ρ) with ρ = ‖g‖/‖g‖_ref (Nocedal & Wright
+2006, eq. 7.3, measured against the largest gradient norm and floored at ε/ρ
+as in `SteihaugCG`), not the quadratic min(η_max, ρ), which only pays near the
+minimum of one fixed problem, and it computes its norms directly rather than by recurrences,
 since it starts away from 0. ``exact_up_to`` applies as in `SteihaugCG`.
 """
 
@@ -65,7 +66,8 @@ class WarmStartCG(SteihaugCG):
 
     Args:
         max_iter: cap on CG iterations (``None``: the dimension n).
-        forcing: η_max; the tolerance is min(η_max, √‖g‖)·‖g‖ (module docstring).
+        forcing: η_max; the tolerance is min(η_max, max(√ρ, ε/ρ))·‖g‖ with
+            ρ = ‖g‖/‖g‖_ref (module docstring; `SteihaugCG` for the floor ε/ρ).
         path_memory: must be 0 (see the module docstring).
         decay: factor applied to the previous step, in (0, 1]; Martens uses 0.95.
 
@@ -100,7 +102,7 @@ class WarmStartCG(SteihaugCG):
             p, p_norm = p * (self.decay * radius / p_norm), self.decay * radius
         r = B.matvec(p) + g
         model = 0.5 * float(torch.dot(p, r + g))
-        tolerance = min(self._forcing_bound(g), math.sqrt(g_norm)) * g_norm
+        tolerance = self._forcing_term(path, g, g_norm, power=0.5) * g_norm
         rr = float(torch.dot(r, r))
         d = -r
         reason, hits_boundary, iterations = "converged", False, 0

@@ -180,6 +180,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             lin = WarmStartLinearization(**fields, initial_step=inverse_scale(scale, previous))
         tr = TrustRegionState(x=x, linearization=lin, radius=radius, scale=scale,
                               m=lin.residual.shape[0], initial_cost=lin.cost,
+                              gradient_reference=state.get("gradient_reference", 0.0),
                               **{name: state.get(name, 0) for name in _COUNTERS})
         tr.nfev, tr.njev = tr.nfev + 1, tr.njev + 1
         trial_steps = []
@@ -209,6 +210,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if isinstance(x_scale, str):  # "jac": the running column-norm maximum lives in T (see `resolve_scale`)
             state["scale"] = scale
         state.update(radius=tr.radius, accepted_steps=accepted + (tr.x is not x),
+                     gradient_reference=tr.gradient_reference,
                      **{name: getattr(tr, name) for name in _COUNTERS})
         self.last = tr.last
         return cost

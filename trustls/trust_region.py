@@ -92,7 +92,9 @@ class TrustRegionState:
 
     ``scale`` is T for the next subproblem. A step that ends the solve leaves it
     at the previous point's T: computing it at the final point would cost a pass
-    over J that no subproblem uses.
+    over J that no subproblem uses. ``gradient_reference`` is the largest ‖T g‖
+    met so far, against which CG's forcing term measures the gradient
+    (`SubproblemSolver.prepare`).
     """
 
     x: Tensor
@@ -101,6 +103,7 @@ class TrustRegionState:
     scale: Scale | None
     m: int
     initial_cost: float
+    gradient_reference: float = 0.0
     nfev: int = 1
     njev: int = 1
     nit: int = 0
@@ -292,7 +295,10 @@ class TrustRegion:
         ftol = effective_tolerance(self.ftol, eps)
         xtol = effective_tolerance(self.xtol, eps)
         max_nfev = self.max_nfev or 100 * x.shape[0]
-        prepared = self.solver.prepare(lin if state.scale is None else lin.scaled(state.scale))
+        subproblem = lin if state.scale is None else lin.scaled(state.scale)
+        gradient_norm = float(torch.linalg.vector_norm(subproblem.gradient))
+        state.gradient_reference = max(state.gradient_reference, gradient_norm)
+        prepared = self.solver.prepare(subproblem, state.gradient_reference)
         x_norm = float(torch.linalg.vector_norm(x))
         x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(state.scale, x)))
         radius = state.radius

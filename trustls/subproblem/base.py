@@ -72,8 +72,14 @@ class SubproblemSolver(abc.ABC):
     default_x_scale: ClassVar[float | str] = 1.0
 
     @abc.abstractmethod
-    def prepare(self, linearization: Linearization) -> Any:
-        """Do the work shared by all trial radii at one point."""
+    def prepare(self, linearization: Linearization, gradient_reference: float | None = None) -> Any:
+        """Do the work shared by all trial radii at one point.
+
+        ``gradient_reference`` is the largest ‖g‖ met so far in the solve, in
+        the subproblem's variables (`TrustRegion` passes it; ``None``: this
+        point's own ‖g‖). Inexact solvers measure their forcing term against it,
+        so that their tolerance does not depend on the units of r.
+        """
 
     @abc.abstractmethod
     def solve(self, prepared: Any, radius: float) -> Step:

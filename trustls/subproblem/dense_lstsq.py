@@ -131,7 +131,8 @@ class DenseLstsq(SubproblemSolver):
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive int, got {self.max_iter!r}")
 
-    def prepare(self, linearization) -> _Factorization:
+    def prepare(self, linearization, gradient_reference: float | None = None) -> _Factorization:
+        # Exact solves: gradient_reference (for forcing terms) does not apply.
         J = linearization.jacobian_matrix
         if J is None:
             raise ValueError("DenseLstsq needs the dense Jacobian; the model did not provide jacobian_matrix")
