@@ -30,8 +30,8 @@ iterations (training caps CG far lower with ``max_iter`` anyway), its forcing
 term is the superlinear min(η_max, √ρ) with ρ = ‖g‖/‖g‖_ref (Nocedal & Wright
 2006, eq. 7.3, measured against the largest gradient norm and floored at ε/ρ
 as in `SteihaugCG`), not the quadratic min(η_max, ρ), which only pays near the
-minimum of one fixed problem, and it computes its norms directly rather than by recurrences,
-since it starts away from 0. ``exact_up_to`` applies as in `SteihaugCG`.
+minimum of one fixed problem, and it computes its norms directly rather than
+by recurrences, since it starts away from 0. ``exact_up_to`` applies as in `SteihaugCG`.
 """
 
 from __future__ import annotations

@@ -198,9 +198,9 @@ class SteihaugCG(SubproblemSolver):
     Args:
         max_iter: cap on CG iterations (``None``: 2n, twice the dimension;
             see the module docstring).
-        forcing: η_max: the relative tolerance is ``min(forcing, ‖g‖/‖g‖_ref)``
-            with ‖g‖_ref the largest gradient norm of the solve (Nocedal &
-            Wright use 0.5; see the module docstring for 10⁻³).
+        forcing: η_max: the relative tolerance is ``min(forcing, max(ρ, ε/ρ))``
+            with ρ = ‖g‖/‖g‖_ref, ‖g‖_ref the largest gradient norm of the
+            solve (Nocedal & Wright use 0.5; see the module docstring for 10⁻³).
         path_memory: largest number of tensor elements kept to answer smaller
             radii from the stored CG path; 0 disables the path (every rejected
             radius then reruns CG, which stops earlier at the smaller sphere).
