@@ -354,17 +354,17 @@ def test_sparse_scale_columns_matches_dense(generator):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", ["elementwise", "tanh_net_tall"])
-def test_batched_jacobian_columns_first_then_single_products(name, method, generator):
+def test_batched_jacobian_columns_first_then_single_products(name, method, generator, device):
     # matmat batches the JVP with vmap where it replays a recorded graph; that
     # graph may be recorded lazily inside the vmap, and later single products
     # must still use it correctly.
-    problem = make_problem(name, generator)
+    problem = make_problem(name, generator, device=device)
     products = jacobian_products(problem.fun, problem.x, method)
     assert products.vmappable == (method in ("vjp+double-backward", "linearize"))
     J = JacobianOperator(products, problem.x.shape[0])
     size = _norm(problem.J)
     _assert_close(J.to_dense(), problem.J, size)
-    v = torch.randn(problem.x.shape[0], generator=generator, dtype=torch.float64)
+    v = torch.randn(problem.x.shape[0], generator=generator, dtype=torch.float64).to(device)
     _assert_close(J.matvec(v), problem.J @ v, size * _norm(v))
     _assert_close(GaussNewtonOperator(products, problem.x.shape[0]).matvec(v), problem.J.T @ (problem.J @ v),
                   size * size * _norm(v))

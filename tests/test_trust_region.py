@@ -304,3 +304,29 @@ def test_cg_solve_is_invariant_to_the_units_of_the_residual():
         assert result.success and result.inner_iterations == runs[1].inner_iterations
         assert result.nfev == runs[1].nfev
         torch.testing.assert_close(result.x, runs[1].x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_solve_on_device(solver, device):
+    # Extended Rosenbrock (n = 10): matrix-free products, the Jacobi column
+    # norms from one batched JVP (cg) or the dense J (lstsq), all on the device.
+    from trustls.problems import registry
+
+    problem = registry.get("extended_rosenbrock")
+    result = TrustRegion(GaussNewtonModel(), solver=solver).solve(problem.residual, problem.x0.to(device))
+    assert result.success and result.x.device.type == device.type
+    assert result.cost < 1e-20
+    torch.testing.assert_close(result.x.cpu(), torch.ones(10, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_sparse_jacobian_solve_on_device(device):
+    from trustls.operators import SparseOperator
+    from trustls.problems.structured import broyden_tridiagonal
+
+    problem = broyden_tridiagonal(500)
+    shape = (problem.m, problem.n)
+    x0 = problem.x0.to(device)
+    model = GaussNewtonModel(jacobian=lambda x: SparseOperator(*problem.jacobian_coo(x), shape))
+    result = TrustRegion(model, solver="cg").solve(problem.residual, x0)
+    assert result.success and result.x.device.type == device.type
+    assert result.status.name == "GTOL" and result.optimality < 1e-8 and result.cost < 1e-16
