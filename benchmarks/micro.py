@@ -16,16 +16,9 @@ Sections:
     matrix) against the stored path kept (``path_memory=2**22``), and the two
     sparse products alone.
 
-``jacobian-columns``
-    Whole ``"cg"`` solves of registry problems (n = 2 to 10) whose exact
-    Jacobi column norms come from one batched JVP (``torch.func.vmap``,
-    `JacobianOperator.matmat`) against one JVP per column, interleaved; and
-    32 VJPs batched against one by one at n = 10⁵ (Broyden tridiagonal), the
-    size of the column-norm estimate, which stays unbatched.
-
 Medians of interleaved repeats. Run from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,jacobian-columns]
+    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg]
 """
 
 from __future__ import annotations
@@ -40,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from trustls import GaussNewtonModel, SteihaugCG, TrustRegion  # noqa: E402
-from trustls.operators import SparseOperator, implicit, jacobian_products  # noqa: E402
-from trustls.problems import bal, registry  # noqa: E402
+from trustls import GaussNewtonModel, SteihaugCG  # noqa: E402
+from trustls.operators import SparseOperator  # noqa: E402
+from trustls.problems import bal  # noqa: E402
 from trustls.problems.structured import broyden_tridiagonal  # noqa: E402
 from trustls.scaling import resolve_scale  # noqa: E402
 
@@ -113,40 +106,9 @@ def cg(repeats: int) -> None:
               f"{1e6 * t['products']:.0f} µs |")
 
 
-def jacobian_columns(repeats: int) -> None:
-    print("\n## Exact Jacobi column norms by one batched JVP against one JVP per column: whole \"cg\" solves\n")
-    print("| problem | n | m | nfev | batched (vmap) | one by one | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    default = implicit.MIN_BATCHED_COLUMNS
-    try:
-        for name in ("rosenbrock", "beale", "bard", "kowalik_osborne", "lanczos3_start2", "gauss1_start1",
-                     "extended_rosenbrock"):
-            problem = registry.get(name)
-            solver = TrustRegion(GaussNewtonModel(), solver="cg")
-
-            def solve(threshold: int, problem=problem, solver=solver):
-                implicit.MIN_BATCHED_COLUMNS = threshold
-                return solver.solve(problem.residual, problem.x0)
-
-            nfev = solve(default).nfev
-            t = medians({"batched": lambda: solve(1), "loop": lambda: solve(problem.n + 1)}, repeats)
-            print(f"| {name} | {problem.n} | {problem.m} | {nfev} | {1e3 * t['batched']:.2f} ms | "
-                  f"{1e3 * t['loop']:.2f} ms | {t['batched'] / t['loop']:.2f} |")
-    finally:
-        implicit.MIN_BATCHED_COLUMNS = default
-    problem, probes = broyden_tridiagonal(10**5), 32
-    products = jacobian_products(problem.residual, problem.x0)
-    signs = torch.randint(0, 2, (probes, problem.m), generator=torch.Generator().manual_seed(0))
-    Z = signs.to(problem.x0.dtype) * 2 - 1
-    t = medians({"batched": lambda: torch.func.vmap(products.vjp)(Z),
-                 "loop": lambda: torch.stack([products.vjp(z) for z in Z])}, max(3, repeats // 10))
-    print(f"\n{probes} VJPs at n = {problem.n:,} ({problem.name}, the column-norm estimate): batched "
-          f"{1e3 * t['batched']:.0f} ms, one by one {1e3 * t['loop']:.0f} ms (ratio {t['batched'] / t['loop']:.2f})")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,jacobian-columns")
+    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -158,8 +120,6 @@ def main() -> None:
         sparse_product(args.repeats)
     if "cg" in sections:
         cg(args.repeats)
-    if "jacobian-columns" in sections:
-        jacobian_columns(args.repeats)
 
 
 if __name__ == "__main__":

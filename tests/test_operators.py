@@ -350,34 +350,3 @@ def test_sparse_scale_columns_matches_dense(generator):
     torch.testing.assert_close(scaled.rmatvec(u), scale * (A.T @ u), rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match=r"scale must be a tensor of shape \(4,\), got \(5,\)"):
         sparse.scale_columns(torch.ones(5, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", ["elementwise", "tanh_net_tall"])
-def test_batched_jacobian_columns_first_then_single_products(name, method, generator, device):
-    # matmat batches the JVP with vmap where it replays a recorded graph; that
-    # graph may be recorded lazily inside the vmap, and later single products
-    # must still use it correctly.
-    problem = make_problem(name, generator, device=device)
-    products = jacobian_products(problem.fun, problem.x, method)
-    assert products.vmappable == (method in ("vjp+double-backward", "linearize"))
-    J = JacobianOperator(products, problem.x.shape[0])
-    size = _norm(problem.J)
-    _assert_close(J.to_dense(), problem.J, size)
-    v = torch.randn(problem.x.shape[0], generator=generator, dtype=torch.float64).to(device)
-    _assert_close(J.matvec(v), problem.J @ v, size * _norm(v))
-    _assert_close(GaussNewtonOperator(products, problem.x.shape[0]).matvec(v), problem.J.T @ (problem.J @ v),
-                  size * size * _norm(v))
-
-
-def test_autograd_parameter_products_are_not_batched():
-    # The optimizer's products call torch.autograd.grad, which vmap cannot batch:
-    # their columns are computed one by one.
-    from trustls._closure import parameter_products
-
-    w = torch.tensor([1.0, 3.0, -2.0], dtype=torch.float64, requires_grad=True)
-    residual = torch.stack([w[0] * w[1], torch.sin(w[2]), w.sum()])
-    products = parameter_products(residual, [w])
-    assert not products.vmappable
-    expected = torch.func.jacrev(lambda w: torch.stack([w[0] * w[1], torch.sin(w[2]), w.sum()]))(w.detach())
-    torch.testing.assert_close(JacobianOperator(products, 3).to_dense(), expected, rtol=1e-14, atol=0)

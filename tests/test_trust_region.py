@@ -308,8 +308,8 @@ def test_cg_solve_is_invariant_to_the_units_of_the_residual():
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_solve_on_device(solver, device):
-    # Extended Rosenbrock (n = 10): matrix-free products, the Jacobi column
-    # norms from one batched JVP (cg) or the dense J (lstsq), all on the device.
+    # Extended Rosenbrock (n = 10): matrix-free products and the exact Jacobi
+    # column norms (cg) or the dense J (lstsq), all on the device.
     from trustls.problems import registry
 
     problem = registry.get("extended_rosenbrock")

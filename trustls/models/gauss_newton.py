@@ -116,7 +116,8 @@ class GaussNewtonModel(CurvatureModel):
             return J.column_norms()
         m, n = J.shape
         if n <= self.column_norm_probes:
-            return torch.linalg.vector_norm(J.to_dense(), dim=0)
+            eye = torch.eye(n, dtype=J.dtype, device=J.device)
+            return torch.stack([torch.linalg.vector_norm(J.matvec(e)) for e in eye])
         generator = torch.Generator(device=J.device).manual_seed(0)
         squares = torch.zeros(n, dtype=J.dtype, device=J.device)
         for _ in range(self.column_norm_probes):

@@ -69,15 +69,11 @@ class LinearOperator(abc.ABC):
             return self.matvec(u)
         raise NotImplementedError(f"{type(self).__name__} does not implement rmatvec")
 
-    def matmat(self, V: Tensor) -> Tensor:
-        """Return ``A V`` for a matrix ``V`` of shape ``(shape[1], k)``: ``k`` products unless overridden."""
-        return torch.stack([self.matvec(column) for column in V.T], dim=1)
-
     def __matmul__(self, other: Tensor) -> Tensor:
         if other.ndim == 1:
             return self.matvec(other)
         if other.ndim == 2:
-            return self.matmat(other)
+            return torch.stack([self.matvec(column) for column in other.T], dim=1)
         raise ValueError(f"operand of @ must be 1-D or 2-D, got a tensor with {other.ndim} dimensions")
 
     def scale_columns(self, scale: Tensor) -> LinearOperator:

@@ -57,10 +57,6 @@ __all__ = [
 
 ResidualFunction = Callable[[Tensor], Tensor]
 
-# From this many columns on, `JacobianOperator.matmat` batches its JVPs with
-# vmap; below, vmap's fixed cost outweighs the saved dispatches (see matmat).
-MIN_BATCHED_COLUMNS = 4
-
 
 @dataclass(frozen=True)
 class JacobianProducts:
@@ -70,15 +66,11 @@ class JacobianProducts:
         residual: ``r(x)``.
         jvp: ``v -> J v``.
         vjp: ``u -> Jᵀ u``.
-        vmappable: whether ``jvp`` may be batched with ``torch.func.vmap``:
-            true where it replays a recorded graph, never the user's function
-            (whose data-dependent control flow vmap cannot batch).
     """
 
     residual: Tensor
     jvp: Callable[[Tensor], Tensor]
     vjp: Callable[[Tensor], Tensor]
-    vmappable: bool = False
 
 
 def _linearize(fun: ResidualFunction, x: Tensor) -> JacobianProducts:
@@ -94,7 +86,7 @@ def _linearize(fun: ResidualFunction, x: Tensor) -> JacobianProducts:
     # The JVP map is linear, so its VJP is the same at every primal point:
     # record it once, at zero, and reuse it for every Jᵀu of this iteration.
     _, pullback = torch.func.vjp(jvp, zero)
-    return JacobianProducts(residual, jvp, lambda u: pullback(u)[0], vmappable=True)
+    return JacobianProducts(residual, jvp, lambda u: pullback(u)[0])
 
 
 def _kept_vjp(fun: ResidualFunction, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -120,7 +112,7 @@ def _vjp_and_double_backward(fun: ResidualFunction, x: Tensor) -> JacobianProduc
                 pullbacks.append(torch.func.vjp(vjp, torch.zeros_like(residual))[1])
         return pullbacks[0](v)[0]
 
-    return JacobianProducts(residual, jvp, vjp, vmappable=True)
+    return JacobianProducts(residual, jvp, vjp)
 
 
 def _fresh(fun: ResidualFunction, x: Tensor) -> JacobianProducts:
@@ -188,26 +180,6 @@ class JacobianOperator(LinearOperator):
 
     def rmatvec(self, u: Tensor) -> Tensor:
         return self.products.vjp(u)
-
-    def matmat(self, V: Tensor) -> Tensor:
-        """``J V``: one batched product (``torch.func.vmap``) where the JVP allows it.
-
-        For the few columns it is used with (the exact column norms up to
-        ``GaussNewtonModel.column_norm_probes`` variables) a batched product
-        costs little more than one product's dispatch. Whole ``"cg"`` solves
-        of registry problems took 0.72× the time with n = 10 (extended
-        Rosenbrock), 0.82× with n = 8 (Gauss1), 0.91× with n = 6 (Lanczos3)
-        and 0.93× with n = 4 (Kowalik and Osborne), but 1.02× with n = 3 and
-        1.03-1.04× with n = 2, hence ``MIN_BATCHED_COLUMNS = 4``
-        (``OMP_NUM_THREADS=1 python benchmarks/micro.py --only
-        jacobian-columns``). Large products gain nothing from batching, which
-        multiplies the memory of every intermediate: 32 VJPs of Broyden
-        tridiagonal at n = 10⁵ took 1.9× as long batched, so the column-norm
-        estimate stays unbatched.
-        """
-        if self.products.vmappable and V.shape[1] >= MIN_BATCHED_COLUMNS:
-            return torch.func.vmap(self.products.jvp, in_dims=1, out_dims=1)(V)
-        return super().matmat(V)
 
 
 class GaussNewtonOperator(LinearOperator):

@@ -81,7 +81,7 @@ to ``max_nfev`` (3,000 evaluations, 0 correct digits), where the near-exact
 step follows `DenseLstsq`'s path to 10.9 digits in 457 evaluations. (With
 η_max from 10⁻⁶ to 10⁻¹⁰ the solve stops on the flat region where the model
 underflows to 0, at cost 1.9·10⁹; 10⁻¹¹ is the first that succeeds.) Over
-the 54 NIST runs the evaluations fall from 8,422 to 3,775
+the 54 NIST runs the evaluations fall from 8,422 to 3,768
 (``python -m trustls.validate --solver cg --threads 1``; scipy's trf: 4,480).
 
 By default `TrustRegion` pairs this solver with ``x_scale="jac"``: CG in the
