@@ -154,7 +154,8 @@ def test_state_dict_round_trip_resumes_identically(solver, x_scale):
     train(resumed_net, resumed_opt, batches[:5])
     checkpoint = {"net": resumed_net.state_dict(), "opt": resumed_opt.state_dict()}
     state = checkpoint["opt"]["state"][0]
-    assert {"radius", "nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps"} <= state.keys()
+    assert {"radius", "nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps",
+            "gradient_reference"} <= state.keys()
     fresh_net = Net()
     fresh_net.load_state_dict(checkpoint["net"])
     fresh_opt = make(fresh_net)
@@ -258,6 +259,21 @@ def test_warm_start_falls_back_to_cold_start_and_matches_steihaug_without_start(
     solver = WarmStartCG(max_iter=1, decay=1.0)
     step = solver.solve(solver.prepare(bad), 1e6)
     assert step.predicted_reduction > 0 and step.products == 1 + 1 + 1
+
+
+@pytest.mark.parametrize("relative", [1.0, 1e-4, 1e-14])
+def test_warm_start_forcing_is_the_square_root_of_the_relative_gradient(relative):
+    # η = min(forcing, max(√ρ, ε/ρ)), ρ = ‖g‖/reference: 1 (no reference below
+    # ‖g‖), 10⁻² for ρ = 10⁻⁴, and the floor ε/ρ = 0.022 for ρ = 10⁻¹⁴.
+    A, b, lin = _quadratic(torch.full((6,), 0.05, dtype=torch.float64))
+    g_norm = float(lin.gradient.norm())
+    solver = WarmStartCG(forcing=0.5, exact_up_to=0)
+    step = solver.solve(solver.prepare(lin, g_norm / relative), 1e6)
+    eta = min(0.5, max(relative**0.5, torch.finfo(torch.float64).eps / relative))
+    residual = float(torch.linalg.vector_norm(A.T @ (A @ step.step - b)))
+    assert step.reason == "converged" and residual <= eta * g_norm * (1 + 1e-8)
+    capped = WarmStartCG(forcing=eta, exact_up_to=0)
+    assert torch.equal(capped.solve(capped.prepare(lin), 1e6).step, step.step)
 
 
 def test_optimizer_warm_starts_cg_from_the_previous_step():

@@ -210,6 +210,30 @@ def test_forcing_stops_at_the_rounding_level_of_the_reference_gradient():
     torch.testing.assert_close(floored.step, capped.step, rtol=0, atol=0)
 
 
+def test_forcing_floor_in_float32():
+    # ε = 1.2·10⁻⁷: ρ = 10⁻⁶ gives the floor ε/ρ = 0.119 rather than ρ.
+    B = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float32))
+    g = torch.ones(50, dtype=torch.float32)
+    eta = torch.finfo(torch.float32).eps * 1e6
+    solver = SteihaugCG(forcing=0.5, exact_up_to=0)
+    floored = solver.solve(solver.prepare(quadratic(B, g), 1e6 * float(g.norm())), 1e6)
+    capped = run(SteihaugCG(forcing=eta, exact_up_to=0), B, g, 1e6)[0]
+    assert floored.iterations == capped.iterations
+    torch.testing.assert_close(floored.step, capped.step, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reference", [math.inf, 1e300])
+def test_forcing_with_an_infinite_or_overwhelming_reference(reference):
+    # A non-finite reference is ignored (ρ = 1); ρ = 10⁻³⁰⁰/10³⁰⁰ underflows to
+    # 0, where the floor ε/ρ is infinite: η = forcing either way, no error.
+    B = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float64))
+    g = torch.full((50,), 1e-300 / math.sqrt(50), dtype=torch.float64)
+    solver = SteihaugCG(forcing=0.5, exact_up_to=0)
+    step = solver.solve(solver.prepare(quadratic(B, g), reference), 1e6)
+    plain = run(SteihaugCG(forcing=0.5, exact_up_to=0), B, g, 1e6)[0]
+    assert step.iterations == plain.iterations
+
+
 def test_forcing_reference_below_the_gradient_is_the_gradient(generator):
     # A reference below ‖g‖ (the gradient grew) measures ‖g‖ against itself: η = forcing.
     B, g = make_matrix("spd", generator)

@@ -330,3 +330,30 @@ def test_sparse_jacobian_solve_on_device(device):
     result = TrustRegion(model, solver="cg").solve(problem.residual, x0)
     assert result.success and result.x.device.type == device.type
     assert result.status.name == "GTOL" and result.optimality < 1e-8 and result.cost < 1e-16
+
+
+def test_an_overflowed_gradient_norm_is_not_kept_as_the_forcing_reference():
+    # float32, unscaled: every entry of g = Jᵀr is 10³⁸ (finite) and ‖g‖ over 16
+    # of them overflows to inf. Kept as the maximum, that inf would pin ρ to 0
+    # for the rest of the solve (and in a TrustRegionOptimizer checkpoint).
+    fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
+    method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0)
+    state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float32))
+    assert bool(torch.isfinite(state.linearization.gradient).all())
+    assert math.isinf(float(torch.linalg.vector_norm(state.linearization.gradient)))
+    method.step(fun, state)
+    assert state.gradient_reference == 0.0
+
+
+@pytest.mark.parametrize("x_scale", [1.0, "jac"])
+def test_cg_overflow_in_float32_is_reported_not_looped(x_scale):
+    # ‖g‖² overflows float32, so CG's step is NaN at every radius. The radius
+    # shrinks from its own length (the NaN step has none) and the stored path
+    # of a NaN solve answers no smaller radius: the solve stops with
+    # RADIUS_COLLAPSED after a few trials, x unchanged (it looped to max_nfev,
+    # 1,600 evaluations, or raised StopIteration before).
+    fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
+    x0 = torch.full((16,), 1.5, dtype=torch.float32)
+    result = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=x_scale).solve(fun, x0)
+    assert result.status == Status.RADIUS_COLLAPSED and result.nfev < 30
+    assert torch.equal(result.x, x0)

@@ -29,7 +29,9 @@ mini-batch training where each subproblem is one noisy batch: its cap is n
 iterations (training caps CG far lower with ``max_iter`` anyway), its forcing
 term is the superlinear min(η_max, √ρ) with ρ = ‖g‖/‖g‖_ref (Nocedal & Wright
 2006, eq. 7.3, measured against the largest gradient norm and floored at ε/ρ
-as in `SteihaugCG`), not the quadratic min(η_max, ρ), which only pays near the
+as in `SteihaugCG`, so that η ≥ ε^(1/3): 6·10⁻⁶ in float64, and in float32
+4.9·10⁻³, above the default η_max, which training in float32 therefore
+always uses), not the quadratic min(η_max, ρ), which only pays near the
 minimum of one fixed problem, and it computes its norms directly rather than
 by recurrences, since it starts away from 0. ``exact_up_to`` applies as in `SteihaugCG`.
 """

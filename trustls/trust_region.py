@@ -297,7 +297,8 @@ class TrustRegion:
         max_nfev = self.max_nfev or 100 * x.shape[0]
         subproblem = lin if state.scale is None else lin.scaled(state.scale)
         gradient_norm = float(torch.linalg.vector_norm(subproblem.gradient))
-        state.gradient_reference = max(state.gradient_reference, gradient_norm)
+        if math.isfinite(gradient_norm):  # an overflowed norm (float32) would stick as the maximum
+            state.gradient_reference = max(state.gradient_reference, gradient_norm)
         prepared = self.solver.prepare(subproblem, state.gradient_reference)
         x_norm = float(torch.linalg.vector_norm(x))
         x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(state.scale, x)))
@@ -329,7 +330,10 @@ class TrustRegion:
                     status = Status.NOISE_FLOOR
             else:
                 cost_new, actual, ratio = math.inf, -math.inf, 0.0
-                next_radius = self.radius_policy.shrink_factor * step.norm
+                # A step that is itself not finite (the subproblem overflowed)
+                # has no length to shrink from: shrink the radius instead.
+                length = step.norm if math.isfinite(step.norm) else radius
+                next_radius = self.radius_policy.shrink_factor * length
                 accepted = False
             info = IterationInfo(
                 nit=state.nit, nfev=state.nfev, x=x_new if accepted else x, cost=lin.cost, trial_cost=cost_new,

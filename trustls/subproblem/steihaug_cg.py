@@ -19,10 +19,13 @@ Wright 2006, Alg. 7.2):
   problems, linear otherwise.
 
 Measuring ‖g‖ against ‖g‖_ref rather than in absolute terms (Nocedal &
-Wright's min(½, ‖g‖)) makes the solve independent of the units of r: with
-r → c·r the Jacobi-scaled gradient scales by c and its ratio to the
-reference does not (Eisenstat & Walker 1996 make their forcing terms
-unit-free by ratios of successive norms for the same reason). With the
+Wright's min(½, ‖g‖)) makes the forcing term unit-free: with r → c·r the
+Jacobi-scaled gradient scales by c and its ratio to the reference does not
+(Eisenstat & Walker 1996 make their forcing terms unit-free by ratios of
+successive norms for the same reason). With ``x_scale="jac"`` and the default
+Δ₀ = ‖T⁻¹x₀‖ (x₀ ≠ 0) the rest of the iteration scales with c as well, so
+the whole solve is the same in any units, except for ``gtol``, an absolute
+test. With the
 absolute form, Broyden tridiagonal (n = 10⁴, sparse J, ``gtol=None``) took
 92, 63 and 47 CG iterations with r in units c = 10⁻³, 1 and 10³, and ended
 at cost/c² = 8.6·10⁻³⁰, 6.9·10⁻³⁰ and 4.3·10⁻²³; extended Rosenbrock with
@@ -41,7 +44,11 @@ ones: CG would only oversolve. On Broyden tridiagonal (n = 10⁵) the last step
 took 37 CG iterations to cost 2.5·10⁻²⁷ without the floor and 19 to
 3.0·10⁻²⁷ with it, both at float64's floor there: rounding x* to float64
 moves each residual by about ε|x|·‖J row‖ ≈ 10⁻¹⁶, a cost of order
-n·10⁻³² = 10⁻²⁷ (scipy's trf+lsmr ends at 3.7·10⁻²⁷).
+n·10⁻³² = 10⁻²⁷ (scipy's trf+lsmr ends at 3.7·10⁻²⁷). Since
+max(ρ, ε/ρ) ≥ √ε, in float32 (ε = 1.2·10⁻⁷) η stays between
+√ε = 3.4·10⁻⁴ and η_max: a float32 gradient cannot be resolved to much
+below ε‖g‖_ref, so tighter solves would not be seen. A reference that is not
+finite (an overflowed float32 norm) is not kept.
 
 The forcing must go to zero where the cost does: with η = min(η_max,
 √‖g‖) the last steps stayed η-limited, reducing ‖r‖ by about 10⁻³ each, and
@@ -257,10 +264,18 @@ class SteihaugCG(SubproblemSolver):
         return _Path(linearization, gradient_reference)
 
     def _forcing_term(self, path: _Path, g: Tensor, g_norm: float, power: float = 1.0) -> float:
-        """η = min(η_max, max(ρ^power, ε/ρ)) with ρ = ‖g‖/‖g‖_ref ∈ (0, 1] (module docstring)."""
+        """η = min(η_max, max(ρ^power, ε/ρ)) with ρ = ‖g‖/‖g‖_ref ∈ [0, 1] (module docstring).
+
+        Without a finite reference above ‖g‖, ρ = 1; a ρ that underflows to 0
+        gives η = η_max, the limit of the floor ε/ρ.
+        """
         reference = path.gradient_reference
-        rho = 1.0 if reference is None or reference <= g_norm else g_norm / reference
-        return min(self._forcing_bound(g), max(rho**power, torch.finfo(g.dtype).eps / rho))
+        if reference is None or not math.isfinite(reference) or reference <= g_norm:
+            rho = 1.0
+        else:
+            rho = g_norm / reference
+        floor = torch.finfo(g.dtype).eps / rho if rho > 0.0 else math.inf
+        return min(self._forcing_bound(g), max(rho**power, floor))
 
     def solve(self, prepared: _Path, radius: float) -> Step:
         path = prepared
@@ -376,7 +391,8 @@ class SteihaugCG(SubproblemSolver):
                 p_norm, hits_boundary, reason, keep = radius, True, "boundary", False
                 model = float(torch.dot(g, p) + 0.5 * torch.dot(p, B.matvec(p)))
                 products += 1
-        path.complete = keep
+        # A path that overflowed (non-finite norms) answers no smaller radius.
+        path.complete = keep and math.isfinite(p_norm)
         step = Step(p, p_norm, -model, hits_boundary, iterations, products, reason)
         path.last = step
         return step
