@@ -345,15 +345,26 @@ def test_an_overflowed_gradient_norm_is_not_kept_as_the_forcing_reference():
     assert state.gradient_reference == 0.0
 
 
-@pytest.mark.parametrize("x_scale", [1.0, "jac"])
-def test_cg_overflow_in_float32_is_reported_not_looped(x_scale):
-    # ‖g‖² overflows float32, so CG's step is NaN at every radius. The radius
-    # shrinks from its own length (the NaN step has none) and the stored path
-    # of a NaN solve answers no smaller radius: the solve stops with
-    # RADIUS_COLLAPSED after a few trials, x unchanged (it looped to max_nfev,
-    # 1,600 evaluations, or raised StopIteration before).
+def test_cg_overflow_in_float32_is_reported_not_looped():
+    # Unscaled, B = JᵀJ = 10³⁸·I overflows float32 products, so CG's step is
+    # not finite at any radius. The radius shrinks from its own length (the
+    # step has none) and a stored path that overflowed answers no smaller
+    # radius: the solve stops with RADIUS_COLLAPSED after a few trials, x
+    # unchanged (it looped to max_nfev, 1,600 evaluations, or raised
+    # StopIteration before).
     fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
     x0 = torch.full((16,), 1.5, dtype=torch.float32)
-    result = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=x_scale).solve(fun, x0)
+    result = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0).solve(fun, x0)
     assert result.status == Status.RADIUS_COLLAPSED and result.nfev < 30
     assert torch.equal(result.x, x0)
+
+
+def test_cg_normalizes_a_float32_gradient_beyond_the_range_of_its_square():
+    # Jacobi-scaled, B = I but every entry of the gradient is about 10¹⁹, so
+    # ‖g‖² overflows float32: CG works on 2⁻⁶³·g instead, exactly, and the
+    # linear problem is solved in one step.
+    fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
+    x0 = torch.full((16,), 1.5, dtype=torch.float32)
+    result = TrustRegion(GaussNewtonModel(), solver="cg", gtol=None).solve(fun, x0)
+    assert result.success
+    torch.testing.assert_close(result.x, torch.full((16,), 0.5), rtol=0, atol=1e-6)

@@ -33,7 +33,8 @@ as in `SteihaugCG`, so that η ≥ ε^(1/3): 6·10⁻⁶ in float64, and in floa
 4.9·10⁻³, above the default η_max, which training in float32 therefore
 always uses), not the quadratic min(η_max, ρ), which only pays near the
 minimum of one fixed problem, and it computes its norms directly rather than
-by recurrences, since it starts away from 0. ``exact_up_to`` applies as in `SteihaugCG`.
+by recurrences, since it starts away from 0 (nor does it normalize g by a
+power of two, `steihaug_cg.normalizing_factor`; its cold start does). ``exact_up_to`` applies as in `SteihaugCG`.
 """
 
 from __future__ import annotations

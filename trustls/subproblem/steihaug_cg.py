@@ -181,6 +181,24 @@ _NEAR_BOUNDARY = 0.1
 DEFAULT_PATH_MEMORY = 2**22
 
 
+def normalizing_factor(g: Tensor, radius: float) -> float:
+    """A power of two c with ‖c·g‖∞ in [½, 1) when ‖g‖∞ lies outside [2⁻ᵏ, 2ᵏ], else 1.
+
+    k is a quarter of the dtype's largest binary exponent (31 in float32, 255
+    in float64), so that ‖g‖² and dᵀBd neither overflow nor underflow. CG's
+    iterates scale by c as well and stay within c·Δ, so c is taken only if
+    c·Δ also lies in [2⁻ᵏ, 2ᵏ] (or Δ = ∞): with Jacobi scaling (B of unit
+    diagonal) the iterates are then of the size of c·g. Scaling by a power of two is exact:
+    CG in the normalized units computes the same iterates, times c, bit for bit.
+    """
+    largest = float(torch.linalg.vector_norm(g, ord=math.inf))
+    limit = 2.0 ** (math.frexp(torch.finfo(g.dtype).max)[1] // 4)
+    if largest == 0.0 or not math.isfinite(largest) or 1.0 / limit <= largest <= limit:
+        return 1.0
+    factor = 2.0 ** -math.frexp(largest)[1]
+    return factor if math.isinf(radius) or 1.0 / limit <= factor * radius <= limit else 1.0
+
+
 @dataclass
 class _Path:
     """The CG path at one point: iterates and the model along each segment."""
@@ -193,6 +211,7 @@ class _Path:
     slopes: list[float] = field(default_factory=list)  # m'(σ=0) on segment k
     curvatures: list[float] = field(default_factory=list)  # m''(σ) on segment k
     radius: float = 0.0  # the radius the path was computed for
+    factor: float = 1.0  # the path is stored in units where g is c·g (`normalizing_factor`)
     complete: bool = False  # the path ends where CG stopped for that radius
     exact_norms: bool = False  # norms recomputed from the points (else from the recurrences)
     last: Step | None = None
@@ -298,6 +317,12 @@ class SteihaugCG(SubproblemSolver):
         path.complete = False
         path.exact_norms = False
         path.radius = radius
+        # CG runs on c·g and the sphere of radius c·Δ, c a power of two that
+        # keeps the squared norms of a float32 g from overflowing (or
+        # underflowing); p, ‖p‖ and m are scaled back at the end.
+        factor = path.factor = normalizing_factor(g, radius)
+        if factor != 1.0:
+            g, radius = g * factor, radius * factor
 
         # p₀ = 0 as a broadcast scalar, and r₀ = g and s₀ = g as aliases: length-n
         # vectors less at the peak of the first product. s = −d is the negated
@@ -393,6 +418,8 @@ class SteihaugCG(SubproblemSolver):
                 products += 1
         # A path that overflowed (non-finite norms) answers no smaller radius.
         path.complete = keep and math.isfinite(p_norm)
+        if factor != 1.0:
+            p, p_norm, model = p / factor, p_norm / factor, model / (factor * factor)
         step = Step(p, p_norm, -model, hits_boundary, iterations, products, reason)
         path.last = step
         return step
@@ -410,11 +437,16 @@ class SteihaugCG(SubproblemSolver):
             if inner:
                 path.norms[1:-1] = torch.stack([torch.linalg.vector_norm(q) for q in inner]).tolist()
             path.exact_norms = True
-        k = next(i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= radius)
+        factor = path.factor  # the path is stored in the normalized units of `_run`
+        sphere = radius * factor
+        k = next(i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= sphere)
         start = path.points[k]
         delta = path.points[k + 1] - start
-        sigma = float(boundary_step_length(start, delta, radius))
+        sigma = float(boundary_step_length(start, delta, sphere))
         model = path.model_values[k] + sigma * path.slopes[k] + 0.5 * sigma * sigma * path.curvatures[k]
         on_last = k == len(path.norms) - 2 and last.reason == "negative_curvature"
         reason = "negative_curvature" if on_last else "boundary"
-        return Step(start + sigma * delta, radius, -model, True, 0, 0, reason)
+        step = start + sigma * delta
+        if factor != 1.0:
+            step, model = step / factor, model / (factor * factor)
+        return Step(step, radius, -model, True, 0, 0, reason)
