@@ -234,6 +234,23 @@ def test_forcing_with_an_infinite_or_overwhelming_reference(reference):
     assert step.iterations == plain.iterations
 
 
+def test_normalized_gradient_keeps_the_forcing_and_scales_the_step_back():
+    # float32 g with entries near 10¹⁹: CG runs on 2⁻⁶⁴·g. The forcing term
+    # still compares the true ‖g‖ with the reference (ρ = 10⁻² → η = 10⁻²), and
+    # the step, its norm and the model come back in the original units, equal
+    # to the solve of the exactly scaled-down problem, scaled up.
+    B = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float32))
+    small = torch.linspace(0.5, 0.99, 50, dtype=torch.float32)
+    g = small * 2.0**64
+    solver = SteihaugCG(forcing=0.5, exact_up_to=0)
+    step = solver.solve(solver.prepare(quadratic(B, g), 1e2 * float(g.double().norm())), 1e20)
+    want = run(SteihaugCG(forcing=1e-2, exact_up_to=0), B, small, 1e20 / 2.0**64)[0]
+    assert step.iterations == want.iterations and step.reason == "converged"
+    torch.testing.assert_close(step.step, want.step * 2.0**64, rtol=0, atol=0)
+    assert step.norm == want.norm * 2.0**64
+    assert step.predicted_reduction == pytest.approx(want.predicted_reduction * 2.0**128, rel=1e-12)
+
+
 def test_forcing_reference_below_the_gradient_is_the_gradient(generator):
     # A reference below ‖g‖ (the gradient grew) measures ‖g‖ against itself: η = forcing.
     B, g = make_matrix("spd", generator)

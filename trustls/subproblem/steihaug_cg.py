@@ -343,7 +343,8 @@ class SteihaugCG(SubproblemSolver):
         g_norm = math.sqrt(rr)
         if g_norm == 0.0:
             return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
-        tolerance = self._forcing_term(path, g, g_norm) * g_norm
+        # ρ compares the true ‖g‖ (before normalization) with the reference.
+        tolerance = self._forcing_term(path, g, g_norm / factor) * g_norm
         s = g
         # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring.
         pp, pd, dd = 0.0, 0.0, rr
