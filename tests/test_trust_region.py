@@ -333,16 +333,26 @@ def test_sparse_jacobian_solve_on_device(device):
 
 
 def test_an_overflowed_gradient_norm_is_not_kept_as_the_forcing_reference():
-    # float32, unscaled: every entry of g = Jᵀr is 10³⁸ (finite) and ‖g‖ over 16
-    # of them overflows to inf. Kept as the maximum, that inf would pin ρ to 0
-    # for the rest of the solve (and in a TrustRegionOptimizer checkpoint).
-    fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
+    # Unscaled float64 with every entry of g = Jᵀr at 10¹⁶⁰ (finite): ‖g‖
+    # overflows to inf even in float64. Kept as the maximum, that inf would
+    # pin ρ to 0 for the rest of the solve (and in a TrustRegionOptimizer
+    # checkpoint).
+    fun = lambda x: 1e80 * (x - 0.5)  # noqa: E731
     method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0)
-    state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float32))
+    state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float64))
     assert bool(torch.isfinite(state.linearization.gradient).all())
     assert math.isinf(float(torch.linalg.vector_norm(state.linearization.gradient)))
     method.step(fun, state)
     assert state.gradient_reference == 0.0
+
+
+def test_a_float32_gradient_norm_is_taken_in_float64():
+    # ‖g‖ = 4·10³⁸ overflows float32 but not the float64 reference.
+    fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
+    method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0)
+    state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float32))
+    method.step(fun, state)
+    assert state.gradient_reference == pytest.approx(4e38, rel=1e-6)
 
 
 def test_cg_overflow_in_float32_is_reported_not_looped():

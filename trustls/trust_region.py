@@ -297,7 +297,9 @@ class TrustRegion:
         max_nfev = self.max_nfev or 100 * x.shape[0]
         subproblem = lin if state.scale is None else lin.scaled(state.scale)
         gradient_norm = float(torch.linalg.vector_norm(subproblem.gradient))
-        if math.isfinite(gradient_norm):  # an overflowed norm (float32) would stick as the maximum
+        if math.isinf(gradient_norm):  # overflowed in float32 (‖g‖ > 10¹⁹): again in float64
+            gradient_norm = float(torch.linalg.vector_norm(subproblem.gradient, dtype=torch.float64))
+        if math.isfinite(gradient_norm):  # an overflowed norm would stick as the maximum
             state.gradient_reference = max(state.gradient_reference, gradient_norm)
         prepared = self.solver.prepare(subproblem, state.gradient_reference)
         x_norm = float(torch.linalg.vector_norm(x))
