@@ -196,29 +196,19 @@ def test_converged_residual_meets_forcing_tolerance(forcing, reference, generato
         assert residual > 1e-6 * g_norm
 
 
-def test_forcing_stops_at_the_rounding_level_of_the_reference_gradient():
-    # ρ = ‖g‖/‖g‖_ref = 10⁻¹⁴: the quadratic target ρ‖g‖ lies below ε‖g‖_ref, where
-    # the floor η = ε/ρ (0.022) stops CG instead, as forcing=ε/ρ would.
-    B = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float64))
-    g = torch.ones(50, dtype=torch.float64)
-    eta = torch.finfo(torch.float64).eps * 1e14
+@pytest.mark.parametrize(("dtype", "rho"), [(torch.float64, 1e-14), (torch.float32, 1e-6)])
+def test_forcing_stops_at_the_rounding_level_of_the_reference_gradient(dtype, rho):
+    # ρ = ‖g‖/‖g‖_ref: the quadratic target ρ‖g‖ lies below ε‖g‖_ref, where the
+    # floor η = ε/ρ (0.022 in float64, 0.119 in float32) stops CG instead, as
+    # forcing=ε/ρ would.
+    B = torch.diag(torch.logspace(0, 2, 50, dtype=dtype))
+    g = torch.ones(50, dtype=dtype)
+    eta = torch.finfo(dtype).eps / rho
     solver = SteihaugCG(forcing=0.5, exact_up_to=0)
-    floored = solver.solve(solver.prepare(quadratic(B, g), 1e14 * float(g.norm())), 1e6)
+    floored = solver.solve(solver.prepare(quadratic(B, g), float(g.norm()) / rho), 1e6)
     capped = run(SteihaugCG(forcing=eta, exact_up_to=0), B, g, 1e6)[0]
     tight = run(SteihaugCG(forcing=1e-13, exact_up_to=0), B, g, 1e6)[0]
     assert floored.iterations == capped.iterations < tight.iterations
-    torch.testing.assert_close(floored.step, capped.step, rtol=0, atol=0)
-
-
-def test_forcing_floor_in_float32():
-    # ε = 1.2·10⁻⁷: ρ = 10⁻⁶ gives the floor ε/ρ = 0.119 rather than ρ.
-    B = torch.diag(torch.logspace(0, 2, 50, dtype=torch.float32))
-    g = torch.ones(50, dtype=torch.float32)
-    eta = torch.finfo(torch.float32).eps * 1e6
-    solver = SteihaugCG(forcing=0.5, exact_up_to=0)
-    floored = solver.solve(solver.prepare(quadratic(B, g), 1e6 * float(g.norm())), 1e6)
-    capped = run(SteihaugCG(forcing=eta, exact_up_to=0), B, g, 1e6)[0]
-    assert floored.iterations == capped.iterations
     torch.testing.assert_close(floored.step, capped.step, rtol=0, atol=0)
 
 

@@ -113,6 +113,11 @@ class TrustRegionState:
     last: IterationInfo | None = None
 
 
+def _scaled_norm(scale: Scale | None, x: Tensor) -> float:
+    """‖T⁻¹x‖, the norm of x in the variables of the trust region."""
+    return float(torch.linalg.vector_norm(inverse_scale(scale, x)))
+
+
 def _check_positive_int(name: str, value: object) -> int | None:
     if value is None:
         return None
@@ -303,7 +308,6 @@ class TrustRegion:
             state.gradient_reference = max(state.gradient_reference, gradient_norm)
         prepared = self.solver.prepare(subproblem, state.gradient_reference)
         x_norm = float(torch.linalg.vector_norm(x))
-        x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(state.scale, x)))
         radius = state.radius
         trials = 0
         while True:
@@ -354,7 +358,7 @@ class TrustRegion:
             radius = next_radius
             if accepted or status is not None:
                 break
-            if radius <= eps * (1.0 + x_scaled_norm):
+            if radius <= eps * (1.0 + _scaled_norm(state.scale, x)):
                 # No step longer than the rounding of x remains. After a finite
                 # trial that is convergence to working precision (xtol at eps);
                 # after a non-finite one the region around x is unusable.
@@ -412,7 +416,7 @@ class TrustRegion:
 
     def starting_radius(self, scale: Scale | None, x: Tensor) -> float:
         """Δ₀: ``initial_radius``, else ‖T⁻¹x‖ (scipy's choice), else 1 when x = 0."""
-        x_scaled_norm = float(torch.linalg.vector_norm(inverse_scale(scale, x)))
+        x_scaled_norm = _scaled_norm(scale, x)
         return self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
 
     @property

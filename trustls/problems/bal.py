@@ -98,12 +98,13 @@ def default_bal_path() -> pathlib.Path:
     raise FileNotFoundError(f"BAL problem file not found; tried: {tried} ({source})")
 
 
-def _cross(a: Tensor, b: Tensor) -> Tensor:
+def _cross(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
+    """Cross products of the 3-vectors along ``dim`` (-2: component-major)."""
     # Written out rather than torch.linalg.cross so that broadcasting works the
     # same under vmap/jacfwd/jacrev on every torch version.
-    a0, a1, a2 = a.unbind(-1)
-    b0, b1, b2 = b.unbind(-1)
-    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=-1)
+    a0, a1, a2 = a.unbind(dim)
+    b0, b1, b2 = b.unbind(dim)
+    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=dim)
 
 
 def rodrigues_rotate(points: Tensor, rotation_vectors: Tensor) -> Tensor:
@@ -135,16 +136,31 @@ def rodrigues_rotate(points: Tensor, rotation_vectors: Tensor) -> Tensor:
         True
     """
     w = rotation_vectors
-    theta2 = (w * w).sum(dim=-1, keepdim=True)
-    small = theta2 < torch.finfo(theta2.dtype).eps ** (1.0 / 3.0)
-    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
-    half_theta = 0.5 * theta2_safe.sqrt()
-    sinc = torch.sin(2.0 * half_theta) / (2.0 * half_theta)
-    half_sinc = torch.sin(half_theta) / half_theta
-    a = torch.where(small, 1.0 - theta2 / 6.0 + theta2 * theta2 / 120.0, sinc)
-    b = torch.where(small, 0.5 - theta2 / 24.0 + theta2 * theta2 / 720.0, 0.5 * half_sinc * half_sinc)
+    a, b = _rotation_coefficients((w * w).sum(dim=-1, keepdim=True))
     w_cross_x = _cross(w, points)
     return points + a * w_cross_x + b * _cross(w, w_cross_x)
+
+
+def _rotation_coefficients(s: Tensor, *, derivatives: bool = False) -> tuple[Tensor, ...]:
+    """A(s) = sin θ/θ and B(s) = (1 − cos θ)/s at s = θ², and with ``derivatives`` A'(s), B'(s).
+
+    Below ``eps ** (1/3)`` every coefficient is its Taylor series in s, and the
+    closed forms are fed s = 1 (see `rodrigues_rotate`). The derivatives are
+    A' = (cos θ − A)/(2s) and B' = (A/2 − B)/s (see `projection_jacobian`).
+    """
+    small = s < torch.finfo(s.dtype).eps ** (1.0 / 3.0)
+    s_safe = torch.where(small, torch.ones_like(s), s)
+    theta = s_safe.sqrt()
+    a_closed = torch.sin(theta) / theta
+    half_sinc = torch.sin(0.5 * theta) / (0.5 * theta)
+    b_closed = 0.5 * half_sinc * half_sinc
+    a = torch.where(small, 1.0 - s / 6.0 + s * s / 120.0, a_closed)
+    b = torch.where(small, 0.5 - s / 24.0 + s * s / 720.0, b_closed)
+    if not derivatives:
+        return a, b
+    da = torch.where(small, -1.0 / 6.0 + s / 60.0 - s * s / 1680.0, (torch.cos(theta) - a_closed) / (2.0 * s_safe))
+    db = torch.where(small, -1.0 / 24.0 + s / 360.0 - s * s / 13440.0, (0.5 * a_closed - b_closed) / s_safe)
+    return a, b, da, db
 
 
 def _project(cameras: Tensor, points: Tensor) -> Tensor:
@@ -272,13 +288,6 @@ def _dot3(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(dim=-2, keepdim=True)
 
 
-def _cross3(a: Tensor, b: Tensor) -> Tensor:
-    """Cross products of 3-vectors stored along dim -2 (component-major)."""
-    a0, a1, a2 = a.unbind(-2)
-    b0, b1, b2 = b.unbind(-2)
-    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0), dim=-2)
-
-
 def projection_jacobian(cameras: Tensor, points: Tensor) -> Tensor:
     r"""The 2x12 Jacobian of each observation's projection, in closed form.
 
@@ -335,18 +344,9 @@ def projection_jacobian(cameras: Tensor, points: Tensor) -> Tensor:
     w, t = cameras[0:3], cameras[3:6]
     focal, k1, k2 = cameras[6:7], cameras[7:8], cameras[8:9]
     s = _dot3(w, w)
-    small = s < torch.finfo(s.dtype).eps ** (1.0 / 3.0)
-    s_safe = torch.where(small, torch.ones_like(s), s)
-    theta = s_safe.sqrt()
-    a_closed = torch.sin(theta) / theta
-    half_sinc = torch.sin(0.5 * theta) / (0.5 * theta)
-    b_closed = 0.5 * half_sinc * half_sinc
-    a = torch.where(small, 1.0 - s / 6.0 + s * s / 120.0, a_closed)
-    b = torch.where(small, 0.5 - s / 24.0 + s * s / 720.0, b_closed)
-    da = torch.where(small, -1.0 / 6.0 + s / 60.0 - s * s / 1680.0, (torch.cos(theta) - a_closed) / (2.0 * s_safe))
-    db = torch.where(small, -1.0 / 24.0 + s / 360.0 - s * s / 13440.0, (0.5 * a_closed - b_closed) / s_safe)
-    u1 = _cross3(w, X)
-    u2 = _cross3(w, u1)
+    a, b, da, db = _rotation_coefficients(s, derivatives=True)
+    u1 = _cross(w, X, dim=-2)
+    u2 = _cross(w, u1, dim=-2)
     P = X + a * u1 + b * u2 + t
 
     p = -P[0:2] / P[2:3]
@@ -361,8 +361,8 @@ def projection_jacobian(cameras: Tensor, points: Tensor) -> Tensor:
 
     c = 2.0 * (da * u1 + db * u2)
     Gw, GX = _dot3(G, w), _dot3(G, X)
-    d_rotation = -a * _cross3(G, X) + b * (_dot3(w, X) * G + Gw * X - 2.0 * GX * w) + _dot3(G, c) * w
-    d_point = G + a * _cross3(G, w) + b * (Gw * w - s * G)
+    d_rotation = -a * _cross(G, X, dim=-2) + b * (_dot3(w, X) * G + Gw * X - 2.0 * GX * w) + _dot3(G, c) * w
+    d_point = G + a * _cross(G, w, dim=-2) + b * (Gw * w - s * G)
     r2p = (focal * r2 * p).unsqueeze(1)
     blocks = torch.cat((d_rotation, G, (d * p).unsqueeze(1), r2p, r2p * r2, d_point), dim=1)  # (2, 12, M)
     return blocks.permute(2, 0, 1)
