@@ -20,8 +20,8 @@ products per iteration. CG is preconditioned by block Jacobi: the trust
 region is measured in the norm of the 9×9 camera and 3×3 point blocks of JᵀJ,
 which cuts CG from about 90 to about 7 iterations per step.
 
-Run from the repository root (the data file is ``../shared/data/bal/``; pass
-another BAL file as the first argument)::
+Run from the repository root (the problem file ships inside the package; pass
+another BAL file, plain or ``.bz2``, as the first argument)::
 
     OMP_NUM_THREADS=1 python examples/bundle_adjustment.py [path/to/problem.txt]
 """

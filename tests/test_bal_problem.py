@@ -81,8 +81,25 @@ def test_missing_file_raises():
 def test_default_path_names_env_var(monkeypatch, tmp_path):
     missing = tmp_path / "absent.txt"
     monkeypatch.setenv("TRUSTLS_BAL_PATH", str(missing))
-    with pytest.raises(FileNotFoundError, match="tried: .*absent.txt.*TRUSTLS_BAL_PATH"):
+    with pytest.raises(FileNotFoundError, match=r"tried: .*absent.txt \(from \$TRUSTLS_BAL_PATH\)"):
         default_bal_path()
+
+
+def test_default_path_is_the_bundled_file(monkeypatch):
+    monkeypatch.delenv("TRUSTLS_BAL_PATH", raising=False)
+    path = default_bal_path()
+    assert path.name == "problem-49-7776-pre.txt.bz2" and path.is_file()
+    assert "shared" not in path.parts
+
+
+def test_plain_and_bz2_files_load_alike(tmp_path):
+    import bz2
+
+    text = "1 1 1\n0 0 1.0 2.0\n" + "0\n" * 6 + "1\n0\n0\n" + "0\n0\n-1\n"
+    plain, packed = tmp_path / "tiny.txt", tmp_path / "tiny.txt.bz2"
+    plain.write_text(text)
+    packed.write_bytes(bz2.compress(text.encode()))
+    torch.testing.assert_close(load_bal(plain).x0, load_bal(packed).x0)
 
 
 def test_default_path_uses_env_var(monkeypatch, tmp_path):

@@ -40,6 +40,7 @@ whitespace-separated.
 
 from __future__ import annotations
 
+import bz2
 import os
 import pathlib
 from dataclasses import dataclass
@@ -56,46 +57,34 @@ __all__ = [
 ]
 
 BAL_PATH_ENV = "TRUSTLS_BAL_PATH"
-_SHARED_RELATIVE = pathlib.Path("shared", "data", "bal", "problem-49-7776-pre.txt")
+# The 49-camera Ladybug problem ships with the package, compressed with bzip2
+# as the BAL data set distributes its files.
+BUNDLED_BAL_PATH = pathlib.Path(__file__).with_name("bal_data") / "problem-49-7776-pre.txt.bz2"
 
 CAMERA_SIZE = 9
 POINT_SIZE = 3
 
 
 def default_bal_path() -> pathlib.Path:
-    """Locate the bundled BAL problem file ``problem-49-7776-pre.txt``.
+    """The BAL problem file that `load_bal` reads when given no path.
 
-    If the environment variable ``TRUSTLS_BAL_PATH`` is set it is the only place
-    tried, so a mistyped path is reported rather than silently replaced. Otherwise
-    ``../shared/data/bal/problem-49-7776-pre.txt`` is tried relative to the
-    repository root (found from this file's location) and then relative to the
-    current working directory.
-
-    Returns:
-        The path of the first candidate that is an existing file.
+    The environment variable ``TRUSTLS_BAL_PATH``, when set, names the file
+    (and a missing file there is reported, not silently replaced); otherwise
+    the package's own copy of ``problem-49-7776-pre`` (bzip2-compressed).
 
     Raises:
-        FileNotFoundError: if no candidate exists; the message lists every place tried.
+        FileNotFoundError: if the file does not exist; the message says where it looked.
 
     Examples:
-        >>> default_bal_path().name  # doctest: +SKIP
-        'problem-49-7776-pre.txt'
+        >>> default_bal_path().name
+        'problem-49-7776-pre.txt.bz2'
     """
     env = os.environ.get(BAL_PATH_ENV)
-    if env:
-        candidates = [pathlib.Path(env)]
-    else:
-        repo_root = pathlib.Path(__file__).resolve().parents[2]
-        candidates = [
-            repo_root.parent / _SHARED_RELATIVE,
-            pathlib.Path.cwd().parent / _SHARED_RELATIVE,
-        ]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    source = f"from ${BAL_PATH_ENV}" if env else f"set ${BAL_PATH_ENV} to point at the file"
-    raise FileNotFoundError(f"BAL problem file not found; tried: {tried} ({source})")
+    candidate = pathlib.Path(env) if env else BUNDLED_BAL_PATH
+    if candidate.is_file():
+        return candidate
+    source = f"from ${BAL_PATH_ENV}" if env else "the package's bundled copy; reinstall trustls"
+    raise FileNotFoundError(f"BAL problem file not found; tried: {candidate} ({source})")
 
 
 def _cross(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
@@ -378,23 +367,27 @@ def load_bal(path: str | os.PathLike | None = None) -> BundleAdjustmentProblem:
     """Read a BAL text file into a :class:`BundleAdjustmentProblem` (float64, CPU).
 
     Args:
-        path: the file; ``None`` uses :func:`default_bal_path`.
+        path: the file, plain text or bzip2-compressed (``.bz2``, as the BAL
+            set distributes them); ``None`` uses :func:`default_bal_path`.
 
     Raises:
         FileNotFoundError: if the file does not exist.
         ValueError: if the file does not hold the counts its header announces.
 
     Examples:
-        >>> problem = load_bal()  # doctest: +SKIP
-        >>> problem.n_cameras, problem.n_points, problem.n_observations  # doctest: +SKIP
+        >>> problem = load_bal()
+        >>> problem.n_cameras, problem.n_points, problem.n_observations
         (49, 7776, 31843)
     """
     path = default_bal_path() if path is None else pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"BAL problem file not found: {path}")
-    # One str.split over the whole file and a single float conversion pass: about
-    # 0.1 s for the 49-camera problem, against seconds for a per-line parser.
-    tokens = path.read_bytes().split()
+    data = path.read_bytes()
+    if path.suffix == ".bz2":
+        data = bz2.decompress(data)
+    # One bytes.split over the whole file and a single float conversion pass,
+    # rather than a per-line parser.
+    tokens = data.split()
     if len(tokens) < 3:
         raise ValueError(f"BAL file {path} must start with three counts; got {len(tokens)} tokens")
     n_cameras, n_points, n_observations = (int(t) for t in tokens[:3])
