@@ -30,7 +30,7 @@ def least_squares(J: Tensor, r: Tensor, *, dense: bool = True) -> Linearization:
     return Linearization(
         x=torch.zeros(J.shape[1], dtype=J.dtype, device=J.device), residual=r,
         cost=0.5 * float(r.double() @ r.double()), gradient=J.T @ r, operator=NormalOperator(J),
-        jacobian=DenseOperator(J), jacobian_matrix=J if dense else None,
+        jacobian=DenseOperator(J), jacobian_matrix=J if dense else None, whitened_residual=r,
     )
 
 

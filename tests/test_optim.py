@@ -7,11 +7,10 @@ import pytest
 import torch
 
 import trustls._closure
-import trustls._warm_start
 import trustls.optim
 from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
 from trustls._closure import flatten, parameter_products, unflatten
-from trustls._warm_start import WarmStartCG, WarmStartLinearization
+from trustls.scaling import JacobiScale
 from trustls.optim import TrustRegionOptimizer
 
 
@@ -88,7 +87,7 @@ def test_optimizer_keeps_the_largest_gradient_norm_as_the_forcing_reference():
         loss = 0.5 * (net(X) - Y).square().sum()
         norms.append(float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))))
         opt.step(lambda: (net(X) - Y).reshape(-1))
-        reference = opt.state[params[0]]["gradient_reference"]
+        reference = opt.state[params[0]]["solver_state"]
         assert reference == pytest.approx(max(norms), rel=1e-10)
     assert min(norms) < 0.5 * max(norms)  # the reference is not merely the latest norm
 
@@ -104,12 +103,12 @@ def test_step_reports_cost_and_statistics_and_calls_callback():
         cost = opt.step(lambda: (net(X) - Y).reshape(-1))
         info = opt.last
         assert records[-1] is info
-        assert cost == info.cost == pytest.approx(expected_cost, rel=1e-14)
+        assert cost == info.previous_cost == pytest.approx(expected_cost, rel=1e-14)
         assert info.step_norm <= info.radius * (1 + 1e-12) and 1 <= info.inner_iterations <= 5
         assert info.products == info.inner_iterations and info.reason in ("max_iter", "boundary", "converged")
         after = flatten(trainable(net))
         if info.accepted:
-            assert info.trial_cost < info.cost
+            assert info.trial_cost == info.cost < info.previous_cost
             torch.testing.assert_close(after, info.x, rtol=0, atol=0)
         else:
             assert torch.equal(after, before)
@@ -135,7 +134,7 @@ def test_rejected_and_non_finite_trials_restore_the_parameters_exactly():
 # -- checkpoints -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver,x_scale", [(SteihaugCG(max_iter=4), 1.0), (WarmStartCG(max_iter=4), "jac")])
+@pytest.mark.parametrize("solver,x_scale", [(SteihaugCG(max_iter=4), 1.0), (SteihaugCG(max_iter=4), "jac")])
 def test_state_dict_round_trip_resumes_identically(solver, x_scale):
     X, Y = data(m=64)
     batches = [(X[i : i + 16], Y[i : i + 16]) for i in range(0, 64, 16)] * 3
@@ -154,8 +153,8 @@ def test_state_dict_round_trip_resumes_identically(solver, x_scale):
     train(resumed_net, resumed_opt, batches[:5])
     checkpoint = {"net": resumed_net.state_dict(), "opt": resumed_opt.state_dict()}
     state = checkpoint["opt"]["state"][0]
-    assert {"radius", "nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps",
-            "gradient_reference"} <= state.keys()
+    assert {"radius", "scale", "nit", "nfev", "njev", "inner_iterations", "products", "solver_state",
+            "accepted_steps"} <= state.keys()
     fresh_net = Net()
     fresh_net.load_state_dict(checkpoint["net"])
     fresh_opt = make(fresh_net)
@@ -224,73 +223,6 @@ def test_unused_parameter_has_zero_jacobian_block():
                                torch.tensor([2.0, 4.0, 0.0], dtype=torch.float64))
 
 
-# -- warm-started CG ---------------------------------------------------------
-
-
-def _quadratic(start):
-    generator = torch.Generator().manual_seed(3)
-    A = torch.randn(12, 6, generator=generator, dtype=torch.float64)
-    b = torch.randn(12, generator=generator, dtype=torch.float64)
-    lin = GaussNewtonModel().linearize(lambda x: A @ x - b, torch.zeros(6, dtype=torch.float64))
-    fields = {name: getattr(lin, name) for name in lin.__dataclass_fields__}
-    return A, b, WarmStartLinearization(**fields, initial_step=start)
-
-
-@pytest.mark.parametrize("radius", [0.05, 0.5, 100.0])
-def test_warm_start_stays_in_region_and_predicts_its_model_decrease(radius):
-    A, b, lin = _quadratic(torch.full((6,), 0.3, dtype=torch.float64))
-    solver = WarmStartCG(max_iter=20)
-    step = solver.solve(solver.prepare(lin), radius)
-    p = step.step
-    assert float(torch.linalg.vector_norm(p)) <= radius * (1 + 1e-12)
-    model = float(torch.dot(lin.gradient, p) + 0.5 * torch.dot(A @ p, A @ p))
-    assert step.predicted_reduction == pytest.approx(-model, rel=1e-10) and step.predicted_reduction > 0
-    if radius == 100.0:  # interior: CG converges to the least-squares solution
-        torch.testing.assert_close(p, torch.linalg.lstsq(A, b).solution, rtol=1e-6, atol=1e-8)
-
-
-def test_warm_start_falls_back_to_cold_start_and_matches_steihaug_without_start():
-    A, b, lin = _quadratic(None)
-    cold = SteihaugCG(max_iter=2, path_memory=0)
-    want = cold.solve(cold.prepare(lin), 0.5)
-    got = WarmStartCG(max_iter=2).solve(WarmStartCG(max_iter=2).prepare(lin), 0.5)
-    assert torch.equal(got.step, want.step) and got.products == want.products
-    _, _, bad = _quadratic(-1e3 * lin.gradient.neg())  # uphill start: m ≥ 0 after 1 iteration
-    solver = WarmStartCG(max_iter=1, decay=1.0)
-    step = solver.solve(solver.prepare(bad), 1e6)
-    assert step.predicted_reduction > 0 and step.products == 1 + 1 + 1
-
-
-@pytest.mark.parametrize("relative", [1.0, 1e-4, 1e-14])
-def test_warm_start_forcing_is_the_square_root_of_the_relative_gradient(relative):
-    # η = min(forcing, max(√ρ, ε/ρ)), ρ = ‖g‖/reference: 1 (no reference below
-    # ‖g‖), 10⁻² for ρ = 10⁻⁴, and the floor ε/ρ = 0.022 for ρ = 10⁻¹⁴.
-    A, b, lin = _quadratic(torch.full((6,), 0.05, dtype=torch.float64))
-    g_norm = float(lin.gradient.norm())
-    solver = WarmStartCG(forcing=0.5, exact_up_to=0)
-    step = solver.solve(solver.prepare(lin, g_norm / relative), 1e6)
-    eta = min(0.5, max(relative**0.5, torch.finfo(torch.float64).eps / relative))
-    residual = float(torch.linalg.vector_norm(A.T @ (A @ step.step - b)))
-    assert step.reason == "converged" and residual <= eta * g_norm * (1 + 1e-8)
-    capped = WarmStartCG(forcing=eta, exact_up_to=0)
-    assert torch.equal(capped.solve(capped.prepare(lin), 1e6).step, step.step)
-
-
-def test_optimizer_warm_starts_cg_from_the_previous_step():
-    net, (X, Y) = Net(), data()
-    opt = TrustRegionOptimizer(net.parameters(), method(solver=WarmStartCG(max_iter=3)))
-    opt.step(lambda: (net(X) - Y).reshape(-1))
-    assert opt.last.products == opt.last.inner_iterations  # no previous step yet: a cold start
-    before = flatten(trainable(net))
-    opt.step(lambda: (net(X) - Y).reshape(-1))
-    # The first residual Bp₀ + g of the warm start costs one product.
-    assert opt.last.products >= opt.last.inner_iterations + 1
-    previous = opt.state[next(net.parameters())]["previous_step"]
-    if opt.last.accepted:
-        torch.testing.assert_close(before + previous, opt.last.x)
-    assert float(torch.linalg.vector_norm(previous)) == pytest.approx(opt.last.step_norm, rel=1e-12)
-
-
 # -- input errors ------------------------------------------------------------
 
 
@@ -342,10 +274,6 @@ def test_parameter_and_method_errors():
         TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="lstsq"))
     with pytest.raises(ValueError, match="max_trials must be a positive int or None, got 0"):
         TrustRegionOptimizer(net.parameters(), method(), max_trials=0)
-    with pytest.raises(ValueError, match="path_memory must be 0 for WarmStartCG"):
-        WarmStartCG(path_memory=10)
-    with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\]"):
-        WarmStartCG(decay=0.0)
     opt = TrustRegionOptimizer([net.frozen], method())
     with pytest.raises(ValueError, match="requires_grad=True at step time"):
         opt.step(lambda: net.frozen)
@@ -358,10 +286,10 @@ def test_repr_and_defaults():
     assert text.startswith("TrustRegionOptimizer(TrustRegion(GaussNewtonModel(") and "max_trials=1" in text
     assert "params=[(2, 6), (), (2,), (6, 3), (6,)]" in text
     # One trial per batch: the CG path would never be reused, so it is not stored.
-    assert opt._controller.solver.path_memory == 0 and opt.method.solver.path_memory is None
-    assert opt._controller.resolved_x_scale == "jac"
+    assert opt._method.solver.path_memory == 0 and opt.method.solver.path_memory is None
+    assert opt._method.scale_policy == JacobiScale()
 
 
-@pytest.mark.parametrize("module", [trustls.optim, trustls._closure, trustls._warm_start])
+@pytest.mark.parametrize("module", [trustls.optim, trustls._closure])
 def test_docstring_examples(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0

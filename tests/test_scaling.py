@@ -15,7 +15,7 @@ from trustls.operators import (
 )
 from trustls.problems.structured import broyden_tridiagonal, extended_rosenbrock
 from trustls.result import Status
-from trustls.scaling import BlockJacobi, block_normal_diagonal, resolve_scale
+from trustls.scaling import BlockJacobi, block_normal_diagonal, resolve_x_scale
 
 F64 = torch.float64
 
@@ -103,7 +103,7 @@ def test_block_normal_diagonal_equals_dense_blocks(form, generator):
 def test_block_jacobi_whitens_the_diagonal_blocks(generator):
     dense, sparse = random_sparse(generator, m=20, n=6, density=0.9)
     lin = GaussNewtonModel(jacobian=lambda x: sparse).linearize(lambda x: dense @ x, torch.zeros(6, dtype=F64))
-    T = resolve_scale(BlockJacobi(((2, 3),), damping=0.0), GaussNewtonModel(), lin, None)
+    T = BlockJacobi(((2, 3),), damping=0.0).scaling(GaussNewtonModel(), lin, None, 0).operator
     whitened = ScaledOperator(lin.operator, T).to_dense()
     torch.testing.assert_close(whitened[:3, :3], torch.eye(3, dtype=F64))
     torch.testing.assert_close(whitened[3:, 3:], torch.eye(3, dtype=F64))
@@ -214,11 +214,12 @@ def test_jac_scale_carries_the_running_maximum_of_column_norms():
     J1 = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 8.0]], dtype=F64)
     model = GaussNewtonModel()
     first = model.linearize(lambda x: J0 @ x, torch.zeros(3, dtype=F64))
-    T0 = resolve_scale("jac", model, first, None)
-    torch.testing.assert_close(T0, torch.tensor([1 / 3, 1.0, 1 / 4], dtype=F64))
+    policy = resolve_x_scale("jac")
+    T0 = policy.scaling(model, first, None, 0)
+    torch.testing.assert_close(T0.diagonal, torch.tensor([1 / 3, 1.0, 1 / 4], dtype=F64))
     second = model.linearize(lambda x: J1 @ x, torch.zeros(3, dtype=F64))
-    T1 = resolve_scale("jac", model, second, T0, iteration=1)
-    torch.testing.assert_close(T1, torch.tensor([1 / 3, 1 / 2, 1 / 8], dtype=F64), rtol=0, atol=0)
+    T1 = policy.scaling(model, second, T0, 1)
+    torch.testing.assert_close(T1.diagonal, torch.tensor([1 / 3, 1 / 2, 1 / 8], dtype=F64), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("order", ["sorted", "two runs", "row-major band", "random"])

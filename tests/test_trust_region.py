@@ -102,7 +102,7 @@ def test_max_nfev_status():
 def test_callback_stops():
     result = solve(rosenbrock, x0_rosenbrock(), "cg", callback=lambda info: info.nit >= 2)
     assert result.status is Status.CALLBACK
-    assert result.message == "Stopped by the callback."
+    assert result.message == "Stopped because `callback` function raised `StopIteration` or returned `True`"
 
 
 def test_verbose_prints(capsys):
@@ -153,7 +153,7 @@ def test_bad_x0(x0, error, match):
     [
         (lambda x: (x**2).sum(), ValueError, r"fun must return a 1-D tensor, got shape \(\) \(a 0-d output is rejected"),
         (lambda x: torch.outer(x, x), ValueError, r"fun must return a 1-D tensor, got shape \(2, 2\)"),
-        (lambda x: x.tolist(), TypeError, r"fun must return a torch.Tensor, got list"),
+        (lambda x: x.tolist(), TypeError, r"fun must return a torch.Tensor computed from x, got list: write fun with torch"),
         (lambda x: x.float(), TypeError, r"fun must return a tensor of x's dtype torch.float64, got torch.float32"),
         (lambda x: x / 0.0, ValueError, r"fun\(x0\) must be finite"),
     ],
@@ -170,7 +170,7 @@ def test_residual_of_changing_length():
         calls.append(None)
         return x if len(calls) == 1 else torch.cat([x, x])
 
-    with pytest.raises(ValueError, match=r"fun must return a residual of constant length 2, got length 4"):
+    with pytest.raises(ValueError, match=r"fun must return outputs of constant shape \(2,\), got shape \(4,\)"):
         solve(fun, torch.tensor([1.0, 2.0], dtype=torch.float64))
 
 
@@ -191,9 +191,10 @@ def test_fun_not_callable():
         (dict(max_nfev=0), ValueError, r"max_nfev must be a positive int or None, got 0"),
         (dict(max_nfev=2.5), ValueError, r"max_nfev must be a positive int or None, got 2.5"),
         (dict(initial_radius=-1.0), ValueError, r"initial_radius must be a positive finite number or None, got -1.0"),
-        (dict(x_scale="col"), ValueError, r"x_scale must be 'jac', a positive number, a 1-D positive tensor, a BlockJacobi or None, got 'col'"),
-        (dict(x_scale=0.0), ValueError, r"x_scale must be 'jac', a positive number, a 1-D positive tensor, a BlockJacobi or None, got 0.0"),
-        (dict(x_scale=torch.tensor([1.0, -1.0])), ValueError, r"x_scale must be a 1-D floating tensor of positive entries"),
+        (dict(x_scale="col"), ValueError, r"x_scale must be 'jac', a positive number, a 1-D sequence of positive numbers, a BlockJacobi or None, got 'col'"),
+        (dict(x_scale=0.0), ValueError, r"x_scale must be 'jac', a positive number, a 1-D sequence of positive numbers, a BlockJacobi or None, got 0.0"),
+        (dict(x_scale=torch.tensor([1.0, -1.0])), ValueError, r"x_scale must have finite positive entries, got a tensor with entries that are not"),
+        (dict(x_scale=[[1.0]]), ValueError, r"x_scale must be 'jac', .* got a tensor of shape \(1, 1\)"),
         (dict(callback=3), TypeError, r"callback must be callable or None, got int"),
         (dict(verbose=3), ValueError, r"verbose must be 0, 1 or 2, got 3"),
         (dict(radius_policy=None), TypeError, r"radius_policy must be a RadiusPolicy, got NoneType"),
@@ -238,12 +239,18 @@ def test_residual_nan_everywhere_but_x0_collapses_the_radius(solver):
 
 def test_ratio_with_rounding_noise():
     policy = trustls.RadiusPolicy()
-    # Both reductions far below δ: the shifted ratio is ~1, and the step is accepted.
-    assert policy.ratio(-7e-19, 4.8e-19, noise=5e-17) == pytest.approx((5e-17 - 7e-19) / (5e-17 + 4.8e-19), rel=1e-12)
-    assert policy.accepts(-7e-19, policy.ratio(-7e-19, 4.8e-19, noise=5e-17), noise=5e-17)
-    # A real increase is never accepted.
-    assert not policy.accepts(-1e-10, policy.ratio(-1e-10, 4.8e-19, noise=5e-17), noise=5e-17)
-    assert policy.ratio(1.0, 2.0) == 0.5 and policy.ratio(0.0, 0.0) == 1.0 and policy.ratio(1.0, 0.0) == 0.0
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    # Both reductions far below δ: the shifted ratio is ~1, and no decrease is measurable.
+    ratio = policy.ratio(t(-7e-19), t(4.8e-19), noise=5e-17)
+    assert float(ratio) == pytest.approx((5e-17 - 7e-19) / (5e-17 + 4.8e-19), rel=1e-12)
+    assert bool(policy.at_noise_floor(t(-7e-19), ratio, noise=5e-17))
+    assert bool(policy.moves(t(-7e-19), ratio, 5e-17)) and not bool(policy.moves(t(-7e-19), ratio, 5e-17, strict=True))
+    # A real increase is neither taken nor noise.
+    increase = policy.ratio(t(-1e-10), t(4.8e-19), noise=5e-17)
+    assert not bool(policy.at_noise_floor(t(-1e-10), increase, noise=5e-17))
+    assert not bool(policy.moves(t(-1e-10), increase, 5e-17))
+    assert float(policy.ratio(t(1.0), t(2.0))) == 0.5
+    assert float(policy.ratio(t(0.0), t(0.0))) == 1.0 and float(policy.ratio(t(1.0), t(0.0))) == 0.0
 
 
 def test_noise_floor_status_after_a_step_within_rounding():
@@ -284,7 +291,7 @@ def test_model_given_the_jacobian_evaluates_the_residual_once_per_trial():
 def test_cg_solve_is_invariant_to_the_units_of_the_residual():
     # r → c·r (c a power of two, so every product scales exactly) leaves the
     # Jacobi-scaled subproblems' solutions scaled by c and the ratio, ftol and
-    # xtol tests unchanged; the forcing term ‖g‖/gradient_reference is unit-free,
+    # xtol tests unchanged; the forcing term ‖g‖/‖g‖_ref is unit-free,
     # so the whole solve is the same. (An absolute forcing min(η_max, ‖g‖) took
     # different CG iterations here.) gtol is absolute, hence off.
     from trustls.operators import SparseOperator
@@ -334,25 +341,27 @@ def test_sparse_jacobian_solve_on_device(device):
 
 def test_an_overflowed_gradient_norm_is_not_kept_as_the_forcing_reference():
     # Unscaled float64 with every entry of g = Jᵀr at 10¹⁶⁰ (finite): ‖g‖
-    # overflows to inf even in float64. Kept as the maximum, that inf would
-    # pin ρ to 0 for the rest of the solve (and in a TrustRegionOptimizer
-    # checkpoint).
+    # overflows to inf even in float64 (the radius is too small for CG to
+    # normalize g). Kept as the maximum, that inf would pin ρ to 0 for the
+    # rest of the solve (and in a TrustRegionOptimizer checkpoint).
     fun = lambda x: 1e80 * (x - 0.5)  # noqa: E731
     method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0)
     state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float64))
     assert bool(torch.isfinite(state.linearization.gradient).all())
     assert math.isinf(float(torch.linalg.vector_norm(state.linearization.gradient)))
-    method.step(fun, state)
-    assert state.gradient_reference == 0.0
+    state = method.step(fun, state)
+    assert state.solver_state is None
 
 
-def test_a_float32_gradient_norm_is_taken_in_float64():
-    # ‖g‖ = 4·10³⁸ overflows float32 but not the float64 reference.
+@pytest.mark.parametrize("initial_radius", [None, 1e19])
+def test_a_float32_gradient_norm_is_taken_in_float64(initial_radius):
+    # ‖g‖ = 4·10³⁸ overflows float32 but not the reference, a Python float:
+    # from CG's normalized g when the radius allows it, else in float64.
     fun = lambda x: 1e19 * (x - 0.5)  # noqa: E731
-    method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0)
+    method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0, initial_radius=initial_radius)
     state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float32))
-    method.step(fun, state)
-    assert state.gradient_reference == pytest.approx(4e38, rel=1e-6)
+    state = method.step(fun, state)
+    assert state.solver_state == pytest.approx(4e38, rel=1e-6)
 
 
 def test_cg_overflow_in_float32_is_reported_not_looped():

@@ -7,7 +7,26 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_residual", "check_tolerance", "check_x0"]
+__all__ = ["as_tensor_x0", "check_tolerance", "check_x0"]
+
+
+def as_tensor_x0(x0: object) -> Tensor:
+    """``x0`` as scipy reads it: a tensor keeps its floating dtype and device; a number,
+    a sequence or a numpy array, or an integer tensor, becomes float64 (a scalar of shape (1,))."""
+    if isinstance(x0, Tensor):
+        tensor = x0
+    else:
+        if isinstance(x0, (bool, str, bytes)) or x0 is None:
+            raise TypeError(f"x0 must be a tensor, a number or a sequence of numbers, got {type(x0).__name__}")
+        try:
+            tensor = torch.as_tensor(x0, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"x0 must be a tensor, a number or a sequence of numbers, got {type(x0).__name__}: {error}") from None
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"x0 must have a real dtype, got {tensor.dtype}")
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float64)
+    return tensor.reshape(1) if tensor.ndim == 0 else tensor
 
 
 def check_x0(x0: object) -> Tensor:
@@ -17,32 +36,11 @@ def check_x0(x0: object) -> Tensor:
         raise TypeError(f"x0 must have a floating dtype, got {x0.dtype}")
     if x0.ndim != 1 or x0.numel() == 0:
         raise ValueError(f"x0 must be a non-empty 1-D tensor, got shape {tuple(x0.shape)}")
+    if x0.device.type == "meta":
+        raise ValueError("x0 must be on a device that holds data (cpu, cuda, ...), got a tensor on the meta device")
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 must be finite, got a tensor with NaN or inf entries")
     return x0
-
-
-def check_residual(residual: object, x: Tensor, expected_size: int | None = None) -> Tensor:
-    """Check the output of ``fun``: a 1-D floating tensor on x's dtype and device."""
-    if not isinstance(residual, Tensor):
-        raise TypeError(f"fun must return a torch.Tensor, got {type(residual).__name__}")
-    if residual.ndim != 1:
-        hint = (
-            " (a 0-d output is rejected: return the vector of residuals, not the loss ½‖r‖²;"
-            " reshape a single residual to shape (1,))"
-            if residual.ndim == 0
-            else " (flatten it with .reshape(-1))"
-        )
-        raise ValueError(f"fun must return a 1-D tensor, got shape {tuple(residual.shape)}{hint}")
-    if residual.dtype != x.dtype:
-        raise TypeError(f"fun must return a tensor of x's dtype {x.dtype}, got {residual.dtype}")
-    if residual.device != x.device:
-        raise ValueError(f"fun must return a tensor on x's device {x.device}, got {residual.device}")
-    if expected_size is not None and residual.shape[0] != expected_size:
-        raise ValueError(
-            f"fun must return a residual of constant length {expected_size}, got length {residual.shape[0]}"
-        )
-    return residual
 
 
 def check_tolerance(name: str, value: object) -> float | None:

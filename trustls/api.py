@@ -20,7 +20,7 @@ def least_squares(
     ftol: float | None = 1e-8,
     xtol: float | None = 1e-8,
     gtol: float | None = 1e-8,
-    x_scale: float | Tensor | str | None = None,
+    x_scale=None,
     max_nfev: int | None = None,
     callback: Callback | None = None,
     verbose: int = 0,

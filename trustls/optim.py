@@ -6,10 +6,11 @@ the cost ½‖r‖² of the current batch, with x the parameters laid end to end
 1. the closure is evaluated once with its graph; the gradient Jᵀr and the
    Gauss-Newton products JᵀJv reuse that graph (`trustls._closure`), so J is
    never formed and memory grows with parameters plus activations;
-2. the subproblem solver (Steihaug-Toint CG) computes p with ‖p‖ ≤ Δ;
-3. the closure is evaluated at x + p without a graph, on the same batch, and
-   the ratio ρ of actual to predicted reduction decides acceptance and the
-   next radius, exactly as in `TrustRegion.step`.
+2. `TrustRegion.relinearized` puts the solve's state (radius, scaling, the
+   solver's forcing reference, counters) at that linearization, and
+   `TrustRegion.step` proposes a step (Steihaug-Toint CG), evaluates the
+   closure at x + p without a graph, on the same batch, and decides, exactly
+   as in `TrustRegion.solve`.
 
 Mini-batches (see docs/training.md). Both evaluations of a step see the same
 batch, so ρ tests the model against the cost it was built for; batch noise
@@ -23,13 +24,11 @@ form of Levenberg-Marquardt damping, whose multiplier λ solves
 and Martens' λ update from ρ (2010, §4.1) mirrors the radius update from ρ.
 Trust-region methods whose models and function values are random but
 sufficiently accurate often enough keep their convergence guarantees (Chen,
-Menickelly & Scheinberg 2018). `WarmStartCG` starts CG at the decayed previous
-step (Martens 2010, §4.5); ``SteihaugCG(max_iter=...)`` caps CG iterations.
+Menickelly & Scheinberg 2018). ``SteihaugCG(max_iter=...)`` caps CG iterations.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterable
@@ -39,12 +38,13 @@ import torch
 from torch import Tensor
 
 from trustls._closure import check_closure_output, flatten, parameter_products, unflatten
-from trustls._warm_start import WarmStartCG, WarmStartLinearization
-from trustls.scaling import inverse_scale, resolve_scale
+from trustls.function import check_outputs, split_outputs
+from trustls.result import IterationInfo, Status
+from trustls.scaling import DiagonalScaling
 from trustls.subproblem.steihaug_cg import SteihaugCG
-from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
+from trustls.trust_region import TrustRegion, TrustRegionState
 
-__all__ = ["TrustRegionOptimizer", "WarmStartCG"]
+__all__ = ["TrustRegionOptimizer"]
 
 _COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
 
@@ -57,27 +57,30 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             dict. Tensors with ``requires_grad=False`` at a step are left alone.
         method: the `TrustRegion` whose model, solver, radius policy,
             ``initial_radius``, ``x_scale`` and ``callback`` are used. The
-            solver must be matrix-free (``"cg"``, `SteihaugCG`, `WarmStartCG`);
-            for training cap CG, e.g. ``SteihaugCG(max_iter=10)``. With CG
-            the default scaling is Jacobi (``"jac"``), whose estimated column
-            norms cost ``column_norm_probes`` VJPs at steps 0, 1, 2, 4, 8, …
-            (accepted steps), as in `TrustRegion.solve`.
+            solver must be matrix-free (``"cg"``, `SteihaugCG`); for training
+            cap CG, e.g. ``SteihaugCG(max_iter=10)``. With CG the default
+            scaling is Jacobi (``"jac"``), whose estimated column norms cost
+            ``column_norm_probes`` VJPs at steps 0, 1, 2, 4, 8, …, as in
+            `TrustRegion.solve`.
         max_trials: trial steps per call of `step` (``None``: until one is
-            accepted, as in `TrustRegion.solve`; for full-batch training).
+            accepted or a test stops the step, as in `TrustRegion.solve`; for
+            full-batch training).
 
     The closure:
         ``step(closure)`` calls ``closure()`` (no arguments) and expects **the
         residual vector r** of the current batch, a 1-D tensor whose cost
-        ½‖r‖² is minimized, e.g. ``(net(X) - Y).reshape(-1)`` — **not a scalar
-        loss, and without calling ``backward``**. It is called twice per trial
-        (once with a graph, once at the trial point without) and must evaluate
-        the same batch each time. ``.grad`` is neither read nor written.
+        ½‖r‖² is minimized, e.g. ``(net(X) - Y).reshape(-1)``, or the pair
+        ``(net(X), Y)`` — **not a scalar loss, and without calling
+        ``backward``**. It is called once with a graph and once per trial at
+        the trial point without, and must evaluate the same batch each time.
+        ``.grad`` is neither read nor written.
 
     Attributes:
         last: the `IterationInfo` of the last trial (cost before and after,
             ratio, radius and next radius, CG iterations, exit reason,
-            products), the record ``method.callback`` receives; its return
-            value is ignored here.
+            products), the record ``method.callback`` receives.
+        status: the `Status` of the last step when a test stopped it
+            (``MAX_NFEV``, ``RADIUS_COLLAPSED``, ``CALLBACK``, …), else ``None``.
 
     Examples:
         >>> import torch
@@ -107,12 +110,13 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if not params or (isinstance(params[0], dict) and not list(params[0].get("params", []))):
             raise ValueError("params must hold at least one tensor, got an empty parameter list")
         self.method = method
-        self._controller = copy.copy(method)
         solver = method.solver
         if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory != 0:
             # One solve per linearization: a stored CG path would never be reused.
-            self._controller.solver = dataclasses.replace(solver, path_memory=0)
+            method = method.replace(solver=dataclasses.replace(solver, path_memory=0))
+        self._method = method
         self.last: IterationInfo | None = None
+        self.status: Status | None = None
         super().__init__(params, {"max_trials": max_trials})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -138,11 +142,11 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         return f"TrustRegionOptimizer({self.method!r}, max_trials={group['max_trials']}, params={shapes})"
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor]) -> float:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
         """Take one trust-region step on the batch the closure evaluates.
 
         Returns:
-            ½‖r‖² at the parameters before the step, a Python float.
+            The cost at the parameters before the step, a Python float.
         """
         if not callable(closure):
             raise TypeError(f"closure must be callable and return the residual vector, got {type(closure).__name__}")
@@ -151,8 +155,14 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if not params:
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
         self.last = None  # drop the previous record's vector before the step allocates
+        method, model = self._method, self._method.model
         with torch.enable_grad():
-            residual = check_closure_output(closure(), params[0])
+            outputs, targets = split_outputs(closure(), "closure")
+            if targets is None:
+                check_closure_output(outputs, params[0])
+            else:
+                check_outputs(outputs, params[0])
+            residual = model.residual(outputs, targets)
         if not residual.requires_grad:
             raise ValueError(
                 "closure must return a residual that depends on the parameters through autograd; got one without "
@@ -161,56 +171,65 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if not bool(torch.isfinite(residual).all()):
             raise ValueError("closure must return a finite residual at the current parameters, got NaN or inf")
         x = flatten(params)
-        lin = self.method.model.from_products(parameter_products(residual, params, eager=True), x)
-        del residual
-        state = self.state[group["params"][0]]
-        x_scale = self._controller.resolved_x_scale
-        if isinstance(x_scale, Tensor) and x_scale.shape != x.shape:
-            raise ValueError(f"method.x_scale must have length {x.shape[0]} (the parameters), got {x_scale.shape[0]}")
-        # Estimated column norms are refreshed on the schedule of `TrustRegion.solve`,
-        # whose iteration count is the number of accepted steps.
-        accepted = state.get("accepted_steps", 0)
-        scale = resolve_scale(x_scale, self.method.model, lin, state.get("scale"), accepted)
-        radius = state.get("radius")
-        if radius is None:
-            radius = self._controller.starting_radius(scale, x)
-        previous = state.get("previous_step")
-        if isinstance(self._controller.solver, WarmStartCG) and previous is not None and previous.shape == x.shape:
-            fields = {f.name: getattr(lin, f.name) for f in dataclasses.fields(lin)}
-            lin = WarmStartLinearization(**fields, initial_step=inverse_scale(scale, previous))
-        tr = TrustRegionState(x=x, linearization=lin, radius=radius, scale=scale,
-                              m=lin.residual.shape[0], initial_cost=lin.cost,
-                              gradient_reference=state.get("gradient_reference", 0.0),
-                              **{name: state.get(name, 0) for name in _COUNTERS})
-        tr.nfev, tr.njev = tr.nfev + 1, tr.njev + 1
-        trial_steps = []
+        lin = model.from_products(parameter_products(residual, params, eager=True), x)
+        del residual, outputs
+        saved = self.state[group["params"][0]]
+        tr = self._state(saved, lin)
+        m = lin.residual.shape[0]
 
-        def trial(x_new: Tensor) -> Tensor:
+        def trial(x_new: Tensor) -> Any:
             # Swapping .data leaves the version counters alone, so the graph of
             # the linearization stays valid for further trials.
             originals = [p.data for p in params]
             try:
                 for p, value in zip(params, unflatten(x_new, params)):
                     p.data = value
-                r = check_closure_output(closure(), x, tr.m)
+                value = closure()
             finally:
                 for p, original in zip(params, originals):
                     p.data = original
-            trial_steps[:] = [x_new]
-            return r
+            trial_outputs, trial_targets = split_outputs(value, "closure")
+            r = model.residual(trial_outputs, trial_targets)
+            return check_closure_output(r, x, m)
 
-        cost = lin.cost
-        self._controller.step(trial, tr, max_trials=group["max_trials"], relinearize=False)
+        cost = float(lin.cost)
+        # max_nfev bounds the closure calls of one step (a budget over a whole
+        # training run would stop every later step at its first trial).
+        nfev = tr.nfev
+        tr = method.step(trial, dataclasses.replace(tr, nfev=0), max_trials=group["max_trials"], relinearize=False)
+        tr = dataclasses.replace(tr, nfev=nfev + tr.nfev)
         del lin
         if tr.x is not x:
             for p, value in zip(params, unflatten(tr.x, params)):
                 p.copy_(value)
-        if isinstance(self._controller.solver, WarmStartCG) and trial_steps:
-            state["previous_step"] = trial_steps[0] - x
-        if isinstance(x_scale, str):  # "jac": the running column-norm maximum lives in T (see `resolve_scale`)
-            state["scale"] = scale
-        state.update(radius=tr.radius, accepted_steps=accepted + (tr.x is not x),
-                     gradient_reference=tr.gradient_reference,
-                     **{name: getattr(tr, name) for name in _COUNTERS})
+        self.status = tr.status
+        self._save(saved, tr)
         self.last = tr.last
         return cost
+
+    def _state(self, saved: dict[str, Any], lin) -> TrustRegionState:
+        """The controller's state for this step: fresh at the first, else restored and relinearized."""
+        method = self._method
+        if "radius" not in saved:
+            return method.start(lin)
+        if saved["scale"] is not None and saved["scale"].shape != lin.x.shape:
+            raise ValueError(
+                f"the optimizer's saved scale has {saved['scale'].shape[0]} entries but the parameters have "
+                f"{lin.x.shape[0]}: the state belongs to another network"
+            )
+        previous = TrustRegionState(
+            x=lin.x, linearization=None, radius=saved["radius"],
+            scaling=DiagonalScaling(saved["scale"]) if saved["scale"] is not None else None,
+            solver_state=saved["solver_state"], context=None, dtype=lin.x.dtype, initial_cost=float(lin.cost),
+            **{name: saved[name] for name in _COUNTERS},
+        )
+        if previous.scaling is None:
+            previous = dataclasses.replace(previous, scaling=method.scale_policy.scaling(method.model, lin, None, 0))
+        return method.relinearized(previous, lin, iteration=saved["accepted_steps"])
+
+    def _save(self, saved: dict[str, Any], tr: TrustRegionState) -> None:
+        scale = tr.scaling.diagonal if isinstance(tr.scaling, DiagonalScaling) else None
+        moved = tr.last is not None and tr.last.accepted
+        saved.update(radius=tr.radius, scale=scale, solver_state=tr.solver_state,
+                     accepted_steps=saved.get("accepted_steps", 0) + moved,
+                     **{name: getattr(tr, name) for name in _COUNTERS})

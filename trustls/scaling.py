@@ -19,6 +19,7 @@ Gould & Toint 2000, §5.1.6). The choices, selected by `TrustRegion`'s
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,17 +32,158 @@ from trustls.operators.dense import DenseOperator
 from trustls.operators.diagonal import BlockDiagonalOperator
 from trustls.operators.sparse import SparseOperator
 
-__all__ = ["BlockJacobi", "Scale", "apply_scale", "block_normal_diagonal", "inverse_scale", "resolve_scale"]
-
-Scale = Tensor | BlockDiagonalOperator
-"""T: a 1-D tensor (its diagonal) or a block-diagonal operator."""
+__all__ = [
+    "BlockJacobi",
+    "BlockScaling",
+    "DiagonalScaling",
+    "FixedScale",
+    "IdentityScaling",
+    "JacobiScale",
+    "ScalePolicy",
+    "Scaling",
+    "block_normal_diagonal",
+    "resolve_x_scale",
+]
 
 # Blocks are materialized from an implicit Jacobian (n JVPs) only up to this n.
 _MAX_IMPLICIT_N = 256
 
 
+class Scaling(abc.ABC):
+    """T, the change of variables p = T z under which the trust region is a sphere in z."""
+
+    @abc.abstractmethod
+    def apply(self, z: Tensor) -> Tensor:
+        """p = T z."""
+
+    @abc.abstractmethod
+    def inverse(self, p: Tensor) -> Tensor:
+        """z = T⁻¹ p."""
+
+    @abc.abstractmethod
+    def transform(self, linearization: Linearization) -> Linearization:
+        """The linearization in the variables z (`Linearization.scaled`)."""
+
+    def norm(self, x: Tensor) -> Tensor:
+        """‖T⁻¹x‖, the length of x in the trust region's norm (a 0-d tensor)."""
+        return torch.linalg.vector_norm(self.inverse(x))
+
+
+class IdentityScaling(Scaling):
+    """T = I: no scaling (``x_scale=1``)."""
+
+    def apply(self, z: Tensor) -> Tensor:
+        return z
+
+    def inverse(self, p: Tensor) -> Tensor:
+        return p
+
+    def transform(self, linearization: Linearization) -> Linearization:
+        return linearization
+
+
+class DiagonalScaling(Scaling):
+    """T = diag(d) for a positive 1-D tensor d."""
+
+    def __init__(self, diagonal: Tensor):
+        self.diagonal = diagonal
+
+    def apply(self, z: Tensor) -> Tensor:
+        return self.diagonal * z
+
+    def inverse(self, p: Tensor) -> Tensor:
+        return p / self.diagonal
+
+    def transform(self, linearization: Linearization) -> Linearization:
+        return linearization.scaled(self.diagonal)
+
+
+class BlockScaling(Scaling):
+    """T a block-diagonal operator that knows its inverse (block-Jacobi)."""
+
+    def __init__(self, operator: BlockDiagonalOperator):
+        self.operator = operator
+
+    def apply(self, z: Tensor) -> Tensor:
+        return self.operator.matvec(z)
+
+    def inverse(self, p: Tensor) -> Tensor:
+        return self.operator.inverse_matvec(p)
+
+    def transform(self, linearization: Linearization) -> Linearization:
+        return linearization.scaled(self.operator)
+
+
+class ScalePolicy(abc.ABC):
+    """How T is chosen at each linearized point; resolved once from ``x_scale``.
+
+    A policy is frozen configuration. What it carries from point to point (the
+    running maximum of the column norms for ``"jac"``) lives in the `Scaling`
+    it returned last, which the solve's state keeps.
+    """
+
+    #: Whether T is diagonal at every point (box bounds need a diagonal T).
+    diagonal: bool = True
+
+    def check(self, x: Tensor) -> None:
+        """Check the policy against the starting point (shapes, devices); raise ``ValueError``."""
+
+    @abc.abstractmethod
+    def scaling(
+        self, model: CurvatureModel, linearization: Linearization, previous: Scaling | None, iteration: int
+    ) -> Scaling:
+        """T at a new point; ``previous`` is T at the point before (``None`` at the first)."""
+
+
+@dataclass(frozen=True, eq=False)
+class FixedScale(ScalePolicy):
+    """T = diag(x_scale), fixed (scipy's numeric ``x_scale``); 1 means no scaling.
+
+    Examples:
+        >>> FixedScale(1.0).value
+        1.0
+    """
+
+    value: float | Tensor
+
+    def check(self, x: Tensor) -> None:
+        if isinstance(self.value, Tensor) and self.value.shape != x.shape:
+            raise ValueError(f"x_scale must have x0's shape {tuple(x.shape)}, got shape {tuple(self.value.shape)}")
+
+    def scaling(self, model, linearization, previous, iteration) -> Scaling:
+        if previous is not None:
+            return previous
+        x = linearization.x
+        if isinstance(self.value, Tensor):
+            return DiagonalScaling(self.value.to(dtype=x.dtype, device=x.device))
+        return IdentityScaling() if self.value == 1.0 else DiagonalScaling(torch.full_like(x, self.value))
+
+
 @dataclass(frozen=True)
-class BlockJacobi:
+class JacobiScale(ScalePolicy):
+    """``x_scale="jac"``: T = diag(1/c) with c the running maximum of J's column norms.
+
+    MINPACK keeps the largest column norm seen so far (Moré 1978, §6); since
+    1/x is monotone, also in rounded arithmetic, the running maximum of c is
+    exactly the running minimum of T, so T alone carries it and no second
+    n-vector is kept. Column norms that the model can only estimate are
+    refreshed at iterations 0, 1, 2, 4, 8, … and kept in between (see
+    `GaussNewtonModel.column_norms`). A variable no residual depends on yet is
+    scaled by 1, as in scipy.
+    """
+
+    def scaling(self, model, linearization, previous, iteration) -> Scaling:
+        refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
+        if previous is not None and not refresh and model.column_norms_are_estimated(linearization):
+            return previous
+        scale = torch.reciprocal(model.column_norms(linearization))  # inf for a column of zeros
+        if previous is not None:
+            return DiagonalScaling(torch.minimum(scale, previous.diagonal))  # finite: previous is
+        return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
+
+
+@dataclass(frozen=True)
+class BlockJacobi(ScalePolicy):
     """Block-Jacobi scaling over a partition of x into contiguous blocks.
 
     Args:
@@ -69,10 +211,19 @@ class BlockJacobi:
         if not isinstance(self.damping, (int, float)) or not 0 <= self.damping < 1:
             raise ValueError(f"damping must be a number in [0, 1), got {self.damping!r}")
 
+    diagonal = False
+
     @property
     def n(self) -> int:
         """Number of variables the partition covers."""
         return sum(count * size for count, size in self.blocks)
+
+    def check(self, x: Tensor) -> None:
+        if self.n != x.shape[0]:
+            raise ValueError(f"x_scale=BlockJacobi must cover the {x.shape[0]} variables, its blocks cover {self.n}")
+
+    def scaling(self, model, linearization, previous, iteration) -> Scaling:
+        return BlockScaling(_block_jacobi(linearization, self))
 
 
 # Up to this many blocks in a group, sum each block's outer products with one
@@ -156,50 +307,39 @@ def _block_jacobi(linearization: Linearization, spec: BlockJacobi) -> BlockDiago
     return BlockDiagonalOperator(transforms, inverses)
 
 
-def resolve_scale(
-    x_scale: float | Tensor | str | BlockJacobi,
-    model: CurvatureModel,
-    linearization: Linearization,
-    previous: Scale | None,
-    iteration: int = 0,
-) -> Scale | None:
-    """T at a new point; ``None`` means no scaling (x_scale = 1).
+def resolve_x_scale(x_scale: object) -> ScalePolicy | None:
+    """The `ScalePolicy` for scipy's ``x_scale``; ``None`` stays ``None`` (the solver's default).
 
-    For ``"jac"``, T = diag(1/c) with c the running maximum of J's column norms
-    (MINPACK keeps the largest column norm seen so far; Moré 1978, §6), and
-    ``previous`` is the T of the previous point: since 1/x is monotone, also
-    in rounded arithmetic, the running maximum of c is exactly the running
-    minimum of T, so T alone carries it and no second n-vector is kept.
-    Column norms that the model can only estimate are refreshed at iterations
-    0, 1, 2, 4, 8, … and kept in between (see `GaussNewtonModel.column_norms`).
-    ``previous`` is ignored for the other kinds of ``x_scale``.
+    Accepts ``"jac"``, a positive number, a 1-D sequence of positive numbers
+    (a list, a numpy array or a tensor), or a `ScalePolicy` such as `BlockJacobi`.
+
+    Examples:
+        >>> resolve_x_scale("jac"), resolve_x_scale(2)
+        (JacobiScale(), FixedScale(value=2.0))
     """
-    x = linearization.x
-    if isinstance(x_scale, BlockJacobi):
-        return _block_jacobi(linearization, x_scale)
-    if isinstance(x_scale, Tensor):
-        return x_scale.to(x.dtype)
-    if isinstance(x_scale, float):
-        return None if x_scale == 1.0 else torch.full_like(x, x_scale)
-    refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
-    if previous is not None and not refresh and model.column_norms_are_estimated(linearization):
-        return previous
-    scale = torch.reciprocal(model.column_norms(linearization))  # inf for a column of zeros
-    if previous is not None:
-        return torch.minimum(scale, previous)  # finite: previous is
-    # A variable no residual depends on yet is scaled by 1, as in scipy.
-    return scale.masked_fill_(torch.isinf(scale), 1.0)
-
-
-def apply_scale(scale: Scale | None, z: Tensor) -> Tensor:
-    """p = T z."""
-    if scale is None:
-        return z
-    return scale * z if isinstance(scale, Tensor) else scale.matvec(z)
-
-
-def inverse_scale(scale: Scale | None, p: Tensor) -> Tensor:
-    """z = T⁻¹ p."""
-    if scale is None:
-        return p
-    return p / scale if isinstance(scale, Tensor) else scale.inverse_matvec(p)
+    rule = "x_scale must be 'jac', a positive number, a 1-D sequence of positive numbers, a BlockJacobi or None"
+    if x_scale is None or isinstance(x_scale, ScalePolicy):
+        return x_scale
+    if isinstance(x_scale, str):
+        if x_scale != "jac":
+            raise ValueError(f"{rule}, got {x_scale!r}")
+        return JacobiScale()
+    if isinstance(x_scale, bool):
+        raise ValueError(f"{rule}, got {x_scale!r}")
+    if isinstance(x_scale, (int, float)):
+        if not 0 < x_scale < math.inf:
+            raise ValueError(f"{rule}, got {x_scale!r}")
+        return FixedScale(float(x_scale))
+    if not isinstance(x_scale, Tensor):
+        try:
+            x_scale = torch.as_tensor(x_scale, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{rule}, got {type(x_scale).__name__}") from None
+    if x_scale.ndim == 0:
+        return resolve_x_scale(float(x_scale))
+    if x_scale.ndim != 1 or not x_scale.is_floating_point() and x_scale.dtype.is_complex:
+        raise ValueError(f"{rule}, got a tensor of shape {tuple(x_scale.shape)}")
+    x_scale = x_scale if x_scale.is_floating_point() else x_scale.to(torch.float64)
+    if not bool(torch.isfinite(x_scale).all()) or not bool((x_scale > 0).all()):
+        raise ValueError("x_scale must have finite positive entries, got a tensor with entries that are not")
+    return FixedScale(x_scale)

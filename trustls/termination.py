@@ -1,19 +1,21 @@
 """Convergence tests, as in scipy's ``least_squares`` and MINPACK (Moré et al. 1980).
 
-* gtol: ‖g‖∞ < gtol, tested at every accepted point;
+* gtol: ‖g‖∞ < gtol, tested at every linearized point;
 * ftol: dF < ftol·F and ρ > ¼ (the model agreed with a small relative decrease);
 * xtol: ‖dx‖ < xtol·(xtol + ‖x‖).
 
 Each tolerance can be disabled with ``None``. In reduced precision the
 tolerances are raised to the dtype's machine epsilon, below which the tests
-cannot hold.
+cannot hold. `step_termination` works elementwise on tensors (one problem or
+a batch) and returns scipy's status codes, 0 where no test holds.
 """
 
 from __future__ import annotations
 
-from trustls.result import Status
+import torch
+from torch import Tensor
 
-__all__ = ["check_step_termination", "effective_tolerance"]
+__all__ = ["effective_tolerance", "step_termination"]
 
 
 def effective_tolerance(tol: float | None, eps: float) -> float:
@@ -21,16 +23,18 @@ def effective_tolerance(tol: float | None, eps: float) -> float:
     return 0.0 if tol is None else max(tol, eps)
 
 
-def check_step_termination(
-    actual_reduction: float, cost: float, step_norm: float, x_norm: float, ratio: float, ftol: float, xtol: float
-) -> Status | None:
-    """The ftol/xtol tests after a trial step; ``None`` when neither holds."""
-    ftol_satisfied = ftol > 0 and actual_reduction < ftol * cost and ratio > 0.25
+def step_termination(
+    actual_reduction: Tensor, cost: Tensor, step_norm: Tensor, x_norm: Tensor, ratio: Tensor, ftol: float, xtol: float
+) -> Tensor:
+    """The ftol/xtol tests after a trial step, as scipy's codes: 2 ftol, 3 xtol, 4 both, 0 neither.
+
+    Examples:
+        >>> import torch
+        >>> one = torch.tensor(1.0, dtype=torch.float64)
+        >>> int(step_termination(1e-12 * one, one, 0.1 * one, one, 0.9 * one, ftol=1e-8, xtol=1e-8))
+        2
+    """
+    ftol_satisfied = (actual_reduction < ftol * cost) & (ratio > 0.25) if ftol > 0 else torch.zeros_like(ratio, dtype=torch.bool)
     xtol_satisfied = step_norm < xtol * (xtol + x_norm)
-    if ftol_satisfied and xtol_satisfied:
-        return Status.FTOL_XTOL
-    if ftol_satisfied:
-        return Status.FTOL
-    if xtol_satisfied:
-        return Status.XTOL
-    return None
+    code = 2 * ftol_satisfied.to(torch.int64) + 3 * xtol_satisfied.to(torch.int64)
+    return torch.where(code == 5, 4, code)

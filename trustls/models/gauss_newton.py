@@ -8,29 +8,34 @@ term Σ r_i ∇²r_i from the Hessian (Nocedal & Wright 2006, §10.3):
 B is positive semidefinite, so the trust-region subproblem is convex. By
 default B is the matrix-free `GaussNewtonOperator` (one JVP and one VJP per
 product; see `trustls.operators.implicit`); a solver that factors J itself
-(``"lstsq"``) gets the dense Jacobian, computed in forward mode when n ≤ m
-and in reverse mode otherwise (Griewank & Walther 2008: the cost is
-min(n, m) passes).
+(``"lstsq"``) gets the dense Jacobian.
 
-A user who knows J better than automatic differentiation does, typically
-its sparsity (bundle adjustment, banded problems), passes ``jacobian=``, a
-function returning J at x as a dense tensor, a torch sparse tensor or a
-`LinearOperator` such as `SparseOperator` (scipy's ``jac=`` argument). Products
-then cost two sparse matrix-vector products, and ``x_scale="jac"`` uses J's
-exact column norms.
+How J is obtained (the routes, in the order they are tried):
+
+* ``jacobian=``: a function returning J at x as a dense tensor, a torch
+  sparse tensor or a `LinearOperator` such as `SparseOperator` (scipy's
+  ``jac=``). The residual needs no pass of its own: the trial's evaluation
+  is reused, as scipy does.
+* otherwise automatic differentiation. A trial point is evaluated with its
+  reverse-mode graph kept (``torch.func.vjp``), so that if the trial is
+  accepted, the gradient Jᵀr, the matrix-free products and the dense J
+  (reverse mode: one batched VJP per residual, ``vmap`` over the kept
+  pullback) need no second call of the residual function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from trustls.models.base import CurvatureModel, Linearization
+from trustls.function import check_outputs, split_outputs
+from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
-from trustls.operators.sparse import SparseOperator
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
@@ -39,14 +44,40 @@ from trustls.operators.implicit import (
     JacobianProducts,
     jacobian_products,
 )
+from trustls.operators.sparse import SparseOperator
 
-__all__ = ["GaussNewtonModel"]
+__all__ = ["GaussNewtonModel", "half_squared_norm"]
 
 
-def half_squared_norm(residual: Tensor) -> float:
-    """½‖r‖² as a Python float, accumulated in float64 whatever r's dtype."""
-    r = residual.detach().to(torch.float64)
-    return 0.5 * float(torch.dot(r, r))
+def half_squared_norm(residual: Tensor) -> Tensor:
+    """½‖r‖² as a 0-d float64 tensor, accumulated in float64 whatever r's dtype."""
+    r = residual.detach().reshape(-1).to(torch.float64)
+    return 0.5 * torch.dot(r, r)
+
+
+@dataclass
+class _Context:
+    """What a solve learns about its function: the shape of its outputs, fixed at the first call."""
+
+    shape: tuple[int, ...] | None = None
+
+
+class _Outputs:
+    """``fun`` reduced to its flattened outputs, for the differentiation transforms.
+
+    The targets of the last call are kept aside: they are data, not a function of x.
+    """
+
+    def __init__(self, fun: Callable[[Tensor], Any], x: Tensor, shape: tuple[int, ...] | None):
+        self.fun, self.x = fun, x
+        self.targets: Tensor | None = None
+        self.shape = shape
+
+    def __call__(self, x: Tensor) -> Tensor:
+        outputs, targets = split_outputs(self.fun(x))
+        check_outputs(outputs, self.x, self.shape)
+        self.shape, self.targets = tuple(outputs.shape), targets
+        return outputs.reshape(-1)
 
 
 class GaussNewtonModel(CurvatureModel):
@@ -64,10 +95,12 @@ class GaussNewtonModel(CurvatureModel):
 
     Examples:
         >>> import torch
+        >>> from trustls.function import CountedFunction
         >>> model = GaussNewtonModel()
-        >>> lin = model.linearize(lambda x: x**2 - 1, torch.tensor([2.0, 0.0]))
-        >>> lin.cost, lin.gradient
-        (5.0, tensor([12., -0.]))
+        >>> fun = CountedFunction(lambda x: x**2 - 1)
+        >>> lin = model.linearize(fun, torch.tensor([2.0, 0.0]))
+        >>> float(lin.cost), lin.gradient, fun.calls
+        (5.0, tensor([12., -0.]), 1)
     """
 
     def __init__(
@@ -90,6 +123,114 @@ class GaussNewtonModel(CurvatureModel):
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
         return f"GaussNewtonModel(products={self.products!r}{jacobian}, column_norm_probes={self.column_norm_probes})"
+
+    # -- the objective ----------------------------------------------------
+
+    @staticmethod
+    def residual(outputs: Tensor, targets: Tensor | None) -> Tensor:
+        """r = outputs (− targets), flattened."""
+        if targets is not None:
+            if targets.shape != outputs.shape:
+                raise ValueError(
+                    f"targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}"
+                )
+            outputs = outputs - targets.to(outputs.dtype)
+        elif outputs.ndim != 1:
+            hint = (
+                " (a 0-d output is rejected: return the vector of residuals, not the loss ½‖r‖²;"
+                " reshape a single residual to shape (1,))"
+                if outputs.ndim == 0
+                else " (flatten it with .reshape(-1))"
+            )
+            raise ValueError(f"fun must return a 1-D tensor, got shape {tuple(outputs.shape)}{hint}")
+        return outputs.reshape(-1)
+
+    def cost(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
+        """½‖r‖² as a 0-d float64 tensor."""
+        return half_squared_norm(self.residual(outputs, targets))
+
+    # -- evaluation and linearization ---------------------------------------
+
+    def start(self, fun: Callable[..., Any], x: Tensor, *, dense: bool) -> _Context:
+        return _Context()
+
+    def evaluate(self, fun: Callable[..., Any], x: Tensor, context: Any = None, *, keep: bool = True) -> Evaluation:
+        shape = None if context is None else context.shape
+        if keep and self.jacobian is None:
+            split = _Outputs(fun, x, shape)
+            products = jacobian_products(split, x, self.products)
+            outputs = products.residual.detach().view(split.shape)
+            targets = split.targets
+        else:
+            with torch.no_grad():
+                outputs, targets = split_outputs(fun(x))
+            check_outputs(outputs, x, shape)
+            outputs, products = outputs.detach(), None
+        if context is not None:
+            context.shape = tuple(outputs.shape)
+        return Evaluation(x, outputs, targets, self.cost(outputs, targets), products)
+
+    def linearize(
+        self, fun: Callable[..., Any], at: Evaluation | Tensor, context: Any = None, *, dense: bool = False
+    ) -> Linearization:
+        evaluation = at if isinstance(at, Evaluation) else self.evaluate(fun, at, context, keep=True)
+        x = evaluation.x
+        residual = self.residual(evaluation.outputs, evaluation.targets)
+        if self.jacobian is not None:
+            with torch.no_grad():
+                J = self.jacobian(x)
+            if isinstance(J, Tensor):
+                J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
+            if not isinstance(J, LinearOperator):
+                raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
+            if J.shape != (residual.shape[0], x.shape[0]):
+                raise ValueError(f"jacobian must return shape {(residual.shape[0], x.shape[0])}, got {J.shape}")
+            return self._from_jacobian(evaluation, residual, J, J.to_dense() if dense else None)
+        products = evaluation.kept
+        if products is None:  # evaluated without its graph: record it now (one more call of fun)
+            products = self.evaluate(fun, x, context, keep=True).kept
+        if dense:
+            m = residual.shape[0]
+            eye = torch.eye(m, dtype=residual.dtype, device=residual.device)
+            with torch.enable_grad():
+                matrix = torch.func.vmap(products.vjp)(eye).detach()
+            return self._from_jacobian(evaluation, residual, DenseOperator(matrix), matrix)
+        return self.from_products(products, x, residual, evaluation.cost)
+
+    def from_products(
+        self, products: JacobianProducts, x: Tensor, residual: Tensor | None = None, cost: Tensor | None = None
+    ) -> Linearization:
+        """The linearization at ``x`` from JVP/VJP closures built elsewhere.
+
+        `TrustRegionOptimizer` builds them with autograd on a module's
+        parameters rather than with ``torch.func`` on a function of ``x``.
+        """
+        residual = products.residual.detach() if residual is None else residual
+        n = x.shape[0]
+        return Linearization(
+            x=x,
+            residual=residual,
+            cost=half_squared_norm(residual) if cost is None else cost,
+            gradient=products.vjp(residual).detach(),
+            operator=GaussNewtonOperator(products, n),
+            jacobian=JacobianOperator(products, n),
+            whitened_residual=residual,
+        )
+
+    @staticmethod
+    def _from_jacobian(evaluation: Evaluation, residual: Tensor, J: LinearOperator, matrix: Tensor | None) -> Linearization:
+        return Linearization(
+            x=evaluation.x,
+            residual=residual,
+            cost=evaluation.cost,
+            gradient=J.rmatvec(residual),
+            operator=NormalOperator(J),
+            jacobian=J,
+            jacobian_matrix=matrix,
+            whitened_residual=residual,
+        )
+
+    # -- column norms for x_scale="jac" --------------------------------------
 
     def column_norms_are_estimated(self, linearization: Linearization) -> bool:
         J = linearization.jacobian
@@ -124,76 +265,3 @@ class GaussNewtonModel(CurvatureModel):
             z = torch.randint(0, 2, (m,), generator=generator, device=J.device).to(J.dtype) * 2 - 1
             squares += J.rmatvec(z) ** 2
         return torch.sqrt(squares / self.column_norm_probes)
-
-    def linearize(
-        self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False, residual: Tensor | None = None
-    ) -> Linearization:
-        if self.jacobian is not None:
-            return self._linearize_given(fun, x, dense, residual)
-        if dense:
-            return self._linearize_dense(fun, x, residual)
-        return self.from_products(jacobian_products(fun, x, self.products), x)
-
-    def from_products(self, products: JacobianProducts, x: Tensor) -> Linearization:
-        """The linearization at ``x`` from JVP/VJP closures built elsewhere.
-
-        `TrustRegionOptimizer` builds them with autograd on a module's
-        parameters rather than with ``torch.func`` on a function of ``x``.
-        """
-        residual = products.residual.detach()
-        n = x.shape[0]
-        return Linearization(
-            x=x,
-            residual=residual,
-            cost=half_squared_norm(residual),
-            gradient=products.vjp(residual).detach(),
-            operator=GaussNewtonOperator(products, n),
-            jacobian=JacobianOperator(products, n),
-        )
-
-    def _linearize_given(
-        self, fun: Callable[[Tensor], Tensor], x: Tensor, dense: bool, residual: Tensor | None
-    ) -> Linearization:
-        # With J given, r(x) needs no pass of its own: the caller's evaluation
-        # (the accepted trial's) is reused, as scipy does.
-        with torch.no_grad():
-            residual = fun(x).detach() if residual is None else residual.detach()
-            J = self.jacobian(x)
-        if isinstance(J, Tensor):
-            J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
-        if not isinstance(J, LinearOperator):
-            raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
-        if J.shape != (residual.shape[0], x.shape[0]):
-            raise ValueError(f"jacobian must return shape {(residual.shape[0], x.shape[0])}, got {J.shape}")
-        return Linearization(
-            x=x,
-            residual=residual,
-            cost=half_squared_norm(residual),
-            gradient=J.rmatvec(residual),
-            operator=NormalOperator(J),
-            jacobian=J,
-            jacobian_matrix=J.to_dense() if dense else None,
-        )
-
-    def _linearize_dense(self, fun: Callable[[Tensor], Tensor], x: Tensor, residual: Tensor | None) -> Linearization:
-        with torch.enable_grad():
-            # Reverse mode (m < n) needs the pullback's pass; forward mode needs no
-            # pass of its own once the caller has r(x), as the controller does.
-            if residual is None or residual.shape[0] < x.shape[0]:
-                residual, pullback = torch.func.vjp(fun, x)
-            m, n = residual.shape[0], x.shape[0]
-            if m < n:
-                eye = torch.eye(m, dtype=residual.dtype, device=residual.device)
-                J = torch.func.vmap(pullback)(eye)[0]
-            else:
-                J = torch.func.jacfwd(fun)(x)
-        J, residual = J.detach(), residual.detach()
-        return Linearization(
-            x=x,
-            residual=residual,
-            cost=half_squared_norm(residual),
-            gradient=J.T @ residual,
-            operator=NormalOperator(J),
-            jacobian=DenseOperator(J),
-            jacobian_matrix=J,
-        )

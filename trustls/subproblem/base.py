@@ -14,6 +14,11 @@ Solvers split their work as *prepare once, solve many* (lineax's pattern):
 `SubproblemSolver.solve` once per trial radius, reusing the preparation
 across the rejected radii of one iteration (scipy's trf does the same with
 its SVD).
+
+A solver owns what it carries from point to point (CG's forcing reference):
+`SubproblemSolver.prepare` takes the solver's state from the previous point
+and `SubproblemSolver.state` returns it after this point's solves; the
+controller keeps it in its state without reading it.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ class Step:
 
     Attributes:
         step: the step ``p`` (in the variables the subproblem was posed in).
-        norm: ``‖p‖``.
-        predicted_reduction: ``−(gᵀp + ½ pᵀBp)``, the model's decrease.
+        norm: ``‖p‖``, a float or a 0-d tensor (solvers report what they hold
+            without reading a device value).
+        predicted_reduction: ``−(gᵀp + ½ pᵀBp)``, the model's decrease, a
+            float or a 0-d tensor.
         hits_boundary: whether the step lies on the trust-region boundary.
         iterations: inner iterations spent (CG iterations, secular-equation
             iterations).
@@ -49,8 +56,8 @@ class Step:
     """
 
     step: Tensor
-    norm: float
-    predicted_reduction: float
+    norm: float | Tensor
+    predicted_reduction: float | Tensor
     hits_boundary: bool
     iterations: int
     products: int
@@ -72,18 +79,22 @@ class SubproblemSolver(abc.ABC):
     default_x_scale: ClassVar[float | str] = 1.0
 
     @abc.abstractmethod
-    def prepare(self, linearization: Linearization, gradient_reference: float | None = None) -> Any:
+    def prepare(self, linearization: Linearization, state: Any = None) -> Any:
         """Do the work shared by all trial radii at one point.
 
-        ``gradient_reference`` is the largest ‖g‖ met so far in the solve, in
-        the subproblem's variables (`TrustRegion` passes it; ``None``: this
-        point's own ‖g‖). Inexact solvers measure their forcing term against it,
-        so that their tolerance does not depend on the units of r.
+        ``state`` is what `state` returned at the previous point of the solve
+        (``None`` at the first). `SteihaugCG`'s state is the largest ‖g‖ met
+        so far in the subproblem's variables, against which it measures its
+        forcing term, so that its tolerance does not depend on the units of r.
         """
 
     @abc.abstractmethod
     def solve(self, prepared: Any, radius: float) -> Step:
         """Solve (TR) for ``radius`` using what `prepare` returned."""
+
+    def state(self, prepared: Any) -> Any:
+        """The solver's state after the solves at this point, for the next `prepare`."""
+        return None
 
 
 def boundary_step_length(p: Tensor, d: Tensor, radius: float) -> Tensor:

@@ -65,6 +65,11 @@ def secular_step(
     is α ← α + (‖c‖/Δ − 1)·‖c‖²/‖c‖'² with ‖c‖'² = Σ sf²/(s²+α)³ (Moré 1978,
     eq. 5.5), kept in a bracket [l, u]. Stops when |‖c‖ − Δ| ≤ rtol·Δ.
 
+    The iteration runs in units where the largest singular value is about 1:
+    with σ a power of two near s_max, c is unchanged under s → s/σ,
+    sf → sf/σ², α → α/σ², and the squares of sf cannot overflow even when J's
+    entries are near the dtype's range (scaling by a power of two is exact).
+
     Returns:
         ``(alpha, iterations)``.
 
@@ -75,15 +80,19 @@ def secular_step(
         >>> float(torch.linalg.vector_norm(sf / (s**2 + alpha)))  # doctest: +ELLIPSIS
         0.5...
     """
+    sigma = 2.0 ** math.frexp(float(s[0]))[1]
+    s = s / sigma
+    sf = sf / (sigma * sigma)
+    alpha = alpha / (sigma * sigma)
     s2 = s * s
     sf2 = sf * sf
     upper = math.sqrt(float(sf2.sum())) / radius
     if full_rank:
         # φ(0) / φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
-        norm0 = math.sqrt(float((sf2 / (s2 * s2)).sum()))
-        derivative0 = float((sf2 / (s2 * s2 * s2)).sum())
-        lower = max(0.0, (norm0 - radius) * norm0**2 / (radius * derivative0 * 1.0)) if derivative0 > 0 else 0.0
-        lower = min(lower, upper)
+        norm0, derivative0 = torch.stack([(sf2 / (s2 * s2)).sum(), (sf2 / (s2 * s2 * s2)).sum()]).tolist()
+        norm0 = math.sqrt(norm0)
+        lower = (norm0 - radius) * norm0**2 / (radius * derivative0) if 0 < derivative0 < math.inf else 0.0
+        lower = min(max(lower, 0.0), upper)
     else:
         lower = 0.0
     if not lower < alpha < upper:
@@ -93,8 +102,8 @@ def secular_step(
         denominator = s2 + alpha
         norm2, slope = torch.stack([(sf2 / denominator**2).sum(), (sf2 / denominator**3).sum()]).tolist()
         norm = math.sqrt(norm2)
-        if abs(norm - radius) <= rtol * radius:
-            break
+        if abs(norm - radius) <= rtol * radius or not 0.0 < slope < math.inf:
+            break  # converged, or α so large (radius near underflow) that no Newton step is defined
         if norm < radius:
             upper = alpha
         else:
@@ -104,7 +113,7 @@ def secular_step(
         if not lower <= alpha <= upper:
             # Newton left the bracket: restart from its geometric mean (Moré 1978).
             alpha = max(0.001 * upper, math.sqrt(lower * upper))
-    return alpha, iterations
+    return alpha * sigma * sigma, iterations
 
 
 @dataclass(frozen=True)
@@ -131,19 +140,24 @@ class DenseLstsq(SubproblemSolver):
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive int, got {self.max_iter!r}")
 
-    def prepare(self, linearization, gradient_reference: float | None = None) -> _Factorization:
-        # Exact solves: gradient_reference (for forcing terms) does not apply.
+    def prepare(self, linearization, state=None) -> _Factorization:
+        # Exact solves carry no state from point to point.
         J = linearization.jacobian_matrix
         if J is None:
             raise ValueError("DenseLstsq needs the dense Jacobian; the model did not provide jacobian_matrix")
         m, n = J.shape
         U, s, Vh = torch.linalg.svd(J, full_matrices=False)
-        f = U.T @ linearization.residual
         cutoff = max(m, n) * torch.finfo(J.dtype).eps * (float(s[0]) if s.numel() else 0.0)
         rank = int((s > cutoff).sum())
-        s, f, V = s[:rank], f[:rank], Vh[:rank].T
-        sf = s * f
-        gauss_newton_norm = float(torch.linalg.vector_norm(f / s)) if rank else 0.0
+        s, V = s[:rank], Vh[:rank].T
+        f = linearization.whitened_residual
+        if f is not None:
+            # sf = s·(Uᵀf): its error in the direction of a small singular value s_i
+            # is of order eps·s_i‖f‖, where Vᵀg's is eps·s_max‖f‖.
+            sf = s * (U[:, :rank].T @ f)
+        else:
+            sf = V.T @ linearization.gradient  # Vᵀg = S Uᵀf for the f that the model does not form
+        gauss_newton_norm = float(torch.linalg.vector_norm(sf / (s * s))) if rank else 0.0
         return _Factorization(V, s, sf, rank == n, gauss_newton_norm)
 
     def solve(self, prepared: _Factorization, radius: float) -> Step:

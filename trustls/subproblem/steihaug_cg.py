@@ -105,26 +105,28 @@ The model value is tracked along the path: over a segment p + τd,
 m(p + τd) = m(p) + τ rᵀd + ½τ² dᵀBd with r = Bp + g the CG residual, so the
 predicted reduction costs no product.
 
-Each iteration reduces only dᵀBd and rᵀr (two host synchronizations); the
-other scalars come from the recurrences of Steihaug-Toint CG and GLTR (Conn,
-Gould & Toint 2000, §7.5.1; Gould, Lucidi, Roma & Toint 1999, §5), exact in
-exact arithmetic because r_{k+1} ⊥ d_k and r_{k+1} ⊥ p_{k+1}:
+Each iteration reduces dᵀBd and rᵀr and reads both, with the recurrent
+‖p‖², in one host synchronization: the step lengths α and β act on the
+vectors as 0-d tensors, so the device never waits for the host inside an
+iteration, and the exit tests (negative curvature, boundary, forcing) run on
+the values read. A solve reads once more at its start (‖g‖∞ and ‖g‖²). The other scalars come from the
+recurrences of Steihaug-Toint CG and GLTR (Conn, Gould & Toint 2000,
+§7.5.1; Gould, Lucidi, Roma & Toint 1999, §5), exact in exact arithmetic
+because r_{k+1} ⊥ d_k and r_{k+1} ⊥ p_{k+1}:
 
     rᵀd_k = −‖r_k‖²,
     ‖p_{k+1}‖² = ‖p_k‖² + 2α pᵀd_k + α²‖d_k‖²,
     pᵀd_{k+1} = β(pᵀd_k + α‖d_k‖²),
-    ‖d_{k+1}‖² = ‖r_{k+1}‖² + β²‖d_k‖².
+    ‖d_{k+1}‖² = ‖r_{k+1}‖² + β²‖d_k‖²,
 
-Rounding makes them drift as the residuals lose orthogonality: over the 54
-NIST solves of ``trustls.validate`` the recurrent ‖p‖² differed from the true
-one by at most 7.7·10⁻⁴ relative (worst on the ill-conditioned problems). So
-the recurrence only says when p is near the sphere, within 10% in ‖p‖²; there
-the boundary test uses the true norm (one dot), the boundary step length τ is
+computed on the host from the values read. Rounding makes them drift as the
+residuals lose orthogonality: over the 54 NIST solves of ``trustls.validate``
+the recurrent ‖p‖² differed from the true one by at most 7.7·10⁻⁴ relative
+(worst on the ill-conditioned problems). So the recurrence only says when p
+is near the sphere, within 10% in ‖p‖²; there the boundary test uses the
+true norm (one dot and one more read), the boundary step length τ is
 computed from the true p and d, and an interior exit reports the true ‖p‖.
-‖p‖ ≤ Δ thus holds to rounding as before. Per iteration this saves two
-reductions (rᵀd and ‖p_{k+1}‖), the stack and one synchronization: on Broyden
-tridiagonal (n = 10⁴, Jacobi-scaled sparse J) an iteration fell from about 160
-to 127 µs when this was introduced.
+‖p‖ ≤ Δ thus holds to rounding.
 
 CG's scalars are squared norms, which leave float32's range once the
 gradient's entries pass about 2³¹ (or fall below 2⁻³¹). Such a g is first
@@ -144,11 +146,9 @@ The path pays where products are dear. By default it is kept only for
 matrix-free operators (`LinearOperator.is_matrix_free`: autodiff products, a
 gradient evaluation or more each). For a stored matrix a product costs about
 as much memory traffic as keeping an iterate, and the stored iterates are
-fresh memory that the allocator maps anew at every linearization: on
-Broyden tridiagonal with a sparse J (n = 10⁵) keeping the path makes each CG
-iteration 30 % slower (1,070 against 824 µs, ``benchmarks/micro.py --only cg``)
-and made the whole solve 0.47× instead of 0.39× scipy's time, while on BAL (6 rejected steps in 35) rerunning CG
-after a rejection cost 248 products instead of 209 and no time.
+fresh memory that the allocator maps anew at every linearization, so
+rerunning CG after a rejection is as fast (`docs/benchmarks.md` has the
+measurements, ``benchmarks/micro.py --only cg``).
 
 References:
     R. S. Dembo, S. C. Eisenstat and T. Steihaug, "Inexact Newton methods",
@@ -189,7 +189,7 @@ _NEAR_BOUNDARY = 0.1
 DEFAULT_PATH_MEMORY = 2**22
 
 
-def normalizing_factor(g: Tensor, radius: float) -> float:
+def normalizing_factor(largest: float, radius: float, dtype: torch.dtype) -> float:
     """A power of two c with ‖c·g‖∞ in [½, 1) when ‖g‖∞ lies outside [2⁻ᵏ, 2ᵏ], else 1.
 
     k is a quarter of the dtype's largest binary exponent (31 in float32, 255
@@ -198,9 +198,19 @@ def normalizing_factor(g: Tensor, radius: float) -> float:
     c·Δ also lies in [2⁻ᵏ, 2ᵏ] (or Δ = ∞): with Jacobi scaling (B of unit
     diagonal) the iterates are then of the size of c·g. Scaling by a power of two is exact:
     CG in the normalized units computes the same iterates, times c, bit for bit.
+
+    Args:
+        largest: ‖g‖∞.
+        radius: Δ.
+        dtype: g's dtype.
+
+    Examples:
+        >>> normalizing_factor(1e19, 1.0, torch.float32), normalizing_factor(1e19, 1.0, torch.float64)
+        (1.0, 1.0)
+        >>> normalizing_factor(1e19, 1e19, torch.float32) == 2.0**-64
+        True
     """
-    largest = float(torch.linalg.vector_norm(g, ord=math.inf))
-    limit = 2.0 ** (math.frexp(torch.finfo(g.dtype).max)[1] // 4)
+    limit = 2.0 ** (math.frexp(torch.finfo(dtype).max)[1] // 4)
     if largest == 0.0 or not math.isfinite(largest) or 1.0 / limit <= largest <= limit:
         return 1.0
     factor = 2.0 ** -math.frexp(largest)[1]
@@ -212,7 +222,7 @@ class _Path:
     """The CG path at one point: iterates and the model along each segment."""
 
     linearization: object
-    gradient_reference: float | None = None  # the forcing term's reference ‖g‖
+    reference: float | None = None  # the forcing term's reference ‖g‖ (the solver's state)
     points: list[Tensor] = field(default_factory=list)  # p_0 = 0, p_1, ..., p_K
     norms: list[float] = field(default_factory=list)
     model_values: list[float] = field(default_factory=list)  # m(p_k)
@@ -244,6 +254,8 @@ class SteihaugCG(SubproblemSolver):
             η_max = eps^(3/4) of the dtype (1.8·10⁻¹² in float64) instead of
             ``forcing``; 0 turns this off (see the module docstring).
 
+    The solver's state (`SubproblemSolver.state`) is ‖g‖_ref, a float.
+
     Examples:
         >>> import torch
         >>> from trustls import TrustRegion, GaussNewtonModel
@@ -264,7 +276,7 @@ class SteihaugCG(SubproblemSolver):
             isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1
         ):
             raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
-        if not isinstance(self.forcing, (int, float)) or not 0 < self.forcing < 1:
+        if isinstance(self.forcing, bool) or not isinstance(self.forcing, (int, float)) or not 0 < self.forcing < 1:
             raise ValueError(f"forcing must be a number in (0, 1), got {self.forcing!r}")
         if self.path_memory is not None and (
             isinstance(self.path_memory, bool) or not isinstance(self.path_memory, int) or self.path_memory < 0
@@ -285,10 +297,15 @@ class SteihaugCG(SubproblemSolver):
             return min(self.forcing, torch.finfo(g.dtype).eps ** 0.75)
         return self.forcing
 
-    def prepare(self, linearization, gradient_reference: float | None = None) -> _Path:
+    def prepare(self, linearization, state: float | None = None) -> _Path:
         if not linearization.operator.is_symmetric:
             raise ValueError("SteihaugCG needs a symmetric curvature operator")
-        return _Path(linearization, gradient_reference)
+        if state is not None and (isinstance(state, bool) or not isinstance(state, (int, float))):
+            raise TypeError(f"state must be the gradient reference (a float) or None, got {type(state).__name__}")
+        return _Path(linearization, None if state is None else float(state))
+
+    def state(self, prepared: _Path) -> float | None:
+        return prepared.reference
 
     def _forcing_term(self, path: _Path, g: Tensor, g_norm: float, power: float = 1.0) -> float:
         """η = min(η_max, max(ρ^power, ε/ρ)) with ρ = ‖g‖/‖g‖_ref ∈ [0, 1] (module docstring).
@@ -296,13 +313,18 @@ class SteihaugCG(SubproblemSolver):
         Without a finite reference above ‖g‖, ρ = 1; a ρ that underflows to 0
         gives η = η_max, the limit of the floor ε/ρ.
         """
-        reference = path.gradient_reference
+        reference = path.reference
         if reference is None or not math.isfinite(reference) or reference <= g_norm:
             rho = 1.0
         else:
             rho = g_norm / reference
         floor = torch.finfo(g.dtype).eps / rho if rho > 0.0 else math.inf
         return min(self._forcing_bound(g), max(rho**power, floor))
+
+    def _remember(self, path: _Path, g_norm: float) -> None:
+        """Raise the reference to this point's ‖g‖; an overflowed norm is not kept."""
+        if math.isfinite(g_norm):
+            path.reference = g_norm if path.reference is None else max(path.reference, g_norm)
 
     def solve(self, prepared: _Path, radius: float) -> Step:
         path = prepared
@@ -325,12 +347,27 @@ class SteihaugCG(SubproblemSolver):
         path.complete = False
         path.exact_norms = False
         path.radius = radius
-        # CG runs on c·g and the sphere of radius c·Δ, c a power of two that
-        # keeps the squared norms of a float32 g from overflowing (or
-        # underflowing); p, ‖p‖ and m are scaled back at the end.
-        factor = path.factor = normalizing_factor(g, radius)
+        # The solve's first read: ‖g‖∞ and ‖g‖². CG runs on c·g and the sphere
+        # of radius c·Δ, c a power of two that keeps the squared norms of a
+        # float32 g from overflowing (or underflowing); p, ‖p‖ and m are scaled
+        # back at the end.
+        rr_t = torch.dot(g, g)
+        largest, rr = torch.stack([g.abs().max(), rr_t]).tolist()
+        factor = path.factor = normalizing_factor(largest, radius, g.dtype)
         if factor != 1.0:
             g, radius = g * factor, radius * factor
+            rr_t = torch.dot(g, g)
+            rr = float(rr_t)
+        g_norm = math.sqrt(rr)
+        if g_norm == 0.0:
+            return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
+        # ρ compares the true ‖g‖ (before normalization) with the reference; a
+        # float32 norm that overflows without normalization is taken in float64.
+        true_norm = g_norm / factor
+        if math.isinf(true_norm) and g.dtype != torch.float64:
+            true_norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+        self._remember(path, true_norm)
+        tolerance = self._forcing_term(path, g, true_norm) * g_norm
 
         # p₀ = 0 as a broadcast scalar, and r₀ = g and s₀ = g as aliases: length-n
         # vectors less at the peak of the first product. s = −d is the negated
@@ -338,15 +375,8 @@ class SteihaugCG(SubproblemSolver):
         # s are updated in place from their second update on (the first one
         # allocates them, leaving g alone): the stored path keeps only the p.
         p = g.new_zeros(()).expand_as(g)
-        r = g
-        rr = float(torch.dot(r, r))
-        g_norm = math.sqrt(rr)
-        if g_norm == 0.0:
-            return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
-        # ρ compares the true ‖g‖ (before normalization) with the reference.
-        tolerance = self._forcing_term(path, g, g_norm / factor) * g_norm
-        s = g
-        # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring.
+        r = s = g
+        # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring (host floats).
         pp, pd, dd = 0.0, 0.0, rr
         near = (1.0 - _NEAR_BOUNDARY) * radius * radius
         # Beyond this norm p is outside the region, not merely on it by rounding.
@@ -360,12 +390,16 @@ class SteihaugCG(SubproblemSolver):
         for iterations in range(1, max_iter + 1):
             products = iterations
             Bs = B.matvec(s)
-            kappa = float(torch.dot(s, Bs))
-            if kappa <= 0.0:
+            kappa_t = torch.dot(s, Bs)
+            alpha_t = rr_t / kappa_t
+            p_next = torch.addcmul(p, alpha_t, s, value=-1.0)
+            r_next = torch.addcmul(g, alpha_t, Bs, value=-1.0) if r is g else r.addcmul_(alpha_t, Bs, value=-1.0)
+            rr_next_t = torch.dot(r_next, r_next)
+            kappa, rr_next = torch.stack([kappa_t, rr_next_t]).tolist()  # the one read of the iteration
+            if not kappa > 0.0:  # also NaN: no descent can be trusted along s
                 reason, hits_boundary = "negative_curvature", True
             else:
                 alpha = rr / kappa
-                p_next = torch.add(p, s, alpha=-alpha)
                 pp_next = pp + alpha * (2.0 * pd + alpha * dd)
                 if pp_next >= near:
                     # The recurrence decides only that p_next is near the
@@ -399,17 +433,16 @@ class SteihaugCG(SubproblemSolver):
                     path.points.clear()
             if hits_boundary:
                 break
-            r = torch.add(g, Bs, alpha=-alpha) if r is g else r.sub_(Bs, alpha=alpha)
+            r = r_next
             del Bs  # free it before the next product: one length-n vector less at the peak
-            rr_next = float(torch.dot(r, r))
             if math.sqrt(rr_next) <= tolerance:
                 reason = "converged"
                 break
             beta = rr_next / rr
             pd = beta * (pd + alpha * dd)
             dd = rr_next + beta * beta * dd
-            s = torch.add(r, s, alpha=beta) if s is g else torch.add(r, s, alpha=beta, out=s)
-            rr = rr_next
+            s = torch.add(r, s, alpha=beta) if s is g else s.mul_(beta).add_(r)
+            rr, rr_t = rr_next, rr_next_t
         if hits_boundary:
             p_norm = radius
         else:

@@ -1,0 +1,92 @@
+"""The user's function as trustls calls it: counted, argument-protected, outputs checked.
+
+`CountedFunction` wraps ``fun(x, *args, **kwargs)`` so that
+
+* every call is counted (``nfev`` is the number of calls trustls made,
+  including those inside Jacobian computations; a call under
+  ``torch.func.vmap`` is one call);
+* a function that modifies its argument in place is caught: the argument's
+  version counter (bumped by every in-place operation, also under
+  ``torch.no_grad()``) is compared before and after the call, at no copy;
+  otherwise the iterate, which is the argument, would silently move away
+  from the point whose cost was measured;
+* the value is split into outputs and optional targets (`split_outputs`):
+  a tensor, a list of tensors (stacked), or a tuple ``(outputs, targets)``
+  for models whose loss compares outputs with targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["CountedFunction", "check_outputs", "split_outputs"]
+
+_HOW = (
+    "write fun with torch operations on its tensor argument (torch.exp rather than numpy.exp, "
+    "torch.stack of tensors rather than a list of floats) so that trustls can differentiate it"
+)
+
+
+def split_outputs(value: object, name: str = "fun") -> tuple[Tensor, Tensor | None]:
+    """``(outputs, targets)`` from what ``fun`` (or a closure, ``name``) returned (see the module docstring)."""
+    if isinstance(value, Tensor):
+        return value, None
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, Tensor) for v in value):
+        return value[0], value[1]
+    if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
+        return torch.stack([v.reshape(()) if v.numel() == 1 else v for v in value]), None
+    kind = type(value).__name__
+    if name != "fun":
+        raise TypeError(f"{name} must return the residual vector as a torch.Tensor, got {kind}")
+    if type(value).__module__ == "numpy" or isinstance(value, (list, tuple, float, int)):
+        raise TypeError(f"fun must return a torch.Tensor computed from x, got {kind}: {_HOW}")
+    raise TypeError(f"fun must return a torch.Tensor (or a tuple (outputs, targets) of tensors), got {kind}")
+
+
+def check_outputs(outputs: Tensor, x: Tensor, expected_shape: tuple[int, ...] | None = None) -> Tensor:
+    """Check outputs: floating, on x's dtype and device, and of the shape seen before."""
+    if not outputs.is_floating_point():
+        raise TypeError(f"fun must return a floating tensor, got dtype {outputs.dtype}")
+    if outputs.dtype != x.dtype:
+        raise TypeError(f"fun must return a tensor of x's dtype {x.dtype}, got {outputs.dtype}")
+    if outputs.device != x.device:
+        raise ValueError(f"fun must return a tensor on x's device {x.device}, got {outputs.device}")
+    if expected_shape is not None and tuple(outputs.shape) != expected_shape:
+        raise ValueError(
+            f"fun must return outputs of constant shape {expected_shape}, got shape {tuple(outputs.shape)}"
+        )
+    return outputs
+
+
+class CountedFunction:
+    """``fun(x, *args, **kwargs)`` with its calls counted and its argument protected.
+
+    Examples:
+        >>> import torch
+        >>> f = CountedFunction(lambda x, c: c * x, args=(2.0,))
+        >>> f(torch.ones(2)), f.calls
+        (tensor([2., 2.]), 1)
+    """
+
+    def __init__(self, fun: Callable[..., Any], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None):
+        if not callable(fun):
+            raise TypeError(f"fun must be callable, got {type(fun).__name__}")
+        self.fun = fun
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.calls = 0
+
+    def __call__(self, x: Tensor) -> Any:
+        self.calls += 1  # a call that raises was still made
+        version = x._version
+        value = self.fun(x, *self.args, **self.kwargs)
+        if x._version != version:
+            raise ValueError(
+                "fun must not modify its argument in place (x was changed during the call): "
+                "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
+            )
+        return value
