@@ -39,7 +39,7 @@ f̃ = S⁺ᵀ∇L divides by a curvature that vanishes where the fit is worst.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -101,7 +101,7 @@ class CrossEntropy(Loss):
         (tensor(0.6931, dtype=torch.float64), tensor([[ 0.5000, -0.5000]]))
     """
 
-    reduction: str = "mean"
+    reduction: str = field(default="mean", kw_only=True)
     requires_targets: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -145,7 +145,7 @@ class CrossEntropy(Loss):
 class _ElementwiseNLL(Loss):
     """A negative log-likelihood that acts on each output alone (diagonal H)."""
 
-    reduction: str = "mean"
+    reduction: str = field(default="mean", kw_only=True)
     requires_targets: ClassVar[bool] = True
 
     def __post_init__(self):

@@ -22,8 +22,10 @@ which is ``scale_for_robust_loss_function``'s scaling of J's rows and of f:
 J̃ = S J and Sᵀf̃ = ρ′ ⊙ f = ∇L. (Ceres' corrector, Triggs' §4.3, agrees
 with ℓ″ where ρ″ > 0 and uses √ρ′ alone elsewhere, that is iteratively
 reweighted least squares; trustls follows scipy.) The four built-in ρ are
-scipy's, with soft_l1's ρ(z) = 2(√(1+z) − 1) computed as 2z/(√(1+z) + 1),
-free of cancellation for small z. A callable ρ (`CallableRobustLoss`) has
+scipy's, computed without cancellation: soft_l1's ρ(z) = 2(√(1+z) − 1) as
+2z/(√(1+z) + 1), and ℓ″ from its closed form ((1+z)^(−3/2) for soft_l1,
+(1 − z)/(1 + z)² for Cauchy, (1 − 3z²)/(1 + z²)² for arctan, 1 or 0 for
+Huber) where scipy's ρ′ + 2ρ″z loses about z·eps relative. A callable ρ (`CallableRobustLoss`) has
 scipy's signature: ``rho = loss(z)`` with z a 1-D float64 tensor of length
 m, returning ρ, ρ′ and ρ″ as a ``(3, m)`` array or tensor.
 
@@ -49,11 +51,13 @@ __all__ = ["Arctan", "Cauchy", "CallableRobustLoss", "Huber", "RobustLoss", "Sof
 EPS = torch.finfo(torch.float64).eps
 
 
-def _residuals(outputs: Tensor, targets: Tensor | None, loss: str) -> Tensor:
+def _residuals(outputs: Tensor, targets: Tensor | None, loss: str) -> tuple[Tensor, Tensor]:
+    """f = z − t in the outputs' dtype, and in float64 (subtracted there, not in the outputs' precision)."""
     outputs = check_outputs(outputs)
     if targets is None:
-        return outputs
-    return outputs - check_targets(targets, outputs, loss).to(outputs.dtype)
+        return outputs, outputs.to(COMPUTE_DTYPE)
+    f64 = outputs.to(COMPUTE_DTYPE) - check_targets(targets, outputs, loss).to(COMPUTE_DTYPE)
+    return f64.to(outputs.dtype), f64
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,12 @@ class SquaredError(Loss):
     """
 
     def value(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
-        r = _residuals(outputs, targets, "SquaredError").reshape(-1).to(COMPUTE_DTYPE)
-        return 0.5 * torch.dot(r, r)
+        r64 = _residuals(outputs, targets, "SquaredError")[1].reshape(-1)
+        return 0.5 * torch.dot(r64, r64)
 
     def linearize(self, outputs: Tensor, targets: Tensor | None = None) -> LossLinearization:
-        r = _residuals(outputs, targets, "SquaredError")
-        r64 = r.reshape(-1).to(COMPUTE_DTYPE)
+        r, r64 = _residuals(outputs, targets, "SquaredError")
+        r64 = r64.reshape(-1)
         return LossLinearization(0.5 * torch.dot(r64, r64), r, None, r)
 
 
@@ -93,9 +97,12 @@ class RobustLoss(Loss):
     def rho(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """ρ(z), ρ′(z), ρ″(z) for z ≥ 0 (float64, z's shape)."""
 
+    def curvature(self, z: Tensor, rho1: Tensor, rho2: Tensor) -> Tensor:
+        """ℓ″ = ρ′(z) + 2ρ″(z)z; the built-in losses override it with a form free of cancellation."""
+        return rho1 + 2 * rho2 * z
+
     def _evaluate(self, outputs: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        f = _residuals(outputs, targets, type(self).__name__)
-        f64 = f.to(COMPUTE_DTYPE)
+        f, f64 = _residuals(outputs, targets, type(self).__name__)
         z = (f64 / self.f_scale) ** 2
         return f, f64, (z, *self.rho(z))
 
@@ -107,7 +114,7 @@ class RobustLoss(Loss):
         f, f64, (z, rho, rho1, rho2) = self._evaluate(outputs, targets)
         gradient = rho1 * f64
         # scipy's scale_for_robust_loss_function: the curvature ℓ″, clipped at EPS.
-        scale = torch.sqrt(torch.clamp(rho1 + 2 * rho2 * z, min=EPS))
+        scale = torch.sqrt(torch.clamp(self.curvature(z, rho1, rho2), min=EPS))
         return LossLinearization(
             value=0.5 * self.f_scale**2 * rho.sum(),
             gradient=gradient.to(f.dtype),
@@ -131,6 +138,9 @@ class SoftL1(RobustLoss):
         root = torch.sqrt(t)
         return 2 * z / (root + 1), 1 / root, -0.5 / (t * root)
 
+    def curvature(self, z: Tensor, rho1: Tensor, rho2: Tensor) -> Tensor:
+        return 1 / ((1 + z) * torch.sqrt(1 + z))  # (1 + z)^(-3/2)
+
 
 @dataclass(frozen=True)
 class Huber(RobustLoss):
@@ -153,6 +163,9 @@ class Huber(RobustLoss):
             torch.where(inside, 0.0, -0.5 / (outer * root)),
         )
 
+    def curvature(self, z: Tensor, rho1: Tensor, rho2: Tensor) -> Tensor:
+        return (z <= 1).to(z.dtype)
+
 
 @dataclass(frozen=True)
 class Cauchy(RobustLoss):
@@ -167,6 +180,9 @@ class Cauchy(RobustLoss):
     def rho(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         t = 1 + z
         return torch.log1p(z), 1 / t, -1 / (t * t)
+
+    def curvature(self, z: Tensor, rho1: Tensor, rho2: Tensor) -> Tensor:
+        return (1 - z) / ((1 + z) * (1 + z))
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,10 @@ class Arctan(RobustLoss):
         t = 1 + z * z
         return torch.arctan(z), 1 / t, -2 * z / (t * t)
 
+    def curvature(self, z: Tensor, rho1: Tensor, rho2: Tensor) -> Tensor:
+        t = 1 + z * z
+        return (1 - 3 * z * z) / (t * t)
+
 
 @dataclass(frozen=True)
 class CallableRobustLoss(RobustLoss):
@@ -191,8 +211,9 @@ class CallableRobustLoss(RobustLoss):
     Args:
         function: ``function(z)`` for a 1-D float64 tensor z ≥ 0 of length
             m, returning ρ(z), ρ′(z), ρ″(z) as a ``(3, m)`` array or tensor,
-            or a sequence of three length-m ones. numpy ufuncs accept CPU
-            tensors, so scipy's callables usually work unchanged.
+            or a sequence of three length-m ones. A callable written for
+            scipy with numpy works on CPU once it starts with
+            ``z = numpy.asarray(z)``.
         f_scale: C.
 
     Examples:
