@@ -119,7 +119,8 @@ class DiagonalFactor(OutputFactor):
 
     def __init__(self, diagonal: Tensor):
         if not isinstance(diagonal, Tensor) or not diagonal.is_floating_point():
-            raise TypeError(f"diagonal must be a floating torch.Tensor, got {type(diagonal).__name__}")
+            received = f"dtype {diagonal.dtype}" if isinstance(diagonal, Tensor) else type(diagonal).__name__
+            raise TypeError(f"diagonal must be a floating torch.Tensor, got {received}")
         super().__init__(diagonal.shape, diagonal.dtype, diagonal.device)
         self.diagonal = diagonal
 
