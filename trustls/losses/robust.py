@@ -19,7 +19,12 @@ epsilon) before the square root:
     S = diag(√max(ℓ″, EPS)),    f̃ = ρ′ ⊙ f / √max(ℓ″, EPS),
 
 which is ``scale_for_robust_loss_function``'s scaling of J's rows and of f:
-J̃ = S J and Sᵀf̃ = ρ′ ⊙ f = ∇L. (Ceres' corrector, Triggs' §4.3, agrees
+J̃ = S J and Sᵀf̃ = ρ′ ⊙ f = ∇L. trustls returns ∇L and S but not f̃
+(``residual=None``): where ℓ″ is clipped, f̃ is ρ′f amplified by
+1/√EPS ≈ 6.7·10⁷, and an SVD solver that reads the gradient from Uᵀf̃, as
+scipy's does, loses about √EPS of relative accuracy; from Vᵀg it does not
+(on the Cauchy problem of ``tests/test_generalized_gauss_newton.py`` the
+Gauss-Newton step is off by 2·10⁻⁷ through f̃, 1·10⁻¹² through Vᵀg). (Ceres' corrector, Triggs' §4.3, agrees
 with ℓ″ where ρ″ > 0 and uses √ρ′ alone elsewhere, that is iteratively
 reweighted least squares; trustls follows scipy.) The four built-in ρ are
 scipy's, computed without cancellation: soft_l1's ρ(z) = 2(√(1+z) − 1) as
@@ -119,7 +124,6 @@ class RobustLoss(Loss):
             value=0.5 * self.f_scale**2 * rho.sum(),
             gradient=gradient.to(f.dtype),
             factor=DiagonalFactor(scale.to(f.dtype)),
-            residual=(gradient / scale).to(f.dtype),
         )
 
 
