@@ -227,8 +227,7 @@ def test_half_precision_outputs(name, dtype, generator):
     lin = loss.linearize(z, targets)
     exact = loss.linearize(z.to(F64), targets if name == "ce" else targets.to(F64))
     assert lin.value.dtype == F64 and torch.isfinite(lin.value)
-    if name != "linear":  # least squares subtracts in the outputs' dtype, as scipy's f would be
-        torch.testing.assert_close(lin.value, exact.value, rtol=1e-15, atol=0)
+    torch.testing.assert_close(lin.value, exact.value, rtol=1e-15, atol=0)
     assert lin.gradient.dtype == dtype and torch.isfinite(lin.gradient).all()
     torch.testing.assert_close(lin.gradient, exact.gradient.to(dtype), rtol=0, atol=0)
     if lin.factor is not None:
