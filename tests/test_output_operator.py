@@ -88,6 +88,11 @@ def test_effective_jacobian_matches_dense_product(factor_kind, jacobian_kind, ge
     torch.testing.assert_close(Jt.matvec(v), expected @ v, rtol=RTOL, atol=RTOL * scale)
     torch.testing.assert_close(Jt.rmatvec(u), expected.T @ u, rtol=RTOL, atol=RTOL * scale)
     torch.testing.assert_close(torch.dot(Jt.matvec(v), u), torch.dot(v, Jt.rmatvec(u)), rtol=RTOL, atol=0)
+    # Columns of a matrix (strided vectors) and @ with a matrix.
+    U = torch.randn(factor.numel, 2, generator=generator, dtype=F64)
+    torch.testing.assert_close(Jt.rmatvec(U[:, 1]), expected.T @ U[:, 1], rtol=RTOL, atol=RTOL * scale)
+    V = torch.randn(2, N_VARIABLES, generator=generator, dtype=F64).T
+    torch.testing.assert_close(Jt @ V, expected @ V, rtol=RTOL, atol=RTOL * scale)
 
 
 @pytest.mark.parametrize(

@@ -250,10 +250,10 @@ class EffectiveJacobianOperator(LinearOperator):
         self.is_matrix_free = jacobian.is_matrix_free
 
     def matvec(self, v: Tensor) -> Tensor:
-        return self.factor.matvec(self.jacobian.matvec(v).view(self.factor.shape)).reshape(-1)
+        return self.factor.matvec(self.jacobian.matvec(v).reshape(self.factor.shape)).reshape(-1)
 
     def rmatvec(self, u: Tensor) -> Tensor:
-        return self.jacobian.rmatvec(self.factor.rmatvec(u.view(self.factor.shape)).reshape(-1))
+        return self.jacobian.rmatvec(self.factor.rmatvec(u.reshape(self.factor.shape)).reshape(-1))
 
 
 def effective_jacobian_matrix(matrix: Tensor, factor: OutputFactor | None) -> Tensor:
