@@ -53,7 +53,9 @@ def main() -> None:
     cases = {
         "squared error (S = I)": (SquaredError(), None),
         "cross-entropy (softmax S)": (CrossEntropy(), labels),
-        "bce with logits (diagonal S)": (BinaryCrossEntropyWithLogits(), torch.rand(BATCH, SIZES[-1], generator=generator)),
+        "bce with logits (diagonal S)": (
+            BinaryCrossEntropyWithLogits(), torch.rand(BATCH, SIZES[-1], generator=generator)
+        ),
         "cauchy (diagonal S)": (Cauchy(f_scale=0.5), None),
     }
     operators = {name: NormalOperator(effective_jacobian(J, loss.linearize(outputs, t).factor))

@@ -328,7 +328,9 @@ def test_gradient_outside_the_range_of_the_effective_jacobian_is_exact_with_a_ze
     assert float(step.step[0]) > 0.5 * float(expected[0]) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="DenseLstsq reads g as s·Uᵀr: a g outside range(J̃ᵀ) needs the integration's change")
+@pytest.mark.xfail(
+    strict=True, reason="DenseLstsq reads g as s·Uᵀr: a g outside range(J̃ᵀ) needs the integration's change"
+)
 def test_dense_lstsq_misses_a_gradient_outside_the_range_of_the_effective_jacobian():
     fun, x = _confidently_wrong()
     lin = linearize(fun, x, CrossEntropy(), dense=True)

@@ -324,7 +324,8 @@ def test_soft_l1_curvature_does_not_cancel_for_large_z():
 
 
 def test_soft_l1_is_accurate_for_tiny_residuals():
-    """2(√(1+z) − 1) cancels for small z (scipy's form is off by 9e-5 relative at z = 1e-12); 2z/(√(1+z) + 1) does not."""
+    """2(√(1+z) − 1) cancels for small z (scipy's form is off by 9e-5 relative at z = 1e-12);
+    2z/(√(1+z) + 1) does not."""
     f = torch.tensor([1e-6], dtype=F64)
     z = 1e-12
     exact = 2 * z / (math.sqrt(1 + z) + 1)  # ρ(z) = z − z²/4 + ...

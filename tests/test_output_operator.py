@@ -170,7 +170,8 @@ ERRORS = [
      "diagonal must be a floating torch.Tensor, got dtype torch.int64"),
     (lambda: SoftmaxFactor(torch.ones(2, 3), torch.ones(3, 2), 1), ValueError,
      "scale and probabilities must have the same shape, got (2, 3) and (3, 2)"),
-    (lambda: BlockFactor(torch.ones(2, 3, 4)), ValueError, "blocks must be a tensor of shape (*batch, K, K), got (2, 3, 4)"),
+    (lambda: BlockFactor(torch.ones(2, 3, 4)), ValueError,
+     "blocks must be a tensor of shape (*batch, K, K), got (2, 3, 4)"),
 ]
 
 

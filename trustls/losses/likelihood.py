@@ -67,7 +67,9 @@ def _weight(reduction: str, count: int) -> float:
 def _class_targets(targets: Tensor, logp: Tensor, dim: int) -> Tensor:
     """One-hot y from integer class indices, after checking their shape and range."""
     if targets.dtype == torch.bool or targets.is_complex():
-        raise TypeError(f"targets of CrossEntropy must be integer class indices or floating probabilities, got {targets.dtype}")
+        raise TypeError(
+            f"targets of CrossEntropy must be integer class indices or floating probabilities, got {targets.dtype}"
+        )
     expected = logp.shape[:dim] + logp.shape[dim + 1 :]
     if targets.shape != expected:
         raise ValueError(
@@ -119,7 +121,8 @@ class CrossEntropy(Loss):
             y = check_targets(targets, z, "CrossEntropy").to(COMPUTE_DTYPE)
             if bool((y < 0).any()):
                 raise ValueError(
-                    f"targets of CrossEntropy with class probabilities must be non-negative, got a minimum of {float(y.min())}"
+                    "targets of CrossEntropy with class probabilities must be non-negative, "
+                    f"got a minimum of {float(y.min())}"
                 )
         # 0·log p = 0 where y = 0, even for a logit of −inf (a masked class).
         nll = -torch.where(y > 0, y * logp, 0.0).sum(dim)

@@ -19,23 +19,28 @@ epsilon) before the square root:
     S = diag(√max(ℓ″, EPS)),    f̃ = ρ′ ⊙ f / √max(ℓ″, EPS),
 
 which is ``scale_for_robust_loss_function``'s scaling of J's rows and of f:
-J̃ = S J and Sᵀf̃ = ρ′ ⊙ f = ∇L. trustls returns ∇L and S but not f̃
-(``residual=None``): where ℓ″ is clipped, f̃ is ρ′f amplified by
-1/√EPS ≈ 6.7·10⁷, and an SVD solver that reads the gradient from Uᵀf̃, as
-scipy's does, loses about √EPS of relative accuracy; from Vᵀg it does not
-(on the Cauchy problem of ``tests/test_generalized_gauss_newton.py`` the
-Gauss-Newton step is off by 2·10⁻⁷ through f̃, 1·10⁻¹² through Vᵀg). (Ceres' corrector, Triggs' §4.3, agrees
+J̃ = S J and Sᵀf̃ = ρ′ ⊙ f = ∇L. (Ceres' corrector, Triggs' §4.3, agrees
 with ℓ″ where ρ″ > 0 and uses √ρ′ alone elsewhere, that is iteratively
-reweighted least squares; trustls follows scipy.) The four built-in ρ are
-scipy's, computed without cancellation: soft_l1's ρ(z) = 2(√(1+z) − 1) as
-2z/(√(1+z) + 1), and ℓ″ from its closed form ((1+z)^(−3/2) for soft_l1,
-(1 − z)/(1 + z)² for Cauchy, (1 − 3z²)/(1 + z²)² for arctan, 1 or 0 for
-Huber) where scipy's ρ′ + 2ρ″z loses about z·eps relative. A callable ρ (`CallableRobustLoss`) has
-scipy's signature: ``rho = loss(z)`` with z a 1-D float64 tensor of length
-m, returning ρ, ρ′ and ρ″ as a ``(3, m)`` array or tensor.
+reweighted least squares; trustls follows scipy.)
+
+trustls returns ∇L and S but not f̃ (``residual=None``): where ℓ″ is
+clipped, f̃ is ρ′f amplified by 1/√EPS ≈ 6.7·10⁷, and an SVD solver that
+reads the gradient from Uᵀf̃, as scipy's does, loses about √EPS of relative
+accuracy; from Vᵀg it does not (on the Cauchy problem of
+``tests/test_generalized_gauss_newton.py`` the Gauss-Newton step is off by
+2·10⁻⁷ through f̃ and by 1·10⁻¹² through Vᵀg;
+``benchmarks/svd_gradient_coordinates.py``).
+
+The four built-in ρ are scipy's, computed without cancellation: soft_l1's
+ρ(z) = 2(√(1+z) − 1) as 2z/(√(1+z) + 1), and ℓ″ from its closed form
+((1+z)^(−3/2) for soft_l1, (1 − z)/(1 + z)² for Cauchy, (1 − 3z²)/(1 + z²)²
+for arctan, 1 or 0 for Huber) where scipy's ρ′ + 2ρ″z loses about z·eps
+relative. A callable ρ (`CallableRobustLoss`) has scipy's signature:
+``rho = loss(z)`` with z a 1-D float64 tensor of length m, returning ρ, ρ′
+and ρ″ as a ``(3, m)`` array or tensor.
 
 Robust losses sum over the outputs (scipy's cost); they are computed in
-float64 and ∇L, S, f̃ returned in the outputs' dtype.
+float64 and ∇L and S returned in the outputs' dtype.
 """
 
 from __future__ import annotations
