@@ -16,3 +16,22 @@ def scipy_least_squares(residual, x0, **options):
         return jacobian(torch.from_numpy(x)).detach().numpy()
 
     return scipy.optimize.least_squares(fun, x0.detach().numpy().astype(np.float64), jac=jac, method="trf", **options)
+
+
+def scipy_robust_loss(f, J, loss, f_scale):
+    """scipy's robust loss at residuals ``f`` (float64 numpy) with Jacobian ``J``.
+
+    Returns ``(cost, rho, J_scaled, f_scaled)``: the cost ½C²Σρ, the (3, m)
+    array scipy's loss function returns (ρ scaled by C², ρ′, ρ″ divided by
+    C²), and ``scale_for_robust_loss_function``'s J and f, as ``trf`` uses them.
+    """
+    from scipy.optimize._lsq.common import scale_for_robust_loss_function
+    from scipy.optimize._lsq.least_squares import construct_loss_function
+
+    loss_function = construct_loss_function(f.size, loss, f_scale)
+    if loss_function is None:  # "linear"
+        return 0.5 * float(f @ f), None, J, f
+    cost = loss_function(f, cost_only=True)
+    rho = np.array(loss_function(f), copy=True)  # built-in losses reuse one buffer
+    J_scaled, f_scaled = scale_for_robust_loss_function(J.copy(), f.copy(), rho.copy())
+    return cost, rho, J_scaled, f_scaled

@@ -4,6 +4,15 @@ from trustls.operators.base import LinearOperator, ScaledOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
 from trustls.operators.diagonal import BlockDiagonalOperator, DiagonalOperator
 from trustls.operators.sparse import SparseOperator, SparsityPattern
+from trustls.operators.output import (
+    BlockFactor,
+    DiagonalFactor,
+    EffectiveJacobianOperator,
+    OutputFactor,
+    SoftmaxFactor,
+    effective_jacobian,
+    effective_jacobian_matrix,
+)
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
@@ -15,6 +24,13 @@ from trustls.operators.implicit import (
 
 __all__ = [
     "BlockDiagonalOperator",
+    "BlockFactor",
+    "DiagonalFactor",
+    "EffectiveJacobianOperator",
+    "OutputFactor",
+    "SoftmaxFactor",
+    "effective_jacobian",
+    "effective_jacobian_matrix",
     "DiagonalOperator",
     "DEFAULT_PRODUCT_METHOD",
     "PRODUCT_METHODS",
