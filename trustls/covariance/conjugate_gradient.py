@@ -152,7 +152,9 @@ def inverse_columns(
         pAp = (Pa * APa).sum(0)
         rra = rr[active]
         usable = pAp > 0
-        alpha = torch.where(usable, rra / torch.where(usable, pAp, 1), 0)
+        # pAp ≤ 0 is a breakdown (A singular along p): the column stops where it is;
+        # a NaN or inf product poisons the column, so that the caller sees it.
+        alpha = torch.where(usable, rra / torch.where(usable, pAp, 1), torch.where(torch.isfinite(pAp), 0, torch.nan))
         Y[:, active] += alpha * Pa
         R[:, active] -= alpha * APa
         recent[active] = torch.cat([recent[active, 1:], (alpha * rra)[:, None]], dim=1)
