@@ -87,8 +87,11 @@ def _model_residual(f: Callable, xdata: object, ydata: Tensor, whiten: data.Whit
                 f"differentiated), got {type(model).__name__}"
             )
         if model.shape != ydata.shape:
-            if torch.broadcast_shapes(model.shape, ydata.shape) != ydata.shape:
-                raise ValueError(f"f(xdata, *params) must return shape {tuple(ydata.shape)} (ydata's), got {tuple(model.shape)}")
+            if model.shape not in ((), (1,)):
+                raise ValueError(
+                    f"f(xdata, *params) must return shape {tuple(ydata.shape)} (ydata's) or one value for all, "
+                    f"got {tuple(model.shape)}"
+                )
             model = model.expand(ydata.shape)
         # The residual takes the parameters' dtype: float32 data may be fitted in float64, and so on.
         return whiten(model - ydata).to(p.dtype)
