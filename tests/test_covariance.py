@@ -75,8 +75,7 @@ def test_nist_matrix_free_standard_errors_agree_with_the_svd(nist_solutions, nam
     problem, result, J = nist_solutions[name]
     n = J.shape[1]
     operator = JacobianOperator(jacobian_products(problem.residual, result.x), n)
-    entries = covariance_entries(operator, None, result.cost)
-    assert isinstance(entries.method, MatrixFreeCG)
+    entries = covariance_entries(operator, None, result.cost, method="cg")
     assert bool(entries.converged.all())
     assert float(entries.error_estimates.max()) <= torch.finfo(F64).eps ** 0.75
     # Condition numbers of J reach 1.5e9 (Hahn1); the Jacobi scale removes the column scaling.
@@ -246,7 +245,7 @@ def test_matrix_free_entries_match_the_dense_covariance(large_problem):
     operator, dense, cost = large_problem
     reference = covariance(dense, cost)
     columns = [0, 17, 150, 299]
-    entries = covariance_entries(operator, columns, cost)
+    entries = covariance_entries(operator, columns, cost, method="cg")
     assert isinstance(entries, CovarianceEntries) and isinstance(entries.method, MatrixFreeCG)
     assert bool(entries.converged.all())
     assert entries.products == conjugate_gradient._NORM_PROBES + 2 * int(entries.iterations.sum()) + 2 * len(columns)
@@ -272,7 +271,7 @@ def test_matrix_free_standard_errors_and_covariance():
     operator = JacobianOperator(jacobian_products(residual, x), 30)
     dense = A + 0.1 * torch.diag(torch.cos(x)).repeat(3, 1)
     cost = 0.5 * float(residual(x).square().sum())
-    torch.testing.assert_close(standard_errors(operator, cost), standard_errors(dense, cost), rtol=1e-10, atol=0)
+    torch.testing.assert_close(standard_errors(operator, cost, method="cg"), standard_errors(dense, cost), rtol=1e-10, atol=0)
     C = covariance(operator, cost, method="cg")
     assert torch.equal(C, C.T)
     reference = covariance(dense, cost)
@@ -326,12 +325,21 @@ def test_exact_solves_stop_at_once():
     assert entries.diagonal.tolist() == [1.0, 1.0]
 
 
-def test_default_method_depends_on_the_jacobian():
+def test_default_method_depends_on_the_jacobian(monkeypatch):
     J = _jacobian(10, 2)
     assert methods.resolve_method(None, J) == DenseSVD()
     assert methods.resolve_method(None, DenseOperator(J)) == DenseSVD()
-    assert methods.resolve_method(None, _Matrix(J)) == MatrixFreeCG()
+    assert methods.resolve_method(None, _Matrix(J)) == DenseSVD()  # 20 entries: densified by 2 products
     assert methods.resolve_method("cg", J) == MatrixFreeCG()
+    assert covariance_entries(_Matrix(J), [0], 1.0).products == 2
+    monkeypatch.setattr(methods, "DENSE_ENTRIES_LIMIT", 19)
+    assert methods.resolve_method(None, _Matrix(J)) == MatrixFreeCG()
+    assert methods.resolve_method(None, J) == DenseSVD()  # a stored dense J is never solved by CG by default
+    operator = _Matrix(J)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        entries = covariance_entries(operator, [1], 1.0)
+    assert isinstance(entries.method, MatrixFreeCG) and operator.calls == entries.products
 
 
 # -- errors -----------------------------------------------------------------------------

@@ -19,11 +19,14 @@ standard deviations (σ = 1 then). The standard errors are the square roots of i
 diagonal: the "standard deviations" that NIST certifies for its StRD nonlinear
 regression problems are these, and ``scipy.optimize.curve_fit`` returns this matrix.
 
-The covariance is computed by one SVD of J (`DenseSVD`, exact, the default for a
-dense J) or by CG on JᵀJ, one solve per requested column with two products with J
-per iteration (`MatrixFreeCG`, the default for a `LinearOperator` J); see
-`trustls.covariance.methods` and `trustls.covariance.conjugate_gradient` for their
-numerics and accuracy.
+The covariance is computed by one SVD of J (`DenseSVD`: exact, rank-revealing; the
+default for a dense J and for an operator J that fits in 2²⁴ entries, which n
+products densify) or by CG on JᵀJ, one solve per requested column with two products
+with J per iteration (`MatrixFreeCG`: memory O(m + n) per column; the default for
+larger operators). For all n columns the SVD is also the cheaper in products (n
+against about 2·k·n for k CG iterations), so CG is for what does not fit in memory,
+or for a few columns of a large problem. See `trustls.covariance.methods` and
+`trustls.covariance.conjugate_gradient` for their numerics and accuracy.
 
 Where the covariance cannot be estimated the result is filled with ``inf`` and a
 `CovarianceWarning` says why, as scipy's ``curve_fit`` does: m ≤ n without

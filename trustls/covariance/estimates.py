@@ -232,7 +232,8 @@ def covariance_entries(
         absolute_sigma: the residuals were divided by known standard deviations:
             return ``(JᵀJ)⁻¹`` unscaled (``cost`` is then not used).
         method: ``"svd"``, ``"cg"``, a `DenseSVD` or a `MatrixFreeCG`; ``None``
-            means SVD for a dense J (a tensor or `DenseOperator`), CG otherwise.
+            means SVD for a dense J (a tensor or `DenseOperator`) and for an operator
+            of at most 2²⁴ entries (densified by n products), CG beyond.
 
     Returns:
         A `CovarianceEntries`; ``.diagonal`` holds the variances of ``columns``.

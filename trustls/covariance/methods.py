@@ -29,7 +29,17 @@ from torch import Tensor
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator
 
-__all__ = ["CovarianceWarning", "DenseSVD", "MatrixFreeCG", "Method", "resolve_method", "svd_factor"]
+__all__ = [
+    "DENSE_ENTRIES_LIMIT",
+    "CovarianceWarning",
+    "DenseSVD",
+    "MatrixFreeCG",
+    "Method",
+    "cannot_estimate",
+    "dense_matrix",
+    "resolve_method",
+    "svd_factor",
+]
 
 
 class CovarianceWarning(UserWarning):
@@ -105,12 +115,28 @@ class MatrixFreeCG:
 
 Method = DenseSVD | MatrixFreeCG
 _SHORTCUTS = {"svd": DenseSVD, "cg": MatrixFreeCG}
+# An operator J with at most this many entries (128 MiB in float64) is densified by
+# default: n products build it, where CG needs about 2·k per requested column (k
+# iterations, 30 on a well-preconditioned n = 300), and the SVD is exact and finds
+# the rank. Beyond it, memory decides for CG.
+DENSE_ENTRIES_LIMIT = 2**24
 
 
 def resolve_method(method: object, jacobian: Tensor | LinearOperator) -> Method:
-    """A `DenseSVD` or `MatrixFreeCG` from ``method`` (``None``: SVD for a dense J, CG otherwise)."""
+    """A `DenseSVD` or `MatrixFreeCG` from ``method``.
+
+    ``None`` means `DenseSVD` for a dense J (a tensor or `DenseOperator`) and for an
+    operator of at most ``DENSE_ENTRIES_LIMIT`` entries, `MatrixFreeCG` beyond.
+
+    Examples:
+        >>> import torch
+        >>> resolve_method(None, torch.ones(3, 2)), resolve_method("cg", torch.ones(3, 2))
+        (DenseSVD(rcond=None), MatrixFreeCG(rtol=None, max_iter=None, scale='jac'))
+    """
     if method is None:
-        return DenseSVD() if isinstance(jacobian, (Tensor, DenseOperator)) else MatrixFreeCG()
+        m, n = jacobian.shape
+        dense = isinstance(jacobian, (Tensor, DenseOperator)) or m * n <= DENSE_ENTRIES_LIMIT
+        return DenseSVD() if dense else MatrixFreeCG()
     if isinstance(method, str):
         if method not in _SHORTCUTS:
             raise ValueError(f"method must be one of {sorted(_SHORTCUTS)}, a DenseSVD or a MatrixFreeCG, got {method!r}")
