@@ -63,7 +63,9 @@ def scipy_fit(problem, start, tol):
 
     y = problem.response.numpy()
     try:
-        popt, pcov = scipy.optimize.curve_fit(f, np.zeros(y.size), y, p0=start.numpy(), jac=jac, ftol=tol, xtol=tol, gtol=tol)
+        popt, pcov = scipy.optimize.curve_fit(
+            f, np.zeros(y.size), y, p0=start.numpy(), jac=jac, ftol=tol, xtol=tol, gtol=tol
+        )
     except RuntimeError:
         return None
     return torch.from_numpy(popt), torch.from_numpy(np.sqrt(np.diag(pcov)))
@@ -94,10 +96,18 @@ def main() -> None:
             began = time.perf_counter()
             theirs = scipy_fit(problem, start, args.tol)
             seconds["scipy"] += time.perf_counter() - began
-            cg = "fail" if ours is None else f"{nist.lre(matrix_free_errors(problem, ours[0]), problem.certified_std):.1f}"
-            print(f"| {name} | {k} | {' | '.join(digits(ours, problem))} | {cg} | {' | '.join(digits(theirs, problem))} |")
+            cg = (
+                "fail"
+                if ours is None
+                else f"{nist.lre(matrix_free_errors(problem, ours[0]), problem.certified_std):.1f}"
+            )
+            print(
+                f"| {name} | {k} | {' | '.join(digits(ours, problem))} | {cg} | {' | '.join(digits(theirs, problem))} |"
+            )
     ratio = seconds["trustls"] / seconds["scipy"]
-    print(f"\ntotal time of the curve_fit calls: trustls {seconds['trustls']:.2f} s, scipy {seconds['scipy']:.2f} s, ratio {ratio:.2f}")
+    print(
+        f"\ntotal time of the curve_fit calls: trustls {seconds['trustls']:.2f} s, scipy {seconds['scipy']:.2f} s, ratio {ratio:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ def monte_carlo(draws: int) -> None:
     print("parameter   std. of estimates   mean std. error   ratio   95% interval coverage")
     for k, name in enumerate("abc"):
         spread, mean_error = float(estimates[:, k].std()), float(errors[:, k].mean())
-        print(f"{name:>9}{spread:>20.4f}{mean_error:>18.4f}{spread / mean_error:>8.3f}{100 * float(covered[k]):>20.1f}%")
+        print(
+            f"{name:>9}{spread:>20.4f}{mean_error:>18.4f}{spread / mean_error:>8.3f}{100 * float(covered[k]):>20.1f}%"
+        )
 
 
 def plot(x, y, sigma, popt, pcov, out: Path) -> None:
@@ -124,7 +126,9 @@ def plot(x, y, sigma, popt, pcov, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs/img/curve_fit.png")
-    parser.add_argument("--monte-carlo", type=int, default=0, metavar="N", help="check the errors on N simulated data sets")
+    parser.add_argument(
+        "--monte-carlo", type=int, default=0, metavar="N", help="check the errors on N simulated data sets"
+    )
     args = parser.parse_args()
     x, y, sigma = measurements()
     popt, pcov = trustls.curve_fit(decay, x, y, sigma=sigma, absolute_sigma=True)

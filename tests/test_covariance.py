@@ -181,12 +181,16 @@ def test_non_finite_jacobian_or_cost_gives_inf_and_a_warning(bad):
 
 
 def test_warnings_point_at_the_caller():
-    with pytest.warns(CovarianceWarning) as record:
-        covariance(_jacobian(2, 3), 1.0)
-        covariance_entries(_jacobian(8, 3)[:, [0, 0, 1]], [0], 1.0)
-        standard_errors(_jacobian(8, 3) * torch.tensor([1.0, 1.0, 0.0], dtype=F64), 1.0, method="cg")
-    assert len(record) == 3
-    assert all(w.filename == __file__ for w in record), [w.filename for w in record]
+    calls = [
+        lambda: covariance(_jacobian(2, 3), 1.0),
+        lambda: covariance_entries(_jacobian(8, 3)[:, [0, 0, 1]], [0], 1.0),
+        lambda: standard_errors(_jacobian(8, 3) * torch.tensor([1.0, 1.0, 0.0], dtype=F64), 1.0, method="cg"),
+        lambda: estimates.standard_error_vector(_jacobian(2, 3), 1.0, False, None, stacklevel=2),
+    ]
+    for call in calls:
+        with pytest.warns(CovarianceWarning) as record:
+            call()
+        assert [w.filename for w in record] == [__file__]
 
 
 def test_float32_agrees_with_float64():
@@ -271,7 +275,9 @@ def test_matrix_free_standard_errors_and_covariance():
     operator = JacobianOperator(jacobian_products(residual, x), 30)
     dense = A + 0.1 * torch.diag(torch.cos(x)).repeat(3, 1)
     cost = 0.5 * float(residual(x).square().sum())
-    torch.testing.assert_close(standard_errors(operator, cost, method="cg"), standard_errors(dense, cost), rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        standard_errors(operator, cost, method="cg"), standard_errors(dense, cost), rtol=1e-10, atol=0
+    )
     C = covariance(operator, cost, method="cg")
     assert torch.equal(C, C.T)
     reference = covariance(dense, cost)
@@ -298,7 +304,9 @@ def test_products_are_counted():
 def test_singular_normal_matrix_is_reported_not_converged():
     J = _jacobian(30, 3)
     J = torch.cat([J, J[:, :1] + J[:, 1:2]], dim=1)  # rank 3 of 4
-    with pytest.warns(CovarianceWarning, match=r"CG did not reach rtol for \d of 4 covariance columns: column 0 .*rank-deficient"):
+    with pytest.warns(
+        CovarianceWarning, match=r"CG did not reach rtol for \d of 4 covariance columns: column 0 .*rank-deficient"
+    ):
         entries = covariance_entries(_Matrix(J), None, 1.0, method=MatrixFreeCG(scale=None))
     assert not bool(entries.converged.all())
 
@@ -363,7 +371,9 @@ def test_argument_errors():
         standard_errors(J, torch.ones(2))
     with pytest.raises(TypeError, match="absolute_sigma must be a bool, got int"):
         covariance(J, 1.0, absolute_sigma=1)
-    with pytest.raises(ValueError, match=r"method must be one of \['cg', 'svd'\], a DenseSVD or a MatrixFreeCG, got 'qr'"):
+    with pytest.raises(
+        ValueError, match=r"method must be one of \['cg', 'svd'\], a DenseSVD or a MatrixFreeCG, got 'qr'"
+    ):
         covariance(J, 1.0, method="qr")
     with pytest.raises(TypeError, match="method must be 'svd', 'cg', a DenseSVD, a MatrixFreeCG or None, got int"):
         covariance(J, 1.0, method=3)
@@ -398,7 +408,9 @@ def test_method_configuration_errors():
         MatrixFreeCG(scale=torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match=r"scale must be a 1-D floating tensor when a tensor, got shape \(1, 2\)"):
         MatrixFreeCG(scale=torch.ones(1, 2))
-    with pytest.raises(ValueError, match=r"scale must have shape \(3,\) on the Jacobian's device cpu, got shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"scale must have shape \(3,\) on the Jacobian's device cpu, got shape \(2,\)"
+    ):
         covariance_entries(_jacobian(10, 3), [0], 1.0, method=MatrixFreeCG(scale=torch.ones(2, dtype=F64)))
 
 

@@ -48,7 +48,7 @@ def decay_data():
 
 
 def _sigma(decay_data, kind):
-    x, y, sigma, covariance_of_y = decay_data
+    _, _, sigma, covariance_of_y = decay_data
     return {"none": None, "1-D": sigma, "scalar": 0.3, "2-D": covariance_of_y}[kind]
 
 
@@ -96,7 +96,9 @@ def test_nan_policy_omit_agrees_with_scipy(decay_data):
     x[30] = np.nan
     for s in (sigma, covariance_of_y):
         popt, pcov = curve_fit(decay, x, y, sigma=s, nan_policy="omit", **TIGHT)
-        expected_popt, expected_pcov = scipy_curve_fit(decay, x, y, [1.0, 1.0, 1.0], sigma=s, nan_policy="omit", **TIGHT)
+        expected_popt, expected_pcov = scipy_curve_fit(
+            decay, x, y, [1.0, 1.0, 1.0], sigma=s, nan_policy="omit", **TIGHT
+        )
         np.testing.assert_allclose(popt.numpy(), expected_popt, rtol=1e-7)
         np.testing.assert_allclose(pcov.numpy(), expected_pcov, rtol=1e-6)
 
@@ -204,8 +206,10 @@ def test_inputs_convert_like_scipy(decay_data):
         (x.astype(np.float32), y, sigma, np.ones(3, dtype=np.float32)),  # arrays become float64
     ]:
         popt, pcov = curve_fit(decay, xs, ys, p0=p0, sigma=ss, **TIGHT)
-        assert popt.dtype == F64
-        torch.testing.assert_close(popt, reference[0], rtol=1e-6 if xs.__class__ is np.ndarray else 1e-9, atol=0)
+        assert popt.dtype == pcov.dtype == F64
+        rtol = 1e-5 if isinstance(xs, np.ndarray) else 1e-9  # float32 x values differ in their 8th digit
+        torch.testing.assert_close(popt, reference[0], rtol=rtol, atol=0)
+        torch.testing.assert_close(pcov, reference[1], rtol=100 * rtol, atol=0)
 
 
 def test_float32_tensors_keep_their_dtype(decay_data):
@@ -232,7 +236,11 @@ def test_xdata_of_any_type_reaches_f_unchanged_and_models_may_gather():
     generator = torch.Generator().manual_seed(SEED)
     x = torch.rand(60, generator=generator, dtype=F64)
     group = torch.arange(60) % 3
-    y = 2.0 * x + torch.tensor([0.5, -1.0, 0.25], dtype=F64)[group] + 0.05 * torch.randn(60, generator=generator, dtype=F64)
+    y = (
+        2.0 * x
+        + torch.tensor([0.5, -1.0, 0.25], dtype=F64)[group]
+        + 0.05 * torch.randn(60, generator=generator, dtype=F64)
+    )
     data = {"x": x, "group": group}
 
     def model(data, slope, o1, o2, o3):
@@ -294,7 +302,11 @@ def test_methods_map_to_the_exact_solver(decay_data):
     assert options("trf", False, 50, 3, {}) == {"solver": "lstsq"}
     assert options(None, True, 50, 3, {}) == {"solver": "lstsq"}
     assert options("dogbox", True, 50, 3, {"tr_solver": "exact"}) == {"method": "dogbox", "tr_solver": "exact"}
-    assert options(None, False, 50, 3, {"solver": "cg", "maxfev": 9}) == {"solver": "cg", "max_nfev": 9, "x_scale": "jac"}
+    assert options(None, False, 50, 3, {"solver": "cg", "maxfev": 9}) == {
+        "solver": "cg",
+        "max_nfev": 9,
+        "x_scale": "jac",
+    }
 
 
 def test_solver_options_pass_through(decay_data):
@@ -339,7 +351,9 @@ def test_feasible_start_is_scipys():
 
 def test_parameter_count_errors():
     x, y = np.linspace(0, 1, 5), np.ones(5)
-    with pytest.raises(ValueError, match=r"p0 is None, so the number of parameters is read from f's signature.*\(x, \*p\)"):
+    with pytest.raises(
+        ValueError, match=r"p0 is None, so the number of parameters is read from f's signature.*\(x, \*p\)"
+    ):
         curve_fit(lambda x, *p: p[0] * x, x, y)
     with pytest.raises(ValueError, match=r"p0 is None, .*got the signature \(x\)"):
         curve_fit(lambda x: x, x, y)
@@ -349,7 +363,7 @@ def test_parameter_count_errors():
 
 def test_data_errors():
     x, y = np.linspace(0, 1, 5), np.ones(5)
-    model = lambda x, a: a * x  # noqa: E731
+    model = lambda x, a: a * x
     with pytest.raises(ValueError, match=r"ydata must be 1-D \(the m observations\), got shape \(5, 1\)"):
         curve_fit(model, x, y[:, None])
     with pytest.raises(ValueError, match="ydata must not be empty"):
@@ -372,6 +386,8 @@ def test_data_errors():
         curve_fit(model, x, y, nan_policy="drop")
     with pytest.raises(ValueError, match=r"nan_policy='omit' needs xdata's last axis to index the 5 observations"):
         curve_fit(model, np.ones((5, 2)), y, nan_policy="omit")
+    with pytest.raises(TypeError, match="nan_policy='omit' needs xdata as a tensor, array or list .*, got dict"):
+        curve_fit(lambda d, a: a * d["x"], {"x": torch.from_numpy(x)}, y, nan_policy="omit")
     with pytest.raises(TypeError, match="check_finite must be a bool or None, got str"):
         curve_fit(model, x, y, check_finite="yes")
     with pytest.raises(TypeError, match="absolute_sigma must be a bool, got int"):
@@ -380,8 +396,10 @@ def test_data_errors():
 
 def test_sigma_errors():
     x, y = np.linspace(0, 1, 4), np.ones(4)
-    model = lambda x, a: a * x  # noqa: E731
-    with pytest.raises(ValueError, match=r"sigma must be a scalar, of shape \(4,\) or \(4, 4\) for 4 observations, got shape \(3,\)"):
+    model = lambda x, a: a * x
+    with pytest.raises(
+        ValueError, match=r"sigma must be a scalar, of shape \(4,\) or \(4, 4\) for 4 observations, got shape \(3,\)"
+    ):
         curve_fit(model, x, y, sigma=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="sigma must hold finite positive standard deviations"):
         curve_fit(model, x, y, sigma=[1.0, -1.0, 1.0, 1.0])
@@ -397,7 +415,9 @@ def test_model_and_option_errors():
     x, y = np.linspace(0, 1, 5), np.ones(5)
     with pytest.raises(TypeError, match="f must return a torch.Tensor .*, got ndarray"):
         curve_fit(lambda x, a: np.ones(5), x, y)
-    with pytest.raises(ValueError, match=r"f\(xdata, \*params\) must return shape \(5,\) \(ydata.s\) or one value for all, got \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"f\(xdata, \*params\) must return shape \(5,\) \(ydata.s\) or one value for all, got \(4,\)"
+    ):
         curve_fit(lambda x, a: a * x[:4], x, y)
     with pytest.raises(ValueError, match="method must be one of None, 'lm', 'trf', 'dogbox', got 'newton'"):
         curve_fit(lambda x, a: a * x, x, y, method="newton")
@@ -417,10 +437,12 @@ def test_model_and_option_errors():
 
 def test_bounds_errors():
     x, y = np.linspace(0, 1, 5), np.ones(5)
-    model = lambda x, a, b: a * x + b  # noqa: E731
+    model = lambda x, a, b: a * x + b
     with pytest.raises(ValueError, match="bounds must have each lower limit strictly less than its upper limit"):
         curve_fit(model, x, y, bounds=([0, 1], [1, 1]))
-    with pytest.raises(ValueError, match=r"bounds' upper limit must be a scalar or have shape \(2,\), got shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"bounds' upper limit must be a scalar or have shape \(2,\), got shape \(3,\)"
+    ):
         curve_fit(model, x, y, bounds=(0, [1, 2, 3]))
     with pytest.raises(ValueError, match=r"bounds must be a 2-tuple \(lb, ub\) or a scipy.optimize.Bounds, got 5"):
         curve_fit(model, x, y, bounds=5)

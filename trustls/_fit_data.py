@@ -77,7 +77,7 @@ def omit_nan(xdata: object, ydata: Tensor, sigma: Tensor | None):
     m = ydata.shape[0]
     dropped = torch.isnan(ydata)
     if not isinstance(xdata, Tensor):
-        raise ValueError(
+        raise TypeError(
             f"nan_policy='omit' needs xdata as a tensor, array or list whose last axis indexes the "
             f"observations, got {type(xdata).__name__}"
         )
@@ -132,7 +132,9 @@ def whitening(sigma: Tensor | None, m: int) -> Whitening:
         raise ValueError("sigma must be a finite floating matrix when 2-D (the covariance of ydata)")
     asymmetry = float((sigma - sigma.T).abs().max())
     if asymmetry > _SYMMETRY_ULPS * torch.finfo(sigma.dtype).eps * float(sigma.abs().max()):
-        raise ValueError(f"sigma must be symmetric when 2-D (the covariance of ydata), got max |sigma - sigma.T| = {asymmetry:.3g}")
+        raise ValueError(
+            f"sigma must be symmetric when 2-D (the covariance of ydata), got max |sigma - sigma.T| = {asymmetry:.3g}"
+        )
     L, info = torch.linalg.cholesky_ex(sigma)
     if int(info) != 0:
         raise ValueError(
@@ -156,7 +158,9 @@ def prepare_bounds(bounds: object, n: int, dtype: torch.dtype, device: torch.dev
         if limit.ndim == 0:
             limit = limit.expand(n)
         if limit.shape != (n,):
-            raise ValueError(f"bounds' {name} limit must be a scalar or have shape ({n},), got shape {tuple(limit.shape)}")
+            raise ValueError(
+                f"bounds' {name} limit must be a scalar or have shape ({n},), got shape {tuple(limit.shape)}"
+            )
         if bool(torch.isnan(limit).any()):
             raise ValueError(f"bounds' {name} limit must not contain NaN")
         limits.append(limit)

@@ -235,7 +235,9 @@ def curve_fit(
         _check_finite("ydata", ydata)
         _check_finite("xdata", xdata)
     elif nan_policy == "raise":
-        if bool(torch.isnan(ydata).any()) or (isinstance(xdata, Tensor) and xdata.is_floating_point() and bool(torch.isnan(xdata).any())):
+        if bool(torch.isnan(ydata).any()) or (
+            isinstance(xdata, Tensor) and xdata.is_floating_point() and bool(torch.isnan(xdata).any())
+        ):
             raise ValueError("The input contains nan values")
     elif nan_policy == "omit":
         xdata, ydata, sigma = data.omit_nan(xdata, ydata, sigma)

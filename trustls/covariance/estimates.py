@@ -24,7 +24,14 @@ from trustls.covariance.methods import (
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator
 
-__all__ = ["CovarianceEntries", "covariance", "covariance_entries", "covariance_matrix", "standard_errors"]
+__all__ = [
+    "CovarianceEntries",
+    "covariance",
+    "covariance_entries",
+    "covariance_matrix",
+    "standard_error_vector",
+    "standard_errors",
+]
 
 # Columns named in the warning about CG columns that did not converge.
 _SHOWN_COLUMNS = 5
@@ -117,7 +124,9 @@ def _indices(columns: object, n: int, device: torch.device) -> Tensor:
     elif isinstance(columns, Sequence) and not isinstance(columns, str):
         values = list(columns)
     else:
-        raise TypeError(f"columns must be a sequence of ints, a 1-D integer tensor or None, got {type(columns).__name__}")
+        raise TypeError(
+            f"columns must be a sequence of ints, a 1-D integer tensor or None, got {type(columns).__name__}"
+        )
     if not values or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < n for j in values):
         raise ValueError(f"columns must be a non-empty sequence of ints in [0, {n}), got {values!r}")
     return torch.tensor(values, dtype=torch.int64, device=device)
@@ -289,7 +298,10 @@ def covariance(
 def covariance_matrix(
     jacobian: object, cost: object, absolute_sigma: object, method: object, *, stacklevel: int
 ) -> Tensor:
-    """`covariance`, warning ``stacklevel`` frames up (`trustls.curve_fit` points at its own caller)."""
+    """`covariance` for wrappers: warnings carry the ``stacklevel`` that the caller would give ``warnings.warn``.
+
+    `trustls.curve_fit` passes 2, so that a warning points at the line calling it.
+    """
     jacobian, method, factor, reason = _prepare(jacobian, cost, absolute_sigma, method)
     n = jacobian.shape[1]
     if reason is None and isinstance(method, DenseSVD):
@@ -326,12 +338,19 @@ def standard_errors(
         >>> standard_errors(J, cost=0.5)
         tensor([0.7071, 0.5000], dtype=torch.float64)
     """
+    return standard_error_vector(jacobian, cost, absolute_sigma, method, stacklevel=2)
+
+
+def standard_error_vector(
+    jacobian: object, cost: object, absolute_sigma: object, method: object, *, stacklevel: int
+) -> Tensor:
+    """`standard_errors` for wrappers (``Result`` methods, say), with ``stacklevel`` as in `covariance_matrix`."""
     jacobian, method, factor, reason = _prepare(jacobian, cost, absolute_sigma, method)
     n = jacobian.shape[1]
     if reason is None and isinstance(method, DenseSVD):
-        F = svd_factor(dense_matrix(jacobian)[0], method.rcond, stacklevel=2)
+        F = svd_factor(dense_matrix(jacobian)[0], method.rcond, stacklevel + 1)
         if F is None:
             return torch.full((n,), torch.inf, dtype=jacobian.dtype, device=jacobian.device)
         return torch.sqrt(factor * (F * F).sum(1))
     indices = torch.arange(n, device=jacobian.device)
-    return torch.sqrt(_entries(jacobian, indices, factor, reason, method, stacklevel=2).diagonal)
+    return torch.sqrt(_entries(jacobian, indices, factor, reason, method, stacklevel + 1).diagonal)

@@ -139,7 +139,9 @@ def resolve_method(method: object, jacobian: Tensor | LinearOperator) -> Method:
         return DenseSVD() if dense else MatrixFreeCG()
     if isinstance(method, str):
         if method not in _SHORTCUTS:
-            raise ValueError(f"method must be one of {sorted(_SHORTCUTS)}, a DenseSVD or a MatrixFreeCG, got {method!r}")
+            raise ValueError(
+                f"method must be one of {sorted(_SHORTCUTS)}, a DenseSVD or a MatrixFreeCG, got {method!r}"
+            )
         return _SHORTCUTS[method]()
     if not isinstance(method, (DenseSVD, MatrixFreeCG)):
         raise TypeError(f"method must be 'svd', 'cg', a DenseSVD, a MatrixFreeCG or None, got {type(method).__name__}")
