@@ -137,6 +137,9 @@ def _solver_options(method: object, bounded: bool, m: int, n: int, kwargs: dict)
 
 
 def _jacobian_at(residual: Callable[[Tensor], Tensor], jacobian: Callable | None, p: Tensor, m: int) -> Tensor:
+    # The Result does not carry J yet, so it is formed again at popt (one pass). With a
+    # robust loss, scipy's pcov uses the loss-weighted Jacobian and the robust cost of
+    # the solve: once least_squares takes `loss`, both must come from its Result.
     if jacobian is not None:
         return jacobian(p).detach()
     # Forward mode costs n passes, reverse mode m: take the smaller (Griewank & Walther 2008).
@@ -165,7 +168,7 @@ def curve_fit(
 
     Args:
         f: the model ``f(x, a, b, ...)`` (or ``f(x, *params)`` with ``p0``), written
-            with torch operations; returns a tensor of ydata's shape (or broadcastable).
+            with torch operations; returns a tensor of ydata's shape, or one value.
         xdata: passed to ``f`` unchanged when a tensor or an object scipy would not
             convert; arrays, lists and numbers become float64 tensors.
         ydata: the m observations, 1-D.
@@ -189,7 +192,9 @@ def curve_fit(
 
     Returns:
         ``(popt, pcov)``, tensors of shapes ``(n,)`` and ``(n, n)``; with
-        ``full_output``, ``(popt, pcov, infodict, mesg, ier)``.
+        ``full_output``, ``(popt, pcov, infodict, mesg, ier)``, where ``mesg`` and
+        ``ier`` are the solve's `Status` message and code (1 to 5 on success: scipy's
+        1 to 4, and 5 when the cost stopped changing above its rounding error).
 
     Raises:
         RuntimeError: the solve did not converge ("Optimal parameters not found: ...").
