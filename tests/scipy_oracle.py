@@ -35,3 +35,25 @@ def scipy_robust_loss(f, J, loss, f_scale):
     rho = np.array(loss_function(f), copy=True)  # built-in losses reuse one buffer
     J_scaled, f_scaled = scale_for_robust_loss_function(J.copy(), f.copy(), rho.copy())
     return cost, rho, J_scaled, f_scaled
+
+
+def scipy_curve_fit(model, xdata, ydata, p0, **options):
+    """scipy's curve_fit on a torch model ``model(x, *params)``, with its exact Jacobian (torch.func.jacfwd).
+
+    ``xdata`` and ``ydata`` are numpy arrays; ``p0`` is required because the
+    wrapper's signature ``f(x, *params)`` hides the parameter count from scipy.
+    """
+
+    def f(x, *params):
+        return model(torch.from_numpy(np.asarray(x)), *torch.tensor(params, dtype=torch.float64)).detach().numpy()
+
+    def jac(x, *params):
+        x = torch.from_numpy(np.asarray(x))
+        J = torch.func.jacfwd(lambda p: model(x, *p))(torch.tensor(params, dtype=torch.float64))
+        return J.detach().numpy()
+
+    if np.ndim(options.get("sigma")) == 0 and options.get("sigma") is not None:
+        # scipy's Jacobian wrapper fails on a 0-d sigma ("expected square matrix");
+        # a one-element sigma means the same to its residual wrapper and works.
+        options["sigma"] = np.full(1, options["sigma"], dtype=np.float64)
+    return scipy.optimize.curve_fit(f, xdata, ydata, p0=np.asarray(p0, dtype=np.float64), jac=jac, **options)

@@ -7,6 +7,8 @@ Minimize ½‖r(x)‖² for any PyTorch residual function r::
 """
 
 from trustls.api import least_squares
+from trustls.covariance import CovarianceWarning
+from trustls.curve_fit import curve_fit
 from trustls.models import CurvatureModel, GaussNewtonModel, Linearization
 from trustls.optim import TrustRegionOptimizer
 from trustls.radius import RadiusPolicy
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockJacobi",
+    "CovarianceWarning",
     "CurvatureModel",
     "DenseLstsq",
     "GaussNewtonModel",
@@ -32,5 +35,6 @@ __all__ = [
     "TrustRegion",
     "TrustRegionOptimizer",
     "TrustRegionState",
+    "curve_fit",
     "least_squares",
 ]
