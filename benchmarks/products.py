@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from trustls.operators import PRODUCT_METHODS, GaussNewtonOperator, jacobian_products
+from trustls.operators import PRODUCT_METHODS, JacobianOperator, NormalOperator, jacobian_products
 from trustls.problems import bal
 
 
@@ -55,7 +55,7 @@ def measure(label, residual, x, repeats):
         return torch.autograd.grad(0.5 * torch.dot(r, r), z)[0]
 
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
-    operators = {m: GaussNewtonOperator(jacobian_products(residual, x, m), x.numel()) for m in PRODUCT_METHODS}
+    operators = {m: NormalOperator(JacobianOperator(jacobian_products(residual, x, m), x.numel())) for m in PRODUCT_METHODS}
     for op in operators.values():
         op.matvec(v)  # build lazily recorded graphs before timing products
     samples = {key: [] for key in ["gradient", *(f"{m}:product" for m in PRODUCT_METHODS),
@@ -71,7 +71,7 @@ def measure(label, residual, x, repeats):
         for method, op in operators.items():
             samples[f"{method}:product"].append(timed(lambda: op.matvec(v)))
             samples[f"{method}:linearize"].append(
-                timed(lambda: GaussNewtonOperator(jacobian_products(residual, x, method), x.numel()).matvec(v))
+                timed(lambda: NormalOperator(JacobianOperator(jacobian_products(residual, x, method), x.numel())).matvec(v))
             )
     grad = statistics.median(samples["gradient"])
     print(f"\n{label}: n = {x.numel():,}, one gradient evaluation = {1e3 * grad:.2f} ms")

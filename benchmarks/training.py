@@ -53,7 +53,7 @@ from _memory import mlp  # noqa: E402
 
 from trustls import GaussNewtonModel, SteihaugCG, TrustRegion  # noqa: E402
 from trustls._closure import parameter_products  # noqa: E402
-from trustls.operators import GaussNewtonOperator  # noqa: E402
+from trustls.operators import JacobianOperator, NormalOperator  # noqa: E402
 from trustls.optim import TrustRegionOptimizer  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def products(repeats: int, device: str) -> None:
         r = (net(X) - Y).reshape(-1)
         prods = parameter_products(r, params, eager=eager)
         prods.vjp(prods.residual)
-        return GaussNewtonOperator(prods, n)
+        return NormalOperator(JacobianOperator(prods, n))
 
     modes = {"eager": True, "lazy": False}
     samples = {"gradient": []}

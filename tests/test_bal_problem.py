@@ -1,6 +1,5 @@
 """Tests for trustls.problems.bal: loading, Rodrigues rotation, residual and sparse Jacobian."""
 
-import pathlib
 
 import pytest
 import torch

@@ -34,7 +34,6 @@ from trustls.losses import (
     SoftL1,
     SquaredError,
     resolve_loss,
-    split_outputs,
 )
 from trustls.operators import DenseOperator, SoftmaxFactor, effective_jacobian
 
@@ -341,7 +340,7 @@ def test_robust_loss_with_targets_uses_the_difference(generator):
     torch.testing.assert_close(with_targets.gradient, difference.gradient, rtol=0, atol=0)
 
 
-# --- resolve_loss and split_outputs ------------------------------------------------------------------------------
+# --- resolve_loss ------------------------------------------------------------------------------
 
 
 def test_resolve_loss_maps_every_name():
@@ -357,14 +356,6 @@ def test_resolve_loss_maps_every_name():
     loss = CrossEntropy(reduction="sum")
     assert resolve_loss(loss) is loss
     assert resolve_loss(_numpy_cauchy, 2.0) == CallableRobustLoss(_numpy_cauchy, f_scale=2.0)
-
-
-def test_split_outputs():
-    z, t = torch.ones(2), torch.zeros(2, requires_grad=True)
-    assert split_outputs(z) == (z, None)
-    outputs, targets = split_outputs((z, t))
-    assert outputs is z and not targets.requires_grad and torch.equal(targets, t)
-    assert split_outputs([z, None]) == (z, None)
 
 
 # --- errors ------------------------------------------------------------------------------------------------------
@@ -416,10 +407,6 @@ ERRORS = [
     (lambda: GaussianNLL(torch.tensor([1, 2])), TypeError, "variance must be a floating tensor, got dtype torch.int64"),
     (lambda: GaussianNLL(torch.ones(2)).value(torch.zeros(3)), ValueError,
      "variance of shape (2,) must broadcast to the outputs' shape (3,)"),
-    (lambda: split_outputs((torch.ones(1), torch.ones(1), torch.ones(1))), TypeError,
-     "fun must return the outputs as a torch.Tensor or a pair (outputs, targets), got a tuple of length 3"),
-    (lambda: split_outputs((torch.ones(1), 3)), TypeError,
-     "targets returned by fun must be a torch.Tensor or None, got int"),
 ]
 
 

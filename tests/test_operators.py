@@ -22,7 +22,6 @@ from trustls.operators import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
     DenseOperator,
-    GaussNewtonOperator,
     JacobianOperator,
     LinearOperator,
     NormalOperator,
@@ -141,11 +140,11 @@ def _implicit_form(problem: Problem, form: str, method: str):
     if form == "jacobian":
         return JacobianOperator(products, n), J
     if form == "gauss_newton":
-        return GaussNewtonOperator(products, n), J.T @ J
+        return NormalOperator(JacobianOperator(products, n)), J.T @ J
     if form == "jacobian_scaled_right":
         return ScaledOperator(JacobianOperator(products, n), d, left=False), J @ D
     if form == "gauss_newton_scaled":
-        return ScaledOperator(GaussNewtonOperator(products, n), d), D @ J.T @ J @ D
+        return ScaledOperator(NormalOperator(JacobianOperator(products, n)), d), D @ J.T @ J @ D
     raise AssertionError(form)
 
 
@@ -245,7 +244,7 @@ def test_products_under_no_grad(method, build_under_no_grad, generator):
     v = torch.randn(n, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         Jv = JacobianOperator(products, n).matvec(v)
-        JtJv = GaussNewtonOperator(products, n).matvec(v)
+        JtJv = NormalOperator(JacobianOperator(products, n)).matvec(v)
     J = problem.J
     _assert_close(Jv, J @ v, _norm(J) * _norm(v))
     _assert_close(JtJv, J.T @ (J @ v), _norm(J) ** 2 * _norm(v))
@@ -259,7 +258,7 @@ def test_float32_products(name, method, generator):
     n = problem32.x.shape[0]
     products = jacobian_products(problem32.fun, problem32.x, method)
     for operator, A in ((JacobianOperator(products, n), problem64.J),
-                        (GaussNewtonOperator(products, n), problem64.J.T @ problem64.J)):
+                        (NormalOperator(JacobianOperator(products, n)), problem64.J.T @ problem64.J)):
         dense = operator.to_dense()
         assert dense.dtype == torch.float32 and operator.dtype == torch.float32
         torch.testing.assert_close(dense.double(), A, rtol=1e-4, atol=1e-5 * _norm(A))

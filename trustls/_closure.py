@@ -81,14 +81,17 @@ def _grad(outputs, inputs, grad_outputs, **options) -> tuple[Tensor, ...]:
     return torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, materialize_grads=True, **options)
 
 
-def parameter_products(residual: Tensor, params: Sequence[Tensor], *, eager: bool = False) -> JacobianProducts:
+def parameter_products(
+    residual: Tensor, params: Sequence[Tensor], *, eager: bool | Tensor = False
+) -> JacobianProducts:
     """JVP and VJP of ``residual`` (computed with its graph) with respect to ``params``.
 
     With ``eager=True`` the double-backward graph is recorded at once, at
     u₀ = r rather than 0 (the map is linear, so any u₀ serves): that backward
     pass yields Jᵀr as a by-product, and the first ``vjp(r)`` (the gradient,
     which `GaussNewtonModel.from_products` asks for) is answered from it
-    instead of by another backward pass.
+    instead of by another backward pass. ``eager`` may also be the vector u₀
+    itself (∇L for a loss other than least squares, whose gradient is Jᵀ∇L).
 
     Examples:
         >>> import torch
@@ -110,13 +113,14 @@ def parameter_products(residual: Tensor, params: Sequence[Tensor], *, eager: boo
             # are freed and one flat vector remains, Jᵀu₀ and the graph's root.
             recorded.append((dummy, torch.cat([t.reshape(-1) for t in pulled])))
 
-    if eager:
-        record(detached)
+    at = detached if eager is True else eager
+    if isinstance(at, Tensor):
+        record(at)
         gradient.append(recorded[0][1].detach())
 
     def vjp(u: Tensor) -> Tensor:
-        if gradient and u.shape == detached.shape and u.data_ptr() == detached.data_ptr():
-            return gradient.pop()  # Jᵀr, computed while recording; asked for once
+        if gradient and u.shape == at.shape and u.data_ptr() == at.data_ptr():
+            return gradient.pop()  # Jᵀu₀, computed while recording; asked for once
         return flatten(_grad(residual, params, u, retain_graph=True))
 
     def jvp(v: Tensor) -> Tensor:

@@ -35,8 +35,13 @@ def split_outputs(value: object, name: str = "fun") -> tuple[Tensor, Tensor | No
     """``(outputs, targets)`` from what ``fun`` (or a closure, ``name``) returned (see the module docstring)."""
     if isinstance(value, Tensor):
         return value, None
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, Tensor) for v in value):
-        return value[0], value[1]
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Tensor):
+        outputs, targets = value
+        if targets is None:
+            return outputs, None
+        if not isinstance(targets, Tensor):
+            raise TypeError(f"{name} must return targets as a torch.Tensor or None, got {type(targets).__name__}")
+        return outputs, targets.detach()  # data, not a function of x
     if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
         return torch.stack([v.reshape(()) if v.numel() == 1 else v for v in value]), None
     kind = type(value).__name__

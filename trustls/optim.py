@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls._closure import check_closure_output, flatten, parameter_products, unflatten
+from trustls._closure import DOCS, check_closure_output, flatten, parameter_products, unflatten
+from trustls.losses import SquaredError
 from trustls.function import check_outputs, split_outputs
 from trustls.result import IterationInfo, Status
 from trustls.scaling import DiagonalScaling
@@ -158,25 +159,28 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         method, model = self._method, self._method.model
         with torch.enable_grad():
             outputs, targets = split_outputs(closure(), "closure")
-            if targets is None:
+            if targets is None and isinstance(model.loss, SquaredError):
                 check_closure_output(outputs, params[0])
             else:
                 check_outputs(outputs, params[0])
-            residual = model.residual(outputs, targets)
-        if not residual.requires_grad:
+            model.check_outputs(outputs, targets)
+            flat = outputs.reshape(-1)
+        if not outputs.requires_grad:
             raise ValueError(
                 "closure must return a residual that depends on the parameters through autograd; got one without "
                 "a graph (computed under torch.no_grad() or detached?)"
             )
-        if not bool(torch.isfinite(residual).all()):
+        if not bool(torch.isfinite(outputs).all()):
             raise ValueError("closure must return a finite residual at the current parameters, got NaN or inf")
         x = flatten(params)
-        lin = model.from_products(parameter_products(residual, params, eager=True), x)
-        del residual, outputs
+        shape = tuple(outputs.shape)
+        loss = model.loss.linearize(outputs.detach(), targets)
+        gradient_at = loss.gradient.reshape(-1)
+        products = parameter_products(flat, params, eager=gradient_at)
+        lin = model.from_products(products, x, targets, shape, loss)
+        del outputs, flat, products, loss
         saved = self.state[group["params"][0]]
         tr = self._state(saved, lin)
-        m = lin.residual.shape[0]
-
         def trial(x_new: Tensor) -> Any:
             # Swapping .data leaves the version counters alone, so the graph of
             # the linearization stays valid for further trials.
@@ -189,8 +193,12 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 for p, original in zip(params, originals):
                     p.data = original
             trial_outputs, trial_targets = split_outputs(value, "closure")
-            r = model.residual(trial_outputs, trial_targets)
-            return check_closure_output(r, x, m)
+            if tuple(trial_outputs.shape) != shape:
+                raise ValueError(
+                    f"closure must return outputs of the same shape every time it is called within a step "
+                    f"(the same batch), got shape {tuple(trial_outputs.shape)} after {shape}; {DOCS}"
+                )
+            return trial_outputs, trial_targets
 
         cost = float(lin.cost)
         # max_nfev bounds the closure calls of one step (a budget over a whole

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trustls.losses.base import REDUCTIONS, Loss, LossLinearization, check_positive, split_outputs
+from trustls.losses.base import REDUCTIONS, Loss, LossLinearization, check_positive
 from trustls.losses.likelihood import BinaryCrossEntropyWithLogits, CrossEntropy, GaussianNLL, PoissonNLL
 from trustls.losses.robust import Arctan, Cauchy, CallableRobustLoss, Huber, RobustLoss, SoftL1, SquaredError
 
@@ -32,7 +32,6 @@ __all__ = [
     "SoftL1",
     "SquaredError",
     "resolve_loss",
-    "split_outputs",
 ]
 
 # scipy's names (which take f_scale), then trustls' negative log-likelihoods.

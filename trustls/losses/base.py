@@ -42,7 +42,7 @@ from torch import Tensor
 
 from trustls.operators.output import OutputFactor
 
-__all__ = ["REDUCTIONS", "Loss", "LossLinearization", "split_outputs"]
+__all__ = ["REDUCTIONS", "Loss", "LossLinearization"]
 
 REDUCTIONS = ("mean", "sum")
 # Where loss computations happen: scipy's precision, and the range that
@@ -98,36 +98,6 @@ class Loss(abc.ABC):
     def value(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
         """L(outputs) as a 0-d float64 tensor."""
         return self.linearize(outputs, targets).value
-
-
-def split_outputs(result: object) -> tuple[Tensor, Tensor | None]:
-    """``(outputs, targets)`` from what ``fun`` returned: a tensor, or a pair of them.
-
-    Targets are detached: they are data, not functions of x.
-
-    Examples:
-        >>> import torch
-        >>> split_outputs(torch.ones(2))
-        (tensor([1., 1.]), None)
-    """
-    if isinstance(result, Tensor):
-        return result, None
-    if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], Tensor):
-        outputs, targets = result
-        if targets is None:
-            return outputs, None
-        if not isinstance(targets, Tensor):
-            raise TypeError(f"targets returned by fun must be a torch.Tensor or None, got {type(targets).__name__}")
-        return outputs, targets.detach()
-    raise TypeError(
-        f"fun must return the outputs as a torch.Tensor or a pair (outputs, targets), got {_received(result)}"
-    )
-
-
-def _received(value: object) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of length {len(value)}"
-    return type(value).__name__
 
 
 def check_outputs(outputs: object) -> Tensor:

@@ -1,14 +1,21 @@
-"""The Gauss-Newton model of a nonlinear least-squares cost.
+"""The (generalized) Gauss-Newton model of a cost of a function's outputs.
 
 For f(x) = ½‖r(x)‖² the Gauss-Newton model at x drops the second-order
 term Σ r_i ∇²r_i from the Hessian (Nocedal & Wright 2006, §10.3):
 
     f(x + p) ≈ f(x) + gᵀp + ½‖Jp‖²,   g = Jᵀr,   B = JᵀJ.
 
+For a loss L of the outputs z = fun(x) (`trustls.losses`: scipy's robust
+losses, cross-entropy, …) the generalized Gauss-Newton model (Schraudolph
+2002; Martens 2020) keeps the loss's curvature H = SᵀS in the outputs and
+drops the outputs' own second derivatives: g = Jᵀ∇L, B = JᵀHJ = J̃ᵀJ̃ with
+the effective Jacobian J̃ = S J. For least squares S = I and nothing changes;
+for scipy's robust losses this is scipy's rescaling of J and f.
+
 B is positive semidefinite, so the trust-region subproblem is convex. By
-default B is the matrix-free `GaussNewtonOperator` (one JVP and one VJP per
-product; see `trustls.operators.implicit`); a solver that factors J itself
-(``"lstsq"``) gets the dense Jacobian.
+default B is matrix-free: the normal operator of J̃, one JVP and one VJP per
+product (`trustls.operators.implicit`); a solver that factors J itself
+(``"lstsq"``) gets the dense J̃.
 
 How J is obtained (the routes, in the order they are tried):
 
@@ -33,17 +40,18 @@ import torch
 from torch import Tensor
 
 from trustls.function import check_outputs, split_outputs
+from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
-    GaussNewtonOperator,
     JacobianOperator,
     JacobianProducts,
     jacobian_products,
 )
+from trustls.operators.output import effective_jacobian, effective_jacobian_matrix
 from trustls.operators.sparse import SparseOperator
 
 __all__ = ["GaussNewtonModel", "half_squared_norm"]
@@ -87,9 +95,16 @@ class GaussNewtonModel(CurvatureModel):
         products: how the implicit operator computes JVPs and VJPs; one of
             ``trustls.operators.PRODUCT_METHODS`` (default
             ``"vjp+double-backward"``, the fastest measured).
-        jacobian: optional ``jacobian(x)`` returning J as a dense tensor, a
-            torch sparse tensor or a `LinearOperator`; replaces automatic
-            differentiation (see the module docstring).
+        loss: the cost of the outputs: ``"linear"`` (least squares, the
+            default), scipy's ``"soft_l1"``, ``"huber"``, ``"cauchy"``,
+            ``"arctan"`` or a callable ρ, ``"cross_entropy"``,
+            ``"bce_with_logits"``, ``"gaussian_nll"``, ``"poisson_nll"``, or a
+            `trustls.losses.Loss` (see `trustls.losses.resolve_loss`).
+        f_scale: scipy's soft margin C of the robust losses.
+        jacobian: optional ``jacobian(x)`` returning J, the Jacobian of the
+            flattened outputs, as a dense tensor, a torch sparse tensor or a
+            `LinearOperator`; replaces automatic differentiation (see the
+            module docstring).
         column_norm_probes: probes for the column-norm estimate behind
             ``x_scale="jac"`` (see `column_norms`).
 
@@ -107,9 +122,12 @@ class GaussNewtonModel(CurvatureModel):
         self,
         products: str = DEFAULT_PRODUCT_METHOD,
         *,
+        loss: str | Loss | Callable | None = "linear",
+        f_scale: float = 1.0,
         jacobian: Callable[[Tensor], Tensor | LinearOperator] | None = None,
         column_norm_probes: int = 32,
     ):
+        self.loss = resolve_loss(loss, f_scale)
         if jacobian is not None and not callable(jacobian):
             raise TypeError(f"jacobian must be callable or None, got {type(jacobian).__name__}")
         self.jacobian = jacobian
@@ -122,20 +140,17 @@ class GaussNewtonModel(CurvatureModel):
 
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
-        return f"GaussNewtonModel(products={self.products!r}{jacobian}, column_norm_probes={self.column_norm_probes})"
+        loss = "" if isinstance(self.loss, SquaredError) else f", loss={self.loss!r}"
+        return (
+            f"GaussNewtonModel(products={self.products!r}{loss}{jacobian}, "
+            f"column_norm_probes={self.column_norm_probes})"
+        )
 
     # -- the objective ----------------------------------------------------
 
-    @staticmethod
-    def residual(outputs: Tensor, targets: Tensor | None) -> Tensor:
-        """r = outputs (− targets), flattened."""
-        if targets is not None:
-            if targets.shape != outputs.shape:
-                raise ValueError(
-                    f"targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}"
-                )
-            outputs = outputs - targets.to(outputs.dtype)
-        elif outputs.ndim != 1:
+    def check_outputs(self, outputs: Tensor, targets: Tensor | None) -> None:
+        """Least squares without targets takes the 1-D residual vector (scipy's rule)."""
+        if targets is None and isinstance(self.loss, SquaredError) and outputs.ndim != 1:
             hint = (
                 " (a 0-d output is rejected: return the vector of residuals, not the loss ½‖r‖²;"
                 " reshape a single residual to shape (1,))"
@@ -143,11 +158,11 @@ class GaussNewtonModel(CurvatureModel):
                 else " (flatten it with .reshape(-1))"
             )
             raise ValueError(f"fun must return a 1-D tensor, got shape {tuple(outputs.shape)}{hint}")
-        return outputs.reshape(-1)
 
     def cost(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
-        """½‖r‖² as a 0-d float64 tensor."""
-        return half_squared_norm(self.residual(outputs, targets))
+        """The loss's value at the outputs, a 0-d float64 tensor (½‖r‖² for least squares)."""
+        self.check_outputs(outputs, targets)
+        return self.loss.value(outputs, targets)
 
     # -- evaluation and linearization ---------------------------------------
 
@@ -175,7 +190,8 @@ class GaussNewtonModel(CurvatureModel):
     ) -> Linearization:
         evaluation = at if isinstance(at, Evaluation) else self.evaluate(fun, at, context, keep=True)
         x = evaluation.x
-        residual = self.residual(evaluation.outputs, evaluation.targets)
+        loss = self.loss.linearize(evaluation.outputs, evaluation.targets)
+        m = evaluation.outputs.numel()
         if self.jacobian is not None:
             with torch.no_grad():
                 J = self.jacobian(x)
@@ -183,51 +199,58 @@ class GaussNewtonModel(CurvatureModel):
                 J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
             if not isinstance(J, LinearOperator):
                 raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
-            if J.shape != (residual.shape[0], x.shape[0]):
-                raise ValueError(f"jacobian must return shape {(residual.shape[0], x.shape[0])}, got {J.shape}")
-            return self._from_jacobian(evaluation, residual, J, J.to_dense() if dense else None)
+            if J.shape != (m, x.shape[0]):
+                raise ValueError(f"jacobian must return shape {(m, x.shape[0])}, got {J.shape}")
+            return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         products = evaluation.kept
         if products is None:  # evaluated without its graph: record it now (one more call of fun)
             products = self.evaluate(fun, x, context, keep=True).kept
         if dense:
-            m = residual.shape[0]
-            eye = torch.eye(m, dtype=residual.dtype, device=residual.device)
+            eye = torch.eye(m, dtype=evaluation.outputs.dtype, device=evaluation.outputs.device)
             with torch.enable_grad():
                 matrix = torch.func.vmap(products.vjp)(eye).detach()
-            return self._from_jacobian(evaluation, residual, DenseOperator(matrix), matrix)
-        return self.from_products(products, x, residual, evaluation.cost)
+            return self._assemble(evaluation, loss, DenseOperator(matrix), matrix)
+        return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
 
     def from_products(
-        self, products: JacobianProducts, x: Tensor, residual: Tensor | None = None, cost: Tensor | None = None
+        self,
+        products: JacobianProducts,
+        x: Tensor,
+        targets: Tensor | None = None,
+        shape: tuple[int, ...] | None = None,
+        loss: LossLinearization | None = None,
     ) -> Linearization:
         """The linearization at ``x`` from JVP/VJP closures built elsewhere.
 
         `TrustRegionOptimizer` builds them with autograd on a module's
         parameters rather than with ``torch.func`` on a function of ``x``.
+        ``products.residual`` holds the flattened outputs, of ``shape``;
+        ``loss`` is the loss linearized there, when the caller has it.
         """
-        residual = products.residual.detach() if residual is None else residual
-        n = x.shape[0]
-        return Linearization(
-            x=x,
-            residual=residual,
-            cost=half_squared_norm(residual) if cost is None else cost,
-            gradient=products.vjp(residual).detach(),
-            operator=GaussNewtonOperator(products, n),
-            jacobian=JacobianOperator(products, n),
-            whitened_residual=residual,
-        )
+        outputs = products.residual.detach()
+        outputs = outputs.view(shape) if shape is not None else outputs
+        evaluation = Evaluation(x, outputs, targets, None, products)
+        if loss is None:
+            self.check_outputs(outputs, targets)
+            loss = self.loss.linearize(outputs, targets)
+        return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
 
-    @staticmethod
-    def _from_jacobian(evaluation: Evaluation, residual: Tensor, J: LinearOperator, matrix: Tensor | None) -> Linearization:
+    def _assemble(
+        self, evaluation: Evaluation, loss: LossLinearization, J: LinearOperator, matrix: Tensor | None
+    ) -> Linearization:
+        """The linearization from J (of the flattened outputs) and the loss there: J̃ = S J, g = Jᵀ∇L."""
+        effective = effective_jacobian(J, loss.factor)
+        whitened = None if loss.residual is None else loss.residual.reshape(-1)
+        least_squares = isinstance(self.loss, SquaredError)
         return Linearization(
             x=evaluation.x,
-            residual=residual,
-            cost=evaluation.cost,
-            gradient=J.rmatvec(residual),
-            operator=NormalOperator(J),
-            jacobian=J,
-            jacobian_matrix=matrix,
-            whitened_residual=residual,
+            residual=whitened if least_squares else evaluation.outputs.reshape(-1),
+            cost=loss.value,
+            gradient=J.rmatvec(loss.gradient.reshape(-1)).detach(),
+            operator=NormalOperator(effective),
+            jacobian=effective,
+            jacobian_matrix=None if matrix is None else effective_jacobian_matrix(matrix, loss.factor),
+            whitened_residual=whitened,
         )
 
     # -- column norms for x_scale="jac" --------------------------------------

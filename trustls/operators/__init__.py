@@ -16,7 +16,6 @@ from trustls.operators.output import (
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
-    GaussNewtonOperator,
     JacobianOperator,
     JacobianProducts,
     jacobian_products,
@@ -35,7 +34,6 @@ __all__ = [
     "DEFAULT_PRODUCT_METHOD",
     "PRODUCT_METHODS",
     "DenseOperator",
-    "GaussNewtonOperator",
     "JacobianOperator",
     "JacobianProducts",
     "LinearOperator",

@@ -49,7 +49,6 @@ from trustls.operators.base import LinearOperator
 __all__ = [
     "DEFAULT_PRODUCT_METHOD",
     "PRODUCT_METHODS",
-    "GaussNewtonOperator",
     "JacobianOperator",
     "JacobianProducts",
     "jacobian_products",
@@ -180,25 +179,3 @@ class JacobianOperator(LinearOperator):
 
     def rmatvec(self, u: Tensor) -> Tensor:
         return self.products.vjp(u)
-
-
-class GaussNewtonOperator(LinearOperator):
-    """The Gauss-Newton matrix ``JᵀJ`` (shape ``(n, n)``) applied as ``Jᵀ(J v)``.
-
-    Examples:
-        >>> import torch
-        >>> products = jacobian_products(lambda x: x**2, torch.tensor([1.0, 3.0]))
-        >>> GaussNewtonOperator(products, n=2) @ torch.tensor([1.0, 1.0])
-        tensor([ 4., 36.])
-    """
-
-    is_symmetric = True
-    is_positive_semidefinite = True
-
-    def __init__(self, products: JacobianProducts, n: int):
-        residual = products.residual
-        super().__init__((n, n), residual.dtype, residual.device)
-        self.products = products
-
-    def matvec(self, v: Tensor) -> Tensor:
-        return self.products.vjp(self.products.jvp(v))

@@ -155,10 +155,21 @@ class DenseLstsq(SubproblemSolver):
             # sf = s·(Uᵀf): its error in the direction of a small singular value s_i
             # is of order eps·s_i‖f‖, where Vᵀg's is eps·s_max‖f‖.
             sf = s * (U[:, :rank].T @ f)
-        else:
-            sf = V.T @ linearization.gradient  # Vᵀg = S Uᵀf for the f that the model does not form
-        gauss_newton_norm = float(torch.linalg.vector_norm(sf / (s * s))) if rank else 0.0
-        return _Factorization(V, s, sf, rank == n, gauss_newton_norm)
+            return _Factorization(V, s, sf, rank == n, float(torch.linalg.vector_norm(sf / (s * s))) if rank else 0.0)
+        # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
+        # loss may leave the range of J̃ᵀ (a logit whose probability underflows moves the
+        # loss but not J̃): that part, g⊥ = g − VVᵀg, is a direction of zero curvature,
+        # kept as a zero singular value, along which the model only falls.
+        g = linearization.gradient
+        sf = V.T @ g
+        outside = g - V @ sf
+        outside_norm, g_norm = torch.stack([torch.linalg.vector_norm(outside), torch.linalg.vector_norm(g)]).tolist()
+        if outside_norm <= math.sqrt(torch.finfo(g.dtype).eps) * g_norm:
+            return _Factorization(V, s, sf, rank == n, float(torch.linalg.vector_norm(sf / (s * s))) if rank else 0.0)
+        V = torch.cat([V, (outside / outside_norm)[:, None]], dim=1)
+        s = torch.cat([s, s.new_zeros(1)])
+        sf = torch.cat([sf, sf.new_full((1,), outside_norm)])
+        return _Factorization(V, s, sf, False, math.inf)
 
     def solve(self, prepared: _Factorization, radius: float) -> Step:
         factors = prepared

@@ -1,0 +1,76 @@
+"""How trustls calls the user's function: counted calls, in-place mutation caught, outputs split and checked."""
+
+import numpy as np
+import pytest
+import torch
+
+from trustls.function import CountedFunction, check_outputs, split_outputs
+
+
+def test_split_outputs_forms():
+    z, t = torch.ones(2), torch.zeros(2, requires_grad=True)
+    assert split_outputs(z) == (z, None)
+    outputs, targets = split_outputs((z, t))
+    assert outputs is z and not targets.requires_grad and torch.equal(targets, t)
+    assert split_outputs((z, None)) == (z, None)
+    stacked, none = split_outputs([torch.tensor(1.0), torch.tensor([2.0])])
+    assert none is None and torch.equal(stacked, torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "value, name, match",
+    [
+        (np.ones(2), "fun", r"fun must return a torch.Tensor computed from x, got ndarray: write fun with torch"),
+        ([1.0, 2.0], "fun", r"fun must return a torch.Tensor computed from x, got list"),
+        ((torch.ones(1), 3), "fun", r"fun must return targets as a torch.Tensor or None, got int"),
+        ((torch.ones(1), torch.ones(1), torch.ones(1)), "fun", r"fun must return a torch.Tensor computed from x, got tuple"),
+        ({"r": torch.ones(1)}, "fun", r"fun must return a torch.Tensor \(or a tuple \(outputs, targets\) of tensors\), got dict"),
+        (1.0, "closure", r"closure must return the residual vector as a torch.Tensor, got float"),
+    ],
+)
+def test_split_outputs_errors(value, name, match):
+    with pytest.raises(TypeError, match=match):
+        split_outputs(value, name)
+
+
+def test_check_outputs_errors():
+    x = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"fun must return a floating tensor, got dtype torch.int64"):
+        check_outputs(torch.ones(2, dtype=torch.int64), x)
+    with pytest.raises(TypeError, match=r"fun must return a tensor of x's dtype torch.float64, got torch.float32"):
+        check_outputs(torch.ones(2), x)
+    with pytest.raises(ValueError, match=r"fun must return outputs of constant shape \(2,\), got shape \(3,\)"):
+        check_outputs(torch.ones(3, dtype=torch.float64), x, (2,))
+
+
+def test_counted_function_counts_calls_including_those_that_raise():
+    def fun(x):
+        if x[0] > 0:
+            raise RuntimeError("boom")
+        return x
+
+    counted = CountedFunction(fun)
+    counted(torch.zeros(1))
+    with pytest.raises(RuntimeError, match="boom"):
+        counted(torch.ones(1))
+    assert counted.calls == 2
+
+
+def test_counted_function_passes_args_and_kwargs():
+    counted = CountedFunction(lambda x, a, b=1.0: a * x + b, args=(2.0,), kwargs={"b": 3.0})
+    assert torch.equal(counted(torch.ones(1)), torch.tensor([5.0]))
+
+
+def test_in_place_mutation_of_the_argument_is_caught_without_a_copy():
+    def mutating(x):
+        with torch.no_grad():
+            x.mul_(2.0)
+        return x
+
+    with pytest.raises(ValueError, match=r"fun must not modify its argument in place \(x was changed during the call\)"):
+        CountedFunction(mutating)(torch.ones(2))
+
+
+def test_not_callable():
+    with pytest.raises(TypeError, match=r"fun must be callable, got int"):
+        CountedFunction(3)
