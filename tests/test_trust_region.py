@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,8 +137,9 @@ def test_result_is_frozen():
 @pytest.mark.parametrize(
     "x0, error, match",
     [
-        ([1.0, 2.0], TypeError, r"x0 must be a torch.Tensor, got list"),
-        (torch.tensor([1, 2]), TypeError, r"x0 must have a floating dtype, got torch.int64"),
+        ("1.0", TypeError, r"x0 must be a tensor, a number or a sequence of numbers, got str"),
+        ([[1.0], [2.0, 3.0]], TypeError, r"x0 must be a tensor, a number or a sequence of numbers, got list"),
+        (torch.tensor([True, False]), TypeError, r"x0 must have a real dtype, got torch.bool"),
         (torch.ones(2, 2, dtype=torch.float64), ValueError, r"x0 must be a non-empty 1-D tensor, got shape \(2, 2\)"),
         (torch.ones(0, dtype=torch.float64), ValueError, r"x0 must be a non-empty 1-D tensor, got shape \(0,\)"),
         (torch.tensor([math.nan, 1.0], dtype=torch.float64), ValueError, r"x0 must be finite"),
@@ -146,6 +148,18 @@ def test_result_is_frozen():
 def test_bad_x0(x0, error, match):
     with pytest.raises(error, match=match):
         solve(rosenbrock, x0)
+
+
+@pytest.mark.parametrize("x0", [[-1.2, 1.0], (-1.2, 1), torch.tensor([-1, 1]), np.array([-1.2, 1.0])])
+def test_x0_as_scipy_reads_it(x0):
+    # Sequences, numpy arrays and integer tensors become float64, as in scipy.
+    result = solve(rosenbrock, x0, "lstsq")
+    assert result.success and result.x.dtype == torch.float64
+
+
+def test_scalar_x0_is_one_variable():
+    result = solve(lambda x: x**2 - 4.0, 3.0, "lstsq")
+    assert result.x.shape == (1,) and float(result.x[0]) == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(

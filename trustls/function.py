@@ -23,7 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CountedFunction", "check_outputs", "split_outputs"]
+__all__ = ["HALF", "CountedFunction", "HalfPrecision", "check_outputs", "round_to", "split_outputs"]
+
+#: The half-precision dtypes, iterated in float32 on the values they hold.
+HALF = (torch.float16, torch.bfloat16)
 
 _HOW = (
     "write fun with torch operations on its tensor argument (torch.exp rather than numpy.exp, "
@@ -94,4 +97,26 @@ class CountedFunction:
                 "fun must not modify its argument in place (x was changed during the call): "
                 "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
             )
+        return value
+
+
+def round_to(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x rounded to the values ``dtype`` holds (half precision iterates in float32)."""
+    return x.to(dtype).to(x.dtype) if x.dtype != dtype else x
+
+
+class HalfPrecision:
+    """``fun`` on float32 iterates for a half-precision ``x0``: called in ``dtype``, outputs in float32."""
+
+    def __init__(self, fun: Callable[..., Any], dtype: torch.dtype):
+        self.fun, self.dtype = fun, dtype
+
+    def __call__(self, x: Tensor) -> Any:
+        value = self.fun(x.to(self.dtype))
+        if isinstance(value, Tensor):
+            if value.dtype != self.dtype:
+                raise TypeError(f"fun must return a tensor of x's dtype {self.dtype}, got {value.dtype}")
+            return value.to(torch.float32)
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Tensor):
+            return value[0].to(torch.float32), value[1]
         return value

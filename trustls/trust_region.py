@@ -27,25 +27,25 @@ function leaves the caller's state as it was.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from trustls._validation import check_tolerance, check_x0
-from trustls.function import CountedFunction
+from trustls._validation import as_tensor_x0, check_tolerance, check_x0
+from trustls.bounds import as_bounds, subproblem
+from trustls.function import HALF, CountedFunction, HalfPrecision, round_to
 from trustls.models.base import CurvatureModel, Linearization
-from trustls.radius import RadiusPolicy, noise_level
+from trustls.radius import RadiusPolicy
 from trustls.result import IterationInfo, Result, Status
-from trustls.scaling import ScalePolicy, Scaling, resolve_x_scale
+from trustls.scaling import ScalePolicy, resolve_x_scale
+from trustls.state import TrustRegionState
 from trustls.subproblem import SubproblemSolver, resolve_solver
-from trustls.termination import effective_tolerance, step_termination
+from trustls.termination import effective_tolerance
+from trustls.trial import Trial
 
 __all__ = ["Callback", "IterationInfo", "ResidualFunction", "TrustRegion", "TrustRegionState"]
-
-_HALF = (torch.float16, torch.bfloat16)
-
 
 class ResidualFunction(Protocol):
     """``fun(x) -> r``: a 1-D floating tensor x of length n to a 1-D tensor of length m."""
@@ -59,57 +59,12 @@ class Callback(Protocol):
     def __call__(self, info: IterationInfo, /) -> Any: ...
 
 
-@dataclass(frozen=True)
-class TrustRegionState:
-    """The state of one solve: returned by `TrustRegion.init`, advanced by `TrustRegion.step`.
-
-    Attributes:
-        x: the current point, in the working dtype (float32 for half-precision
-            ``x0``, whose values it always holds exactly).
-        linearization: the model linearized at ``x`` (``None`` after a step
-            taken with ``relinearize=False``).
-        radius: the trust-region radius Δ, in the scaled variables.
-        scaling: T at ``x`` (`trustls.scaling`); after a step that ends the
-            solve, T of the previous point, since T serves the next subproblem only.
-        solver_state: what the subproblem solver carries from point to point.
-        context: the model's per-solve working state (`CurvatureModel.start`).
-        dtype: the dtype of ``x0``, which the result takes.
-        initial_cost: the cost at ``x0``.
-        nfev, njev, nit, inner_iterations, products: counters (`Result`).
-        status: the `Status` that stopped the solve, ``None`` while running.
-        last: the `IterationInfo` of the last trial.
-    """
-
-    x: Tensor
-    linearization: Linearization | None
-    radius: float
-    scaling: Scaling
-    solver_state: Any
-    context: Any
-    dtype: torch.dtype
-    initial_cost: float
-    nfev: int = 0
-    njev: int = 1
-    nit: int = 0
-    inner_iterations: int = 0
-    products: int = 0
-    status: Status | None = None
-    last: IterationInfo | None = None
-
-
 def _check_positive_int(name: str, value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
     return value
-
-
-def _scalar(value: float | Tensor, like: Tensor) -> Tensor:
-    """A 0-d float64 tensor on ``like``'s device; a host float is written there by a fill, not a copy."""
-    if isinstance(value, Tensor):
-        return value.to(dtype=torch.float64)
-    return torch.full((), float(value), dtype=torch.float64, device=like.device)
 
 
 def _stops(value: object) -> bool:
@@ -144,6 +99,12 @@ class TrustRegion:
         max_nfev: budget of calls of the residual function, all of them
             (``None``: 100·n, scipy's).
         initial_radius: Δ₀ (``None``: ‖x0 / x_scale‖, or 1 when that is 0).
+        bounds: box bounds ``(lb, ub)`` on x: scalars or sequences of length n
+            (tensors, lists, numpy arrays), ±inf where a side is free, or
+            anything with ``lb`` and ``ub`` attributes (scipy's ``Bounds``);
+            ``None`` for none. Iterates stay strictly inside (Coleman-Li
+            scaling with reflective steps, `trustls.bounds`); needs a diagonal
+            ``x_scale``. ``x0`` must lie within them.
         callback: called with an `IterationInfo` after every trial; returning
             a true value or raising `StopIteration` stops the solve with
             status ``CALLBACK``.
@@ -172,6 +133,7 @@ class TrustRegion:
         x_scale: Any = None,
         max_nfev: int | None = None,
         initial_radius: float | None = None,
+        bounds: Any = None,
         callback: Callback | None = None,
         verbose: int = 0,
         radius_policy: RadiusPolicy = RadiusPolicy(),
@@ -180,7 +142,7 @@ class TrustRegion:
             raise TypeError(f"model must be a CurvatureModel such as GaussNewtonModel(), got {type(model).__name__}")
         self._options = dict(
             model=model, solver=solver, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
-            initial_radius=initial_radius, callback=callback, verbose=verbose, radius_policy=radius_policy,
+            initial_radius=initial_radius, bounds=bounds, callback=callback, verbose=verbose, radius_policy=radius_policy,
         )
         self.model = model
         self.solver = resolve_solver(solver)
@@ -198,6 +160,11 @@ class TrustRegion:
         ):
             raise ValueError(f"initial_radius must be a positive finite number or None, got {initial_radius!r}")
         self.initial_radius = None if initial_radius is None else float(initial_radius)
+        self.bounds = bounds
+        if bounds is not None and not self.scale_policy.diagonal:
+            raise ValueError(
+                f"bounds need a diagonal x_scale (a number, a sequence or 'jac'), got x_scale={self.x_scale!r}"
+            )
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
         self.callback = callback
@@ -247,16 +214,23 @@ class TrustRegion:
             )
         return result
 
-    def init(self, fun: ResidualFunction, x0: Tensor) -> TrustRegionState:
-        """Check the inputs, evaluate and linearize at ``x0``, and return the initial state."""
+    def init(self, fun: ResidualFunction, x0: Any) -> TrustRegionState:
+        """Check the inputs, evaluate and linearize at ``x0``, and return the initial state.
+
+        ``x0`` is a tensor (its dtype and device are kept), or a number, a
+        sequence or a numpy array (float64, as scipy reads it).
+        """
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {type(fun).__name__}")
-        x0 = check_x0(x0)
+        x0 = check_x0(as_tensor_x0(x0))
         dtype = x0.dtype
-        policy = self.scale_policy
-        policy.check(x0)
+        self.scale_policy.check(x0)
+        bounds = as_bounds(self.bounds, x0)
         # Half precision: iterate in float32 on values x0's dtype holds exactly.
-        x = x0.detach().to(torch.float32) if dtype in _HALF else x0.detach().clone()
+        x = x0.detach().to(torch.float32) if dtype in HALF else x0.detach().clone()
+        if bounds is not None:  # scipy's trf starts strictly inside the box
+            bounds = type(bounds)(bounds.lower.to(x.dtype), bounds.upper.to(x.dtype))
+            x = round_to(bounds.strictly_feasible(x), dtype)
         f = self._function(fun, dtype)
         dense = self.solver.requires_jacobian
         context = self.model.start(f, x, dense=dense)
@@ -268,22 +242,29 @@ class TrustRegion:
                 "the cost at x0 must be finite, got one that overflows float64 (residual entries near 1e154 or "
                 "beyond): rescale fun"
             )
-        if self.max_nfev is not None and self.max_nfev < f.calls + self.model.linearization_calls(context, dense=dense):
+        needed = f.calls + self.model.linearization_calls(context, dense=dense)
+        if self.max_nfev is not None and self.max_nfev < needed:
             raise ValueError(
-                f"max_nfev must allow the evaluation and linearization at x0 "
-                f"({f.calls + self.model.linearization_calls(context, dense=dense)} calls of fun), got {self.max_nfev}"
+                f"max_nfev must allow the evaluation and linearization at x0 ({needed} calls of fun), got {self.max_nfev}"
             )
         linearization = self.model.linearize(f, evaluation, context, dense=dense)
-        return self.start(linearization, context=context, dtype=dtype, nfev=f.calls)
+        return self.start(linearization, context=context, dtype=dtype, nfev=f.calls, bounds=bounds)
 
     def start(
-        self, linearization: Linearization, *, context: Any = None, dtype: torch.dtype | None = None, nfev: int = 1
+        self,
+        linearization: Linearization,
+        *,
+        context: Any = None,
+        dtype: torch.dtype | None = None,
+        nfev: int = 1,
+        bounds: Any = None,
     ) -> TrustRegionState:
         """The initial state at ``linearization.x`` from a linearization built elsewhere.
 
         `init` calls it after evaluating ``fun``; `TrustRegionOptimizer` calls it
         with the linearization of its closure's graph. ``nfev`` counts the calls
-        of the function that built the linearization.
+        of the function that built the linearization; ``bounds`` is a checked
+        `trustls.bounds.Bounds`.
         """
         x = linearization.x
         gradient_max, finite = self._gradient_check(linearization)
@@ -293,12 +274,13 @@ class TrustRegion:
                 "at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there)"
             )
         scaling = self.scale_policy.scaling(self.model, linearization, None, 0)
-        x_scaled_norm = float(scaling.norm(x))
+        problem = subproblem(linearization, scaling, bounds)
+        x_scaled_norm, optimality = torch.stack([problem.norm(x).double(), problem.optimality.double()]).tolist()
         radius = self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
-        cost = float(linearization.cost)
-        status = Status.GTOL if self.gtol is not None and gradient_max < self.gtol else None
+        status = Status.GTOL if self.gtol is not None and optimality < self.gtol else None
         dtype = x.dtype if dtype is None else dtype
-        return TrustRegionState(x, linearization, radius, scaling, None, context, dtype, cost, nfev=nfev, status=status)
+        return TrustRegionState(x, linearization, radius, scaling, None, context, dtype, float(linearization.cost),
+                                bounds, nfev=nfev, status=status)
 
     def relinearized(
         self, state: TrustRegionState, linearization: Linearization, *, nfev: int = 1, iteration: int | None = None
@@ -348,94 +330,29 @@ class TrustRegion:
             return state
         if state.linearization is None:
             raise ValueError("state must hold a linearization at x (relinearize it before stepping), got None")
-        x, lin, scaling = state.x, state.linearization, state.scaling
         f = self._function(fun, state.dtype)
-        eps = torch.finfo(state.dtype).eps
-        ftol, xtol = effective_tolerance(self.ftol, eps), effective_tolerance(self.xtol, eps)
-        dense = self.solver.requires_jacobian
-        max_nfev = self.max_nfev or 100 * x.shape[0]
-        reserve = 1 + (self.model.linearization_calls(state.context, dense=dense) if relinearize else 0)
-        prepared = self.solver.prepare(scaling.transform(lin), state.solver_state)
-        x_norm = torch.linalg.vector_norm(x).double()
-        x_scaled_norm = scaling.norm(x)
-        noise = noise_level(self.radius_policy.rounding_noise, eps) * lin.cost
-        radius, trials = state.radius, 0
-        counters = dict(inner_iterations=state.inner_iterations, products=state.products, njev=state.njev)
-        status = info = new_lin = None
-        moved = False
+        problem = subproblem(state.linearization, state.scaling, state.bounds)
+        prepared = self.solver.prepare(problem.linearization, state.solver_state)
+        trial = Trial(self, state, f, problem, prepared, relinearize)
+        max_nfev = self.max_nfev or 100 * state.x.shape[0]
+        reserve = 1 + (self.model.linearization_calls(state.context, dense=trial.dense) if relinearize else 0)
+        radius, trials, status, outcome = state.radius, 0, None, None
         while True:
             if state.nfev + f.calls + reserve > max_nfev:
                 status = Status.MAX_NFEV
                 break
-            step = self.solver.solve(prepared, radius)
+            outcome = trial.run(radius)
             trials += 1
-            counters["inner_iterations"] += step.iterations
-            counters["products"] += step.products
-            p = scaling.apply(step.step)
-            x_new = self._round(x + p, state.dtype)
-            evaluation = self.model.evaluate(f, x_new, state.context, keep=relinearize)
-            trial_cost = torch.where(torch.isfinite(evaluation.cost), evaluation.cost, math.inf)
-            finite = torch.isfinite(trial_cost)
-            actual = lin.cost - trial_cost
-            predicted = _scalar(step.predicted_reduction, trial_cost)
-            step_norm = _scalar(step.norm, trial_cost)
-            radius_t = _scalar(radius, trial_cost)
-            ratio = torch.where(finite, self.radius_policy.ratio(actual, predicted, noise), 0.0)
-            next_radius = torch.where(
-                finite,
-                self.radius_policy.update(radius_t, ratio=ratio, step_norm=step_norm, hits_boundary=step.hits_boundary),
-                self.radius_policy.after_failure(radius_t, step_norm),
-            )
-            p_norm = torch.linalg.vector_norm(p).double()
-            code = torch.where(finite, step_termination(actual, lin.cost, p_norm, x_norm, ratio, ftol, xtol), 0)
-            # At the noise floor, stop once the step is below √eps relative to x (`trustls.radius`).
-            small = p_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
-            noise_stop = finite & self.radius_policy.at_noise_floor(actual, ratio, noise) & small & (code == 0)
-            code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
-            moves = finite & self.radius_policy.moves(actual, ratio, noise, strict=state.dtype in _HALF)
-            # The one read of the trial.
-            (trial_cost_h, actual_h, predicted_h, ratio_h, next_radius_h, step_norm_h, code_h, moves_h,
-             x_scaled_norm_h) = torch.stack([
-                trial_cost, torch.where(finite, actual, -math.inf), predicted, ratio, next_radius, step_norm,
-                code.double(), moves.double(), x_scaled_norm.double(),
-            ]).tolist()
-            status = Status(int(code_h)) if code_h else None
-            accepted = moves_h > 0
-            if accepted and relinearize:
-                new_lin = self.model.linearize(f, evaluation, state.context, dense=dense)
-                gradient_max, gradient_finite = self._gradient_check(new_lin)
-                if not gradient_finite:  # a failed trial: shrink and try again from x
-                    accepted, new_lin, status = False, None, None
-                    next_radius_h = float(self.radius_policy.after_failure(radius_t, step_norm))
-                elif status is None and self.gtol is not None and gradient_max < self.gtol:
-                    status = Status.GTOL
-                counters["njev"] += 1
-            new_x = x_new if accepted else x
-            info = IterationInfo(
-                nit=state.nit, nfev=state.nfev + f.calls, x=new_x,
-                fun=(evaluation.outputs if accepted else lin.residual),
-                cost=trial_cost_h if accepted else float(lin.cost), previous_cost=float(lin.cost),
-                trial_cost=trial_cost_h, actual_reduction=actual_h, predicted_reduction=predicted_h, ratio=ratio_h,
-                radius=radius, next_radius=next_radius_h, step_norm=step_norm_h, accepted=accepted,
-                inner_iterations=step.iterations, products=step.products, reason=step.reason,
-            )
-            if self.verbose == 2:
-                print(f"{state.nit:>10}{state.nfev + f.calls:>12}{float(lin.cost):>14.4e}"
-                      f"{max(actual_h, 0.0) if accepted else 0.0:>16.2e}{step_norm_h:>12.2e}"
-                      f"{float(lin.gradient.abs().max()):>12.2e}")
-            if self.callback is not None and self._callback_stops(info):
+            status, radius = outcome.status, outcome.info.next_radius
+            if self.callback is not None and self._callback_stops(outcome.info):
                 status = Status.CALLBACK
-            radius = next_radius_h
-            if accepted:
-                moved = True
+            if outcome.info.accepted or status is not None:
                 break
-            if status is not None:
-                break
-            if radius <= eps * (1.0 + x_scaled_norm_h):
+            if radius <= trial.eps * (1.0 + outcome.x_scaled_norm):
                 # No step longer than the rounding of x remains. After a finite
                 # trial that is convergence to working precision (xtol at eps);
                 # after a non-finite one the region around x is unusable.
-                status = Status.XTOL if math.isfinite(trial_cost_h) else Status.RADIUS_COLLAPSED
+                status = Status.XTOL if math.isfinite(outcome.info.trial_cost) else Status.RADIUS_COLLAPSED
                 break
             if max_trials is not None and trials >= max_trials:
                 break
@@ -444,16 +361,15 @@ class TrustRegion:
             status = Status.MAX_NFEV
         next_state = replace(
             state, radius=radius, solver_state=self.solver.state(prepared), nfev=nfev, nit=state.nit + 1,
-            status=status, last=info, **counters,
+            status=status, last=None if outcome is None else outcome.info, **trial.counters,
         )
-        if moved:
-            next_state = replace(next_state, x=x_new, linearization=new_lin)
+        if outcome is not None and outcome.info.accepted:
+            next_state = replace(next_state, x=outcome.info.x, linearization=outcome.linearization)
             # T serves the next subproblem only: after a stop, its column norms
             # (a pass over J) would be wasted.
-            if new_lin is not None and status is None:
-                next_state = replace(
-                    next_state, scaling=self.scale_policy.scaling(self.model, new_lin, scaling, next_state.nit)
-                )
+            if outcome.linearization is not None and status is None:
+                scaling = self.scale_policy.scaling(self.model, outcome.linearization, state.scaling, next_state.nit)
+                next_state = replace(next_state, scaling=scaling)
         return next_state
 
     def result(self, state: TrustRegionState) -> Result:
@@ -462,14 +378,20 @@ class TrustRegion:
         if lin is None:
             raise ValueError("state must hold a linearization at x to give a result, got None")
         matrix = lin.jacobian_matrix
+        bounds = state.bounds
+        if bounds is None:
+            active = torch.zeros(state.x.shape, dtype=torch.int64, device=state.x.device)
+        else:
+            xtol = effective_tolerance(self.xtol, torch.finfo(state.dtype).eps)
+            active = bounds.active(state.x, xtol).to(torch.int64)
         return Result(
             x=state.x.to(state.dtype) if state.x.dtype != state.dtype else state.x,
             cost=float(lin.cost),
             fun=lin.residual,
             grad=lin.gradient,
-            optimality=float(lin.gradient.abs().max()),
+            optimality=float(subproblem(lin, state.scaling, bounds).optimality),
             jac=matrix if matrix is not None else lin.jacobian,
-            active_mask=torch.zeros(state.x.shape, dtype=torch.int64, device=state.x.device),
+            active_mask=active,
             nfev=state.nfev,
             njev=state.njev,
             nit=state.nit,
@@ -482,15 +404,9 @@ class TrustRegion:
 
     # -- helpers ----------------------------------------------------------
 
-    def _function(self, fun: ResidualFunction, dtype: torch.dtype) -> CountedFunction:
-        if dtype in _HALF:
-            return CountedFunction(_HalfPrecision(fun, dtype))
-        return CountedFunction(fun)
-
     @staticmethod
-    def _round(x: Tensor, dtype: torch.dtype) -> Tensor:
-        """x rounded to the values ``dtype`` holds (half precision iterates in float32)."""
-        return x.to(dtype).to(x.dtype) if x.dtype != dtype else x
+    def _function(fun: ResidualFunction, dtype: torch.dtype) -> CountedFunction:
+        return CountedFunction(HalfPrecision(fun, dtype) if dtype in HALF else fun)
 
     @staticmethod
     def _gradient_check(linearization: Linearization) -> tuple[float, bool]:
@@ -508,20 +424,3 @@ class TrustRegion:
         if info.x._version != version:
             raise ValueError("callback must not modify info.x in place: it is the solver's iterate (copy it first)")
         return stop
-
-
-class _HalfPrecision:
-    """``fun`` on float32 iterates for a half-precision ``x0``: called in ``dtype``, outputs in float32."""
-
-    def __init__(self, fun: ResidualFunction, dtype: torch.dtype):
-        self.fun, self.dtype = fun, dtype
-
-    def __call__(self, x: Tensor) -> Any:
-        value = self.fun(x.to(self.dtype))
-        if isinstance(value, Tensor):
-            if value.dtype != self.dtype:
-                raise TypeError(f"fun must return a tensor of x's dtype {self.dtype}, got {value.dtype}")
-            return value.to(torch.float32)
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Tensor):
-            return value[0].to(torch.float32), value[1]
-        return value

@@ -1,0 +1,124 @@
+"""The decide phase of a trial: ratio test, radius update and termination tests, as tensors.
+
+`trial_decision` combines `RadiusPolicy` and `trustls.termination` into the
+outcome of one trial, elementwise on tensors: 0-d for one problem, ``(B,)``
+for a batch. The controller reads the outcome once per trial
+(`Decision.read`); a batched controller keeps it on the device.
+
+A trial whose cost is not finite (NaN or inf residuals at the trial point) is
+a failure: it is not taken, its ratio is 0 and the radius shrinks to ¼ of the
+step (of the radius when the step itself is not finite).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from trustls.radius import RadiusPolicy, noise_level
+from trustls.result import Status
+from trustls.termination import step_termination
+
+__all__ = ["Decision", "trial_decision"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a trial, as float64 tensors (or, after `read`, Python values).
+
+    Attributes:
+        trial_cost: the cost at the trial point, inf when it was not finite.
+        actual_reduction: cost − trial cost (−inf for a failed trial).
+        predicted_reduction: the model's decrease.
+        ratio: the ratio test's ρ (0 for a failed trial).
+        next_radius: the radius for the next trial.
+        step_norm: the step's length in the trust region's norm.
+        code: the `Status` code a termination test gives (0: none).
+        moves: whether the trial point is taken.
+    """
+
+    trial_cost: Tensor | float
+    actual_reduction: Tensor | float
+    predicted_reduction: Tensor | float
+    ratio: Tensor | float
+    next_radius: Tensor | float
+    step_norm: Tensor | float
+    code: Tensor | float
+    moves: Tensor | float
+
+    def read(self, *extra: Tensor) -> tuple[Decision, list[float]]:
+        """The host's copy, in one read, with ``extra`` 0-d tensors read alongside."""
+        values = torch.stack([getattr(self, f.name).to(torch.float64) for f in fields(self)]
+                             + [t.to(torch.float64) for t in extra]).tolist()
+        k = len(fields(self))
+        return Decision(*values[:k]), values[k:]
+
+    @property
+    def status(self) -> Status | None:
+        """The termination test's `Status` (of a read decision), or ``None``."""
+        return Status(int(self.code)) if self.code else None
+
+
+def _as_tensor(value: float | Tensor, like: Tensor) -> Tensor:
+    """A float64 tensor on ``like``'s device; a host float is written by a fill, not a copy."""
+    if isinstance(value, Tensor):
+        return value.to(dtype=torch.float64)
+    return torch.full((), float(value), dtype=torch.float64, device=like.device)
+
+
+def trial_decision(
+    policy: RadiusPolicy,
+    *,
+    cost: Tensor,
+    trial_cost: Tensor,
+    predicted_reduction: float | Tensor,
+    step_norm: float | Tensor,
+    radius: float | Tensor,
+    hits_boundary: bool | Tensor,
+    x_step_norm: Tensor,
+    x_norm: Tensor,
+    eps: float,
+    ftol: float,
+    xtol: float,
+    strict: bool = False,
+) -> Decision:
+    """The outcome of a trial (module docstring).
+
+    Args:
+        policy: the ratio test's constants.
+        cost: the cost at the current point (float64).
+        trial_cost: the cost at the trial point (float64; NaN or inf for a failure).
+        predicted_reduction: the model's decrease along the step.
+        step_norm: the step's length in the trust region's norm.
+        radius: the radius the step was computed for.
+        hits_boundary: whether the step lies on the trust region's boundary.
+        x_step_norm: ‖p‖ in x, for xtol; x_norm: ‖x‖.
+        eps: the machine epsilon of x's dtype (the rounding allowance and the
+            noise floor's step test).
+        ftol, xtol: the effective tolerances (0 disables).
+        strict: take only decreases, never a step at the noise floor (half precision).
+    """
+    finite = torch.isfinite(trial_cost)
+    trial_cost = torch.where(finite, trial_cost, math.inf)
+    actual = torch.where(finite, cost - trial_cost, -math.inf)
+    predicted = _as_tensor(predicted_reduction, cost)
+    step_norm = _as_tensor(step_norm, cost)
+    radius = _as_tensor(radius, cost)
+    x_step_norm, x_norm = x_step_norm.to(torch.float64), x_norm.to(torch.float64)
+    noise = noise_level(policy.rounding_noise, eps) * cost
+    ratio = torch.where(finite, policy.ratio(actual, predicted, noise), 0.0)
+    next_radius = torch.where(
+        finite,
+        policy.update(radius, ratio=ratio, step_norm=step_norm, hits_boundary=hits_boundary),
+        policy.after_failure(radius, step_norm),
+    )
+    code = torch.where(finite, step_termination(actual, cost, x_step_norm, x_norm, ratio, ftol, xtol), 0)
+    # At the noise floor, stop once the step is also below √eps relative to x (`trustls.radius`).
+    small = x_step_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
+    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == 0)
+    code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
+    moves = finite & policy.moves(actual, ratio, noise, strict=strict)
+    return Decision(trial_cost, actual, predicted, ratio, next_radius, step_norm, code, moves)

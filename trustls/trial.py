@@ -1,0 +1,99 @@
+"""One trial of a trust-region iteration: propose → evaluate → decide.
+
+`Trial.run` solves the subproblem for a radius from the iteration's one
+preparation, maps the step back to x (`trustls.bounds` selects a strictly
+feasible step when there are bounds), evaluates the model there, and decides
+(`trustls.decision`), reading the decision once; an accepted point is
+linearized, and a non-finite gradient there turns the trial into a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trustls.bounds import subproblem
+from trustls.decision import trial_decision
+from trustls.function import HALF, CountedFunction, round_to
+from trustls.models.base import Linearization
+from trustls.result import IterationInfo, Status
+from trustls.state import TrustRegionState
+from trustls.termination import effective_tolerance
+
+if TYPE_CHECKING:
+    from trustls.trust_region import TrustRegion
+
+__all__ = ["Outcome", "Trial"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One trial's outcome: the record for the callback, a termination status, the new linearization."""
+
+    info: IterationInfo
+    status: Status | None
+    linearization: Linearization | None
+    x_scaled_norm: float
+
+
+class Trial:
+    """The trials of one outer iteration: propose → evaluate → decide, from one preparation."""
+
+    def __init__(self, method: TrustRegion, state: TrustRegionState, f: CountedFunction, problem: Any, prepared: Any,
+                 relinearize: bool):
+        self.method, self.state, self.f, self.problem, self.prepared = method, state, f, problem, prepared
+        self.relinearize = relinearize
+        self.dense = method.solver.requires_jacobian
+        self.eps = torch.finfo(state.dtype).eps
+        self.ftol, self.xtol = effective_tolerance(method.ftol, self.eps), effective_tolerance(method.xtol, self.eps)
+        self.x_norm = torch.linalg.vector_norm(state.x)
+        self.x_scaled_norm = problem.norm(state.x)
+        self.counters = dict(inner_iterations=state.inner_iterations, products=state.products, njev=state.njev)
+
+    def run(self, radius: float) -> Outcome:
+        method, state, lin, bounds = self.method, self.state, self.state.linearization, self.state.bounds
+        step = method.solver.solve(self.prepared, radius)
+        self.counters["inner_iterations"] += step.iterations
+        self.counters["products"] += step.products
+        p, predicted, step_norm, hits_boundary = self.problem.propose(step, radius)
+        x_new = state.x + p
+        if bounds is not None:
+            x_new = bounds.strictly_feasible(x_new, rstep=0.0)
+        x_new = round_to(x_new, state.dtype)
+        evaluation = method.model.evaluate(self.f, x_new, state.context, keep=self.relinearize)
+        decision = trial_decision(
+            method.radius_policy, cost=lin.cost, trial_cost=evaluation.cost, predicted_reduction=predicted,
+            step_norm=step_norm, radius=radius, hits_boundary=hits_boundary,
+            x_step_norm=torch.linalg.vector_norm(x_new - state.x), x_norm=self.x_norm, eps=self.eps,
+            ftol=self.ftol, xtol=self.xtol, strict=state.dtype in HALF,
+        )
+        decision, (x_scaled_norm,) = decision.read(self.x_scaled_norm)  # the one read of the trial
+        status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
+        if accepted and self.relinearize:
+            new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
+            self.counters["njev"] += 1
+            gradient_max, finite = method._gradient_check(new_lin)
+            if not finite:  # a failed trial: shrink and try again from x
+                accepted, new_lin, status = False, None, None
+                next_radius = method.radius_policy.shrink_factor * decision.step_norm
+            elif status is None and method.gtol is not None:
+                if bounds is not None:
+                    gradient_max = float(subproblem(new_lin, state.scaling, bounds).optimality)
+                if gradient_max < method.gtol:
+                    status = Status.GTOL
+        cost = float(lin.cost)
+        info = IterationInfo(
+            nit=state.nit, nfev=state.nfev + self.f.calls, x=x_new if accepted else state.x,
+            fun=evaluation.outputs if accepted else lin.residual, cost=decision.trial_cost if accepted else cost,
+            previous_cost=cost, trial_cost=decision.trial_cost, actual_reduction=decision.actual_reduction,
+            predicted_reduction=decision.predicted_reduction, ratio=decision.ratio, radius=radius,
+            next_radius=next_radius, step_norm=decision.step_norm, accepted=accepted,
+            inner_iterations=step.iterations, products=step.products, reason=step.reason,
+        )
+        if method.verbose == 2:
+            reduction = max(decision.actual_reduction, 0.0) if accepted else 0.0
+            print(f"{state.nit:>10}{info.nfev:>12}{cost:>14.4e}{reduction:>16.2e}"
+                  f"{decision.step_norm:>12.2e}{float(self.problem.optimality):>12.2e}")
+        return Outcome(info, status, new_lin, x_scaled_norm)
