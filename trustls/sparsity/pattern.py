@@ -42,7 +42,7 @@ try:
 except ImportError:  # numpy is optional: torch's sort is used instead
     numpy = None
 
-__all__ = ["JacobianPattern", "identical_sets", "jacobian_pattern"]
+__all__ = ["JacobianPattern", "identical_sets", "jacobian_pattern", "pattern_from_indices"]
 
 _ACCEPTED = (
     "a torch sparse tensor, a dense bool or 0/1 torch tensor, a numpy array, "
@@ -207,6 +207,24 @@ def _tocoo_indices(matrix: object) -> tuple[Tensor, Tensor, tuple[int, ...]]:
     return rows, cols, shape
 
 
+def pattern_from_indices(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> JacobianPattern:
+    """The pattern with entries at ``(rows[k], cols[k])`` (any order, duplicates allowed).
+
+    Examples:
+        >>> import torch
+        >>> pattern_from_indices(torch.tensor([1, 0, 1]), torch.tensor([0, 2, 0]), (2, 3)).rows
+        tensor([0, 1])
+    """
+    for name, index in (("rows", rows), ("cols", cols)):
+        if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(f"jac_sparsity's {name} must be an integer tensor, got {_describe(index)}")
+    if rows.shape != cols.shape:
+        raise ValueError(f"jac_sparsity's rows and cols must have the same shape, "
+                         f"got {tuple(rows.shape)} and {tuple(cols.shape)}")
+    _check_shape_2d(tuple(shape))
+    return _from_indices(rows, cols, tuple(shape))
+
+
 def _from_indices(rows: Tensor, cols: Tensor, shape: tuple[int, ...]) -> JacobianPattern:
     m, n = shape
     rows, cols = rows.to(torch.int64).reshape(-1), cols.to(torch.int64).reshape(-1)
@@ -214,8 +232,9 @@ def _from_indices(rows: Tensor, cols: Tensor, shape: tuple[int, ...]) -> Jacobia
     keys = rows * n + cols
     # Patterns built row by row (and coalesced tensors) arrive sorted: checking
     # is O(nnz), where unique would sort them again.
-    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
-        keys = torch.unique(keys)  # sorts the row-major keys and drops duplicates
+    if keys.numel() <= 1 or bool((keys[1:] > keys[:-1]).all()):
+        return JacobianPattern(rows, cols, (m, n))
+    keys = torch.unique(keys)  # sorts the row-major keys and drops duplicates
     return JacobianPattern(torch.div(keys, n, rounding_mode="floor"), keys % n, (m, n))
 
 
