@@ -17,7 +17,10 @@ its sparsity (bundle adjustment, banded problems), passes ``jacobian=``, a
 function returning J at x as a dense tensor, a torch sparse tensor or a
 `LinearOperator` such as `SparseOperator` (scipy's ``jac=`` argument). Products
 then cost two sparse matrix-vector products, and ``x_scale="jac"`` uses J's
-exact column norms.
+exact column norms. A user who knows only which residuals depend on which
+variables passes that pattern, ``jac_sparsity=`` (scipy's argument): J is then
+computed exactly from one JVP per color of a column coloring
+(`trustls.sparsity`, docs/sparse.md).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from trustls.operators.implicit import (
     JacobianProducts,
     jacobian_products,
 )
+from trustls.sparsity.colored import ColoredJacobian, VmapDecision
 
 __all__ = ["GaussNewtonModel"]
 
@@ -59,6 +63,10 @@ class GaussNewtonModel(CurvatureModel):
         jacobian: optional ``jacobian(x)`` returning J as a dense tensor, a
             torch sparse tensor or a `LinearOperator`; replaces automatic
             differentiation (see the module docstring).
+        jac_sparsity: optional ``(m, n)`` sparsity pattern of J (a torch
+            sparse or 0/1 tensor, a numpy array, a scipy sparse matrix, or a
+            `ColoredJacobian`); J is then the exact `SparseOperator` from
+            one JVP per color, the coloring computed here, once.
         column_norm_probes: probes for the column-norm estimate behind
             ``x_scale="jac"`` (see `column_norms`).
 
@@ -75,11 +83,20 @@ class GaussNewtonModel(CurvatureModel):
         products: str = DEFAULT_PRODUCT_METHOD,
         *,
         jacobian: Callable[[Tensor], Tensor | LinearOperator] | None = None,
+        jac_sparsity: object | None = None,
         column_norm_probes: int = 32,
     ):
         if jacobian is not None and not callable(jacobian):
             raise TypeError(f"jacobian must be callable or None, got {type(jacobian).__name__}")
+        if jacobian is not None and jac_sparsity is not None:
+            raise ValueError("pass at most one of jacobian and jac_sparsity, got both")
         self.jacobian = jacobian
+        self.colored = None
+        if jac_sparsity is not None:
+            self.colored = jac_sparsity if isinstance(jac_sparsity, ColoredJacobian) else ColoredJacobian(jac_sparsity)
+        # (fun, decision): vmap's failure is remembered per residual function,
+        # so a fallback warns once. TODO(lead): move into the per-solve state.
+        self._vmap_decision: tuple[Callable, VmapDecision] | None = None
         if products not in PRODUCT_METHODS:
             raise ValueError(f"products must be one of {sorted(PRODUCT_METHODS)}, got {products!r}")
         if isinstance(column_norm_probes, bool) or not isinstance(column_norm_probes, int) or column_norm_probes < 1:
@@ -89,6 +106,7 @@ class GaussNewtonModel(CurvatureModel):
 
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
+        jacobian += "" if self.colored is None else f", jac_sparsity={self.colored!r}"
         return f"GaussNewtonModel(products={self.products!r}{jacobian}, column_norm_probes={self.column_norm_probes})"
 
     def column_norms_are_estimated(self, linearization: Linearization) -> bool:
@@ -128,7 +146,7 @@ class GaussNewtonModel(CurvatureModel):
     def linearize(
         self, fun: Callable[[Tensor], Tensor], x: Tensor, *, dense: bool = False, residual: Tensor | None = None
     ) -> Linearization:
-        if self.jacobian is not None:
+        if self.jacobian is not None or self.colored is not None:
             return self._linearize_given(fun, x, dense, residual)
         if dense:
             return self._linearize_dense(fun, x, residual)
@@ -156,9 +174,16 @@ class GaussNewtonModel(CurvatureModel):
     ) -> Linearization:
         # With J given, r(x) needs no pass of its own: the caller's evaluation
         # (the accepted trial's) is reused, as scipy does.
-        with torch.no_grad():
-            residual = fun(x).detach() if residual is None else residual.detach()
-            J = self.jacobian(x)
+        if self.colored is not None:
+            # TODO(lead): count the colored evaluation's calls of fun in nfev.
+            if self._vmap_decision is None or self._vmap_decision[0] != fun:
+                self._vmap_decision = (fun, VmapDecision())
+            colored = self.colored(fun, x, residual=residual, decision=self._vmap_decision[1])
+            residual, J = colored.residual, colored.jacobian
+        else:
+            with torch.no_grad():
+                residual = fun(x).detach() if residual is None else residual.detach()
+                J = self.jacobian(x)
         if isinstance(J, Tensor):
             J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
         if not isinstance(J, LinearOperator):

@@ -233,7 +233,8 @@ def _from_indices(rows: Tensor, cols: Tensor, shape: tuple[int, ...]) -> Jacobia
     # Patterns built row by row (and coalesced tensors) arrive sorted: checking
     # is O(nnz), where unique would sort them again.
     if keys.numel() <= 1 or bool((keys[1:] > keys[:-1]).all()):
-        return JacobianPattern(rows, cols, (m, n))
+        # Copies: the pattern must not change if the caller's indices do.
+        return JacobianPattern(rows.clone(), cols.clone(), (m, n))
     keys = torch.unique(keys)  # sorts the row-major keys and drops duplicates
     return JacobianPattern(torch.div(keys, n, rounding_mode="floor"), keys % n, (m, n))
 
@@ -339,7 +340,7 @@ def _exact_classes(owners: Tensor, members: Tensor, count: int, classes: Tensor,
             seen[key] = next_class
             next_class += 1
         classes[owner] = seen[key]
-    return classes
+    return torch.unique(classes, return_inverse=True)[1]  # drop the classes emptied by the split
 
 
 def _stable_order(keys: Tensor, bound: int) -> Tensor:
