@@ -186,6 +186,9 @@ class ColoredJacobian:
                 calls += 1
                 primal, products = double_backward_products(fun, x, seeds)
             self._check_length(primal)
+            # J has r's dtype; forward mode can promote a tangent (to float64
+            # through Python scalars in torch.stack of scalar expressions).
+            products = products.to(primal.dtype)
             residual = primal if residual is None else residual
         self._check_length(residual)
         residual = residual.detach()
