@@ -190,3 +190,13 @@ def test_identical_sets_match_exact_grouping(pattern, colliding):
 def test_stable_order_is_a_stable_sort(bound, generator):
     keys = torch.randint(0, bound, (5000,), generator=generator)
     assert torch.equal(_stable_order(keys, bound), torch.argsort(keys, stable=True))
+
+
+@pytest.mark.parametrize("name", ["pattern", "coloring", "colored", "check", "blocks"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"trustls.sparsity.{name}")
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0
