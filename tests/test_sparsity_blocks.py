@@ -34,7 +34,7 @@ def _expected_blocks(rows, cols, n):
 
 def _check_partition(blocks: BlockPartition, rows, cols, m, n):
     found = [frozenset(block.tolist()) for group in blocks.groups for block in group]
-    assert sorted(sum((sorted(b) for b in found), [])) == list(range(n))  # every column once
+    assert sorted(j for block in found for j in block) == list(range(n))  # every column once
     assert set(found) == _expected_blocks(rows, cols, n)
     sizes = [group.shape[1] for group in blocks.groups]
     assert sizes == sorted(set(sizes), reverse=True)

@@ -255,7 +255,9 @@ def test_the_callers_residual_is_returned_and_grad_mode_does_not_matter(generato
 
 
 def test_an_empty_pattern_needs_no_product():
-    fun = lambda x: torch.ones(3, dtype=x.dtype)  # noqa: E731
+    def fun(x):
+        return torch.ones(3, dtype=x.dtype)
+
     colored = ColoredJacobian(torch.zeros(3, 2, dtype=torch.bool))
     x = torch.zeros(2, dtype=torch.float64)
     assert colored(fun, x).calls == 1 and colored(fun, x, residual=fun(x)).calls == 0

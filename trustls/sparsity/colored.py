@@ -155,7 +155,7 @@ class ColoredJacobian:
             decision: keeps vmap's failure across calls (one warning, then
                 the loop); a fresh one is used when ``None``.
         """
-        m, n = self.shape
+        n = self.shape[1]
         if not isinstance(x, Tensor) or x.shape != (n,):
             raise ValueError(f"x must be a tensor of shape ({n},), the columns of jac_sparsity {self.shape}, "
                              f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")

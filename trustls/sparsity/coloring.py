@@ -123,7 +123,6 @@ class ColumnColoring:
     def conflicts(self, pattern: object) -> Tensor:
         """The rows of ``pattern`` holding two columns of one color (empty for a valid coloring)."""
         pattern = jacobian_pattern(pattern)
-        m, _ = pattern.shape
         keys = pattern.rows * self.n_colors + self.colors.to(pattern.rows.device)[pattern.cols]
         unique, counts = torch.unique(keys, return_counts=True)
         return torch.unique(torch.div(unique[counts > 1], self.n_colors, rounding_mode="floor"))
