@@ -4,7 +4,8 @@ Torch sparse tensors (COO, coalesced or not, with duplicates and explicit
 zeros; CSR; CSC), dense bool and 0/1 tensors, numpy arrays and scipy sparse
 matrices (through ``tocoo()``) must all normalize to the unique row-major
 entries of the pattern; bad patterns raise errors naming ``jac_sparsity``;
-`identical_sets` matches exact grouping, even when every hash collides.
+`trustls.sparsity.twins.identical_sets` matches exact grouping, even when
+every hash collides.
 """
 
 import numpy as np
@@ -14,14 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trustls.sparsity.pattern import (
-    JacobianPattern,
-    _classes,
-    _stable_order,
-    identical_sets,
-    jacobian_pattern,
-    pattern_from_indices,
-)
+from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern, pattern_from_indices
+from trustls.sparsity.twins import _classes, identical_sets, stable_order
 
 DENSE = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)  # row 1, column 3 empty
 ROWS, COLS = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 2, 0, 1])
@@ -189,10 +184,10 @@ def test_identical_sets_match_exact_grouping(pattern, colliding):
 @pytest.mark.parametrize("bound", [7, 2**16 + 3, 2**20])
 def test_stable_order_is_a_stable_sort(bound, generator):
     keys = torch.randint(0, bound, (5000,), generator=generator)
-    assert torch.equal(_stable_order(keys, bound), torch.argsort(keys, stable=True))
+    assert torch.equal(stable_order(keys, bound), torch.argsort(keys, stable=True))
 
 
-@pytest.mark.parametrize("name", ["pattern", "coloring", "colored", "check", "blocks"])
+@pytest.mark.parametrize("name", ["pattern", "twins", "coloring", "colored", "check", "blocks"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib

@@ -5,7 +5,7 @@ parameters, a point's three in bundle adjustment). Blocks of equal size are
 stored together, one ``(count, size)`` tensor of column indices per size.
 
 `find_blocks` groups the columns by row set (hashed, then checked exactly:
-`trustls.sparsity.pattern.identical_sets`) and then chooses the groups to
+`trustls.sparsity.twins.identical_sets`) and then chooses the groups to
 eliminate. A set of blocks that pairwise share no row has a block-diagonal
 part of JᵀJ, which a Schur complement inverts block by block (the points of
 bundle adjustment; Triggs et al. 2000, §6; Agarwal et al. 2010). The choice
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustls.sparsity.pattern import identical_sets, pattern_from_indices
+from trustls.sparsity.pattern import pattern_from_indices
+from trustls.sparsity.twins import identical_sets
 
 __all__ = ["BlockPartition", "find_blocks"]
 

@@ -70,7 +70,8 @@ from operator import or_
 import torch
 from torch import Tensor
 
-from trustls.sparsity.pattern import JacobianPattern, identical_sets, jacobian_pattern
+from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern
+from trustls.sparsity.twins import identical_sets
 
 __all__ = ["ORDERINGS", "ColumnColoring", "color_columns"]
 
