@@ -122,6 +122,14 @@ def test_twin_blocks_take_consecutive_free_colors():
     _assert_valid(coloring, dense)
 
 
+def test_large_graphs_skip_the_edge_by_edge_orderings(monkeypatch):
+    dense = torch.rand(30, 20, generator=torch.Generator().manual_seed(0)) < 0.3
+    monkeypatch.setattr(coloring_module, "_MAX_ORDERING_EDGES", 0)
+    coloring = color_columns(dense)
+    assert coloring.method in ("largest-first", "natural")
+    assert coloring.n_colors == min(color_columns(dense, o).n_colors for o in ("largest-first", "natural"))
+
+
 def test_large_intersection_graphs_fall_back_to_the_natural_order(monkeypatch):
     monkeypatch.setattr(coloring_module, "_MAX_GRAPH_PAIRS", 10)
     dense = torch.rand(30, 20, generator=torch.Generator().manual_seed(0)) < 0.3

@@ -35,10 +35,13 @@ matters; Coleman & Moré study
   neighbors.
 
 ``ordering="best"`` (the default) takes the cyclic coloring when it is
-valid, else runs LF, SL, ID and the natural order, stopping as soon as one
-reaches the lower bound, and keeps the fewest colors; when the intersection
-graph would be too large to build (a dense row of length L alone gives L²
-pairs) it uses the natural order only.
+valid, else runs LF and the natural order, then SL and ID, stopping as soon
+as one reaches the lower bound, and keeps the fewest colors. What it tries
+is bounded by cost: SL and ID walk the graph's edges one by one (a heap of
+degrees), so they run only on graphs of at most ``_MAX_ORDERING_EDGES``
+edges; and when the intersection graph itself would be too large to build
+(a dense row of length L alone gives L² pairs), only the natural order,
+which needs no graph, is used.
 
 Implementation. Nothing is done per edge in Python. Columns with the same
 row set (*twins*: a camera's nine parameters) are mutually adjacent with
@@ -78,8 +81,11 @@ __all__ = ["ORDERINGS", "ColumnColoring", "color_columns"]
 ORDERINGS = ("best", "largest-first", "smallest-last", "incidence-degree", "natural")
 
 # Pairs of the merged intersection graph (Σ over merged rows of their length
-# squared) up to which "best" builds the graph for LF, SL and ID: about 0.1 s.
+# squared) up to which "best" builds the graph (vectorized; about 0.5 s at
+# the bound), and adjacency entries up to which it also runs SL and ID (a
+# Python heap operation per entry; about 0.3 s each at the bound).
 _MAX_GRAPH_PAIRS = 2_000_000
+_MAX_ORDERING_EDGES = 250_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,7 +166,10 @@ def color_columns(jac_sparsity: object, ordering: str = "best") -> ColumnColorin
     if ordering != "best":
         return merged.coloring(_ORDERS[ordering](merged, degrees, neighbors), ordering)
     best = None
-    for name in ("largest-first", "smallest-last", "incidence-degree", "natural"):
+    names = ["largest-first", "natural"]
+    if len(neighbors[1]) <= _MAX_ORDERING_EDGES:
+        names += ["smallest-last", "incidence-degree"]
+    for name in names:
         order = list(range(merged.n_blocks)) if name == "natural" else _ORDERS[name](merged, degrees, neighbors)
         coloring = merged.coloring(order, name)
         if best is None or coloring.n_colors < best.n_colors:
