@@ -90,6 +90,14 @@ def preparation(problem) -> None:
     row("BAL: find_blocks", wall, cpu, f"blocks {shapes}; eliminated groups {blocks.eliminated}")
     wall, cpu, colored = timed(lambda: ColoredJacobian(sparsity))
     row("BAL: ColoredJacobian(P) (pattern + coloring + gather index)", wall, cpu, f"{colored.n_colors} colors")
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.arange(20_000).repeat_interleave(10)
+    random = pattern_from_indices(rows, torch.randint(0, 20_000, (rows.numel(),), generator=generator),
+                                  (20_000, 20_000))
+    for ordering in ORDERINGS:
+        wall, cpu, coloring = timed(lambda ordering=ordering: color_columns(random, ordering), repeat=3)
+        row(f"random 20,000 x 20,000, 10 per row: color_columns({ordering!r})", wall, cpu,
+            f"{coloring.n_colors} colors (lower bound {coloring.lower_bound}, {coloring.method})")
     for width in (3, 11):
         pattern = banded(100_000, width)
         wall, cpu, coloring = timed(lambda pattern=pattern: color_columns(pattern))

@@ -59,7 +59,8 @@ class VmapDecision:
 
     Attributes:
         failure: ``None`` until vmap fails; then the first line of its error,
-            and every later evaluation uses the double-backward loop.
+            and every later evaluation uses the double-backward loop. Set it
+            yourself to use the loop from the start.
 
     Examples:
         >>> VmapDecision().failure is None
