@@ -304,3 +304,17 @@ def test_check_sparsity_names_the_missing_columns(generator):
     empty_row = _pattern([0, 1], [0, 1], (N, N))
     with pytest.raises(ValueError, match=r"differs in 12 of 12 rows; row 0 depends on columns \[1\]"):
         check_sparsity(fun, x, empty_row)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["vmap", "double-backward"])
+def test_colored_jacobian_on_every_device(device, batched, generator):
+    fun, pattern = banded_slices()
+    colored = ColoredJacobian(pattern.to(device))  # the pattern itself is kept on the CPU
+    assert colored.pattern.rows.device.type == "cpu"
+    x = _point(generator).to(device)
+    decision = None if batched else VmapDecision(failure="forced")
+    result = colored(fun, x, decision=decision)
+    assert result.jacobian.device == x.device and result.batched == batched
+    torch.testing.assert_close(result.jacobian.to_dense(), torch.func.jacrev(fun)(x), rtol=RTOL, atol=RTOL)
+    again = colored(fun, x + 1, decision=decision)  # the structure on this device is reused
+    assert again.jacobian.pattern is result.jacobian.pattern

@@ -120,7 +120,8 @@ class ColoredJacobian:
         # Entry (i, j) of J is entry i of product color(j): one gather from the
         # flattened (k, m) products.
         self.gather = self.coloring.colors.index_select(0, self.pattern.cols) * m + self.pattern.rows
-        self._operators: dict[torch.device, SparseOperator] = {}
+        # Per device: the SparseOperator whose structure later values reuse, and the gather index.
+        self._on_device: dict[torch.device, tuple[SparseOperator | None, Tensor]] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -193,21 +194,22 @@ class ColoredJacobian:
             residual = primal if residual is None else residual
         self._check_length(residual)
         residual = residual.detach()
+        operator, gather = self._on_device.get(x.device, (None, None))
+        if gather is None:
+            gather = self.gather.to(x.device)
         values = (torch.zeros(0, dtype=x.dtype, device=x.device) if products is None
-                  else products.reshape(-1).index_select(0, self.gather.to(x.device)))
-        return ColoredJacobianResult(self._operator(values), residual, calls, batched)
+                  else products.reshape(-1).index_select(0, gather))
+        if operator is None:
+            rows, cols = self.pattern.rows.to(x.device), self.pattern.cols.to(x.device)
+            operator = SparseOperator(rows, cols, values, self.shape)
+            self._on_device[x.device] = (operator, gather)
+        else:
+            operator = operator.with_values(values)
+        return ColoredJacobianResult(operator, residual, calls, batched)
 
     def _check_length(self, residual: Tensor) -> None:
         _check_residual(residual)
         self.pattern.check_shape(residual.shape[0], self.shape[1])
-
-    def _operator(self, values: Tensor) -> SparseOperator:
-        operator = self._operators.get(values.device)
-        if operator is None:
-            rows, cols = self.pattern.rows.to(values.device), self.pattern.cols.to(values.device)
-            operator = self._operators[values.device] = SparseOperator(rows, cols, values, self.shape)
-            return operator
-        return operator.with_values(values)
 
 
 def colored_jacobian(

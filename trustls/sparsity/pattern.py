@@ -16,8 +16,9 @@ to hold it:
   imports scipy); stored entries are structural, as for torch sparse tensors.
 
 `jacobian_pattern` normalizes all of them to a `JacobianPattern`: unique
-(row, column) pairs sorted row-major, as int64 tensors, and the shape
-``(m, n)``. A row with no entry is a residual that depends on no variable (a
+(row, column) pairs sorted row-major, as int64 tensors on the CPU (the
+pattern is configuration; what is built from it per evaluation moves to the
+evaluation's device), and the shape ``(m, n)``. A row with no entry is a residual that depends on no variable (a
 zero row of J, a constant residual); a column with no entry is a variable
 that no residual depends on (a zero column of J: the Gauss-Newton step leaves
 it where it is). Both are valid.
@@ -159,7 +160,7 @@ def _from_dense(dense: Tensor) -> JacobianPattern:
             raise ValueError(f"jac_sparsity as a dense tensor must hold only 0 and 1 (or be bool), "
                              f"got {dense[i, j].item()!r} at ({i}, {j})")
     rows, cols = (dense != 0).nonzero(as_tuple=True)  # row-major, unique
-    return JacobianPattern(rows.to(torch.int64), cols.to(torch.int64), tuple(dense.shape))
+    return JacobianPattern(rows.to("cpu", torch.int64), cols.to("cpu", torch.int64), tuple(dense.shape))
 
 
 def _sparse_tensor_indices(tensor: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
@@ -219,7 +220,7 @@ def pattern_from_indices(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> 
 
 def _from_indices(rows: Tensor, cols: Tensor, shape: tuple[int, ...]) -> JacobianPattern:
     m, n = shape
-    rows, cols = rows.to(torch.int64).reshape(-1), cols.to(torch.int64).reshape(-1)
+    rows, cols = rows.to("cpu", torch.int64).reshape(-1), cols.to("cpu", torch.int64).reshape(-1)
     _check_indices(rows, cols, m, n)
     keys = rows * n + cols
     # Patterns built row by row (and coalesced tensors) arrive sorted: checking
