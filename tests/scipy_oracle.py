@@ -57,3 +57,18 @@ def scipy_curve_fit(model, xdata, ydata, p0, **options):
         # a one-element sigma means the same to its residual wrapper and works.
         options["sigma"] = np.full(1, options["sigma"], dtype=np.float64)
     return scipy.optimize.curve_fit(f, xdata, ydata, p0=np.asarray(p0, dtype=np.float64), jac=jac, **options)
+
+
+def scipy_least_squares_sparse(residual, x0, jac_sparsity, **options):
+    """scipy's trf from ``residual`` alone, with finite differences grouped by ``jac_sparsity``.
+
+    What a scipy user with a sparsity pattern runs (``jac="2-point"``, the
+    default); ``jac_sparsity`` is a dense bool tensor or a numpy array.
+    """
+    pattern = jac_sparsity.numpy() if isinstance(jac_sparsity, torch.Tensor) else np.asarray(jac_sparsity)
+
+    def fun(x):
+        return residual(torch.from_numpy(x)).detach().numpy()
+
+    x0 = x0.detach().numpy().astype(np.float64)
+    return scipy.optimize.least_squares(fun, x0, jac_sparsity=pattern, method="trf", **options)

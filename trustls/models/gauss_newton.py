@@ -28,6 +28,13 @@ How J is obtained (the routes, in the order they are tried):
   accepted, the gradient Jᵀr, the matrix-free products and the dense J
   (reverse mode: one batched VJP per residual, ``vmap`` over the kept
   pullback) need no second call of the residual function.
+* ``jac_sparsity=``, scipy's argument: the (m, n) pattern of J. Its columns
+  are colored once, at construction, so that no two columns of a color share
+  a row (`trustls.sparsity`), and the exact sparse J comes from one product
+  J v_c per color: double-backward passes through the graph the trial kept
+  (the map u ↦ Jᵀu is linear; its VJP with cotangent v is Jv), so again no
+  second call of the residual function, and no ``vmap``, which some
+  functions defeat (random draws, custom autograd Functions, sparse ops).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from trustls.operators.implicit import (
 )
 from trustls.operators.output import effective_jacobian, effective_jacobian_matrix
 from trustls.operators.sparse import SparseOperator
+from trustls.sparsity.colored import ColoredJacobian
 
 __all__ = ["GaussNewtonModel", "half_squared_norm"]
 
@@ -105,6 +113,10 @@ class GaussNewtonModel(CurvatureModel):
             flattened outputs, as a dense tensor, a torch sparse tensor or a
             `LinearOperator`; replaces automatic differentiation (see the
             module docstring).
+        jac_sparsity: optional ``(m, n)`` sparsity pattern of J (a torch
+            sparse or 0/1 tensor, a numpy array, a scipy sparse matrix, or a
+            `trustls.sparsity.ColoredJacobian`); J is then the exact
+            `SparseOperator` from one product per color, colored here, once.
         column_norm_probes: probes for the column-norm estimate behind
             ``x_scale="jac"`` (see `column_norms`).
 
@@ -125,12 +137,18 @@ class GaussNewtonModel(CurvatureModel):
         loss: str | Loss | Callable | None = "linear",
         f_scale: float = 1.0,
         jacobian: Callable[[Tensor], Tensor | LinearOperator] | None = None,
+        jac_sparsity: object | None = None,
         column_norm_probes: int = 32,
     ):
         self.loss = resolve_loss(loss, f_scale)
         if jacobian is not None and not callable(jacobian):
             raise TypeError(f"jacobian must be callable or None, got {type(jacobian).__name__}")
+        if jacobian is not None and jac_sparsity is not None:
+            raise ValueError("pass at most one of jacobian and jac_sparsity, got both")
         self.jacobian = jacobian
+        self.colored = None
+        if jac_sparsity is not None:
+            self.colored = jac_sparsity if isinstance(jac_sparsity, ColoredJacobian) else ColoredJacobian(jac_sparsity)
         if products not in PRODUCT_METHODS:
             raise ValueError(f"products must be one of {sorted(PRODUCT_METHODS)}, got {products!r}")
         if isinstance(column_norm_probes, bool) or not isinstance(column_norm_probes, int) or column_norm_probes < 1:
@@ -140,6 +158,7 @@ class GaussNewtonModel(CurvatureModel):
 
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
+        jacobian += "" if self.colored is None else f", jac_sparsity={self.colored!r}"
         loss = "" if isinstance(self.loss, SquaredError) else f", loss={self.loss!r}"
         return (
             f"GaussNewtonModel(products={self.products!r}{loss}{jacobian}, "
@@ -205,6 +224,13 @@ class GaussNewtonModel(CurvatureModel):
         products = evaluation.kept
         if products is None:  # evaluated without its graph: record it now (one more call of fun)
             products = self.evaluate(fun, x, context, keep=True).kept
+        if self.colored is not None:
+            if self.colored.shape != (m, x.shape[0]):
+                raise ValueError(f"jac_sparsity must have shape {(m, x.shape[0])} (outputs, variables), "
+                                 f"got {self.colored.shape}")
+            with torch.enable_grad():
+                J = self.colored.from_jvp(products.jvp, x)
+            return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         if dense:
             eye = torch.eye(m, dtype=evaluation.outputs.dtype, device=evaluation.outputs.device)
             with torch.enable_grad():

@@ -272,6 +272,38 @@ class BundleAdjustmentProblem:
         return rows.reshape(-1), cols.reshape(-1), blocks.reshape(-1)
 
 
+    def jacobian_sparsity(self) -> Tensor:
+        """The ``(2 M, 9 C + 3 N)`` sparsity pattern of :meth:`residual`'s Jacobian, for ``jac_sparsity``.
+
+        Built from the camera and point indices alone, as a user would (the
+        scipy cookbook's "Large-scale bundle adjustment"): both rows of each
+        observation touch its camera's 9 columns and its point's 3.
+
+        Returns:
+            A coalesced torch sparse COO bool tensor with ``24 n_observations`` entries.
+
+        Examples:
+            >>> load_bal().jacobian_sparsity().shape  # doctest: +SKIP
+            torch.Size([63686, 23769])
+        """
+        observation = torch.arange(self.n_observations)
+        first_point_column = CAMERA_SIZE * self.n_cameras
+        rows, cols = [], []
+        for residual in range(2):
+            for s in range(CAMERA_SIZE):
+                rows.append(2 * observation + residual)
+                cols.append(CAMERA_SIZE * self.camera_indices + s)
+            for s in range(POINT_SIZE):
+                rows.append(2 * observation + residual)
+                cols.append(first_point_column + POINT_SIZE * self.point_indices + s)
+        # Observation-major, each row's columns ascending (cameras come first in
+        # x): the entries are sorted row-major, i.e. already coalesced.
+        indices = torch.stack((torch.stack(rows, 1).reshape(-1), torch.stack(cols, 1).reshape(-1)))
+        values = torch.ones(indices.shape[1], dtype=torch.bool)
+        shape = (self.n_residuals, self.n_parameters)
+        return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False, is_coalesced=True)
+
+
 def _dot3(a: Tensor, b: Tensor) -> Tensor:
     """Dot products of 3-vectors stored along dim -2 (component-major)."""
     return (a * b).sum(dim=-2, keepdim=True)

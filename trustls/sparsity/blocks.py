@@ -3,15 +3,35 @@
 A *block* is a set of columns whose row sets are identical (a camera's nine
 parameters, a point's three in bundle adjustment). Blocks of equal size are
 stored together, one ``(count, size)`` tensor of column indices per size.
+
+`find_blocks` groups the columns by row set (hashed, then checked exactly:
+`trustls.sparsity.twins.identical_sets`) and then chooses the groups to
+eliminate. A set of blocks that pairwise share no row has a block-diagonal
+part of JᵀJ, which a Schur complement inverts block by block (the points of
+bundle adjustment; Triggs et al. 2000, §6; Agarwal et al. 2010). The choice
+is made per group: a group qualifies when its own blocks pairwise share no
+row; the qualifying groups are then taken greedily, most columns first, each
+kept only if it shares no row with the groups already taken. Greedy is exact
+for what matters in practice (one dominant group, as in bundle adjustment),
+and maximizing the eliminated columns over all compatible sets of groups is
+a maximum-weight independent set problem in general, which is not worth
+solving for a handful of groups.
+
+A column with no entry (a variable nothing depends on) is a block of size 1
+of its own: empty row sets share nothing, so they are never grouped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-__all__ = ["BlockPartition"]
+from trustls.sparsity.pattern import pattern_from_indices
+from trustls.sparsity.twins import identical_sets
+
+__all__ = ["BlockPartition", "find_blocks"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,3 +52,57 @@ class BlockPartition:
     n: int
     groups: tuple[Tensor, ...]
     eliminated: tuple[int, ...] = ()
+
+
+def find_blocks(rows: Tensor, cols: Tensor, m: int, n: int) -> BlockPartition:
+    """The blocks of the ``(m, n)`` pattern with entries at ``(rows, cols)`` (see the module docstring).
+
+    Groups come by decreasing block size; within a group, blocks by their
+    first column, and each block's columns ascending.
+
+    Args:
+        rows: integer row indices of the structural nonzeros (any order; duplicates allowed).
+        cols: their column indices.
+        m: the number of rows (residuals).
+        n: the number of columns (variables).
+
+    Examples:
+        >>> import torch
+        >>> # two "cameras" of 3 columns, four "points" of 2 columns, one row per observation
+        >>> camera, point = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3])
+        >>> cols = torch.cat([3 * camera[:, None] + torch.arange(3), 6 + 2 * point[:, None] + torch.arange(2)], 1)
+        >>> blocks = find_blocks(torch.arange(4).repeat_interleave(5), cols.flatten(), 4, 14)
+        >>> [group.tolist() for group in blocks.groups], blocks.eliminated
+        ([[[0, 1, 2], [3, 4, 5]], [[6, 7], [8, 9], [10, 11], [12, 13]]], (1,))
+    """
+    pattern = pattern_from_indices(rows, cols, (m, n))
+    rows, cols = pattern.rows, pattern.cols
+    order = pattern.column_order
+    blocks, first = identical_sets(cols.index_select(0, order), rows.index_select(0, order), n, m)
+    sizes = torch.bincount(blocks, minlength=first.numel())
+    size_of_column = sizes.index_select(0, blocks)
+    groups, touched = [], []
+    # A block's entries are those of its first column: one entry per (row, block).
+    leading = cols == first.index_select(0, blocks).index_select(0, cols)
+    for size in torch.unique(sizes).flip(0).tolist():
+        columns = torch.nonzero(size_of_column == size).flatten()  # ascending
+        by_block = torch.argsort(blocks.index_select(0, columns), stable=True)
+        groups.append(columns.index_select(0, by_block).reshape(-1, size))
+        in_group = leading & (size_of_column.index_select(0, cols) == size)
+        touched.append(rows[in_group])
+    return BlockPartition(n, tuple(groups), _eliminable(groups, touched, m))
+
+
+def _eliminable(groups: list[Tensor], touched: list[Tensor], m: int) -> tuple[int, ...]:
+    """The groups to eliminate: row-disjoint blocks, greedily by column count (see the module docstring)."""
+    used = torch.zeros(m, dtype=torch.bool, device=touched[0].device if touched else None)
+    chosen = []
+    for g in sorted(range(len(groups)), key=lambda g: -groups[g].numel()):
+        rows = touched[g]
+        if rows.numel() != torch.unique(rows).numel():  # two of its blocks share a row
+            continue
+        if bool(used.index_select(0, rows).any()):
+            continue
+        used[rows] = True
+        chosen.append(g)
+    return tuple(sorted(chosen))
