@@ -116,7 +116,7 @@ def test_gauss_newton_step_inside_region_is_minimum_norm_lstsq(kind, factor, gen
     assert step.reason == "gauss_newton" and not step.hits_boundary
     assert step.iterations == step.products == 0
     torch.testing.assert_close(step.step, expected, rtol=1e-10, atol=1e-12 * float(expected.norm()))
-    assert step.norm == pytest.approx(float(expected.norm()), rel=1e-12)
+    assert float(step.norm) == pytest.approx(float(expected.norm()), rel=1e-12)
 
 
 def test_duplicate_columns_step_splits_evenly(generator):
@@ -163,13 +163,13 @@ def test_within_radius_and_predicted_reduction_is_dense_model(kind, radius, gene
     p = step.step
     p_norm = float(torch.linalg.vector_norm(p))
     assert p_norm <= radius * (1 + 1e-12)
-    assert step.norm == pytest.approx(p_norm, rel=1e-12)
+    assert float(step.norm) == pytest.approx(p_norm, rel=1e-12)
     g = J.T @ r
     Jp = J @ p
     dense_model = float(g @ p + 0.5 * Jp @ Jp)
     scale = float(g.norm()) * p_norm
-    assert step.predicted_reduction == pytest.approx(-dense_model, rel=1e-10, abs=1e-14 * scale)
-    assert step.predicted_reduction > 0
+    assert float(step.predicted_reduction) == pytest.approx(-dense_model, rel=1e-10, abs=1e-14 * scale)
+    assert float(step.predicted_reduction) > 0
 
 
 @pytest.mark.parametrize("rtol", [1e-3, 1e-10])
@@ -186,7 +186,7 @@ def test_warm_start_across_decreasing_radii_matches_cold_start(kind, rtol, gener
         assert warm.reason == cold.reason
         # Both roots satisfy |‖p‖ − Δ| ≤ rtol·Δ; they need not be the same iterate.
         assert float((warm.step - cold.step).norm()) <= 2 * STEP_FACTOR * rtol * radius
-        assert warm.predicted_reduction == pytest.approx(cold.predicted_reduction, rel=2 * STEP_FACTOR * rtol)
+        assert float(warm.predicted_reduction) == pytest.approx(float(cold.predicted_reduction), rel=2 * STEP_FACTOR * rtol)
 
 
 @pytest.mark.parametrize("kind", ["zero_residual", "zero_jacobian"])

@@ -198,8 +198,8 @@ def test_dense_lstsq_step_is_the_exact_ggn_trust_region_step(name, where, x):
     expected = exact_step(B, g, radius)
     torch.testing.assert_close(step.step, expected, rtol=1e-8, atol=1e-8 * float(expected.norm()))
     assert step.hits_boundary == (where == "boundary")
-    assert step.predicted_reduction == pytest.approx(-model(g, B, step.step), rel=1e-9)
-    assert lin.predicted_reduction(step.step) == pytest.approx(step.predicted_reduction, rel=1e-9)
+    assert float(step.predicted_reduction) == pytest.approx(-model(g, B, step.step), rel=1e-9)
+    assert float(lin.predicted_reduction(step.step)) == pytest.approx(float(step.predicted_reduction), rel=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -215,7 +215,7 @@ def test_steihaug_cg_interior_step_is_the_exact_ggn_step(name, x):
     condition = float(torch.linalg.cond(B))
     tolerance = max(1e-10, 10 * condition * EPS**0.75)
     torch.testing.assert_close(step.step, expected, rtol=tolerance, atol=tolerance * float(expected.norm()))
-    assert step.predicted_reduction == pytest.approx(-model(g, B, step.step), rel=1e-9)
+    assert float(step.predicted_reduction) == pytest.approx(-model(g, B, step.step), rel=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -233,7 +233,7 @@ def test_steihaug_cg_boundary_step_on_the_effective_jacobian(name, x):
     few = SteihaugCG(max_iter=3)
     torch.testing.assert_close(few.solve(few.prepare(lin), radius).step, few.solve(few.prepare(dense), radius).step,
                                rtol=1e-10, atol=1e-10 * radius)
-    assert step.hits_boundary and step.norm == pytest.approx(radius, rel=1e-10)
+    assert step.hits_boundary and float(step.norm) == pytest.approx(radius, rel=1e-10)
     cauchy = -g * min(radius / float(g.norm()), float(g @ g) / float(g @ B @ g))
     assert model(g, B, exact_step(B, g, radius)) <= model(g, B, step.step) + 1e-12 * abs(model(g, B, cauchy))
     assert model(g, B, step.step) <= model(g, B, cauchy)
@@ -251,7 +251,7 @@ def test_jacobi_scaled_linearization_solves_the_scaled_problem(x):
         if isinstance(solver, DenseLstsq):
             torch.testing.assert_close(step.step, exact_step(Jz.T @ Jz, scale * lin.gradient, radius),
                                        rtol=1e-8, atol=1e-8 * radius)
-        assert step.norm == pytest.approx(radius, rel=1e-10) or step.norm < radius
+        assert float(step.norm) == pytest.approx(radius, rel=1e-10) or step.norm < radius
 
 
 # --- 3. a gradient outside the range of J̃ᵀ ------------------------------------------------------------------------

@@ -96,8 +96,8 @@ def trial_decision(
         radius: the radius the step was computed for.
         hits_boundary: whether the step lies on the trust region's boundary.
         x_step_norm: ‖p‖ in x, for xtol; x_norm: ‖x‖.
-        eps: the machine epsilon of x's dtype (the rounding allowance and the
-            noise floor's step test).
+        eps: the machine epsilon of x's dtype (the rounding allowance, and the
+            noise floor's step test ‖p‖ ≤ eps^(3/4)·(eps^(3/4) + ‖x‖)).
         ftol, xtol: the effective tolerances (0 disables).
         strict: take only decreases, never a step at the noise floor (half precision).
     """
@@ -116,8 +116,8 @@ def trial_decision(
         policy.after_failure(radius, step_norm),
     )
     code = torch.where(finite, step_termination(actual, cost, x_step_norm, x_norm, ratio, ftol, xtol), 0)
-    # At the noise floor, stop once the step is also below √eps relative to x (`trustls.radius`).
-    small = x_step_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
+    # At the noise floor, stop once the step is also below eps^(3/4) relative to x (`trustls.radius`).
+    small = x_step_norm <= eps**0.75 * (eps**0.75 + x_norm)
     noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == 0)
     code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
     moves = finite & policy.moves(actual, ratio, noise, strict=strict)

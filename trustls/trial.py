@@ -69,7 +69,7 @@ class Trial:
             x_step_norm=torch.linalg.vector_norm(x_new - state.x), x_norm=self.x_norm, eps=self.eps,
             ftol=self.ftol, xtol=self.xtol, strict=state.dtype in HALF,
         )
-        decision, (x_scaled_norm,) = decision.read(self.x_scaled_norm)  # the one read of the trial
+        decision, (x_scaled_norm, cost) = decision.read(self.x_scaled_norm, lin.cost)  # the one read of the trial
         status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
         if accepted and self.relinearize:
             new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
@@ -83,7 +83,6 @@ class Trial:
                     gradient_max = float(subproblem(new_lin, state.scaling, bounds).optimality)
                 if gradient_max < method.gtol:
                     status = Status.GTOL
-        cost = float(lin.cost)
         info = IterationInfo(
             nit=state.nit, nfev=state.nfev + self.f.calls, x=x_new if accepted else state.x,
             fun=evaluation.outputs if accepted else lin.residual, cost=decision.trial_cost if accepted else cost,

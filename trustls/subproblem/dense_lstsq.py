@@ -42,13 +42,14 @@ __all__ = ["DenseLstsq", "secular_step"]
 
 @dataclass
 class _Factorization:
-    """The SVD of J at one point, and the last root of the secular equation."""
+    """The SVD of J at one point, what the secular equation needs of it, and its last root."""
 
     V: Tensor
     s: Tensor  # singular values kept (above the rank cutoff)
     sf: Tensor  # s_i f_i, the gradient's coordinates in the basis V
     full_rank: bool
     gauss_newton_norm: float
+    moments: tuple[float, float, float] | None = None  # `secular_step`'s radius-free sums
     alpha: float = 0.0
 
 
@@ -56,8 +57,25 @@ def _coefficients(factors: _Factorization, alpha: float) -> Tensor:
     return -factors.sf / (factors.s**2 + alpha)
 
 
+def secular_moments(s: Tensor, sf: Tensor) -> Tensor:
+    """The radius-free sums `secular_step` starts from, unread: σ (a power of two near s_max, as a
+    float64 tensor), ‖sf/σ²‖², and ‖c(0)‖² = Σ sf²/s⁴ and Σ sf²/s⁶ in units of σ (module docstring)."""
+    sigma = torch.exp2(torch.frexp(s[0].double())[1].double())
+    s, sf = s.double() / sigma, sf.double() / (sigma * sigma)
+    s2, sf2 = s * s, sf * sf
+    return torch.stack([sigma, sf2.sum(), (sf2 / (s2 * s2)).sum(), (sf2 / (s2 * s2 * s2)).sum()])
+
+
 def secular_step(
-    s: Tensor, sf: Tensor, radius: float, *, full_rank: bool, alpha: float = 0.0, rtol: float = 1e-3, max_iter: int = 30
+    s: Tensor,
+    sf: Tensor,
+    radius: float,
+    *,
+    full_rank: bool,
+    alpha: float = 0.0,
+    rtol: float = 1e-3,
+    max_iter: int = 30,
+    moments: tuple[float, float, float, float] | None = None,
 ) -> tuple[float, int]:
     """Root α > 0 of ‖c(α)‖ = radius, c_i(α) = −sf_i / (s_i² + α).
 
@@ -69,6 +87,8 @@ def secular_step(
     with σ a power of two near s_max, c is unchanged under s → s/σ,
     sf → sf/σ², α → α/σ², and the squares of sf cannot overflow even when J's
     entries are near the dtype's range (scaling by a power of two is exact).
+    The radius-free sums it starts from (``moments``, `secular_moments`) are
+    read once per point by `DenseLstsq.prepare`; each iteration reads one pair.
 
     Returns:
         ``(alpha, iterations)``.
@@ -80,16 +100,17 @@ def secular_step(
         >>> float(torch.linalg.vector_norm(sf / (s**2 + alpha)))  # doctest: +ELLIPSIS
         0.5...
     """
-    sigma = 2.0 ** math.frexp(float(s[0]))[1]
+    if moments is None:
+        moments = secular_moments(s, sf).tolist()
+    sigma, sf_norm2, norm0, derivative0 = moments
     s = s / sigma
     sf = sf / (sigma * sigma)
     alpha = alpha / (sigma * sigma)
     s2 = s * s
     sf2 = sf * sf
-    upper = math.sqrt(float(sf2.sum())) / radius
+    upper = math.sqrt(sf_norm2) / radius
     if full_rank:
         # φ(0) / φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
-        norm0, derivative0 = torch.stack([(sf2 / (s2 * s2)).sum(), (sf2 / (s2 * s2 * s2)).sum()]).tolist()
         norm0 = math.sqrt(norm0)
         lower = (norm0 - radius) * norm0**2 / (radius * derivative0) if 0 < derivative0 < math.inf else 0.0
         lower = min(max(lower, 0.0), upper)
@@ -147,33 +168,43 @@ class DenseLstsq(SubproblemSolver):
             raise ValueError("DenseLstsq needs the dense Jacobian; the model did not provide jacobian_matrix")
         m, n = J.shape
         U, s, Vh = torch.linalg.svd(J, full_matrices=False)
-        cutoff = max(m, n) * torch.finfo(J.dtype).eps * (float(s[0]) if s.numel() else 0.0)
-        rank = int((s > cutoff).sum())
-        s, V = s[:rank], Vh[:rank].T
+        if s.numel() == 0:
+            return _Factorization(Vh.T, s, s, False, 0.0)
+        keep = s > max(m, n) * torch.finfo(J.dtype).eps * s[0]
         f = linearization.whitened_residual
+        g = linearization.gradient
         if f is not None:
             # sf = s·(Uᵀf): its error in the direction of a small singular value s_i
             # is of order eps·s_i‖f‖, where Vᵀg's is eps·s_max‖f‖.
-            sf = s * (U[:, :rank].T @ f)
-            return _Factorization(V, s, sf, rank == n, float(torch.linalg.vector_norm(sf / (s * s))) if rank else 0.0)
-        # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
-        # loss may leave the range of J̃ᵀ (a logit whose probability underflows moves the
-        # loss but not J̃): that part, g⊥ = g − VVᵀg, is a direction of zero curvature,
-        # kept as a zero singular value, along which the model only falls.
-        g = linearization.gradient
-        sf = V.T @ g
-        outside = g - V @ sf
-        outside_norm, g_norm = torch.stack([torch.linalg.vector_norm(outside), torch.linalg.vector_norm(g)]).tolist()
-        if outside_norm <= math.sqrt(torch.finfo(g.dtype).eps) * g_norm:
-            return _Factorization(V, s, sf, rank == n, float(torch.linalg.vector_norm(sf / (s * s))) if rank else 0.0)
-        V = torch.cat([V, (outside / outside_norm)[:, None]], dim=1)
+            sf = s * (U.T @ f)
+            outside_norm = torch.zeros((), dtype=s.dtype, device=s.device)
+        else:
+            # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
+            # loss may leave the range of J̃ᵀ (a logit whose probability underflows moves the
+            # loss but not J̃): that part, g⊥ = g − VVᵀg, is a direction of zero curvature,
+            # kept as a zero singular value, along which the model only falls.
+            sf = torch.where(keep, Vh @ g, 0.0)
+            outside_norm = torch.linalg.vector_norm(g - Vh.T @ sf)
+        sf = torch.where(keep, sf, 0.0)
+        safe = torch.where(keep, s, 1.0)
+        # The point's one read: the rank, ‖p(0)‖ and the secular equation's sums.
+        rank, gauss_newton_norm, outside, g_norm, *moments = torch.cat([
+            torch.stack([keep.sum().to(s.dtype), torch.linalg.vector_norm(sf / (safe * safe)), outside_norm,
+                         torch.linalg.vector_norm(g)]).double(),
+            secular_moments(safe, sf),
+        ]).tolist()
+        rank = int(rank)
+        s, V, sf = s[:rank], Vh[:rank].T, sf[:rank]
+        if f is not None or outside <= math.sqrt(torch.finfo(g.dtype).eps) * g_norm:
+            return _Factorization(V, s, sf, rank == n, gauss_newton_norm if rank else 0.0, tuple(moments))
+        V = torch.cat([V, ((g - V @ sf) / outside)[:, None]], dim=1)
         s = torch.cat([s, s.new_zeros(1)])
-        sf = torch.cat([sf, sf.new_full((1,), outside_norm)])
+        sf = torch.cat([sf, sf.new_full((1,), outside)])
         return _Factorization(V, s, sf, False, math.inf)
 
     def solve(self, prepared: _Factorization, radius: float) -> Step:
         factors = prepared
-        if factors.s.numel() == 0 or not bool((factors.sf != 0).any()):
+        if factors.gauss_newton_norm == 0.0:  # no gradient in the range of J̃ᵀ, nor outside it
             zero = torch.zeros(factors.V.shape[0], dtype=factors.V.dtype, device=factors.V.device)
             return Step(zero, 0.0, 0.0, False, 0, 0, "zero_gradient")
         if factors.gauss_newton_norm <= radius:
@@ -181,19 +212,16 @@ class DenseLstsq(SubproblemSolver):
         else:
             alpha, iterations = secular_step(
                 factors.s, factors.sf, radius, full_rank=factors.full_rank,
-                alpha=factors.alpha, rtol=self.rtol, max_iter=self.max_iter,
+                alpha=factors.alpha, rtol=self.rtol, max_iter=self.max_iter, moments=factors.moments,
             )
             factors.alpha = alpha
             reason = "secular"
         c = _coefficients(factors, alpha)
-        step = factors.V @ c
-        norm = float(torch.linalg.vector_norm(c))
-        if norm > radius:
-            # The secular tolerance allows ‖p‖ up to (1 + rtol)Δ; keep the
-            # invariant ‖p‖ ≤ Δ exactly by pulling the step back.
-            c = c * (radius / norm)
-            step = step * (radius / norm)
-            norm = radius
+        # The secular tolerance allows ‖p‖ up to (1 + rtol)Δ; the invariant ‖p‖ ≤ Δ is kept
+        # exactly by pulling the step back, on the device (no read).
+        norm = torch.linalg.vector_norm(c)
+        c = c * torch.clamp(radius / norm, max=1.0)
+        norm = torch.clamp(norm, max=radius)
         # m(p) = gᵀp + ½‖Jp‖² with gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)².
-        model = float(torch.dot(factors.sf, c) + 0.5 * torch.dot(factors.s * c, factors.s * c))
-        return Step(step, norm, -model, alpha > 0, iterations, 0, reason)
+        model = torch.dot(factors.sf, c) + 0.5 * torch.dot(factors.s * c, factors.s * c)
+        return Step(factors.V @ c, norm, -model, alpha > 0, iterations, 0, reason)

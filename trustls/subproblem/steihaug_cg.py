@@ -105,28 +105,15 @@ The model value is tracked along the path: over a segment p + τd,
 m(p + τd) = m(p) + τ rᵀd + ½τ² dᵀBd with r = Bp + g the CG residual, so the
 predicted reduction costs no product.
 
-Each iteration reduces dᵀBd and rᵀr and reads both, with the recurrent
-‖p‖², in one host synchronization: the step lengths α and β act on the
-vectors as 0-d tensors, so the device never waits for the host inside an
-iteration, and the exit tests (negative curvature, boundary, forcing) run on
-the values read. A solve reads once more at its start (‖g‖∞ and ‖g‖²). The other scalars come from the
-recurrences of Steihaug-Toint CG and GLTR (Conn, Gould & Toint 2000,
-§7.5.1; Gould, Lucidi, Roma & Toint 1999, §5), exact in exact arithmetic
-because r_{k+1} ⊥ d_k and r_{k+1} ⊥ p_{k+1}:
-
-    rᵀd_k = −‖r_k‖²,
-    ‖p_{k+1}‖² = ‖p_k‖² + 2α pᵀd_k + α²‖d_k‖²,
-    pᵀd_{k+1} = β(pᵀd_k + α‖d_k‖²),
-    ‖d_{k+1}‖² = ‖r_{k+1}‖² + β²‖d_k‖²,
-
-computed on the host from the values read. Rounding makes them drift as the
-residuals lose orthogonality: over the 54 NIST solves of ``trustls.validate``
-the recurrent ‖p‖² differed from the true one by at most 7.7·10⁻⁴ relative
-(worst on the ill-conditioned problems). So the recurrence only says when p
-is near the sphere, within 10% in ‖p‖²; there the boundary test uses the
-true norm (one dot and one more read), the boundary step length τ is
-computed from the true p and d, and an interior exit reports the true ‖p‖.
-‖p‖ ≤ Δ thus holds to rounding.
+Each iteration reduces dᵀBd, ‖r‖² and the true ‖p‖² and reads the three in
+one host synchronization (the first iteration also ‖g‖² and ‖g‖∞): the
+step lengths α and β act on the vectors as 0-d tensors, so the device never
+waits for the host inside an iteration, and the exit tests (negative
+curvature, boundary, forcing) run on the values read. The boundary test and
+the reported ‖p‖ use the true norm, so ‖p‖ ≤ Δ holds to rounding; the
+Steihaug-Toint and GLTR recurrences for ‖p‖² (Conn, Gould & Toint 2000,
+§7.5.1) would save the dot but drift as the residuals lose orthogonality, and
+a dot is cheap beside a product.
 
 CG's scalars are squared norms, which leave float32's range once the
 gradient's entries pass about 2³¹ (or fall below 2⁻³¹). Such a g is first
@@ -181,10 +168,6 @@ from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
 
 __all__ = ["SteihaugCG"]
 
-# Relative margin, in ‖p‖², within which the boundary test uses the true norm
-# instead of the recurrence (module docstring).
-_NEAR_BOUNDARY = 0.1
-
 # Elements of the stored CG path for matrix-free operators (32 MiB in float64).
 DEFAULT_PATH_MEMORY = 2**22
 
@@ -231,7 +214,6 @@ class _Path:
     radius: float = 0.0  # the radius the path was computed for
     factor: float = 1.0  # the path is stored in units where g is c·g (`normalizing_factor`)
     complete: bool = False  # the path ends where CG stopped for that radius
-    exact_norms: bool = False  # norms recomputed from the points (else from the recurrences)
     last: Step | None = None
 
 
@@ -333,6 +315,20 @@ class SteihaugCG(SubproblemSolver):
         return self._run(path, radius)
 
     def _run(self, path: _Path, radius: float) -> Step:
+        step = self._cg(path, radius, factor=1.0)
+        if step is None:  # g's squared norms leave the dtype's range: again, normalized
+            step = self._cg(path, radius, factor=path.factor)
+        path.last = step
+        return step
+
+    def _cg(self, path: _Path, radius: float, factor: float) -> Step | None:
+        """CG on c·g in the sphere of radius c·Δ (c = ``factor``); ``None`` when it must restart normalized.
+
+        c is a power of two (`normalizing_factor`) that keeps the squared norms
+        of a float32 g from overflowing or underflowing; p, ‖p‖ and m are
+        scaled back at the end. Its need is read with the first iteration's
+        values, so a solve that needs none reads nothing more.
+        """
         lin = path.linearization
         g = lin.gradient
         B = lin.operator
@@ -345,29 +341,10 @@ class SteihaugCG(SubproblemSolver):
         path.points.clear(), path.norms.clear(), path.model_values.clear()
         path.slopes.clear(), path.curvatures.clear()
         path.complete = False
-        path.exact_norms = False
         path.radius = radius
-        # The solve's first read: ‖g‖∞ and ‖g‖². CG runs on c·g and the sphere
-        # of radius c·Δ, c a power of two that keeps the squared norms of a
-        # float32 g from overflowing (or underflowing); p, ‖p‖ and m are scaled
-        # back at the end.
-        rr_t = torch.dot(g, g)
-        largest, rr = torch.stack([g.abs().max(), rr_t]).tolist()
-        factor = path.factor = normalizing_factor(largest, radius, g.dtype)
+        path.factor = factor
         if factor != 1.0:
             g, radius = g * factor, radius * factor
-            rr_t = torch.dot(g, g)
-            rr = float(rr_t)
-        g_norm = math.sqrt(rr)
-        if g_norm == 0.0:
-            return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
-        # ρ compares the true ‖g‖ (before normalization) with the reference; a
-        # float32 norm that overflows without normalization is taken in float64.
-        true_norm = g_norm / factor
-        if math.isinf(true_norm) and g.dtype != torch.float64:
-            true_norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))
-        self._remember(path, true_norm)
-        tolerance = self._forcing_term(path, g, true_norm) * g_norm
 
         # p₀ = 0 as a broadcast scalar, and r₀ = g and s₀ = g as aliases: length-n
         # vectors less at the peak of the first product. s = −d is the negated
@@ -376,17 +353,15 @@ class SteihaugCG(SubproblemSolver):
         # allocates them, leaving g alone): the stored path keeps only the p.
         p = g.new_zeros(()).expand_as(g)
         r = s = g
-        # ‖p‖², pᵀd and ‖d‖² by the recurrences of the module docstring (host floats).
-        pp, pd, dd = 0.0, 0.0, rr
-        near = (1.0 - _NEAR_BOUNDARY) * radius * radius
-        # Beyond this norm p is outside the region, not merely on it by rounding.
-        outside = radius * (1.0 + 8.0 * torch.finfo(g.dtype).eps)
+        rr_t = torch.dot(g, g)
+        rr = tolerance = None
         model = 0.0
         if keep:
             path.points.append(p), path.norms.append(0.0), path.model_values.append(0.0)
         reason = "max_iter"
-        hits_boundary = drifted = False
+        hits_boundary = False
         iterations = products = 0
+        p_norm = 0.0
         for iterations in range(1, max_iter + 1):
             products = iterations
             Bs = B.matvec(s)
@@ -395,39 +370,42 @@ class SteihaugCG(SubproblemSolver):
             p_next = torch.addcmul(p, alpha_t, s, value=-1.0)
             r_next = torch.addcmul(g, alpha_t, Bs, value=-1.0) if r is g else r.addcmul_(alpha_t, Bs, value=-1.0)
             rr_next_t = torch.dot(r_next, r_next)
-            kappa, rr_next = torch.stack([kappa_t, rr_next_t]).tolist()  # the one read of the iteration
+            values = [kappa_t, rr_next_t, torch.dot(p_next, p_next)]
+            if rr is None:  # the first iteration also reads ‖g‖² and ‖g‖∞
+                values += [rr_t, g.abs().max()]
+            values = torch.stack(values).tolist()  # the one read of the iteration
+            kappa, rr_next, pp_next = values[:3]
+            if rr is None:
+                rr, largest = values[3:]
+                if factor == 1.0:
+                    path.factor = normalizing_factor(largest, radius, g.dtype)
+                    if path.factor != 1.0 or not math.isfinite(rr):
+                        return None if path.factor != 1.0 else self._overflowed(path, g, largest)
+                g_norm = math.sqrt(rr)
+                if g_norm == 0.0:
+                    return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, products, "zero_gradient")
+                # ρ compares the true ‖g‖ (before normalization) with the reference.
+                self._remember(path, g_norm / factor)
+                tolerance = self._forcing_term(path, g, g_norm / factor) * g_norm
             if not kappa > 0.0:  # also NaN: no descent can be trusted along s
                 reason, hits_boundary = "negative_curvature", True
-            else:
-                alpha = rr / kappa
-                pp_next = pp + alpha * (2.0 * pd + alpha * dd)
-                if pp_next >= near:
-                    # The recurrence decides only that p_next is near the
-                    # sphere; whether it is outside is decided on the true norm.
-                    pp_next = float(torch.dot(p_next, p_next))
-                    if pp_next >= radius * radius:
-                        reason, hits_boundary = "boundary", True
-            if hits_boundary and float(torch.dot(p, p)) > outside * outside:
-                # p itself is outside: the recurrence drifted past _NEAR_BOUNDARY
-                # (never seen). The exit guard pulls p back.
-                hits_boundary, drifted = False, True
-                break
+            elif pp_next >= radius * radius:
+                reason, hits_boundary = "boundary", True
             if hits_boundary:
-                # τ from the true p and d, so that ‖p + τd‖ = Δ to rounding.
-                d = -s
-                tau = float(boundary_step_length(p, d, radius))
-                p, pp = torch.add(p, d, alpha=tau), radius * radius
+                # τ from the true p and d, so that ‖p + τd‖ = Δ to rounding; it stays on the
+                # device, and with it the model's last segment (no read at the exit).
+                tau = boundary_step_length(p, -s, radius)
+                p, p_norm = torch.addcmul(p, tau, s, value=-1.0), radius
             else:
-                tau = alpha
-                p, pp = p_next, pp_next
+                tau = rr / kappa
+                p, p_norm = p_next, math.sqrt(pp_next)
             # rᵀd = −‖r‖² (r_k ⊥ d_{k−1}), so m along the segment costs no dot.
             slope, curvature = -tau * rr, tau * tau * kappa
             model += slope + 0.5 * curvature
             if keep:
                 if path.model_values and (len(path.points) + 1) * n <= path_memory:
                     path.slopes.append(slope), path.curvatures.append(curvature)
-                    path.points.append(p), path.model_values.append(model)
-                    path.norms.append(radius if hits_boundary else math.sqrt(pp))
+                    path.points.append(p), path.model_values.append(model), path.norms.append(p_norm)
                 else:
                     keep = False
                     path.points.clear()
@@ -439,46 +417,28 @@ class SteihaugCG(SubproblemSolver):
                 reason = "converged"
                 break
             beta = rr_next / rr
-            pd = beta * (pd + alpha * dd)
-            dd = rr_next + beta * beta * dd
             s = torch.add(r, s, alpha=beta) if s is g else s.mul_(beta).add_(r)
             rr, rr_t = rr_next, rr_next_t
-        if hits_boundary:
-            p_norm = radius
-        else:
-            # An interior exit reports the true ‖p‖, once per solve.
-            p_norm = float(torch.linalg.vector_norm(p))
-            if keep:
-                path.norms[-1] = p_norm
-            if drifted or p_norm > outside:
-                # Only if the recurrence drifted by more than _NEAR_BOUNDARY (never
-                # seen): pull p back along its ray, where m(tp) ≤ t·m(p) < 0 by
-                # convexity on [0, 1], and evaluate the model there with one product.
-                p = p * (radius / p_norm)
-                p_norm, hits_boundary, reason, keep = radius, True, "boundary", False
-                model = float(torch.dot(g, p) + 0.5 * torch.dot(p, B.matvec(p)))
-                products += 1
         # A path that overflowed (non-finite norms) answers no smaller radius.
         path.complete = keep and math.isfinite(p_norm)
         if factor != 1.0:
             p, p_norm, model = p / factor, p_norm / factor, model / (factor * factor)
-        step = Step(p, p_norm, -model, hits_boundary, iterations, products, reason)
-        path.last = step
-        return step
+        return Step(p, p_norm, -model, hits_boundary, iterations, products, reason)
+
+    def _overflowed(self, path: _Path, g: Tensor, largest: float) -> Step:
+        """No step for a g whose squared norm leaves the range when no factor can bring it back
+        (the radius does not scale with it): a non-finite one, from which the controller shrinks
+        the radius. A float32 norm is still kept, taken in float64, as the forcing reference."""
+        if g.dtype != torch.float64:
+            self._remember(path, float(torch.linalg.vector_norm(g, dtype=torch.float64)))
+        nan = torch.full_like(g, math.nan)
+        return Step(nan, math.nan, math.nan, True, 1, 1, "overflow")
 
     def _from_path(self, path: _Path, radius: float) -> Step:
         """The first crossing of the sphere of ``radius`` by the stored path."""
         last = path.last
         if radius >= last.norm:
             return Step(last.step, last.norm, last.predicted_reduction, last.hits_boundary, 0, 0, last.reason)
-        if not path.exact_norms:
-            # The crossing is found on the true norms: the recurrences drift by
-            # rounding, and a point taken as inside must be inside. The first and
-            # last norms are exact already; one synchronization for the rest.
-            inner = path.points[1:-1]
-            if inner:
-                path.norms[1:-1] = torch.stack([torch.linalg.vector_norm(q) for q in inner]).tolist()
-            path.exact_norms = True
         factor = path.factor  # the path is stored in the normalized units of `_run`
         sphere = radius * factor
         k = next(i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= sphere)
