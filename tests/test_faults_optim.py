@@ -23,7 +23,7 @@ import dataclasses
 import math
 
 import torch
-from fault_contract import FAULT_SETTINGS, check_optimizer_step
+from fault_contract import check_optimizer_step, fault_settings
 from hypothesis import given
 from hypothesis import strategies as st
 from test_faults import DTYPES, region
@@ -120,7 +120,7 @@ STRATEGIES = {
 }  # fmt: skip
 
 
-@FAULT_SETTINGS
+@fault_settings(80)
 @given(**STRATEGIES)
 def test_optimizer_keeps_the_contract(network, dtype, fault, max_trials, cg_iterations, steps):
     net = network.build(dtype)
