@@ -19,22 +19,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from fault_contract import (
-    Counted,
-    check_optimizer_step,
-    check_resumable,
-    check_solve,
-    fresh_cost,
-)
+from fault_contract import Counted, check_optimizer_step, check_resumable, check_solve, fresh_cost
 
 import trustls
-from trustls import (
-    GaussNewtonModel,
-    Status,
-    TrustRegion,
-    TrustRegionOptimizer,
-    validate,
-)
+from trustls import GaussNewtonModel, Status, TrustRegion, TrustRegionOptimizer, validate
 
 SOLVERS = ["cg", "lstsq"]
 

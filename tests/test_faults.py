@@ -161,17 +161,18 @@ class Fault:
                         x.mul_(0.5)
                 return r
         elif self.kind == "overflow":
-            factor = 10.0 ** math.floor(self.power * math.log10(torch.finfo(x0.dtype).max))
-            def faulty(x):
-                return factor * fun(x)
+            return self.reference(fun, x0)
         else:
             return fun
         return faulty
 
-    def reference(self, fun):
-        """The float64 fault-free function for the stationary-start exemption, where one exists."""
-        if self.kind == "overflow" or self.kind == "mutate_argument":
+    def reference(self, fun, x0: Tensor):
+        """The function without its faults, for the stationary-start exemption (``None``: none)."""
+        if self.kind == "mutate_argument":
             return None
+        if self.kind == "overflow":
+            factor = 10.0 ** math.floor(self.power * math.log10(torch.finfo(x0.dtype).max))
+            return lambda x: factor * fun(x)
         return fun
 
 
@@ -214,7 +215,7 @@ def test_solve_keeps_the_contract(problem, dtype, solver, fault, max_nfev, entry
         return controller.solve(f, x)
 
     check_solve(solve, fun, x0, max_nfev=max_nfev, raise_on=fault.raise_on,
-                reference=fault.reference(problem.residual), infos=infos)  # fmt: skip
+                reference=fault.reference(problem.residual, x0), infos=infos)  # fmt: skip
 
 
 @fault_settings(100)
