@@ -20,7 +20,7 @@ state the caller can resume from, or an honest result (cost recomputed at x, suc
 after a decrease, nfev = the calls of fun ≤ max_nfev), x0 bitwise unchanged.
 
 Profiles: by default (``ci``) hypothesis runs a fixed, derandomized set of examples
-(150 and 100 here) in seconds, without shrinking. ``TRUSTLS_FAULTS_PROFILE=thorough
+(150 and 60 here) in seconds, without shrinking. ``TRUSTLS_FAULTS_PROFILE=thorough
 python -m pytest tests/test_faults.py tests/test_faults_optim.py`` runs 20 times as many
 random examples and shrinks failures (minutes); a failure prints a ``@reproduce_failure``
 blob to replay it. While many faults stand, ``python tests/fault_census.py solve 600``
@@ -231,7 +231,7 @@ def test_solve_keeps_the_contract(problem, dtype, solver, fault, max_nfev, entry
                 reference=fault.reference(problem.residual, x0), infos=infos)  # fmt: skip
 
 
-@fault_settings(100)
+@fault_settings(60)
 @given(**RESUME_STRATEGIES)
 def test_an_exception_from_fun_leaves_a_resumable_state(problem, dtype, solver, raise_on):
     controller = TrustRegion(GaussNewtonModel(), solver, max_nfev=30)
