@@ -8,9 +8,8 @@ term Σ r_i ∇²r_i from the Hessian (Nocedal & Wright 2006, §10.3):
 B is positive semidefinite, so the trust-region subproblem is convex. By
 default B is the matrix-free `GaussNewtonOperator` (one JVP and one VJP per
 product; see `trustls.operators.implicit`); a solver that factors J itself
-(``"lstsq"``) gets the dense Jacobian, computed in forward mode when n ≤ m
-and in reverse mode otherwise (Griewank & Walther 2008: the cost is
-min(n, m) passes).
+(``"lstsq"``) gets the dense Jacobian, by the automatic-differentiation
+route measured fastest on the user's function (`trustls.models.dense_jacobian`).
 
 A user who knows J better than automatic differentiation does, typically
 its sparsity (bundle adjustment, banded problems), passes ``jacobian=``, a
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 
 from trustls.models.base import CurvatureModel, Linearization
+from trustls.models.dense_jacobian import DenseJacobian
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
 from trustls.operators.sparse import SparseOperator
@@ -86,6 +86,7 @@ class GaussNewtonModel(CurvatureModel):
             raise ValueError(f"column_norm_probes must be a positive int, got {column_norm_probes!r}")
         self.products = products
         self.column_norm_probes = column_norm_probes
+        self._dense_jacobian: tuple[Callable, DenseJacobian] | None = None
 
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
@@ -176,18 +177,12 @@ class GaussNewtonModel(CurvatureModel):
         )
 
     def _linearize_dense(self, fun: Callable[[Tensor], Tensor], x: Tensor, residual: Tensor | None) -> Linearization:
-        with torch.enable_grad():
-            # Reverse mode (m < n) needs the pullback's pass; forward mode needs no
-            # pass of its own once the caller has r(x), as the controller does.
-            if residual is None or residual.shape[0] < x.shape[0]:
-                residual, pullback = torch.func.vjp(fun, x)
-            m, n = residual.shape[0], x.shape[0]
-            if m < n:
-                eye = torch.eye(m, dtype=residual.dtype, device=residual.device)
-                J = torch.func.vmap(pullback)(eye)[0]
-            else:
-                J = torch.func.jacfwd(fun)(x)
-        J, residual = J.detach(), residual.detach()
+        # Interim home of the per-solve route state (trustls.models.dense_jacobian):
+        # one DenseJacobian per function, until the controller's state owns it.
+        if self._dense_jacobian is None or self._dense_jacobian[0] != fun:
+            self._dense_jacobian = (fun, DenseJacobian())
+        result = self._dense_jacobian[1](fun, x)
+        J, residual = result.matrix, result.residual
         return Linearization(
             x=x,
             residual=residual,
