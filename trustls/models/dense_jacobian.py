@@ -265,7 +265,7 @@ class DenseJacobian:
             self.route = None  # a forced route that cannot run: choose among the others
         if not self._warned:
             self._warned = True
-            what = "batch the Jacobian's rows or columns" if routes[0].endswith("batched") else "use forward mode"
+            what = "use forward mode" if len(routes) == 2 else "batch the Jacobian's rows or columns"
             warnings.warn(
                 f"trustls could not {what} ({type(error).__name__}: {reason}); it computes the dense "
                 f"Jacobian without {', '.join(routes)} for the rest of this solve (exact, possibly slower)",

@@ -21,6 +21,8 @@ exact column norms.
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -37,10 +39,24 @@ from trustls.operators.implicit import (
     GaussNewtonOperator,
     JacobianOperator,
     JacobianProducts,
+    ProductFallback,
     jacobian_products,
 )
 
 __all__ = ["GaussNewtonModel"]
+
+
+def _weak(fun: Callable) -> Callable[[], Callable | None]:
+    if inspect.ismethod(fun):
+        return weakref.WeakMethod(fun)
+    try:
+        return weakref.ref(fun)
+    except TypeError:  # not weak-referenceable: kept alive until the next solve
+        return lambda: fun
+
+
+def _same_function(a: Callable | None, b: Callable) -> bool:
+    return a is b or (inspect.ismethod(a) and a == b)  # bound methods are created anew at each access
 
 
 def half_squared_norm(residual: Tensor) -> float:
@@ -54,8 +70,9 @@ class GaussNewtonModel(CurvatureModel):
 
     Args:
         products: how the implicit operator computes JVPs and VJPs; one of
-            ``trustls.operators.PRODUCT_METHODS`` (default
-            ``"vjp+double-backward"``, the fastest measured).
+            ``trustls.operators.PRODUCT_METHODS`` (default ``"autograd"``:
+            classic autograd with double backward, the fastest measured; a
+            ``torch.func`` method that cannot run ``fun`` falls back to it).
         jacobian: optional ``jacobian(x)`` returning J as a dense tensor, a
             torch sparse tensor or a `LinearOperator`; replaces automatic
             differentiation (see the module docstring).
@@ -86,7 +103,7 @@ class GaussNewtonModel(CurvatureModel):
             raise ValueError(f"column_norm_probes must be a positive int, got {column_norm_probes!r}")
         self.products = products
         self.column_norm_probes = column_norm_probes
-        self._dense_jacobian: tuple[Callable, DenseJacobian] | None = None
+        self._state: tuple[Callable[[], Callable | None], DenseJacobian, ProductFallback] | None = None
 
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
@@ -133,7 +150,16 @@ class GaussNewtonModel(CurvatureModel):
             return self._linearize_given(fun, x, dense, residual)
         if dense:
             return self._linearize_dense(fun, x, residual)
-        return self.from_products(jacobian_products(fun, x, self.products), x)
+        products = jacobian_products(fun, x, self.products, fallback=self._solve_state(fun)[1])
+        return self.from_products(products, x)
+
+    def _solve_state(self, fun: Callable[[Tensor], Tensor]) -> tuple[DenseJacobian, ProductFallback]:
+        # Interim home of the per-solve state (the dense route measured, a torch.func
+        # failure remembered): one per function, held by a weak reference, until the
+        # controller's state owns it.
+        if self._state is None or not _same_function(self._state[0](), fun):
+            self._state = (_weak(fun), DenseJacobian(), ProductFallback())
+        return self._state[1], self._state[2]
 
     def from_products(self, products: JacobianProducts, x: Tensor) -> Linearization:
         """The linearization at ``x`` from JVP/VJP closures built elsewhere.
@@ -177,11 +203,7 @@ class GaussNewtonModel(CurvatureModel):
         )
 
     def _linearize_dense(self, fun: Callable[[Tensor], Tensor], x: Tensor, residual: Tensor | None) -> Linearization:
-        # Interim home of the per-solve route state (trustls.models.dense_jacobian):
-        # one DenseJacobian per function, until the controller's state owns it.
-        if self._dense_jacobian is None or self._dense_jacobian[0] != fun:
-            self._dense_jacobian = (fun, DenseJacobian())
-        result = self._dense_jacobian[1](fun, x)
+        result = self._solve_state(fun)[0](fun, x)
         J, residual = result.matrix, result.residual
         return Linearization(
             x=x,

@@ -10,8 +10,10 @@ from trustls.operators.implicit import (
     GaussNewtonOperator,
     JacobianOperator,
     JacobianProducts,
+    ProductFallback,
     jacobian_products,
 )
+from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = [
     "BlockDiagonalOperator",
@@ -24,6 +26,8 @@ __all__ = [
     "JacobianProducts",
     "LinearOperator",
     "NormalOperator",
+    "ProductFallback",
+    "ResidualGraph",
     "ScaledOperator",
     "SparseOperator",
     "SparsityPattern",

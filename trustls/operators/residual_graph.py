@@ -8,8 +8,10 @@ with no further call of ``fun`` (Griewank & Walther 2008, ch. 3-4):
 * the JVP  v -> J v, by the "double-backward" trick: the map u -> Jᵀu is
   linear in u, so its own VJP with cotangent v is (Jᵀ)ᵀ v = J v. Its graph is
   recorded once, by a backward pass with ``create_graph=True`` from a leaf u
-  (any u: the map is linear), and each J v is then one backward pass through
-  that graph (Pearlmutter 1994; the "R-op from two L-ops" of Theano);
+  (any u: the map is linear; u = 1, not 0, so that a backward with a shortcut
+  for zero cotangents still records its general path), and each J v is then
+  one backward pass through that graph (Pearlmutter 1994; the "R-op from two
+  L-ops" of Theano);
 * k of either at once, by ``torch.func.vmap`` of that backward pass over
   the k cotangents.
 
@@ -107,19 +109,24 @@ class ResidualGraph:
 
         Raises:
             RuntimeError: if the backward of ``fun`` is not differentiable (then no
-                J v can come from this graph; use VJPs).
+                J v can come from this graph; use VJPs). Detected: a backward
+                without a graph, and one marked ``once_differentiable``; a backward
+                that computes part of its result outside autograd (numpy) is not
+                detectable, and its part of J v is lost (as in any double backward).
         """
         if self._pullback is not None or not self.depends_on_x:
             return
         with torch.enable_grad():
-            tangent = torch.zeros_like(self.residual).detach().requires_grad_()
+            # Any u₀ would do for a map linear in u, but a backward that takes a
+            # shortcut for a zero cotangent would record a graph without u: ones.
+            tangent = torch.ones_like(self.residual).detach().requires_grad_()
             pullback = torch.autograd.grad(
                 self.residual, self.x, tangent, create_graph=True, allow_unused=True, materialize_grads=True
             )[0]
-        if not pullback.requires_grad:
+        if not pullback.requires_grad or _marked_once_differentiable(pullback):
             raise RuntimeError(
-                "the backward of fun is not differentiable (an autograd.Function with a non-differentiable "
-                "backward, or ops outside autograd): J v needs a differentiable backward or forward-mode AD"
+                "the backward of fun is not differentiable (an autograd.Function with a backward marked "
+                "once_differentiable or computed outside autograd): J v needs a differentiable backward"
             )
         self._tangent, self._pullback = tangent, pullback
 
@@ -136,3 +143,22 @@ class ResidualGraph:
         if not self.depends_on_x:
             return torch.zeros(V.shape[0], self.residual.shape[0], dtype=self.x.dtype, device=self.x.device)
         return self._backward(self._pullback, self._tangent, V, batched=True)
+
+
+def _marked_once_differentiable(tensor: Tensor) -> bool:
+    """Whether the graph of ``tensor`` holds a node that forbids differentiating it.
+
+    ``@once_differentiable`` hands the backward's outputs to a ``DelayedError``
+    node (``torch::autograd::Error`` in the graph) whose inputs are fresh leaves: a backward pass towards u never visits
+    it, so instead of raising it would silently drop that path from J v.
+    """
+    stack, seen = [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name().rsplit("::", 1)[-1] in ("Error", "DelayedError"):
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False

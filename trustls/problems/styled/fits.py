@@ -21,8 +21,9 @@ __all__ = ["problems"]
 
 def _draw(x: Tensor, seed: int, size: int) -> Tensor:
     """Standard normal noise of the given size, from a generator seeded here."""
+    # Drawn in float64 whatever x's dtype, so that float32 residuals see the same data.
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.randn(size, generator=generator, dtype=x.dtype, device=x.device)
+    return torch.randn(size, generator=generator, dtype=torch.float64, device=x.device).to(x.dtype)
 
 
 def _grid(x: Tensor, start: float, stop: float, size: int) -> Tensor:
@@ -98,9 +99,9 @@ def power_law(x: Tensor) -> Tensor:
 def circle(x: Tensor) -> Tensor:
     """Geometric circle fit (centre, radius) to 40 noisy points gathered by index."""
     g = torch.Generator(device=x.device).manual_seed(8)
-    angles = 2 * math.pi * torch.rand(40, generator=g, dtype=x.dtype, device=x.device)
+    angles = 2 * math.pi * torch.rand(40, generator=g, dtype=torch.float64, device=x.device)
     points = torch.stack([1.0 + 2.0 * torch.cos(angles), -0.5 + 2.0 * torch.sin(angles)], dim=1)
-    points = points + 0.02 * torch.randn(40, 2, generator=g, dtype=x.dtype, device=x.device)
+    points = (points + 0.02 * torch.randn(40, 2, generator=g, dtype=torch.float64, device=x.device)).to(x.dtype)
     order = torch.argsort(angles)
     px = points.gather(0, order[:, None].expand(-1, 2))
     return torch.sqrt((px[:, 0] - x[0]) ** 2 + (px[:, 1] - x[1]) ** 2) - x[2]
@@ -140,10 +141,12 @@ def hill_item(x: Tensor) -> Tensor:
 
 
 def gompertz(x: Tensor) -> Tensor:
-    """a exp(-b exp(-c t)), 40 points."""
+    """a exp(-b exp(-c t)), 40 points; the inner exponent capped by torch.where against overflow."""
     t = _grid(x, 0, 10, 40)
     y = 5.0 * torch.exp(-2.0 * torch.exp(-0.6 * t)) + 0.03 * _draw(x, 12, 40)
-    return x[0] * torch.exp(-x[1] * torch.exp(-x[2] * t)) - y
+    exponent = -x[2] * t
+    exponent = torch.where(exponent < 50.0, exponent, torch.full_like(exponent, 50.0))
+    return x[0] * torch.exp(-x[1] * torch.exp(exponent)) - y
 
 
 def problems() -> tuple[StyledProblem, ...]:
@@ -163,6 +166,6 @@ def problems() -> tuple[StyledProblem, ...]:
             ("softplus_item", "generator item loop", softplus_item, [1.0, 1.0, 0.0]),
             ("series_item", "generator item", series_item, [1.0, 0.5]),
             ("hill_item", "generator item", hill_item, [1.0, 1.0, 1.5]),
-            ("gompertz", "generator", gompertz, [4.0, 1.0, 0.5]),
+            ("gompertz_where", "generator where", gompertz, [4.0, 1.0, 0.5]),
         )
     )
