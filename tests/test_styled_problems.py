@@ -79,7 +79,8 @@ SAME_FORMULA = {
     "extended_rosenbrock_loop": "extended_rosenbrock", "extended_powell_gather": "extended_powell_singular",
     "penalty_1_4": "penalty_1", "penalty_2_4": "penalty_2", "variably_dimensioned_6": "variably_dimensioned",
     "trigonometric_5": "trigonometric", "brown_almost_linear_5": "brown_almost_linear",
-    "discrete_boundary_value_8": "discrete_boundary_value", "discrete_integral_equation_6": "discrete_integral_equation",
+    "discrete_boundary_value_8": "discrete_boundary_value",
+    "discrete_integral_equation_6": "discrete_integral_equation",
     "broyden_tridiagonal_8": "broyden_tridiagonal", "broyden_banded_8": "broyden_banded",
     "linear_full_rank_8x4": "linear_full_rank", "linear_rank_1_8x4": "linear_rank_1", "chebyquad_trig": "chebyquad",
 }  # fmt: skip

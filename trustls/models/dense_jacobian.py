@@ -31,16 +31,25 @@ on autograd.Functions without functorch support (see ``docs/jacobians.md``).
 
 The rule (`DenseJacobian`, one per solve):
 
-1. Passes: reverse needs m, forward n + 1 (the ``create_graph`` pass counts
-   one). The family with fewer passes (reverse on ties) computes J at the
-   first linearization; the other family computes it at the second only if
-   its passes are at most 16 times as many (otherwise the shape decides).
-2. A family measures its two routes on the way, with no extra work: row (or
+1. Passes: reverse mode needs m, forward n + 1 (the ``create_graph`` pass
+   counts one). A family needing more than 16 times the passes of the other
+   is never tried: the shape decides.
+2. Reverse mode, when eligible, computes J at the first linearization:
+   measured on the styled problems it wins on most small problems, a vmapped
+   backward pass costing about as much whatever the batch. Forward mode then
+   computes J at the second linearization, unless reverse mode's best time is
+   at most twice that of a single VJP: forward mode costs at least two passes
+   (the ``create_graph`` pass and one double-backward pass), each no cheaper
+   than a VJP, so it cannot win.
+3. A family measures its two routes on the way, with no extra work: row (or
    column) 0 by a single product, the other k - 1 by one batched product,
-   each timed. The loop route is estimated at k single products, the
-   batched route at the measured batch (a batch's fixed overhead dominates
-   at these sizes, so the batch of k - 1 stands for the batch of k).
-3. After the exploration the route with the smallest estimate (the forward
+   each timed in thread CPU time (robust to other processes; small problems
+   run on one thread). The loop route is estimated at k single products, the
+   batched route at the measured batch (a batch's fixed overhead dominates at
+   these sizes, so the batch of k - 1 stands for the batch of k). The first
+   measurement of a process runs after a warm-up of each kind of pass, so
+   that autograd's one-time initialization is not counted.
+4. After the exploration the route with the smallest estimate (the forward
    estimates include their ``create_graph`` pass) computes every later J.
    Every J computed while measuring is the one the solve uses.
 
@@ -144,6 +153,9 @@ class DenseJacobian:
         self.estimates: dict[str, float] = {}
         self.unavailable: dict[str, str] = {}  # route -> first line of the error that ruled it out
         self._families_done: list[str] = []
+        self._decided: str | None = None  # the route once nothing is left to measure
+        self._rows = 1
+        self._eyes: dict[tuple, Tensor] = {}
         self._warned = False
 
     def __repr__(self) -> str:
@@ -156,8 +168,13 @@ class DenseJacobian:
         calls = 0
         if graph is None:
             graph, calls = ResidualGraph.evaluate(fun, x), 1
-        family, measure = self._next_family(graph)
+        if self._decided is None or self._decided in self.unavailable:
+            family, measure = self._next_family(graph)
+        else:
+            family, measure = self._decided.split("-")[0], False
         matrix, route = self._compute(graph, family, measure)
+        if not measure:
+            self._decided = route
         return DenseJacobianResult(matrix.detach(), graph.residual.detach(), calls, route)
 
     # -- the rule -----------------------------------------------------------
@@ -170,19 +187,33 @@ class DenseJacobian:
         """The family to compute J with now, and whether to time its routes."""
         if self.route is not None:
             return self.route.split("-")[0], False
-        families = [f for f in ("reverse", "forward") if f"{f}-loop" not in self.unavailable]
-        families.sort(key=lambda f: self._passes(f, graph))
+        available = [f for f in ("reverse", "forward") if f"{f}-loop" not in self.unavailable]
         if graph.residual.device.type != "cpu":
-            return families[0], False
-        for family in families:
-            explore = self._passes(family, graph) <= _EXPLORE_PASS_RATIO * self._passes(families[0], graph)
-            if family not in self._families_done and explore:
-                return family, True
-        return families[0], False
+            return min(available, key=lambda f: self._passes(f, graph)), False
+        other = {"reverse": "forward", "forward": "reverse"}
+        eligible = [
+            f for f in available if self._passes(f, graph) <= _EXPLORE_PASS_RATIO * self._passes(other[f], graph)
+        ]
+        for family in eligible:
+            if family in self._families_done or (family == "forward" and self._forward_cannot_win()):
+                continue
+            return family, True
+        return (eligible or available)[0], False
+
+    def _forward_cannot_win(self) -> bool:
+        # Forward mode costs at least two backward passes (the create_graph pass and
+        # one double-backward pass), each no cheaper than a single VJP.
+        single = self.estimates.get("reverse-loop")
+        if single is None:
+            return False
+        single /= self._rows
+        return min(t for r, t in self.estimates.items() if r.startswith("reverse")) <= 2 * single
 
     def _chosen_route(self, family: str) -> str:
         if self.route is not None:
             return self.route
+        if self._decided is not None and self._decided not in self.unavailable:
+            return self._decided
         candidates = {r: t for r, t in self.estimates.items() if r not in self.unavailable}
         if candidates:
             return min(candidates, key=candidates.get)
@@ -217,6 +248,7 @@ class DenseJacobian:
         """J by ``family``: unit 0 by a single product, the rest batched, both timed (thread CPU time)."""
         self._families_done.append(family)
         k = graph.shape[0] if family == "reverse" else graph.shape[1]
+        self._rows = graph.shape[0]
         start = time.thread_time()
         first = self._loop(graph, family, 0, stop=1)
         self.estimates[f"{family}-loop"] = setup + k * (time.thread_time() - start)
@@ -252,9 +284,10 @@ class DenseJacobian:
 
     def _eye(self, graph: ResidualGraph, family: str, start: int, stop: int | None = None) -> Tensor:
         m, n = graph.shape
-        k = m if family == "reverse" else n
-        eye = torch.eye(k, dtype=graph.residual.dtype, device=graph.residual.device)
-        return eye[start:stop]
+        key = (m if family == "reverse" else n, graph.residual.dtype, graph.residual.device)
+        if key not in self._eyes:  # made once per solve: torch.eye costs as much as a small backward pass
+            self._eyes[key] = torch.eye(key[0], dtype=key[1], device=key[2])
+        return self._eyes[key][start:stop]
 
     def _rule_out(self, routes: tuple[str, ...], error: Exception) -> None:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

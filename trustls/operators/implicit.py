@@ -163,7 +163,9 @@ def _autograd(fun: ResidualFunction, x: Tensor, memo: ProductFallback | None = N
                 try:
                     return graph.jvp(v)
                 except RuntimeError as error:  # the backward of fun is not differentiable
-                    memo.rows_reason = warn_once(memo, "compute J v by double backward", error, "from J built by m VJPs")
+                    memo.rows_reason = warn_once(
+                        memo, "compute J v by double backward", error, "from J built by m VJPs"
+                    )
             rows.append(_rows_by_vjps(graph))
         return rows[0] @ v
 
