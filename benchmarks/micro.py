@@ -21,9 +21,14 @@ Sections:
     the evaluation included: ``torch.func.jacfwd`` and ``jacrev`` against
     each route of `trustls.models.dense_jacobian` and the route it chooses.
 
+``small-products``
+    The Gauss-Newton product JᵀJ v on small styled problems, per product
+    method of `trustls.operators.implicit`: the linearization with its first
+    product, and one more product.
+
 Medians of interleaved repeats. Run from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian]
+    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian,small-products]
         [--clock cpu]   (process CPU time: robust on a machine shared with other jobs)
 """
 
@@ -41,7 +46,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from trustls import GaussNewtonModel, SteihaugCG  # noqa: E402
 from trustls.models.dense_jacobian import ROUTES, DenseJacobian  # noqa: E402
-from trustls.operators import SparseOperator  # noqa: E402
+from trustls.operators import GaussNewtonOperator, SparseOperator, jacobian_products  # noqa: E402
 from trustls.problems import bal, styled  # noqa: E402
 from trustls.problems.structured import broyden_tridiagonal  # noqa: E402
 from trustls.scaling import resolve_scale  # noqa: E402
@@ -145,9 +150,31 @@ def dense_jacobian(repeats: int) -> None:
         print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
 
 
+def small_products(repeats: int) -> None:
+    methods = ("autograd", "vjp+double-backward")
+    print("\n## Gauss-Newton products on small problems (ms): linearization + first product / one product\n")
+    print("| problem | m | n | " + " | ".join(methods) + " |")
+    print("|---|---:|---:|" + "---:|" * len(methods))
+    for name in ("rosenbrock_stack", "chebyquad_trig", "osborne_2_loop", "exponential_decay", "gaussian_peaks"):
+        problem = styled.get(name)
+        fun, x = problem.residual, problem.x0
+        v = torch.ones_like(x)
+        calls = {}
+        for method in methods:
+            operator = GaussNewtonOperator(jacobian_products(fun, x, method), x.numel())
+            operator.matvec(v)
+            calls[f"{method}:first"] = (
+                lambda m=method: GaussNewtonOperator(jacobian_products(fun, x, m), x.numel()).matvec(v)
+            )
+            calls[f"{method}:product"] = lambda op=operator: op.matvec(v)
+        t = medians(calls, repeats)
+        cells = [f"{1e3 * t[f'{m}:first']:.3f} / {1e3 * t[f'{m}:product']:.3f}" for m in methods]
+        print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian")
+    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian,small-products")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
@@ -164,6 +191,8 @@ def main() -> None:
         cg(args.repeats)
     if "dense-jacobian" in sections:
         dense_jacobian(args.repeats)
+    if "small-products" in sections:
+        small_products(args.repeats)
 
 
 if __name__ == "__main__":
