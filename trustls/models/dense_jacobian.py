@@ -242,7 +242,8 @@ class DenseJacobian:
             return self._measured(graph, family, setup)
         if route.endswith("loop"):
             return self._loop(graph, family, 0), route
-        return self._batched(graph, family, 0), route
+        matrix = self._batched(graph, family, 0)
+        return matrix, route if route not in self.unavailable else f"{family}-loop"
 
     def _measured(self, graph: ResidualGraph, family: str, setup: float) -> tuple[Tensor, str]:
         """J by ``family``: unit 0 by a single product, the rest batched, both timed (thread CPU time)."""
