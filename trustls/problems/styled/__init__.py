@@ -13,8 +13,9 @@ change which automatic-differentiation route is fast (forward mode through
 This collection holds 47 such problems with a start and the residual only (no
 hand-written Jacobian):
 
-* `trustls.problems.styled.mgh`: the Moré-Garbow-Hillstrom (1981) problems in
-  other spellings, several at other dimensions than the registry's;
+* `trustls.problems.styled.mgh` (and `trustls.problems.styled.mgh_variable`):
+  the Moré-Garbow-Hillstrom (1981) problems in other spellings, several at
+  other dimensions than the registry's, each equal to the registry's formula;
 * `trustls.problems.styled.fits`: curve fits (exponential, Gaussian peaks,
   logistic, Michaelis-Menten, damped sine, ...) with data drawn inside ``fun``.
 
