@@ -145,3 +145,23 @@ def test_default_products_need_no_torch_func(name):
         assert len(messages) == 1 and messages[0].startswith("trustls could not compute J v by double backward")
     else:
         assert messages == []
+
+
+def test_autograd_products_from_a_kept_graph_call_fun_not_at_all():
+    from trustls.operators import ResidualGraph
+
+    calls = []
+
+    def fun(x):
+        calls.append(None)
+        return random_data(x)
+
+    graph = ResidualGraph.evaluate(fun, X)
+    products = jacobian_products(fun, X, "autograd", graph=graph)
+    J = classic_jacobian(random_data, X)
+    v = torch.tensor([0.3, -0.7], dtype=F64)
+    torch.testing.assert_close(products.jvp(v), J @ v, rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(products.vjp(products.residual), J.T @ random_data(X), rtol=1e-13, atol=1e-14)
+    assert len(calls) == 1  # the caller's evaluation only
+    with pytest.raises(ValueError, match="^graph is taken by the 'autograd' method only, got method 'fresh'$"):
+        jacobian_products(fun, X, "fresh", graph=graph)

@@ -152,9 +152,11 @@ def _fresh(fun: ResidualFunction, x: Tensor) -> JacobianProducts:
     )
 
 
-def _autograd(fun: ResidualFunction, x: Tensor, memo: ProductFallback | None = None) -> JacobianProducts:
+def _autograd(
+    fun: ResidualFunction, x: Tensor, memo: ProductFallback | None = None, graph: ResidualGraph | None = None
+) -> JacobianProducts:
     memo = ProductFallback() if memo is None else memo
-    graph = ResidualGraph.evaluate(fun, x)
+    graph = ResidualGraph.evaluate(fun, x) if graph is None else graph
     rows: list[Tensor] = []
 
     def jvp(v: Tensor) -> Tensor:
@@ -191,7 +193,12 @@ DEFAULT_PRODUCT_METHOD = "autograd"
 
 
 def jacobian_products(
-    fun: ResidualFunction, x: Tensor, method: str = DEFAULT_PRODUCT_METHOD, *, fallback: ProductFallback | None = None
+    fun: ResidualFunction,
+    x: Tensor,
+    method: str = DEFAULT_PRODUCT_METHOD,
+    *,
+    fallback: ProductFallback | None = None,
+    graph: ResidualGraph | None = None,
 ) -> JacobianProducts:
     """Linearize ``fun`` at ``x`` and return the residual with its JVP and VJP.
 
@@ -201,6 +208,9 @@ def jacobian_products(
         method: one of `PRODUCT_METHODS` (see the module docstring).
         fallback: a solve's `ProductFallback`, so that a ``torch.func`` method that
             failed once is not tried (nor warned about) again; ``None``: a fresh one.
+        graph: r(x) with its graph, already evaluated by the caller (an accepted
+            trial point): the ``"autograd"`` products then call ``fun`` not at all
+            (otherwise once). Other methods do not take it.
 
     Examples:
         >>> import torch
@@ -214,10 +224,12 @@ def jacobian_products(
         raise ValueError(
             f"method must be one of {sorted(PRODUCT_METHODS)}, got {method!r}"
         ) from None
+    if graph is not None and method != "autograd":
+        raise ValueError(f"graph is taken by the 'autograd' method only, got method {method!r}")
     memo = ProductFallback() if fallback is None else fallback
     with torch.enable_grad():
         if method == "autograd":
-            return _autograd(fun, x, memo)
+            return _autograd(fun, x, memo, graph)
         return with_fallback(build, fun, x, method, memo, _autograd)
 
 
