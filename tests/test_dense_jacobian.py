@@ -207,6 +207,21 @@ def test_fallback_warns_once_per_solve(fun, message):
     assert jacobian.unavailable
 
 
+class SparseModel:
+    """A residual written as a method: a new bound method object at every attribute access."""
+
+    def residual(self, x):
+        return sparse_product(x)
+
+
+def test_bound_method_residual_warns_once_per_solve():
+    model = SparseModel()
+    with pytest.warns(UserWarning, match="could not batch") as record:
+        result = TrustRegion(GaussNewtonModel(), solver="lstsq").solve(model.residual, torch.tensor([1.0, 0.5]).double())
+    assert result.njev > 1
+    assert len([w for w in record if "trustls could not" in str(w.message)]) == 1
+
+
 def test_once_differentiable_backward_never_gives_a_wrong_jacobian():
     # Forward mode (double backward) cannot run; reverse mode can. Whether forward mode is
     # tried depends on the measurement: at most one warning, and J exact either way.
