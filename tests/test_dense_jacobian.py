@@ -215,9 +215,9 @@ class SparseModel:
 
 
 def test_bound_method_residual_warns_once_per_solve():
-    model = SparseModel()
+    model, x0 = SparseModel(), torch.tensor([1.0, 0.5], dtype=F64)
     with pytest.warns(UserWarning, match="could not batch") as record:
-        result = TrustRegion(GaussNewtonModel(), solver="lstsq").solve(model.residual, torch.tensor([1.0, 0.5]).double())
+        result = TrustRegion(GaussNewtonModel(), solver="lstsq").solve(model.residual, x0)
     assert result.njev > 1
     assert len([w for w in record if "trustls could not" in str(w.message)]) == 1
 
