@@ -16,9 +16,20 @@ Sections:
     matrix) against the stored path kept (``path_memory=2**22``), and the two
     sparse products alone.
 
+``dense-jacobian``
+    One dense Jacobian of small styled problems (`trustls.problems.styled`),
+    the evaluation included: ``torch.func.jacfwd`` and ``jacrev`` against
+    each route of `trustls.models.dense_jacobian` and the route it chooses.
+
+``small-products``
+    The Gauss-Newton product JᵀJ v on small styled problems, per product
+    method of `trustls.operators.implicit`: the linearization with its first
+    product, and one more product.
+
 Medians of interleaved repeats. Run from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg]
+    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian,small-products]
+        [--clock cpu]   (process CPU time: robust on a machine shared with other jobs)
 """
 
 from __future__ import annotations
@@ -34,10 +45,14 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from trustls import GaussNewtonModel, SteihaugCG  # noqa: E402
-from trustls.operators import SparseOperator  # noqa: E402
-from trustls.problems import bal  # noqa: E402
+from trustls.models.dense_jacobian import ROUTES, DenseJacobian  # noqa: E402
+from trustls.operators import GaussNewtonOperator, SparseOperator, jacobian_products  # noqa: E402
+from trustls.problems import bal, styled  # noqa: E402
 from trustls.problems.structured import broyden_tridiagonal  # noqa: E402
 from trustls.scaling import resolve_scale  # noqa: E402
+
+
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
 
 
 def medians(functions: dict, repeats: int) -> dict[str, float]:
@@ -47,9 +62,9 @@ def medians(functions: dict, repeats: int) -> dict[str, float]:
     samples = {name: [] for name in functions}
     for _ in range(repeats):
         for name, f in functions.items():
-            start = time.perf_counter()
+            start = CLOCK()
             f()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(CLOCK() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -106,13 +121,67 @@ def cg(repeats: int) -> None:
               f"{1e6 * t['products']:.0f} µs |")
 
 
+def dense_jacobian(repeats: int) -> None:
+    print("\n## One dense Jacobian, the evaluation included (ms)\n")
+    print("| problem | m | n | one evaluation | jacfwd | jacrev | " + " | ".join(ROUTES) + " | chosen |")
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * (len(ROUTES) + 1))
+    names = ("rosenbrock_stack", "chebyquad_trig", "bard_loop", "osborne_2_loop", "exponential_decay",
+             "gaussian_peaks", "logistic_loop")
+    for name in names:
+        problem = styled.get(name)
+        fun, x = problem.residual, problem.x0
+        chooser = DenseJacobian()
+        for _ in range(3):  # explore, then the chosen route
+            chooser(fun, x)
+        calls = {"evaluation": lambda: fun(x), "jacfwd": lambda: torch.func.jacfwd(fun)(x),
+                 "jacrev": lambda: torch.func.jacrev(fun)(x)}
+        try:
+            torch.func.jacfwd(fun)(x)
+        except RuntimeError:  # random numbers drawn inside fun: vmap of fun refuses them
+            del calls["jacfwd"]
+        for route in ROUTES:
+            calls[route] = lambda route=route: DenseJacobian(route)(fun, x)
+        calls["chosen"] = lambda: chooser(fun, x)
+        t = medians(calls, repeats)
+        cells = [f"{1e3 * t[key]:.3f}" if key in t else "raises" for key in ("evaluation", "jacfwd", "jacrev")]
+        cells += [f"{1e3 * t[route]:.3f}" for route in ROUTES]
+        chosen = min(chooser.estimates, key=chooser.estimates.get)
+        cells.append(f"{1e3 * t['chosen']:.3f} ({chosen})")
+        print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
+
+
+def small_products(repeats: int) -> None:
+    methods = ("autograd", "vjp+double-backward")
+    print("\n## Gauss-Newton products on small problems (ms): linearization + first product / one product\n")
+    print("| problem | m | n | " + " | ".join(methods) + " |")
+    print("|---|---:|---:|" + "---:|" * len(methods))
+    for name in ("rosenbrock_stack", "chebyquad_trig", "osborne_2_loop", "exponential_decay", "gaussian_peaks"):
+        problem = styled.get(name)
+        fun, x = problem.residual, problem.x0
+        v = torch.ones_like(x)
+        calls = {}
+        for method in methods:
+            operator = GaussNewtonOperator(jacobian_products(fun, x, method), x.numel())
+            operator.matvec(v)
+            calls[f"{method}:first"] = (
+                lambda m=method: GaussNewtonOperator(jacobian_products(fun, x, m), x.numel()).matvec(v)
+            )
+            calls[f"{method}:product"] = lambda op=operator: op.matvec(v)
+        t = medians(calls, repeats)
+        cells = [f"{1e3 * t[f'{m}:first']:.3f} / {1e3 * t[f'{m}:product']:.3f}" for m in methods]
+        print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg")
+    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian,small-products")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread")
+    print(f"torch {torch.__version__}, 1 thread, {args.clock} clock")
     sections = args.only.split(",")
     if "bal-jacobian" in sections:
         bal_jacobian(args.repeats)
@@ -120,6 +189,10 @@ def main() -> None:
         sparse_product(args.repeats)
     if "cg" in sections:
         cg(args.repeats)
+    if "dense-jacobian" in sections:
+        dense_jacobian(args.repeats)
+    if "small-products" in sections:
+        small_products(args.repeats)
 
 
 if __name__ == "__main__":

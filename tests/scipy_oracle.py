@@ -5,9 +5,9 @@ import scipy.optimize
 import torch
 
 
-def scipy_least_squares(residual, x0, **options):
-    """scipy's trf with an exact Jacobian (torch.func.jacfwd), on float64 numpy arrays."""
-    jacobian = torch.func.jacfwd(residual)
+def scipy_least_squares(residual, x0, *, jacobian="jacfwd", **options):
+    """scipy's trf with an exact Jacobian (``torch.func.jacfwd``, or ``jacobian="jacrev"``), on float64 arrays."""
+    jacobian = getattr(torch.func, jacobian)(residual)
 
     def fun(x):
         return residual(torch.from_numpy(x)).detach().numpy()

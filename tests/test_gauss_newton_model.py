@@ -116,6 +116,16 @@ def test_linearize_under_no_grad(mode, method, generator):
     torch.testing.assert_close(Bv, J.T @ (J @ torch.ones_like(x)), rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", ["tanh_net_wide", "tanh_net_tall", "rosenbrock"])
+def test_dense_jacobian_matches_jacrev(name, generator):
+    # The route is chosen by measurement (trustls.models.dense_jacobian); every route is exact.
+    fun, x = make_problem(name, generator)
+    model = GaussNewtonModel()
+    for _ in range(3):  # the first two linearizations measure, the third uses the chosen route
+        lin = model.linearize(fun, x, dense=True)
+        torch.testing.assert_close(lin.jacobian_matrix, torch.func.jacrev(fun)(x), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("dense", [True, False], ids=["dense", "implicit"])
 def test_linearization_after_a_kept_evaluation_calls_fun_no_more(dense, generator):
     # A trial evaluated with its graph kept is linearized from that graph:

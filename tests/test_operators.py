@@ -300,7 +300,7 @@ def test_unknown_product_method():
     expected = f"method must be one of {sorted(PRODUCT_METHODS)}, got 'backward'"
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         jacobian_products(torch.sin, torch.ones(2), method="backward")
-    assert METHODS == ["fresh", "linearize", "vjp+double-backward", "vjp+jvp"]
+    assert METHODS == ["autograd", "fresh", "linearize", "vjp+double-backward", "vjp+jvp"]
     assert DEFAULT_PRODUCT_METHOD in PRODUCT_METHODS
 
 

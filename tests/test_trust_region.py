@@ -267,17 +267,20 @@ def test_ratio_with_rounding_noise():
     assert float(policy.ratio(t(0.0), t(0.0))) == 1.0 and float(policy.ratio(t(1.0), t(0.0))) == 0.0
 
 
-def test_noise_floor_status_after_a_step_within_rounding():
+def test_steps_within_rounding_are_taken_until_they_vanish():
     # Start at the minimizer of a nonzero-residual problem, nudged by 1e-9: the
-    # predicted decrease (~1e-18) is below eps·cost, so the cost change is noise.
+    # predicted decreases (~1e-18 and below) are below eps·cost, so the cost
+    # changes are noise; the Gauss-Newton steps are taken all the same (they
+    # shrink 1e-9, 5e-12, 2e-14, 2e-16) until one is below eps relative to x.
     t = torch.linspace(0, 1, 20, dtype=torch.float64)
     y = torch.exp(-t) + 0.1 * torch.sin(7 * t)
     fun = lambda b: b[0] * torch.exp(-b[1] * t) - y  # noqa: E731
     first = solve(fun, torch.tensor([1.0, 1.0], dtype=torch.float64), "lstsq", ftol=None, xtol=0.0, gtol=None,
                   max_nfev=60)
-    result = solve(fun, first.x + 1e-9, "lstsq", ftol=None, xtol=0.0, gtol=None, max_nfev=60)
-    assert result.status is Status.NOISE_FLOOR
-    assert result.success
+    infos = []
+    result = solve(fun, first.x + 1e-9, "lstsq", ftol=None, xtol=0.0, gtol=None, max_nfev=60, callback=infos.append)
+    assert result.status in (Status.NOISE_FLOOR, Status.XTOL) and result.success
+    assert any(info.accepted and info.actual_reduction <= 0 for info in infos)  # a noise-floor step was taken
     assert result.cost <= first.cost * (1 + 1e-12)
 
 

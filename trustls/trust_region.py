@@ -237,6 +237,12 @@ class TrustRegion:
         evaluation = self.model.evaluate(f, x, context, keep=True)
         if not bool(torch.isfinite(evaluation.outputs).all()):
             raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
+        if not self.model.depends_on_x(evaluation):
+            raise ValueError(
+                "fun must compute its outputs from x with torch operations that autograd can differentiate, got "
+                "outputs with no autograd path to x (computed under torch.no_grad(), detached, or rebuilt from "
+                "Python numbers, e.g. torch.tensor(x.tolist()))"
+            )
         if not bool(torch.isfinite(evaluation.cost)):
             raise ValueError(
                 "the cost at x0 must be finite, got one that overflows float64 (residual entries near 1e154 or "

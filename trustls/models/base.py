@@ -140,6 +140,10 @@ class CurvatureModel(abc.ABC):
         """Linearize ``fun`` at an `Evaluation` (or at a point, evaluated first); build
         ``jacobian_matrix`` when ``dense``."""
 
+    def depends_on_x(self, evaluation: Evaluation) -> bool:
+        """Whether the evaluation's outputs depend on x through autograd, when the model can tell."""
+        return True
+
     def linearization_calls(self, context: Any, *, dense: bool) -> int:
         """Calls of ``fun`` that `linearize` makes after `evaluate` with ``keep=True``."""
         return 0

@@ -24,10 +24,14 @@ How J is obtained (the routes, in the order they are tried):
   ``jac=``). The residual needs no pass of its own: the trial's evaluation
   is reused, as scipy does.
 * otherwise automatic differentiation. A trial point is evaluated with its
-  reverse-mode graph kept (``torch.func.vjp``), so that if the trial is
-  accepted, the gradient Jᵀr, the matrix-free products and the dense J
-  (reverse mode: one batched VJP per residual, ``vmap`` over the kept
-  pullback) need no second call of the residual function.
+  autograd graph kept (`trustls.operators.residual_graph.ResidualGraph`), so
+  that if the trial is accepted, the gradient Jᵀr, the matrix-free products
+  (Jᵀu a backward pass, Jv a double-backward pass) and the dense J (by the
+  route measured fastest on the user's function,
+  `trustls.models.dense_jacobian`) need no second call of the residual
+  function. Only backward passes are ever vmapped, never the function, so
+  random draws, ``.item()`` and data-dependent control flow inside it are
+  harmless.
 * ``jac_sparsity=``, scipy's argument: the (m, n) pattern of J. Its columns
   are colored once, at construction, so that no two columns of a color share
   a row (`trustls.sparsity`), and the exact sparse J comes from one product
@@ -40,7 +44,7 @@ How J is obtained (the routes, in the order they are tried):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +53,7 @@ from torch import Tensor
 from trustls.function import check_outputs, split_outputs
 from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
+from trustls.models.dense_jacobian import DenseJacobian
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
 from trustls.operators.implicit import (
@@ -56,8 +61,10 @@ from trustls.operators.implicit import (
     PRODUCT_METHODS,
     JacobianOperator,
     JacobianProducts,
+    ProductFallback,
     jacobian_products,
 )
+from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.output import effective_jacobian, effective_jacobian_matrix
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian
@@ -73,9 +80,12 @@ def half_squared_norm(residual: Tensor) -> Tensor:
 
 @dataclass
 class _Context:
-    """What a solve learns about its function: the shape of its outputs, fixed at the first call."""
+    """What a solve learns about its function: the shape of its outputs (fixed at the first call),
+    the dense-Jacobian route measured fastest, and a ``torch.func`` product method's failure."""
 
     shape: tuple[int, ...] | None = None
+    dense: DenseJacobian = field(default_factory=DenseJacobian)
+    fallback: ProductFallback = field(default_factory=ProductFallback)
 
 
 class _Outputs:
@@ -189,20 +199,28 @@ class GaussNewtonModel(CurvatureModel):
         return _Context()
 
     def evaluate(self, fun: Callable[..., Any], x: Tensor, context: Any = None, *, keep: bool = True) -> Evaluation:
-        shape = None if context is None else context.shape
+        context = _Context() if context is None else context
         if keep and self.jacobian is None:
-            split = _Outputs(fun, x, shape)
-            products = jacobian_products(split, x, self.products)
-            outputs = products.residual.detach().view(split.shape)
-            targets = split.targets
+            split = _Outputs(fun, x, context.shape)
+            if self.products == "autograd":
+                kept = ResidualGraph.evaluate(split, x)
+                outputs = kept.residual.detach()
+            else:
+                kept = jacobian_products(split, x, self.products, fallback=context.fallback)
+                outputs = kept.residual.detach()
+            outputs, targets = outputs.view(split.shape), split.targets
         else:
             with torch.no_grad():
                 outputs, targets = split_outputs(fun(x))
-            check_outputs(outputs, x, shape)
-            outputs, products = outputs.detach(), None
-        if context is not None:
-            context.shape = tuple(outputs.shape)
-        return Evaluation(x, outputs, targets, self.cost(outputs, targets), products)
+            check_outputs(outputs, x, context.shape)
+            outputs, kept = outputs.detach(), None
+        context.shape = tuple(outputs.shape)
+        return Evaluation(x, outputs, targets, self.cost(outputs, targets), kept)
+
+    def depends_on_x(self, evaluation: Evaluation) -> bool:
+        """Whether the outputs reach x through autograd (unknown, hence True, without a kept graph)."""
+        kept = evaluation.kept
+        return kept.depends_on_x if isinstance(kept, ResidualGraph) else True
 
     def linearize(
         self, fun: Callable[..., Any], at: Evaluation | Tensor, context: Any = None, *, dense: bool = False
@@ -221,22 +239,28 @@ class GaussNewtonModel(CurvatureModel):
             if J.shape != (m, x.shape[0]):
                 raise ValueError(f"jacobian must return shape {(m, x.shape[0])}, got {J.shape}")
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
-        products = evaluation.kept
-        if products is None:  # evaluated without its graph: record it now (one more call of fun)
-            products = self.evaluate(fun, x, context, keep=True).kept
+        context = _Context(tuple(evaluation.outputs.shape)) if context is None else context
+        kept = evaluation.kept
+        if kept is None:  # evaluated without its graph: record it now (one more call of fun)
+            kept = self.evaluate(fun, x, context, keep=True).kept
+        graph = kept if isinstance(kept, ResidualGraph) else None
         if self.colored is not None:
             if self.colored.shape != (m, x.shape[0]):
                 raise ValueError(f"jac_sparsity must have shape {(m, x.shape[0])} (outputs, variables), "
                                  f"got {self.colored.shape}")
             with torch.enable_grad():
-                J = self.colored.from_jvp(products.jvp, x)
+                J = self.colored.from_jvp(kept.jvp, x)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         if dense:
-            eye = torch.eye(m, dtype=evaluation.outputs.dtype, device=evaluation.outputs.device)
-            with torch.enable_grad():
-                matrix = torch.func.vmap(products.vjp)(eye).detach()
-            return self._assemble(evaluation, loss, DenseOperator(matrix), matrix)
+            # From the kept graph: no call of fun (a torch.func evaluation has none: one call).
+            result = context.dense(_Outputs(fun, x, context.shape), x, graph=graph)
+            return self._assemble(evaluation, loss, DenseOperator(result.matrix), result.matrix)
+        products = jacobian_products(fun, x, "autograd", fallback=context.fallback, graph=graph) if graph else kept
         return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
+
+    def linearization_calls(self, context: Any, *, dense: bool) -> int:
+        """One call for a dense J after a ``torch.func`` evaluation (it keeps no autograd graph), else none."""
+        return int(dense and self.jacobian is None and self.products != "autograd")
 
     def from_products(
         self,

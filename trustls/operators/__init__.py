@@ -18,8 +18,10 @@ from trustls.operators.implicit import (
     PRODUCT_METHODS,
     JacobianOperator,
     JacobianProducts,
+    ProductFallback,
     jacobian_products,
 )
+from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = [
     "BlockDiagonalOperator",
@@ -38,6 +40,8 @@ __all__ = [
     "JacobianProducts",
     "LinearOperator",
     "NormalOperator",
+    "ProductFallback",
+    "ResidualGraph",
     "ScaledOperator",
     "SparseOperator",
     "SparsityPattern",

@@ -1,0 +1,245 @@
+"""DenseJacobian: every route equals jacrev, the rule, the fallback and its one warning, call counts."""
+
+import re
+import warnings
+
+import pytest
+import torch
+
+from trustls import GaussNewtonModel, TrustRegion
+from trustls.models.dense_jacobian import ROUTES, DenseJacobian
+from trustls.operators import ResidualGraph
+from trustls.problems import styled
+
+F64 = torch.float64
+STYLED = styled.names()
+T = torch.linspace(0, 1, 6, dtype=F64)
+
+
+def reference(fun, x):
+    return torch.func.jacrev(fun)(x)
+
+
+def assert_jacobian(J, expected):
+    scale = float(expected.abs().max()) or 1.0
+    torch.testing.assert_close(J, expected, rtol=1e-12, atol=1e-13 * scale)
+
+
+@pytest.mark.parametrize("route", [*ROUTES, None])
+@pytest.mark.parametrize("name", STYLED)
+def test_every_route_equals_jacrev_on_styled_problems(name, route):
+    problem = styled.get(name)
+    expected = reference(problem.residual, problem.x0)
+    jacobian = DenseJacobian(route)
+    # Measured routes explore at the first two calls and use the chosen route at the third.
+    for _ in range(3 if route is None else 1):
+        result = jacobian(problem.residual, problem.x0)
+        assert_jacobian(result.matrix, expected)
+        assert result.calls == 1 and result.route in ROUTES
+
+
+def counted(fun):
+    calls = []
+
+    def wrapper(x):
+        calls.append(None)
+        return fun(x)
+
+    return wrapper, calls
+
+
+@pytest.mark.parametrize("route", [*ROUTES, None])
+def test_call_counts_are_exact(route):
+    problem = styled.get("osborne_1_loop")
+    fun, calls = counted(problem.residual)
+    jacobian = DenseJacobian(route)
+    for k in range(1, 4):
+        assert jacobian(fun, problem.x0).calls == 1
+        assert len(calls) == k
+    # From a graph the caller kept (an accepted trial's evaluation): no call at all.
+    graph = ResidualGraph.evaluate(fun, problem.x0)
+    result = jacobian(None, problem.x0, graph)
+    assert result.calls == 0 and len(calls) == 4
+    assert_jacobian(result.matrix, reference(problem.residual, problem.x0))
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "families"),
+    [(3, 5, ("reverse", "forward")), (40, 3, ("reverse", "forward")), (200, 3, ("forward",)), (2, 40, ("reverse",))],
+)  # fmt: skip
+def test_rule_explores_by_passes(m, n, families, generator):
+    A = torch.randn(m, n, generator=generator, dtype=F64)
+
+    def fun(x):
+        return torch.tanh(A @ x)
+
+    jacobian = DenseJacobian()
+    first = jacobian(fun, torch.zeros(n, dtype=F64))
+    assert first.route.startswith(families[0])
+    jacobian(fun, torch.zeros(n, dtype=F64))
+    explored = {route.split("-")[0] for route in jacobian.estimates}
+    if len(families) == 1:
+        assert explored == set(families)
+    elif explored == {"reverse"}:
+        # Forward mode skipped: it costs at least two passes, each no cheaper than one VJP.
+        single = jacobian.estimates["reverse-loop"] / m
+        assert min(jacobian.estimates.values()) <= 2 * single
+    else:
+        assert explored == {"reverse", "forward"}
+    chosen = jacobian(fun, torch.zeros(n, dtype=F64)).route
+    assert chosen == min(jacobian.estimates, key=jacobian.estimates.get)
+
+
+def test_unknown_route():
+    with pytest.raises(ValueError, match=re.escape("route must be one of ['reverse-batched', 'reverse-loop', "
+                                                   "'forward-batched', 'forward-loop'] or None, got 'jacfwd'")):
+        DenseJacobian("jacfwd")
+
+
+def test_zero_jacobian_and_float32():
+    result = DenseJacobian()(lambda x: torch.ones(3, dtype=x.dtype), torch.ones(2, dtype=F64))
+    assert torch.equal(result.matrix, torch.zeros(3, 2, dtype=F64))
+    x = torch.tensor([0.5, -1.0])
+    result = DenseJacobian()(styled.get("rosenbrock_stack").residual, x)
+    assert result.matrix.dtype == torch.float32
+    torch.testing.assert_close(result.matrix, reference(styled.get("rosenbrock_stack").residual, x))
+
+
+# --- residuals that torch.func cannot vmap, and the fallback --------------------------------------
+
+
+def random_data(x):
+    # Data drawn inside fun: jacfwd (a vmapped call of fun) raises here; no route of ours does.
+    g = torch.Generator().manual_seed(0)
+    return x[0] * torch.exp(-x[1] * T) - torch.randn(6, generator=g, dtype=x.dtype)
+
+
+def item_branch(x):
+    scale = x[0] if x[0].item() > 0 else -x[0]
+    return scale * torch.exp(-x[1] * T) - 0.5
+
+
+SPARSE = (torch.eye(6, 2, dtype=F64) + torch.ones(6, 2, dtype=F64)).to_sparse()
+
+
+def sparse_product(x):
+    # No batching rule for the backward of a sparse product: rows and columns one by one.
+    return torch.sparse.mm(SPARSE, torch.exp(x)[:, None])[:, 0] - 2.0
+
+
+class DataDependentBackward(torch.autograd.Function):
+    """A square whose backward branches on a value: it cannot run under vmap."""
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad if bool(grad.abs().sum() > 0) else torch.zeros_like(x)
+
+
+def custom_function(x):
+    return DataDependentBackward.apply(x[0] * torch.exp(-x[1] * T)) - 0.3
+
+
+class OnceSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def once_differentiable(x):
+    return OnceSquare.apply(x[0] * torch.exp(-x[1] * T)) - 0.3
+
+
+def classic_jacobian(fun, x):
+    z = x.detach().requires_grad_()
+    r = fun(z)
+    return torch.stack([torch.autograd.grad(r, z, e, retain_graph=True)[0] for e in torch.eye(r.shape[0], dtype=F64)])
+
+
+def solve(fun):
+    x0 = torch.tensor([1.0, 0.5], dtype=F64)
+    return TrustRegion(GaussNewtonModel(), solver="lstsq").solve(fun, x0)
+
+
+@pytest.mark.parametrize("fun", [random_data, item_branch], ids=["random", "item"])
+def test_random_ops_and_item_need_no_fallback(fun):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        result = solve(fun)
+        for _ in range(3):
+            J = DenseJacobian()(fun, result.x).matrix
+    assert result.success
+    assert_jacobian(J, classic_jacobian(fun, result.x))
+
+
+@pytest.mark.parametrize(
+    ("fun", "message"),
+    [(sparse_product, "could not batch the Jacobian's rows or columns (RuntimeError: expand is unsupported"),
+     (custom_function, "could not batch the Jacobian's rows or columns (RuntimeError: ")],
+    ids=["sparse.mm", "autograd.Function"],
+)  # fmt: skip
+def test_fallback_warns_once_per_solve(fun, message):
+    with pytest.warns(UserWarning, match=re.escape(message)) as record:
+        result = solve(fun)
+    assert len([w for w in record if "trustls could not" in str(w.message)]) == 1
+    assert result.nfev > 1 and result.njev > 1
+    jacobian = DenseJacobian()
+    with pytest.warns(UserWarning, match=re.escape(message)) as record:
+        for _ in range(3):
+            J = jacobian(fun, result.x).matrix
+            assert_jacobian(J, classic_jacobian(fun, result.x))
+    assert len([w for w in record if "trustls could not" in str(w.message)]) == 1
+    assert jacobian.unavailable
+
+
+class SparseModel:
+    """A residual written as a method: a new bound method object at every attribute access."""
+
+    def residual(self, x):
+        return sparse_product(x)
+
+
+def test_bound_method_residual_warns_once_per_solve():
+    model, x0 = SparseModel(), torch.tensor([1.0, 0.5], dtype=F64)
+    with pytest.warns(UserWarning, match="could not batch") as record:
+        result = TrustRegion(GaussNewtonModel(), solver="lstsq").solve(model.residual, x0)
+    assert result.njev > 1
+    assert len([w for w in record if "trustls could not" in str(w.message)]) == 1
+
+
+def test_once_differentiable_backward_never_gives_a_wrong_jacobian():
+    # Forward mode (double backward) cannot run; reverse mode can. Whether forward mode is
+    # tried depends on the measurement: at most one warning, and J exact either way.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = solve(once_differentiable)
+        jacobian = DenseJacobian()
+        for _ in range(3):
+            expected = classic_jacobian(once_differentiable, result.x)
+            assert_jacobian(jacobian(once_differentiable, result.x).matrix, expected)
+    assert result.success
+    messages = [str(w.message) for w in record if "trustls could not" in str(w.message)]
+    assert len(messages) <= 2 and all("could not use forward mode" in message for message in messages)
+
+
+def test_forced_route_that_cannot_run_falls_back():
+    jacobian = DenseJacobian("forward-batched")
+    with pytest.warns(UserWarning, match="could not use forward mode"):
+        result = jacobian(once_differentiable, torch.tensor([1.0, 0.5], dtype=F64))
+    assert result.route.startswith("reverse")
+    assert_jacobian(result.matrix, classic_jacobian(once_differentiable, torch.tensor([1.0, 0.5], dtype=F64)))

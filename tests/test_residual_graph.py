@@ -1,0 +1,85 @@
+"""ResidualGraph: products from one kept autograd graph, against jacrev."""
+
+import pytest
+import torch
+
+from trustls.operators import ResidualGraph
+
+F64 = torch.float64
+
+
+def tall(x):
+    t = torch.linspace(0, 2, 7, dtype=x.dtype)
+    return x[0] * torch.exp(-x[1] * t) + torch.sin(x[2] * t)
+
+
+def wide(x):
+    return torch.stack([x[:3].prod(), (x**2).sum(), torch.atan(x[4] - x[0])])
+
+
+class OnceSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+@pytest.mark.parametrize("fun, n", [(tall, 3), (wide, 5)])
+def test_products_match_jacrev(fun, n, generator):
+    x = torch.randn(n, generator=generator, dtype=F64)
+    x_copy = x.clone()
+    J = torch.func.jacrev(fun)(x)
+    graph = ResidualGraph.evaluate(fun, x)
+    m = J.shape[0]
+    u = torch.randn(m, generator=generator, dtype=F64)
+    v = torch.randn(n, generator=generator, dtype=F64)
+    U = torch.randn(4, m, generator=generator, dtype=F64)
+    V = torch.randn(4, n, generator=generator, dtype=F64)
+    assert graph.shape == (m, n)
+    torch.testing.assert_close(graph.residual.detach(), fun(x), rtol=0, atol=0)
+    torch.testing.assert_close(graph.vjp(u), J.T @ u, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(graph.jvp(v), J @ v, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(graph.vjp_batched(U), U @ J, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(graph.jvp_batched(V), V @ J.T, rtol=1e-13, atol=1e-13)
+    assert torch.equal(x, x_copy) and not x.requires_grad
+
+
+def test_products_under_no_grad(generator):
+    x = torch.randn(3, generator=generator, dtype=F64)
+    J = torch.func.jacrev(tall)(x)
+    with torch.no_grad():
+        graph = ResidualGraph.evaluate(tall, x)
+        v = torch.ones(3, dtype=F64)
+        torch.testing.assert_close(graph.jvp(v), J @ v, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(graph.vjp(graph.residual.detach()), J.T @ tall(x), rtol=1e-13, atol=1e-13)
+
+
+def test_residual_independent_of_x_has_zero_jacobian():
+    graph = ResidualGraph.evaluate(lambda x: torch.ones(4, dtype=x.dtype), torch.ones(2, dtype=F64))
+    assert not graph.depends_on_x
+    assert torch.equal(graph.vjp(torch.ones(4, dtype=F64)), torch.zeros(2, dtype=F64))
+    assert torch.equal(graph.jvp(torch.ones(2, dtype=F64)), torch.zeros(4, dtype=F64))
+    assert torch.equal(graph.vjp_batched(torch.eye(4, dtype=F64)), torch.zeros(4, 2, dtype=F64))
+    assert torch.equal(graph.jvp_batched(torch.eye(2, dtype=F64)), torch.zeros(2, 4, dtype=F64))
+
+
+def test_once_differentiable_backward_refuses_jvp():
+    # Double backward would silently drop the once-differentiable path: it must raise instead.
+    graph = ResidualGraph.evaluate(lambda x: OnceSquare.apply(torch.exp(x)), torch.ones(2, dtype=F64))
+    with pytest.raises(RuntimeError, match="^the backward of fun is not differentiable"):
+        graph.jvp(torch.ones(2, dtype=F64))
+    torch.testing.assert_close(graph.vjp(torch.ones(2, dtype=F64)), 2 * torch.exp(torch.ones(2, dtype=F64)) ** 2)
+
+
+def test_float32_smoke(generator):
+    x = torch.randn(3, generator=generator)
+    graph = ResidualGraph.evaluate(tall, x)
+    J = torch.func.jacrev(tall)(x)
+    assert graph.jvp_batched(torch.eye(3)).dtype == torch.float32
+    torch.testing.assert_close(graph.jvp_batched(torch.eye(3)).T, J, rtol=1e-5, atol=1e-5)
