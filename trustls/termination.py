@@ -1,7 +1,9 @@
 """Convergence tests, as in scipy's ``least_squares`` and MINPACK (Moré et al. 1980).
 
 * gtol: ‖g‖∞ < gtol, tested at every linearized point;
-* ftol: dF < ftol·F and ρ > ¼ (the model agreed with a small relative decrease);
+* ftol: 0 < dF < ftol·F and ρ > ¼ (the model agreed with a small relative
+  decrease; scipy's ratio is not shifted by the rounding allowance, so its
+  test holds only after a decrease, and neither does this one otherwise);
 * xtol: ‖dx‖ < xtol·(xtol + ‖x‖).
 
 Each tolerance can be disabled with ``None``. In reduced precision the
@@ -34,7 +36,10 @@ def step_termination(
         >>> int(step_termination(1e-12 * one, one, 0.1 * one, one, 0.9 * one, ftol=1e-8, xtol=1e-8))
         2
     """
-    ftol_satisfied = (actual_reduction < ftol * cost) & (ratio > 0.25) if ftol > 0 else torch.zeros_like(ratio, dtype=torch.bool)
+    if ftol > 0:
+        ftol_satisfied = (actual_reduction > 0) & (actual_reduction < ftol * cost) & (ratio > 0.25)
+    else:
+        ftol_satisfied = torch.zeros_like(ratio, dtype=torch.bool)
     xtol_satisfied = step_norm < xtol * (xtol + x_norm)
     code = 2 * ftol_satisfied.to(torch.int64) + 3 * xtol_satisfied.to(torch.int64)
     return torch.where(code == 5, 4, code)

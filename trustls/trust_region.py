@@ -37,6 +37,7 @@ from trustls._validation import as_tensor_x0, check_tolerance, check_x0
 from trustls.bounds import as_bounds, subproblem
 from trustls.function import HALF, CountedFunction, HalfPrecision, round_to
 from trustls.models.base import CurvatureModel, Linearization
+from trustls.operators import NormalOperator, PowerOfTwoBalanced
 from trustls.radius import RadiusPolicy
 from trustls.result import IterationInfo, Result, Status
 from trustls.scaling import ScalePolicy, resolve_x_scale
@@ -283,6 +284,8 @@ class TrustRegion:
         problem = subproblem(linearization, scaling, bounds)
         x_scaled_norm, optimality = torch.stack([problem.norm(x).double(), problem.optimality.double()]).tolist()
         radius = self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
+        # A radius below the resolution of x moves nothing: start at that resolution at least.
+        radius = max(radius, torch.finfo(dtype or x.dtype).eps * (1.0 + x_scaled_norm))
         status = Status.GTOL if self.gtol is not None and optimality < self.gtol else None
         dtype = x.dtype if dtype is None else dtype
         return TrustRegionState(x, linearization, radius, scaling, None, context, dtype, float(linearization.cost),
@@ -337,7 +340,13 @@ class TrustRegion:
         if state.linearization is None:
             raise ValueError("state must hold a linearization at x (relinearize it before stepping), got None")
         f = self._function(fun, state.dtype)
-        problem = subproblem(state.linearization, state.scaling, state.bounds)
+        lin = state.linearization
+        if state.dtype in HALF and lin.jacobian_matrix is None:
+            # Products through a half-precision function overflow float16 for large vectors:
+            # each runs on a vector of unit size, scaled back exactly by a power of two.
+            balanced = PowerOfTwoBalanced(lin.jacobian)
+            lin = replace(lin, jacobian=balanced, operator=NormalOperator(balanced))
+        problem = subproblem(lin, state.scaling, state.bounds)
         prepared = self.solver.prepare(problem.linearization, state.solver_state)
         trial = Trial(self, state, f, problem, prepared, relinearize)
         max_nfev = self.max_nfev or 100 * state.x.shape[0]

@@ -100,6 +100,15 @@ class ValidationRow:
         """Whether the run reached `PASS_LRE` digits."""
         return self.lre >= PASS_LRE
 
+    @property
+    def certified(self) -> bool:
+        """Whether the parameters reached `PASS_LRE` digits: what the command's exit status checks.
+
+        The RSS is not required: Lanczos1's certified RSS, 1.4e-25, lies below what
+        float64 residuals resolve, so no solver reaches it (docs/validation.md).
+        """
+        return self.lre_params >= PASS_LRE
+
 
 def _check_names(names: Iterable[str] | None) -> tuple[str, ...]:
     if names is None:
@@ -289,8 +298,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m trustls.validate [--solver S] [--problem NAME] [--tol T] [--max-nfev N] [--threads N]``.
 
-    Prints the table and a summary per solver; returns 0 (the table is the result:
-    known failures are listed in ``docs/validation.md``).
+    Prints the table and a summary per solver. Returns 0 when every run's
+    parameters reach `PASS_LRE` correct digits (`ValidationRow.certified`), else
+    1, so that CI can run it as a check; the failing runs are named last.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -314,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows))
     print()
     print(format_summary(rows))
+    failed = [row for row in rows if not row.certified]
+    if failed:
+        names = ", ".join(f"{row.problem} start {row.start} ({row.solver}, {row.lre_params:.2f})" for row in failed)
+        print(f"\nFAILED: parameters below {PASS_LRE:g} correct digits in {len(failed)} run(s): {names}")
+        return 1
     return 0
 
 

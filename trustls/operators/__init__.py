@@ -1,6 +1,6 @@
 """Linear operators: dense matrices and matrix-free Jacobian and Gauss-Newton products."""
 
-from trustls.operators.base import LinearOperator, ScaledOperator
+from trustls.operators.base import LinearOperator, PowerOfTwoBalanced, ScaledOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
 from trustls.operators.diagonal import BlockDiagonalOperator, DiagonalOperator
 from trustls.operators.sparse import SparseOperator, SparsityPattern
@@ -40,6 +40,7 @@ __all__ = [
     "JacobianProducts",
     "LinearOperator",
     "NormalOperator",
+    "PowerOfTwoBalanced",
     "ProductFallback",
     "ResidualGraph",
     "ScaledOperator",

@@ -23,7 +23,7 @@ import abc
 import torch
 from torch import Tensor
 
-__all__ = ["LinearOperator", "ScaledOperator"]
+__all__ = ["LinearOperator", "PowerOfTwoBalanced", "ScaledOperator"]
 
 
 class LinearOperator(abc.ABC):
@@ -143,3 +143,41 @@ class ScaledOperator(LinearOperator):
 
     def rmatvec(self, u: Tensor) -> Tensor:
         return self._Tt(self.operator.rmatvec(self._T(u) if self.left else u))
+
+
+def _power_of_two(v: Tensor) -> Tensor:
+    """2^e with ‖v‖∞ in [2^(e−1), 2^e), as a 0-d tensor on v's device (1 for v = 0), without a host read."""
+    largest = v.abs().max()
+    return torch.where(largest > 0, torch.exp2(torch.frexp(largest)[1].to(v.dtype)), torch.ones_like(largest))
+
+
+class PowerOfTwoBalanced(LinearOperator):
+    """A with every product taken on a vector of unit size: ``A v = c·A(v/c)``, c a power of two.
+
+    For operators whose products run in a narrow precision (float16's largest
+    value is 65504): a product that would overflow for a large v runs on
+    v/c, whose entries are below 1, and is scaled back in the vectors' own
+    precision. Scaling by a power of two is exact, and c is computed on the
+    device, so a product reads nothing.
+
+    Examples:
+        >>> import torch
+        >>> from trustls.operators import DenseOperator
+        >>> PowerOfTwoBalanced(DenseOperator(torch.eye(2))) @ torch.tensor([3.0, 5.0])
+        tensor([3., 5.])
+    """
+
+    def __init__(self, operator: LinearOperator):
+        super().__init__(operator.shape, operator.dtype, operator.device)
+        self.operator = operator
+        self.is_symmetric = operator.is_symmetric
+        self.is_positive_semidefinite = operator.is_positive_semidefinite
+        self.is_matrix_free = operator.is_matrix_free
+
+    def matvec(self, v: Tensor) -> Tensor:
+        c = _power_of_two(v)
+        return self.operator.matvec(v / c) * c
+
+    def rmatvec(self, u: Tensor) -> Tensor:
+        c = _power_of_two(u)
+        return self.operator.rmatvec(u / c) * c
