@@ -1,0 +1,211 @@
+"""The Schur-complement Levenberg-Marquardt solver against dense oracles."""
+
+import math
+
+import pytest
+import torch
+
+from block_structured import block_problem
+from trustls import BlockJacobi, GaussNewtonModel, TrustRegion
+from trustls.operators import DenseOperator, SparseOperator
+from trustls.problems.bal import BundleAdjustmentProblem
+from trustls.sparsity import BlockPartition, block_jacobi_scaling
+from trustls.subproblem import IterativeSchur
+
+F64 = torch.float64
+
+
+def linearize(dense, J, generator, scale=None):
+    """The linearization of r(x) = J x − y at x = 0, scaled by T when given; and its dense J, g."""
+    y = torch.randn(dense.shape[0], generator=generator, dtype=F64).to(dense.dtype)
+    lin = GaussNewtonModel(jacobian=lambda x: J).linearize(lambda x: dense @ x - y, torch.zeros(dense.shape[1],
+                                                                                                 dtype=dense.dtype))
+    if scale is None:
+        return lin, dense, lin.gradient
+    T = scale.to_dense() if not isinstance(scale, torch.Tensor) else torch.diag(scale)
+    return lin.scaled(scale), dense @ T, T.T @ lin.gradient
+
+
+def damped_step(matrix, gradient, damping):
+    """−(JᵀJ + λI)⁻¹g as the least-squares solution of [J; √λ I] p ≈ [−r; 0] (JᵀJ is not formed)."""
+    n = matrix.shape[1]
+    residual = torch.linalg.lstsq(matrix.T, gradient.unsqueeze(1), driver="gelsd").solution.squeeze(1)  # Jᵀr = g
+    stacked = torch.cat([matrix, math.sqrt(damping) * torch.eye(n, dtype=matrix.dtype)])
+    rhs = torch.cat([-residual, torch.zeros(n, dtype=matrix.dtype)])
+    return torch.linalg.lstsq(stacked, rhs.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+
+
+def exact_solver(partition):
+    return IterativeSchur(partition, forcing=1e-15)
+
+
+@pytest.mark.parametrize("radius_factor", [1e-2, 0.3, 3.0, 1e3])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"contiguous": True},
+        {"contiguous": False},
+        {"contiguous": False, "full_slots": False},
+        {"contiguous": False, "duplicates": True},
+        {"free": ((5, 3),), "eliminated": ((8, 3),)},
+        {"free": ((2, 4), (3, 1)), "eliminated": ((4, 1), (5, 3), (3, 2))},
+    ],
+    ids=["contiguous", "permuted", "partial-slots", "duplicates", "one-size", "several-sizes"],
+)
+def test_step_equals_the_dense_damped_step(layout, radius_factor, generator):
+    dense, J, partition = block_problem(generator, **layout)
+    lin, matrix, g = linearize(dense, J, generator)
+    g_norm = float(torch.linalg.vector_norm(g))
+    radius = radius_factor * g_norm
+    step = exact_solver(partition).solve(exact_solver(partition).prepare(lin), radius)
+    expected = damped_step(matrix, g, g_norm / radius)
+    torch.testing.assert_close(step.step, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+    assert step.norm <= radius and step.hits_boundary
+    Jp = matrix @ step.step
+    assert step.predicted_reduction == pytest.approx(-float(g @ step.step + 0.5 * Jp @ Jp), rel=1e-12)
+
+
+def test_step_in_block_jacobi_variables_of_a_permuted_partition(generator):
+    dense, J, partition = block_problem(generator, contiguous=False, full_slots=False)
+    T = block_jacobi_scaling(J, partition)
+    lin, matrix, g = linearize(dense, J, generator, scale=T)
+    radius = 0.5 * float(torch.linalg.vector_norm(g))
+    solver = exact_solver(partition)
+    step = solver.solve(solver.prepare(lin), radius)
+    expected = damped_step(matrix, g, float(torch.linalg.vector_norm(g)) / radius)
+    torch.testing.assert_close(step.step, expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()))
+
+
+def test_step_with_a_diagonal_scale(generator):
+    dense, J, partition = block_problem(generator)
+    scale = torch.rand(J.shape[1], generator=generator, dtype=F64) + 0.5
+    lin, matrix, g = linearize(dense, J, generator, scale=scale)
+    solver = exact_solver(partition)
+    step = solver.solve(solver.prepare(lin), 1.0)
+    torch.testing.assert_close(step.step, damped_step(matrix, g, float(torch.linalg.vector_norm(g))), rtol=1e-10,
+                               atol=1e-12)
+
+
+def cauchy_decrease(matrix, g, radius):
+    g_norm = float(torch.linalg.vector_norm(g))
+    curvature = float(torch.linalg.vector_norm(matrix @ g) ** 2)
+    tau = min(radius / g_norm, g_norm**2 / curvature)
+    return tau * g_norm**2 - 0.5 * tau**2 * curvature
+
+
+@pytest.mark.parametrize("radius_factor", [1e-3, 0.1, 1.0, 10.0, 1e4])
+@pytest.mark.parametrize("forcing, max_iter, fraction", [(1e-15, None, 4 / 9), (0.5, 1, 0.25)])
+def test_decrease_is_a_fraction_of_the_cauchy_decrease(forcing, max_iter, fraction, radius_factor, generator):
+    # The exact damped step with λ = ‖g‖/Δ achieves 4/9 of the Cauchy decrease
+    # for Δ (module docstring); an inexact one is guarded to achieve ¼.
+    dense, J, partition = block_problem(generator, contiguous=False)
+    lin, matrix, g = linearize(dense, J, generator)
+    radius = radius_factor * float(torch.linalg.vector_norm(g))
+    solver = IterativeSchur(partition, forcing=forcing, max_iter=max_iter)
+    step = solver.solve(solver.prepare(lin), radius)
+    assert step.norm <= radius * (1 + 1e-12)
+    assert step.predicted_reduction >= fraction * cauchy_decrease(matrix, g, radius)
+
+
+def test_inexact_steps_stay_in_the_region_and_report_their_work(generator):
+    dense, J, partition = block_problem(generator, free=((6, 4),), eliminated=((10, 3),))
+    lin, matrix, g = linearize(dense, J, generator)
+    solver = IterativeSchur(partition, forcing=0.5, max_iter=2)
+    prepared = solver.prepare(lin)
+    for radius in (1e-3, 1.0, 1e3, math.inf):
+        step = solver.solve(prepared, radius)
+        assert step.norm <= radius and step.iterations <= 2
+        assert step.products == step.iterations + 2
+        assert step.hits_boundary == math.isfinite(radius)
+        Jp = matrix @ step.step
+        assert step.predicted_reduction == pytest.approx(-float(g @ step.step + 0.5 * Jp @ Jp), rel=1e-10)
+
+
+def test_zero_gradient_and_non_finite_jacobian(generator):
+    dense, J, partition = block_problem(generator)
+    lin = GaussNewtonModel(jacobian=lambda x: J).linearize(lambda x: dense @ x, torch.zeros(J.shape[1], dtype=F64))
+    step = exact_solver(partition).solve(exact_solver(partition).prepare(lin), 1.0)
+    assert step.reason == "zero_gradient" and step.norm == 0.0 and not bool(step.step.any())
+    bad = J.with_values(torch.where(torch.arange(J.values.numel()) == 3, math.nan, J.values))
+    lin, _, _ = linearize(dense, bad, generator)
+    step = exact_solver(partition).solve(exact_solver(partition).prepare(lin), 1.0)
+    assert not math.isfinite(step.norm)  # the controller shrinks the radius from such a step
+
+
+def test_float32_smoke(generator):
+    dense, J, partition = block_problem(generator, dtype=torch.float32)
+    lin, matrix, g = linearize(dense, J, generator)
+    step = IterativeSchur(partition).solve(IterativeSchur(partition).prepare(lin), 1.0)
+    assert step.step.dtype == torch.float32 and step.norm <= 1.0 and step.predicted_reduction > 0
+
+
+def test_validation(generator):
+    dense, J, partition = block_problem(generator)
+    lin, _, _ = linearize(dense, J, generator)
+    with pytest.raises(TypeError, match=r"partition must be a BlockPartition, got tuple"):
+        IterativeSchur(partition.groups)
+    with pytest.raises(ValueError, match=r"forcing must be a number in \(0, 1\), got 1"):
+        IterativeSchur(partition, forcing=1)
+    with pytest.raises(ValueError, match=r"max_iter must be a positive int or None, got 0"):
+        IterativeSchur(partition, max_iter=0)
+    dense_lin = GaussNewtonModel(jacobian=lambda x: dense).linearize(lambda x: dense @ x, torch.ones(J.shape[1],
+                                                                                                     dtype=F64))
+    with pytest.raises(TypeError, match=r"IterativeSchur needs a sparse Jacobian"):
+        IterativeSchur(partition).prepare(dense_lin)
+    n = J.shape[1]
+    with pytest.raises(ValueError, match=rf"partition must cover the {n} variables of J, it covers {n + 1}"):
+        IterativeSchur(BlockPartition(n + 1, partition.groups, partition.eliminated)).prepare(lin)
+    with pytest.raises(ValueError, match=r"partition.eliminated must name at least one of the 4 groups, got \(\)"):
+        IterativeSchur(BlockPartition(n, partition.groups, ())).prepare(lin)
+    with pytest.raises(ValueError, match=r"partition.eliminated must leave at least one group of blocks free"):
+        IterativeSchur(BlockPartition(n, partition.groups, (0, 1, 2, 3))).prepare(lin)
+    with pytest.raises(ValueError, match=r"partition.eliminated must name groups whose blocks share no row of J, "
+                                         r"got row \d+ in \d+ eliminated blocks"):
+        IterativeSchur(BlockPartition(n, partition.groups, (0, 1))).prepare(lin)
+
+
+def synthetic_bundle_adjustment(generator, cameras=4, points=40, views=3):
+    """A small BAL problem: true cameras and points, observations with noise, a perturbed start."""
+    camera_params = torch.zeros(cameras, 9, dtype=F64)
+    camera_params[:, 0:3] = 0.1 * torch.randn(cameras, 3, generator=generator, dtype=F64)
+    camera_params[:, 3:5] = 0.2 * torch.randn(cameras, 2, generator=generator, dtype=F64)
+    camera_params[:, 5] = -5.0
+    camera_params[:, 6] = 1.0 + 0.1 * torch.rand(cameras, generator=generator, dtype=F64)
+    point_params = torch.randn(points, 3, generator=generator, dtype=F64)
+    camera_index = torch.stack([torch.randperm(cameras, generator=generator)[:views] for _ in range(points)])
+    point_index = torch.arange(points).repeat_interleave(views)
+    truth = torch.cat([camera_params.reshape(-1), point_params.reshape(-1)])
+    problem = BundleAdjustmentProblem(cameras, points, points * views, camera_index.reshape(-1), point_index,
+                                      torch.zeros(points * views, 2, dtype=F64), truth)
+    observed = problem.residual(truth).view(-1, 2) + 1e-3 * torch.randn(points * views, 2, generator=generator,
+                                                                          dtype=F64)
+    x0 = truth + 0.01 * torch.randn(truth.shape, generator=generator, dtype=F64)
+    return BundleAdjustmentProblem(cameras, points, points * views, camera_index.reshape(-1), point_index, observed,
+                                   x0)
+
+
+def test_bundle_adjustment_solve_reaches_the_lstsq_cost(generator):
+    problem = synthetic_bundle_adjustment(generator)
+    shape = (problem.n_residuals, problem.n_parameters)
+
+    def jacobian(x):
+        return SparseOperator(*problem.jacobian_coo(x), shape)
+
+    C, N = problem.n_cameras, problem.n_points
+    partition = BlockPartition(problem.n_parameters,
+                               (torch.arange(9 * C).view(C, 9), 9 * C + torch.arange(3 * N).view(N, 3)), (1,))
+    x_scale = BlockJacobi(((C, 9), (N, 3)))
+    schur = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver=IterativeSchur(partition), x_scale=x_scale)
+    result = schur.solve(problem.residual, problem.x0)
+    reference = TrustRegion(GaussNewtonModel(), solver="lstsq", x_scale=x_scale).solve(problem.residual, problem.x0)
+    assert result.success and reference.success
+    assert result.cost == pytest.approx(reference.cost, rel=1e-8)
+    assert result.cost < 1e-2 * 0.5 * float(problem.residual(problem.x0).square().sum())
+
+
+def test_dense_operator_is_refused_with_its_name(generator):
+    dense, _, partition = block_problem(generator)
+    lin = GaussNewtonModel(jacobian=lambda x: DenseOperator(dense)).linearize(lambda x: dense @ x,
+                                                                              torch.ones(dense.shape[1], dtype=F64))
+    with pytest.raises(TypeError, match=r"got DenseOperator\(shape="):
+        IterativeSchur(partition).prepare(lin)
