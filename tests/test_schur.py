@@ -10,7 +10,11 @@ from trustls import BlockJacobi, GaussNewtonModel, TrustRegion
 from trustls.operators import DenseOperator, SparseOperator
 from trustls.problems.bal import BundleAdjustmentProblem
 from trustls.sparsity import BlockPartition, block_jacobi_scaling
+import trustls.operators.block_cholesky as block_cholesky_module
+import trustls.sparsity.normal_blocks as normal_blocks_module
+import trustls.subproblem.schur as schur_module
 from trustls.subproblem import IterativeSchur
+from trustls.subproblem.schur_structure import inverse_factors, schur_blocks, schur_jacobi_blocks
 
 F64 = torch.float64
 
@@ -35,8 +39,8 @@ def damped_step(matrix, gradient, damping):
     return torch.linalg.lstsq(stacked, rhs.unsqueeze(1), driver="gelsd").solution.squeeze(1)
 
 
-def exact_solver(partition):
-    return IterativeSchur(partition, forcing=1e-15)
+def exact_solver(partition, secular_steps=0):
+    return IterativeSchur(partition, forcing=1e-15, secular_steps=secular_steps)
 
 
 @pytest.mark.parametrize("radius_factor", [1e-2, 0.3, 3.0, 1e3])
@@ -63,6 +67,94 @@ def test_step_equals_the_dense_damped_step(layout, radius_factor, generator):
     assert step.norm <= radius and step.hits_boundary
     Jp = matrix @ step.step
     assert step.predicted_reduction == pytest.approx(-float(g @ step.step + 0.5 * Jp @ Jp), rel=1e-12)
+
+
+@pytest.mark.parametrize("radius_factor", [1e-2, 0.3, 3.0, 1e3])
+def test_secular_correction_takes_the_damped_step_for_the_corrected_damping(radius_factor, generator, monkeypatch):
+    # λ₁ = λ₀‖p(λ₀)‖/Δ while ‖p(λ₀)‖ < Δ/2; ‖p(λ₁)‖ ≤ Δ since λ‖p(λ)‖ increases with λ.
+    # The probing solve at λ₀ is made exact, so that λ₁ is the oracle's.
+    monkeypatch.setattr(schur_module, "_PROBE_FORCING", 0.0)
+    dense, J, partition = block_problem(generator, contiguous=False)
+    lin, matrix, g = linearize(dense, J, generator)
+    g_norm = float(torch.linalg.vector_norm(g))
+    radius = radius_factor * g_norm
+    damping = g_norm / radius
+    first = damped_step(matrix, g, damping)
+    first_norm = float(torch.linalg.vector_norm(first))
+    expected, bounded = first, True
+    if first_norm < 0.5 * radius:
+        damping *= first_norm / radius
+        expected = damped_step(matrix, g, damping)
+        bounded = float(torch.linalg.vector_norm(expected)) > 1.1 * first_norm
+    step = exact_solver(partition, secular_steps=1).solve(exact_solver(partition).prepare(lin), radius)
+    # The damped normal equations hold to rounding whatever their condition (λ₁ can be tiny
+    # with singular blocks), and the step agrees with the oracle to that condition.
+    residual = matrix.T @ (matrix @ step.step) + damping * step.step + g
+    condition = 1.0 / min(damping, 1.0)  # of the reduced system, up to the scale of B
+    assert float(torch.linalg.vector_norm(residual)) <= 1e-12 * condition * float(torch.linalg.vector_norm(g))
+    if damping > 1e-3:
+        torch.testing.assert_close(step.step, expected, rtol=1e-10 * condition,
+                                   atol=1e-10 * condition * float(expected.abs().max()))
+    assert step.norm <= radius and step.hits_boundary == bounded
+
+
+def test_secular_corrections_stop_at_the_gauss_newton_step(generator, monkeypatch):
+    monkeypatch.setattr(schur_module, "_PROBE_FORCING", 0.0)
+    # A full-rank J and a huge radius: the corrections drive λ to about 0 and
+    # the step to the Gauss-Newton step, reported interior.
+    dense, J, partition = block_problem(generator, free=((2, 2),), eliminated=((6, 2),))
+    lin, matrix, g = linearize(dense, J, generator)
+    radius = 1e6 * float(torch.linalg.vector_norm(g))
+    step = exact_solver(partition, secular_steps=8).solve(exact_solver(partition).prepare(lin), radius)
+    gauss_newton = damped_step(matrix, g, 0.0)
+    torch.testing.assert_close(step.step, gauss_newton, rtol=1e-4, atol=1e-4 * float(gauss_newton.abs().max()))
+    assert not step.hits_boundary
+
+
+@pytest.fixture(params=["default", "unrolled", "scattered"])
+def kernels(request, monkeypatch):
+    """The batched kernels for many small blocks, forced on the small test problems."""
+    if request.param == "unrolled":
+        monkeypatch.setattr(block_cholesky_module, "_MIN_UNROLLED_COUNT", 0)
+    if request.param == "scattered":
+        monkeypatch.setattr(normal_blocks_module, "_MAX_LOOPED_BLOCKS", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("preconditioner", ["schur_jacobi", "block_jacobi"])
+@pytest.mark.parametrize(
+    "layout",
+    [{"contiguous": False, "full_slots": False}, {"free": ((2, 7), (3, 2)), "eliminated": ((5, 7), (6, 1))}],
+    ids=["small-blocks", "blocks-of-7"],
+)
+def test_every_kernel_gives_the_dense_damped_step(layout, preconditioner, kernels, generator):
+    dense, J, partition = block_problem(generator, **layout)
+    lin, matrix, g = linearize(dense, J, generator)
+    radius = 0.2 * float(torch.linalg.vector_norm(g))
+    solver = IterativeSchur(partition, forcing=1e-15, preconditioner=preconditioner, secular_steps=0)
+    step = solver.solve(solver.prepare(lin), radius)
+    expected = damped_step(matrix, g, float(torch.linalg.vector_norm(g)) / radius)
+    torch.testing.assert_close(step.step, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.37])
+def test_schur_jacobi_blocks_are_the_diagonal_blocks_of_the_schur_complement(damping, kernels, generator):
+    dense, J, partition = block_problem(generator, contiguous=False, full_slots=False)
+    blocks = schur_blocks(J, partition)
+    factors = [inverse_factors(C, damping) for C in blocks.eliminated_blocks]
+    F, E = blocks.plan.free_columns, blocks.plan.eliminated_columns
+    B = dense.T @ dense
+    C = B[E][:, E] + damping * torch.eye(len(E), dtype=F64)
+    if damping == 0.0:  # the singular eliminated blocks are jittered exactly as the solver does
+        C = torch.block_diag(*[torch.linalg.inv(X.T @ X) for Xs in factors for X in Xs])
+    S = B[F][:, F] + damping * torch.eye(len(F), dtype=F64) - B[F][:, E] @ torch.linalg.solve(C, B[E][:, F])
+    offset = 0
+    for index, got in zip(blocks.plan.free, schur_jacobi_blocks(blocks, factors, damping)):
+        count, size = partition.groups[index].shape
+        expected = torch.stack([S[offset + k * size : offset + (k + 1) * size, offset + k * size : offset + (k + 1) * size]
+                                for k in range(count)])
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+        offset += count * size
 
 
 def test_step_in_block_jacobi_variables_of_a_permuted_partition(generator):
@@ -110,7 +202,7 @@ def test_decrease_is_a_fraction_of_the_cauchy_decrease(forcing, max_iter, fracti
 def test_inexact_steps_stay_in_the_region_and_report_their_work(generator):
     dense, J, partition = block_problem(generator, free=((6, 4),), eliminated=((10, 3),))
     lin, matrix, g = linearize(dense, J, generator)
-    solver = IterativeSchur(partition, forcing=0.5, max_iter=2)
+    solver = IterativeSchur(partition, forcing=0.5, max_iter=2, secular_steps=0)
     prepared = solver.prepare(lin)
     for radius in (1e-3, 1.0, 1e3, math.inf):
         step = solver.solve(prepared, radius)
@@ -118,7 +210,7 @@ def test_inexact_steps_stay_in_the_region_and_report_their_work(generator):
         assert step.products == step.iterations + 2
         assert step.hits_boundary == math.isfinite(radius)
         Jp = matrix @ step.step
-        assert step.predicted_reduction == pytest.approx(-float(g @ step.step + 0.5 * Jp @ Jp), rel=1e-10)
+        assert step.predicted_reduction == pytest.approx(-float(g @ step.step + 0.5 * Jp @ Jp), rel=1e-8)
 
 
 def test_zero_gradient_and_non_finite_jacobian(generator):
@@ -194,13 +286,16 @@ def test_bundle_adjustment_solve_reaches_the_lstsq_cost(generator):
     C, N = problem.n_cameras, problem.n_points
     partition = BlockPartition(problem.n_parameters,
                                (torch.arange(9 * C).view(C, 9), 9 * C + torch.arange(3 * N).view(N, 3)), (1,))
-    x_scale = BlockJacobi(((C, 9), (N, 3)))
-    schur = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver=IterativeSchur(partition), x_scale=x_scale)
-    result = schur.solve(problem.residual, problem.x0)
-    reference = TrustRegion(GaussNewtonModel(), solver="lstsq", x_scale=x_scale).solve(problem.residual, problem.x0)
-    assert result.success and reference.success
-    assert result.cost == pytest.approx(reference.cost, rel=1e-8)
-    assert result.cost < 1e-2 * 0.5 * float(problem.residual(problem.x0).square().sum())
+    dense = GaussNewtonModel(jacobian=lambda x: jacobian(x).to_dense())
+    for x_scale, preconditioner in ((BlockJacobi(((C, 9), (N, 3))), "schur_jacobi"), (None, "block_jacobi")):
+        solver = IterativeSchur(partition, preconditioner=preconditioner)
+        result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver=solver, x_scale=x_scale).solve(
+            problem.residual, problem.x0
+        )
+        reference = TrustRegion(dense, solver="lstsq", x_scale=x_scale or "jac").solve(problem.residual, problem.x0)
+        assert result.success and reference.success
+        assert result.cost == pytest.approx(reference.cost, rel=1e-8)
+        assert result.cost < 1e-2 * 0.5 * float(problem.residual(problem.x0).square().sum())
 
 
 def test_dense_operator_is_refused_with_its_name(generator):

@@ -45,25 +45,27 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from trustls.operators.block_cholesky import lower_triangular_inverse, regularized_cholesky
 from trustls.operators.diagonal import BlockDiagonalOperator
 from trustls.operators.sparse import SparseOperator, SparsityPattern
 from trustls.sparsity.blocks import BlockPartition
 
 __all__ = [
     "BlockSlots",
+    "block_columns",
     "block_jacobi_scaling",
     "block_slots",
     "cholesky_whitening",
     "normal_diagonal_blocks",
     "slot_gram",
     "slot_rows",
+    "slot_times_blocks",
     "times_block_diagonal",
 ]
 
@@ -71,6 +73,8 @@ __all__ = [
 # matrix product (BLAS); beyond it, one batched outer product and a scatter
 # (the rule of `trustls.scaling`).
 _MAX_LOOPED_BLOCKS = 1024
+# Blocks up to this size multiply slot rows by unrolled elementwise products.
+_MAX_UNROLLED_SIZE = 6
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,18 +205,11 @@ def cholesky_whitening(blocks: Tensor, damping: float = 1e-10) -> tuple[Tensor, 
     blocks (gauge freedoms, points seen once) factorable; a variable no
     residual depends on (zero diagonal) is scaled by 1; a block that still
     fails gets a jitter of √eps times its largest diagonal entry (only that
-    block: the others keep their exact factors).
+    block: the others keep their exact factors; see `regularized_cholesky`).
     """
     d = torch.diagonal(blocks, dim1=1, dim2=2)
-    shift = torch.where(d > 0, damping * d, torch.ones_like(d))
-    L, info = torch.linalg.cholesky_ex(blocks + torch.diag_embed(shift))
-    if bool((info != 0).any()):
-        # Only the blocks that failed get the jitter (`trustls.scaling` shifts them all).
-        jitter = math.sqrt(torch.finfo(blocks.dtype).eps) * d.amax(dim=1, keepdim=True) * (info != 0)[:, None]
-        L = torch.linalg.cholesky(blocks + torch.diag_embed(shift + jitter))
-    eye = torch.eye(blocks.shape[-1], dtype=blocks.dtype, device=blocks.device).expand_as(blocks)
-    L_inverse = torch.linalg.solve_triangular(L, eye, upper=False)
-    return L_inverse.transpose(1, 2), L.transpose(1, 2)
+    L = regularized_cholesky(blocks, torch.where(d > 0, damping * d, torch.ones_like(d)))
+    return lower_triangular_inverse(L).transpose(1, 2), L.transpose(1, 2)
 
 
 def block_jacobi_scaling(
@@ -236,14 +233,22 @@ def block_jacobi_scaling(
     return BlockDiagonalOperator([t for t, _ in factors], [ti for _, ti in factors], columns=groups)
 
 
-def _times_blocks(rows: Tensor, blocks: Tensor, slots: BlockSlots) -> Tensor:
+def slot_times_blocks(rows: Tensor, blocks: Tensor, slots: BlockSlots) -> Tensor:
     """Each slot row times its block's matrix: ``(n_slots, size)``."""
     if slots.counts is not None:
         return torch.cat([r @ b for r, b in zip(torch.split(rows, slots.counts), blocks)])
-    return torch.bmm(rows.unsqueeze(1), blocks.index_select(0, slots.slot_block)).squeeze(1)
+    gathered = blocks.index_select(0, slots.slot_block)
+    size = rows.shape[1]
+    if size > _MAX_UNROLLED_SIZE:
+        return torch.bmm(rows.unsqueeze(1), gathered).squeeze(1)
+    # Σ_k r_k T[k, :] accumulated in place: batched products of tiny matrices are slow on CPUs.
+    out = rows[:, 0:1] * gathered[:, 0]
+    for k in range(1, size):
+        out.addcmul_(rows[:, k : k + 1], gathered[:, k])
+    return out
 
 
-def _columns_of(T: BlockDiagonalOperator, pattern: SparsityPattern) -> tuple[Tensor, ...]:
+def block_columns(T: BlockDiagonalOperator, pattern: SparsityPattern) -> tuple[Tensor, ...]:
     """T's column indices; those of a contiguous T are made once per pattern and block shapes."""
     if T.columns is not None:
         return tuple(T.columns)
@@ -279,16 +284,17 @@ def times_block_diagonal(J: SparseOperator, T: BlockDiagonalOperator) -> SparseO
     if T.shape[0] != J.shape[1]:
         raise ValueError(f"T must have shape ({J.shape[1]}, {J.shape[1]}), got {T.shape}")
     pattern = J.pattern
-    groups = _columns_of(T, pattern)
+    groups = block_columns(T, pattern)
     slots = block_slots(pattern, groups)
-    products = [_times_blocks(slot_rows(J.values, s), b, s) for s, b in zip(slots, T.blocks)]
+    products = [slot_times_blocks(slot_rows(J.values, s), b, s) for s, b in zip(slots, T.blocks)]
     if all(s.order is not None for s in slots):
         key = ("slot_order", tuple(id(g) for g in groups))
         if key not in pattern.cache:
-            pattern.cache[key] = (groups, torch.cat([s.order for s in slots]))
-        order = pattern.cache[key][1]
-        values = torch.empty_like(J.values).index_copy_(0, order, torch.cat([p.reshape(-1) for p in products]))
-        return J.with_values(values)
+            # The position of each stored entry among the slot rows (the inverse
+            # permutation of the slot order): a gather, cheaper than a scatter.
+            pattern.cache[key] = (groups, torch.argsort(torch.cat([s.order for s in slots])))
+        position = pattern.cache[key][1]
+        return J.with_values(torch.cat([p.reshape(-1) for p in products]).index_select(0, position))
     key = ("filled_slots", tuple(id(g) for g in groups))
     if key not in pattern.cache:
         rows = torch.cat([s.slot_row.repeat_interleave(s.columns.shape[1]) for s in slots])
