@@ -6,7 +6,11 @@ import pytest
 import torch
 
 import trustls.operators.block_cholesky as block_cholesky_module
-from trustls.operators.block_cholesky import block_cholesky, lower_triangular_inverse, regularized_cholesky
+from trustls.operators.block_cholesky import (
+    block_cholesky,
+    lower_triangular_inverse,
+    regularized_cholesky,
+)
 
 F64 = torch.float64
 
@@ -49,8 +53,10 @@ def test_regularized_cholesky_jitters_only_the_failed_blocks(path, generator):
     torch.testing.assert_close(L[3] @ L[3].T, singular[0] + jitter * torch.eye(3, dtype=F64))
     torch.testing.assert_close(L[4], torch.eye(3, dtype=F64))  # a zero block: shifted by 1
     shift = torch.rand(3, 3, generator=generator, dtype=F64)
-    torch.testing.assert_close(regularized_cholesky(regular, shift), torch.linalg.cholesky(regular + torch.diag_embed(shift)))
-    torch.testing.assert_close(regularized_cholesky(regular, 2.0), torch.linalg.cholesky(regular + 2 * torch.eye(3, dtype=F64)))
+    expected = torch.linalg.cholesky(regular + torch.diag_embed(shift))
+    torch.testing.assert_close(regularized_cholesky(regular, shift), expected)
+    expected = torch.linalg.cholesky(regular + 2 * torch.eye(3, dtype=F64))
+    torch.testing.assert_close(regularized_cholesky(regular, 2.0), expected)
 
 
 def test_float32(path, generator):

@@ -2,11 +2,16 @@
 
 import pytest
 import torch
+from block_structured import block_problem
 
 import trustls.sparsity.normal_blocks as normal_blocks_module
-from block_structured import block_problem
 from trustls.operators import BlockDiagonalOperator, ScaledOperator, SparseOperator
-from trustls.sparsity import BlockPartition, block_jacobi_scaling, normal_diagonal_blocks, times_block_diagonal
+from trustls.sparsity import (
+    BlockPartition,
+    block_jacobi_scaling,
+    normal_diagonal_blocks,
+    times_block_diagonal,
+)
 from trustls.sparsity.normal_blocks import block_slots
 
 F64 = torch.float64
@@ -97,8 +102,10 @@ def test_float32_blocks(generator):
 
 def test_block_diagonal_operator_with_columns(generator):
     _, _, partition = block_problem(generator)
-    blocks = [torch.randn(g.shape[0], g.shape[1], g.shape[1], generator=generator, dtype=F64) + 3 * torch.eye(g.shape[1])
-              for g in partition.groups]
+    blocks = [
+        torch.randn(g.shape[0], g.shape[1], g.shape[1], generator=generator, dtype=F64) + 3 * torch.eye(g.shape[1])
+        for g in partition.groups
+    ]
     T = BlockDiagonalOperator(blocks, [torch.linalg.inv(b) for b in blocks], columns=partition.groups)
     dense = T.to_dense()
     v = torch.randn(partition.n, generator=generator, dtype=F64)
@@ -114,8 +121,8 @@ def test_errors(generator):
     eye = torch.eye(2, dtype=F64).expand(1, 2, 2)
     with pytest.raises(ValueError, match=r"columns must hold one index tensor per group of blocks \(1\), got 2"):
         BlockDiagonalOperator([eye], columns=[torch.tensor([[0, 1]]), torch.tensor([[2]])])
-    with pytest.raises(ValueError, match=r"columns must be int64 tensors of the blocks' \(count, size\) shapes \(1, 2\), "
-                                         r"got torch.int32 of shape \(1, 2\)"):
+    rule = r"columns must be int64 tensors of the blocks' \(count, size\) shapes \(1, 2\), "
+    with pytest.raises(ValueError, match=rule + r"got torch.int32 of shape \(1, 2\)"):
         BlockDiagonalOperator([eye], columns=[torch.tensor([[0, 1]], dtype=torch.int32)])
     with pytest.raises(ValueError, match=r"columns must lie in \[0, 2\), got range \[1, 2\]"):
         BlockDiagonalOperator([eye], columns=[torch.tensor([[1, 2]])])

@@ -4,17 +4,21 @@ import math
 
 import pytest
 import torch
-
 from block_structured import block_problem
+
+import trustls.operators.block_cholesky as block_cholesky_module
+import trustls.sparsity.normal_blocks as normal_blocks_module
+import trustls.subproblem.schur as schur_module
 from trustls import BlockJacobi, GaussNewtonModel, TrustRegion
 from trustls.operators import DenseOperator, SparseOperator
 from trustls.problems.bal import BundleAdjustmentProblem
 from trustls.sparsity import BlockPartition, block_jacobi_scaling
-import trustls.operators.block_cholesky as block_cholesky_module
-import trustls.sparsity.normal_blocks as normal_blocks_module
-import trustls.subproblem.schur as schur_module
 from trustls.subproblem import IterativeSchur
-from trustls.subproblem.schur_structure import inverse_factors, schur_blocks, schur_jacobi_blocks
+from trustls.subproblem.schur_structure import (
+    inverse_factors,
+    schur_blocks,
+    schur_jacobi_blocks,
+)
 
 F64 = torch.float64
 
@@ -151,8 +155,8 @@ def test_schur_jacobi_blocks_are_the_diagonal_blocks_of_the_schur_complement(dam
     offset = 0
     for index, got in zip(blocks.plan.free, schur_jacobi_blocks(blocks, factors, damping)):
         count, size = partition.groups[index].shape
-        expected = torch.stack([S[offset + k * size : offset + (k + 1) * size, offset + k * size : offset + (k + 1) * size]
-                                for k in range(count)])
+        starts = [offset + k * size for k in range(count)]
+        expected = torch.stack([S[start : start + size, start : start + size] for start in starts])
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
         offset += count * size
 
@@ -226,7 +230,7 @@ def test_zero_gradient_and_non_finite_jacobian(generator):
 
 def test_float32_smoke(generator):
     dense, J, partition = block_problem(generator, dtype=torch.float32)
-    lin, matrix, g = linearize(dense, J, generator)
+    lin, _, _ = linearize(dense, J, generator)
     step = IterativeSchur(partition).solve(IterativeSchur(partition).prepare(lin), 1.0)
     assert step.step.dtype == torch.float32 and step.norm <= 1.0 and step.predicted_reduction > 0
 

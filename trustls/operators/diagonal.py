@@ -162,6 +162,7 @@ def _check_columns(columns: Sequence[Tensor], blocks: list[Tensor], n: int) -> l
     if bool((listed != 1).any()):
         bad = int(torch.nonzero(listed != 1)[0])
         raise ValueError(
-            f"columns must list each of the {n} variables exactly once, got variable {bad} listed {int(listed[bad])} times"
+            f"columns must list each of the {n} variables exactly once, "
+            f"got variable {bad} listed {int(listed[bad])} times"
         )
     return columns

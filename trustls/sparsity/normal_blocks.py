@@ -51,7 +51,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustls.operators.block_cholesky import lower_triangular_inverse, regularized_cholesky
+from trustls.operators.block_cholesky import (
+    lower_triangular_inverse,
+    regularized_cholesky,
+)
 from trustls.operators.diagonal import BlockDiagonalOperator
 from trustls.operators.sparse import SparseOperator, SparsityPattern
 from trustls.sparsity.blocks import BlockPartition
@@ -223,7 +226,8 @@ def block_jacobi_scaling(
         >>> J = SparseOperator(rows, cols, torch.tensor([1.0, 2.0, 3.0, 4.0]), (2, 3))
         >>> blocks = [torch.tensor([[0, 2]]), torch.tensor([[1]])]
         >>> T = block_jacobi_scaling(J, blocks, damping=0.0)
-        >>> [torch.allclose(B, torch.eye(B.shape[1])) for B in normal_diagonal_blocks(times_block_diagonal(J, T), blocks)]
+        >>> JT = times_block_diagonal(J, T)
+        >>> [torch.allclose(B, torch.eye(B.shape[1])) for B in normal_diagonal_blocks(JT, blocks)]
         [True, True]
     """
     if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not 0 <= damping < 1:

@@ -45,11 +45,14 @@ import torch
 from torch import Tensor
 
 from trustls.operators.base import LinearOperator, ScaledOperator
-from trustls.operators.block_cholesky import lower_triangular_inverse, regularized_cholesky
+from trustls.operators.block_cholesky import (
+    lower_triangular_inverse,
+    regularized_cholesky,
+)
 from trustls.operators.diagonal import BlockDiagonalOperator
 from trustls.operators.sparse import SparseOperator, SparsityPattern
+from trustls.sparsity import normal_blocks
 from trustls.sparsity.blocks import BlockPartition
-import trustls.sparsity.normal_blocks as normal_blocks
 from trustls.sparsity.normal_blocks import (
     BlockSlots,
     block_columns,
@@ -159,7 +162,9 @@ def _coupling(a: int, b: int, fs: BlockSlots, es: BlockSlots, m: int) -> Couplin
     pairs, pair = torch.unique(key, return_inverse=True)
     pair_free_block = pairs // count
     free_count = fs.columns.shape[0]
-    counts = torch.bincount(pair_free_block, minlength=free_count).tolist() if free_count <= normal_blocks._MAX_LOOPED_BLOCKS else None
+    counts = None
+    if free_count <= normal_blocks._MAX_LOOPED_BLOCKS:
+        counts = torch.bincount(pair_free_block, minlength=free_count).tolist()
     return Coupling(a, b, free_slot, eliminated_slot, pair, pair_free_block, pairs % count, counts)
 
 
