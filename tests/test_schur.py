@@ -141,9 +141,15 @@ def test_every_kernel_gives_the_dense_damped_step(layout, preconditioner, kernel
     torch.testing.assert_close(step.step, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("problem", ["random", "bundle-adjustment"])
 @pytest.mark.parametrize("damping", [0.0, 0.37])
-def test_schur_jacobi_blocks_are_the_diagonal_blocks_of_the_schur_complement(damping, kernels, generator):
-    dense, J, partition = block_problem(generator, contiguous=False, full_slots=False)
+def test_schur_jacobi_blocks_are_the_diagonal_blocks_of_the_schur_complement(damping, problem, kernels, generator):
+    if problem == "random":  # (camera, point) pairs with different numbers of shared rows
+        dense, J, partition = block_problem(generator, contiguous=False, full_slots=False)
+    else:  # two rows per pair: the coupling blocks are summed without a scatter
+        ba = synthetic_bundle_adjustment(generator)
+        J = SparseOperator(*ba.jacobian_coo(ba.x0), (ba.n_residuals, ba.n_parameters))
+        dense, partition = J.to_dense(), bundle_adjustment_partition(ba)
     blocks = schur_blocks(J, partition)
     factors = [inverse_factors(C, damping) for C in blocks.eliminated_blocks]
     F, E = blocks.plan.free_columns, blocks.plan.eliminated_columns
@@ -280,6 +286,12 @@ def synthetic_bundle_adjustment(generator, cameras=4, points=40, views=3):
                                    x0)
 
 
+def bundle_adjustment_partition(problem):
+    C, N = problem.n_cameras, problem.n_points
+    return BlockPartition(problem.n_parameters,
+                          (torch.arange(9 * C).view(C, 9), 9 * C + torch.arange(3 * N).view(N, 3)), (1,))
+
+
 def test_bundle_adjustment_solve_reaches_the_lstsq_cost(generator):
     problem = synthetic_bundle_adjustment(generator)
     shape = (problem.n_residuals, problem.n_parameters)
@@ -288,8 +300,7 @@ def test_bundle_adjustment_solve_reaches_the_lstsq_cost(generator):
         return SparseOperator(*problem.jacobian_coo(x), shape)
 
     C, N = problem.n_cameras, problem.n_points
-    partition = BlockPartition(problem.n_parameters,
-                               (torch.arange(9 * C).view(C, 9), 9 * C + torch.arange(3 * N).view(N, 3)), (1,))
+    partition = bundle_adjustment_partition(problem)
     dense = GaussNewtonModel(jacobian=lambda x: jacobian(x).to_dense())
     for x_scale, preconditioner in ((BlockJacobi(((C, 9), (N, 3))), "schur_jacobi"), (None, "block_jacobi")):
         solver = IterativeSchur(partition, preconditioner=preconditioner)

@@ -84,7 +84,10 @@ class Coupling:
 
     Entry k of ``free_slot``/``eliminated_slot`` is a pair of slots on the same
     row of J; ``pair`` numbers the distinct (free block, eliminated block)
-    pairs, ordered by free block, then eliminated block.
+    pairs, ordered by free block, then eliminated block. When every pair
+    shares the same number of rows (two per observation in bundle
+    adjustment), ``rows_per_pair`` is that number and the entries are ordered
+    by pair, so that W sums fixed-size groups instead of scattering.
     """
 
     free_group: int  # index into SchurPlan.free
@@ -95,6 +98,7 @@ class Coupling:
     pair_free_block: Tensor
     pair_eliminated_block: Tensor
     pair_counts: list[int] | None  # pairs per free block, for few free blocks
+    rows_per_pair: int | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,7 +169,13 @@ def _coupling(a: int, b: int, fs: BlockSlots, es: BlockSlots, m: int) -> Couplin
     counts = None
     if free_count <= normal_blocks._MAX_LOOPED_BLOCKS:
         counts = torch.bincount(pair_free_block, minlength=free_count).tolist()
-    return Coupling(a, b, free_slot, eliminated_slot, pair, pair_free_block, pairs % count, counts)
+    rows = torch.bincount(pair, minlength=pairs.numel())
+    rows_per_pair = None
+    if int(rows.min()) == int(rows.max()):
+        rows_per_pair = int(rows[0])
+        order = torch.argsort(pair, stable=True)
+        free_slot, eliminated_slot, pair = free_slot[order], eliminated_slot[order], pair[order]
+    return Coupling(a, b, free_slot, eliminated_slot, pair, pair_free_block, pairs % count, counts, rows_per_pair)
 
 
 def _build_plan(pattern: SparsityPattern, partition: BlockPartition, slots: tuple[BlockSlots, ...]) -> SchurPlan:
@@ -281,8 +291,17 @@ def schur_blocks(jacobian: LinearOperator, partition: BlockPartition, *, couplin
     for c in plan.couplings if couplings else ():
         a = free_rows[c.free_group].index_select(0, c.free_slot)
         b = eliminated_rows[c.eliminated_group].index_select(0, c.eliminated_slot)
-        outer = (b[:, :, None] * a[:, None, :]).reshape(a.shape[0], -1)
         n_pairs = c.pair_free_block.shape[0]
+        if c.rows_per_pair is not None:
+            # Wᵀ = Σ_k b_kᵀ a_k over the pair's k-th rows, as a few broadcast products.
+            a = a.view(n_pairs, c.rows_per_pair, a.shape[1])
+            b = b.view(n_pairs, c.rows_per_pair, b.shape[1])
+            Wt = b[:, 0, :, None] * a[:, 0, None, :]
+            for k in range(1, c.rows_per_pair):
+                Wt.addcmul_(b[:, k, :, None], a[:, k, None, :])
+            blocks.append(Wt)
+            continue
+        outer = (b[:, :, None] * a[:, None, :]).reshape(a.shape[0], -1)
         Wt = torch.zeros(n_pairs, outer.shape[1], dtype=outer.dtype, device=outer.device).index_add_(0, c.pair, outer)
         blocks.append(Wt.view(n_pairs, b.shape[1], a.shape[1]))
     return SchurBlocks(
