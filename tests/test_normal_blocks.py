@@ -142,3 +142,13 @@ def test_errors(generator):
         times_block_diagonal(other, BlockDiagonalOperator([torch.eye(3, dtype=F64).expand(1, 3, 3)]))
     with pytest.raises(ValueError, match=r"damping must be a number in \[0, 1\), got 1.5"):
         block_jacobi_scaling(J, partition, damping=1.5)
+
+
+def test_blocks_and_products_on_every_device(device, generator):
+    dense, J, partition = block_problem(generator, full_slots=False)
+    on_device = SparseOperator(J.rows.to(device), J.cols.to(device), J.values.to(device), J.shape)
+    groups = [g.to(device) for g in partition.groups]
+    for got, expected in zip(normal_diagonal_blocks(on_device, groups), dense_blocks(dense, partition.groups)):
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
+    T = block_jacobi_scaling(on_device, groups)
+    torch.testing.assert_close(times_block_diagonal(on_device, T).to_dense().cpu(), dense @ T.to_dense().cpu())

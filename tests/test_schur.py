@@ -1,6 +1,7 @@
 """The Schur-complement Levenberg-Marquardt solver against dense oracles."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -319,3 +320,20 @@ def test_dense_operator_is_refused_with_its_name(generator):
                                                                               torch.ones(dense.shape[1], dtype=F64))
     with pytest.raises(TypeError, match=r"got DenseOperator\(shape="):
         IterativeSchur(partition).prepare(lin)
+
+
+def test_step_on_every_device(device, generator):
+    dense, J, partition = block_problem(generator, contiguous=False)
+    lin, _, g = linearize(dense, J, generator)
+    radius = 0.3 * float(torch.linalg.vector_norm(g))
+    expected = exact_solver(partition).solve(exact_solver(partition).prepare(lin), radius)
+    on_device = SparseOperator(J.rows.to(device), J.cols.to(device), J.values.to(device), J.shape)
+    moved = BlockPartition(partition.n, tuple(c.to(device) for c in partition.groups), partition.eliminated)
+    y = torch.randn(dense.shape[0], generator=generator, dtype=F64)
+    lin = GaussNewtonModel(jacobian=lambda x: on_device).linearize(
+        lambda x: dense.to(device) @ x - y.to(device), torch.zeros(dense.shape[1], dtype=F64, device=device)
+    )
+    lin = replace(lin, gradient=g.to(device))  # the same gradient as on the CPU
+    step = exact_solver(moved).solve(exact_solver(moved).prepare(lin), radius)
+    assert step.step.device.type == device.type
+    torch.testing.assert_close(step.step.cpu(), expected.step, rtol=1e-9, atol=1e-9 * float(expected.step.abs().max()))
