@@ -266,7 +266,10 @@ class IterativeSchur(SubproblemSolver):
 
     See the module docstring for the method. The Jacobian must be a
     `SparseOperator` (``GaussNewtonModel(jacobian=...)`` returning one),
-    possibly scaled by ``x_scale`` (diagonal or block diagonal).
+    possibly scaled by ``x_scale`` (diagonal or block diagonal). A `Step`'s
+    ``iterations`` counts the PCG iterations of all its reduced solves, and
+    ``products`` the products with S plus one per right-hand side and one per
+    back-substitution (each about one product with JᵀJ).
 
     Args:
         partition: the column blocks of J and which groups to eliminate (their
