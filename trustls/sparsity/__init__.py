@@ -6,13 +6,17 @@ See docs/sparse.md. The pieces, in the order a solve uses them:
 * `color_columns`: a `ColumnColoring` (Curtis, Powell & Reid 1974; Coleman & Moré 1983);
 * `ColoredJacobian` / `colored_jacobian`: the exact sparse J from one JVP per color;
 * `check_sparsity`: test a pattern against the residual function with one random JVP;
-* `find_blocks`: the `BlockPartition` of the columns (cameras and points).
+* `find_blocks`: the `BlockPartition` of the columns (cameras and points);
+* `normal_diagonal_blocks`, `block_jacobi_scaling`, `times_block_diagonal`: the
+  block diagonal of JᵀJ over a partition, block-Jacobi scaling from it, and J T
+  on J's pattern.
 """
 
 from trustls.sparsity.blocks import BlockPartition, find_blocks
 from trustls.sparsity.check import check_sparsity
 from trustls.sparsity.colored import ColoredJacobian, ColoredJacobianResult, VmapDecision, colored_jacobian
 from trustls.sparsity.coloring import ORDERINGS, ColumnColoring, color_columns
+from trustls.sparsity.normal_blocks import block_jacobi_scaling, normal_diagonal_blocks, times_block_diagonal
 from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern, pattern_from_indices
 
 __all__ = [
@@ -23,10 +27,13 @@ __all__ = [
     "ColumnColoring",
     "JacobianPattern",
     "VmapDecision",
+    "block_jacobi_scaling",
     "check_sparsity",
     "color_columns",
     "colored_jacobian",
     "find_blocks",
     "jacobian_pattern",
+    "normal_diagonal_blocks",
     "pattern_from_indices",
+    "times_block_diagonal",
 ]

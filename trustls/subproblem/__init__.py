@@ -2,11 +2,13 @@
 
 from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
 from trustls.subproblem.dense_lstsq import DenseLstsq, secular_step
+from trustls.subproblem.schur import IterativeSchur
 from trustls.subproblem.steihaug_cg import SteihaugCG
 
 __all__ = [
     "SOLVERS",
     "DenseLstsq",
+    "IterativeSchur",
     "SteihaugCG",
     "Step",
     "SubproblemSolver",
