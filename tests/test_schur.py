@@ -245,7 +245,7 @@ def test_float32_smoke(generator):
 def test_validation(generator):
     dense, J, partition = block_problem(generator)
     lin, _, _ = linearize(dense, J, generator)
-    with pytest.raises(TypeError, match=r"partition must be a BlockPartition, got tuple"):
+    with pytest.raises(TypeError, match=r"partition must be a BlockPartition or None, got tuple"):
         IterativeSchur(partition.groups)
     with pytest.raises(ValueError, match=r"forcing must be a number in \(0, 1\), got 1"):
         IterativeSchur(partition, forcing=1)

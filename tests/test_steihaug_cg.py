@@ -22,6 +22,7 @@ from trustls.operators import DenseOperator, LinearOperator, NormalOperator
 from trustls.subproblem import (
     SOLVERS,
     DenseLstsq,
+    IterativeSchur,
     SteihaugCG,
     SubproblemSolver,
     boundary_step_length,
@@ -570,10 +571,11 @@ def test_resolve_solver():
     assert resolve_solver("lstsq") == DenseLstsq()
     custom = SteihaugCG(max_iter=3)
     assert resolve_solver(custom) is custom
-    assert sorted(SOLVERS) == ["cg", "lstsq"]
-    with pytest.raises(ValueError, match=re.escape("solver must be one of ['cg', 'lstsq'] or a SubproblemSolver, got 'CG'")):
+    assert sorted(SOLVERS) == ["cg", "lstsq", "schur"]
+    assert resolve_solver("schur") == IterativeSchur()
+    with pytest.raises(ValueError, match=re.escape("solver must be one of ['cg', 'lstsq', 'schur'] or a SubproblemSolver, got 'CG'")):
         resolve_solver("CG")
-    wrong_type = "solver must be a str (one of ['cg', 'lstsq']) or a SubproblemSolver, got"
+    wrong_type = "solver must be a str (one of ['cg', 'lstsq', 'schur']) or a SubproblemSolver, got"
     with pytest.raises(TypeError, match=re.escape(f"{wrong_type} int")):
         resolve_solver(1)
     with pytest.raises(TypeError, match=re.escape(f"{wrong_type} NoneType")):

@@ -21,7 +21,8 @@ from torch import Tensor
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.result import Result
-from trustls.subproblem import DenseLstsq, SteihaugCG, SubproblemSolver
+from trustls.sparsity import find_blocks
+from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver
 from trustls.trust_region import Callback, TrustRegion
 
 __all__ = ["least_squares"]
@@ -63,9 +64,16 @@ def _jacobian_function(jac: Callable[..., Any], args, kwargs) -> Callable[[Tenso
     return jacobian
 
 
+def _eliminable(model: GaussNewtonModel) -> bool:
+    """Whether the model's sparsity pattern splits into blocks that a Schur complement eliminates."""
+    pattern = model.colored.pattern
+    partition = find_blocks(pattern.rows, pattern.cols, *pattern.shape)
+    return bool(partition.eliminated) and len(partition.eliminated) < len(partition.groups)
+
+
 def _solver(
     method: str, tr_solver: str | None, tr_options: Mapping[str, Any] | None, solver: str | SubproblemSolver | None,
-    x0: Any, sparse: bool,
+    x0: Any, model: GaussNewtonModel,
 ) -> str | SubproblemSolver:
     if solver is not None:
         if tr_solver is not None:
@@ -80,7 +88,9 @@ def _solver(
             raise ValueError("method='lm' takes no tr_solver='lsmr' (it is the exact solver); use method='trf'")
         tr_solver = "exact"
     if tr_solver is None:
-        if sparse:
+        if model.colored is not None:
+            if not tr_options and _eliminable(model):
+                return IterativeSchur()
             tr_solver = "lsmr"
         else:
             n = x0.numel() if isinstance(x0, Tensor) else max(1, len(x0) if hasattr(x0, "__len__") else 1)
@@ -144,12 +154,15 @@ def least_squares(
       ``tr_options`` it takes ``maxiter`` as its cap and ``max(atol, btol)``
       as its relative tolerance; ``regularize``, ``damp``, ``conlim``,
       ``show`` are accepted and unused). ``None``: ``"exact"`` up to n = 2,000
-      variables, ``"lsmr"`` beyond and whenever ``jac_sparsity`` is given.
-      trustls' ``solver=`` (a name or a `SubproblemSolver`) may be passed
-      instead.
+      variables and ``"lsmr"`` beyond; with ``jac_sparsity`` whose columns
+      split into blocks that no row shares beside others (the points and the
+      cameras of bundle adjustment), the Schur-complement solver
+      `IterativeSchur`, else ``"lsmr"``. trustls' ``solver=`` (a name or a
+      `SubproblemSolver`) may be passed instead.
     * ``x0`` keeps a tensor's dtype and device; numbers, lists and arrays
-      become float64. ``x_scale=None`` is scipy's: 1 for ``"trf"``,
-      ``"jac"`` for ``"lm"``.
+      become float64. ``x_scale=None`` is scipy's with the exact solver (1
+      for ``"trf"``, ``"jac"`` for ``"lm"``); the iterative solvers keep their
+      Jacobi scaling, which is their preconditioner.
     * ``loss`` may also be a trustls loss (``"cross_entropy"``, a
       `trustls.losses.Loss`); see `GaussNewtonModel`.
     * ``callback(intermediate_result)`` receives an `IterationInfo` (it has
@@ -196,10 +209,12 @@ def least_squares(
         jacobian = _jacobian_function(jac, args, kwargs)
     else:
         raise TypeError(f"jac must be a callable or one of {list(_FINITE_DIFFERENCES)}, got {type(jac).__name__}")
-    if x_scale is None:
-        x_scale = "jac" if method == "lm" else 1.0
     model = GaussNewtonModel(loss=loss, f_scale=f_scale, jacobian=jacobian, jac_sparsity=jac_sparsity)
-    chosen = _solver(method, tr_solver, tr_options, solver, x0, sparse=jac_sparsity is not None)
+    chosen = _solver(method, tr_solver, tr_options, solver, x0, model)
+    if x_scale is None and (method == "lm" or isinstance(chosen, DenseLstsq) or chosen == "lstsq"):
+        # scipy's default, where it decides the answer: 1 for trf, "jac" for lm. The
+        # iterative solvers keep their own (Jacobi scaling, their preconditioner).
+        x_scale = "jac" if method == "lm" else 1.0
     controller = TrustRegion(
         model, solver=chosen, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
         initial_radius=initial_radius, bounds=None if free else bounds, callback=callback, verbose=verbose,

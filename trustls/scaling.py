@@ -31,6 +31,8 @@ from trustls.models.base import CurvatureModel, Linearization
 from trustls.operators.dense import DenseOperator
 from trustls.operators.diagonal import BlockDiagonalOperator
 from trustls.operators.sparse import SparseOperator
+from trustls.sparsity.blocks import pattern_blocks
+from trustls.sparsity.normal_blocks import block_jacobi_scaling
 
 __all__ = [
     "BlockJacobi",
@@ -170,9 +172,34 @@ class JacobiScale(ScalePolicy):
     refreshed at iterations 0, 1, 2, 4, 8, … and kept in between (see
     `GaussNewtonModel.column_norms`). A variable no residual depends on yet is
     scaled by 1, as in scipy.
+
+    With ``blocks`` (the default for ``"jac"``) and a sparse J whose columns
+    fall into blocks of identical row sets (a camera's nine parameters, a
+    point's three: `trustls.sparsity.find_blocks`, found once per pattern), T
+    is block-Jacobi over those blocks instead, T = L⁻ᵀ with LLᵀ the diagonal
+    blocks of JᵀJ (Agarwal et al. 2010): the same preconditioner for blocks of
+    one column, a far better one for larger blocks (on bundle adjustment CG
+    needs 524 iterations instead of 36,005, docs/sparse.md). It is recomputed at
+    every point, without a running maximum.
+
+    Examples:
+        >>> JacobiScale(), JacobiScale(blocks=False).diagonal
+        (JacobiScale(blocks=True), True)
     """
 
+    blocks: bool = True
+
+    @property
+    def diagonal(self) -> bool:  # box bounds need a diagonal T
+        return not self.blocks
+
     def scaling(self, model, linearization, previous, iteration) -> Scaling:
+        if self.blocks:
+            partition = _sparse_blocks_of(linearization)
+            if partition is not None:
+                return BlockScaling(block_jacobi_scaling(linearization.jacobian, partition))
+        if isinstance(previous, BlockScaling):
+            previous = None
         refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
         if previous is not None and not refresh and model.column_norms_are_estimated(linearization):
             return previous
@@ -180,6 +207,15 @@ class JacobiScale(ScalePolicy):
         if previous is not None:
             return DiagonalScaling(torch.minimum(scale, previous.diagonal))  # finite: previous is
         return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
+
+
+def _sparse_blocks_of(linearization: Linearization):
+    """The column blocks of a sparse J when some has more than one column, else ``None``."""
+    J = linearization.jacobian
+    if not isinstance(J, SparseOperator):
+        return None
+    partition = pattern_blocks(J)
+    return partition if any(group.shape[1] > 1 for group in partition.groups) else None
 
 
 @dataclass(frozen=True)
@@ -315,7 +351,7 @@ def resolve_x_scale(x_scale: object) -> ScalePolicy | None:
 
     Examples:
         >>> resolve_x_scale("jac"), resolve_x_scale(2)
-        (JacobiScale(), FixedScale(value=2.0))
+        (JacobiScale(blocks=True), FixedScale(value=2.0))
     """
     rule = "x_scale must be 'jac', a positive number, a 1-D sequence of positive numbers, a BlockJacobi or None"
     if x_scale is None or isinstance(x_scale, ScalePolicy):

@@ -40,7 +40,7 @@ from trustls.models.base import CurvatureModel, Linearization
 from trustls.operators import NormalOperator, PowerOfTwoBalanced
 from trustls.radius import RadiusPolicy
 from trustls.result import IterationInfo, Result, Status
-from trustls.scaling import ScalePolicy, resolve_x_scale
+from trustls.scaling import JacobiScale, resolve_x_scale
 from trustls.state import TrustRegionState
 from trustls.subproblem import SubproblemSolver, resolve_solver
 from trustls.termination import effective_tolerance
@@ -112,6 +112,10 @@ class TrustRegion:
         verbose: 0 silent, 1 a summary at the end, 2 a line per trial.
         radius_policy: the ratio-test constants.
 
+    Attributes:
+        scale_policy: the resolved ``x_scale`` (`trustls.scaling.ScalePolicy`):
+            the given one or the solver's default, diagonal with bounds.
+
     Examples:
         >>> import torch
         >>> from trustls import TrustRegion, GaussNewtonModel
@@ -162,10 +166,14 @@ class TrustRegion:
             raise ValueError(f"initial_radius must be a positive finite number or None, got {initial_radius!r}")
         self.initial_radius = None if initial_radius is None else float(initial_radius)
         self.bounds = bounds
-        if bounds is not None and not self.scale_policy.diagonal:
+        policy = self.x_scale if self.x_scale is not None else resolve_x_scale(self.solver.default_x_scale)
+        if bounds is not None and isinstance(policy, JacobiScale):
+            policy = JacobiScale(blocks=False)  # Coleman-Li scaling multiplies a diagonal T
+        if bounds is not None and not policy.diagonal:
             raise ValueError(
                 f"bounds need a diagonal x_scale (a number, a sequence or 'jac'), got x_scale={self.x_scale!r}"
             )
+        self.scale_policy = policy
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
         self.callback = callback
@@ -191,11 +199,6 @@ class TrustRegion:
             1e-06
         """
         return TrustRegion(**{**self._options, **changes})
-
-    @property
-    def scale_policy(self) -> ScalePolicy:
-        """The resolved ``x_scale``: the given one, or the solver's default."""
-        return self.x_scale if self.x_scale is not None else resolve_x_scale(self.solver.default_x_scale)
 
     # -- public API -------------------------------------------------------
 

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustls.operators.sparse import SparseOperator
+
 from trustls.sparsity.pattern import pattern_from_indices
 from trustls.sparsity.twins import identical_sets
 
-__all__ = ["BlockPartition", "find_blocks"]
+__all__ = ["BlockPartition", "find_blocks", "pattern_blocks"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,3 +108,19 @@ def _eliminable(groups: list[Tensor], touched: list[Tensor], m: int) -> tuple[in
         used[rows] = True
         chosen.append(g)
     return tuple(sorted(chosen))
+
+
+def pattern_blocks(J: SparseOperator) -> BlockPartition:
+    """`find_blocks` of a sparse J's pattern, computed once per pattern (cached on it).
+
+    Examples:
+        >>> import torch
+        >>> J = SparseOperator(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]), torch.ones(4), (2, 3))
+        >>> [group.tolist() for group in pattern_blocks(J).groups]
+        [[[0, 1]], [[2]]]
+    """
+    partition = J.pattern.cache.get("partition")
+    if partition is None:
+        m, n = J.shape
+        partition = J.pattern.cache["partition"] = find_blocks(J.pattern.rows, J.pattern.cols, m, n)
+    return partition

@@ -1,4 +1,4 @@
-"""Trust-region subproblem solvers: Steihaug-Toint CG and the exact dense solver."""
+"""Trust-region subproblem solvers: Steihaug-Toint CG, the exact dense solver, the Schur complement."""
 
 from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
 from trustls.subproblem.dense_lstsq import DenseLstsq, secular_step
@@ -17,11 +17,12 @@ __all__ = [
     "secular_step",
 ]
 
-SOLVERS: dict[str, type[SubproblemSolver]] = {"cg": SteihaugCG, "lstsq": DenseLstsq}
+SOLVERS: dict[str, type[SubproblemSolver]] = {"cg": SteihaugCG, "lstsq": DenseLstsq, "schur": IterativeSchur}
 
 
 def resolve_solver(solver: str | SubproblemSolver) -> SubproblemSolver:
-    """``"cg"`` → ``SteihaugCG()``, ``"lstsq"`` → ``DenseLstsq()``; instances pass through.
+    """``"cg"`` → ``SteihaugCG()``, ``"lstsq"`` → ``DenseLstsq()``, ``"schur"`` → ``IterativeSchur()``;
+    instances pass through.
 
     Examples:
         >>> resolve_solver("cg")

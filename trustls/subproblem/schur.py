@@ -136,7 +136,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from trustls.sparsity.blocks import BlockPartition
+from trustls.operators.base import ScaledOperator
+from trustls.operators.sparse import SparseOperator
+from trustls.scaling import JacobiScale
+from trustls.sparsity.blocks import BlockPartition, pattern_blocks
 from trustls.subproblem.base import Step, SubproblemSolver
 from trustls.subproblem.schur_structure import (
     SchurBlocks,
@@ -297,24 +300,25 @@ class IterativeSchur(SubproblemSolver):
         ...     values = torch.stack([x[2], x[0], one, one, x[3], x[1]])
         ...     return SparseOperator(rows, cols, values, (3, 4))
         >>> partition = BlockPartition(4, (torch.tensor([[0], [1]]), torch.tensor([[2], [3]])), eliminated=(1,))
-        >>> solver = IterativeSchur(partition)
+        >>> solver = IterativeSchur(partition)  # or IterativeSchur(): the blocks found in J's pattern
         >>> result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver=solver).solve(
         ...     fun, torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
         >>> result.cost < 1e-15
         True
     """
 
-    partition: BlockPartition
+    partition: BlockPartition | None = None
     forcing: float = 0.1
     max_iter: int | None = None
     preconditioner: str = "schur_jacobi"
     secular_steps: int = 1
 
-    default_x_scale: ClassVar[str] = "jac"
+    # Diagonal Jacobi scaling: block-Jacobi made the solve on BAL take 34 evaluations instead of 16.
+    default_x_scale: ClassVar[JacobiScale] = JacobiScale(blocks=False)
 
     def __post_init__(self):
-        if not isinstance(self.partition, BlockPartition):
-            raise TypeError(f"partition must be a BlockPartition, got {type(self.partition).__name__}")
+        if self.partition is not None and not isinstance(self.partition, BlockPartition):
+            raise TypeError(f"partition must be a BlockPartition or None, got {type(self.partition).__name__}")
         if not isinstance(self.forcing, (int, float)) or isinstance(self.forcing, bool) or not 0 < self.forcing < 1:
             raise ValueError(f"forcing must be a number in (0, 1), got {self.forcing!r}")
         if self.max_iter is not None and (
@@ -330,10 +334,23 @@ class IterativeSchur(SubproblemSolver):
         ):
             raise ValueError(f"secular_steps must be a non-negative int, got {self.secular_steps!r}")
 
-    def prepare(self, linearization, gradient_reference: float | None = None) -> _Prepared:
-        # The tolerance is relative to the reduced right-hand side, so the
-        # gradient reference is not needed (module docstring, inner tolerance).
-        blocks = schur_blocks(linearization.jacobian, self.partition, couplings=self.preconditioner == "schur_jacobi")
+    def prepare(self, linearization, state=None) -> _Prepared:
+        # The tolerance is relative to the reduced right-hand side, so no state is
+        # carried from point to point (module docstring, inner tolerance).
+        J = linearization.jacobian
+        sparse = J.operator if isinstance(J, ScaledOperator) else J
+        if not isinstance(sparse, SparseOperator):
+            raise TypeError(
+                "IterativeSchur needs a sparse Jacobian (jac_sparsity=, or a jacobian returning a sparse tensor), "
+                f"got {J!r}"
+            )
+        partition = self.partition if self.partition is not None else pattern_blocks(sparse)
+        if self.partition is None and (not partition.eliminated or len(partition.eliminated) == len(partition.groups)):
+            raise ValueError(
+                "IterativeSchur needs column blocks that no row shares (the points of bundle adjustment) beside "
+                "others (the cameras); the Jacobian's pattern has no such split: use solver='cg'"
+            )
+        blocks = schur_blocks(J, partition, couplings=self.preconditioner == "schur_jacobi")
         plan = blocks.plan
         g = linearization.gradient
         free_gradient = g.index_select(0, plan.free_columns)
