@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustls.batched.fields import BatchFields, BatchStep, dot
+from trustls.batched.fields import BatchFields, BatchStep, dot, norm
 from trustls.subproblem.steihaug_cg import _NEAR_BOUNDARY, SteihaugCG
 
 __all__ = ["CGFactors", "boundary_lengths", "cg_step"]
@@ -100,7 +100,7 @@ def cg_step(solver: SteihaugCG, factors: CGFactors, gradient: Tensor, scale: Ten
     g_norm = torch.sqrt(rr)
     # ρ compares the true ‖g‖ (before normalization) with the reference.
     true_norm = g_norm / factor
-    true_norm = torch.where(torch.isinf(true_norm), torch.linalg.vector_norm(g.double(), dim=0) / factor, true_norm)
+    true_norm = torch.where(torch.isinf(true_norm), norm(g.double()) / factor, true_norm)
     reference = torch.where(torch.isfinite(true_norm), torch.maximum(factors.reference, true_norm), factors.reference)
     rho = torch.where(reference > true_norm, true_norm / reference, 1.0)
     floor = torch.where(rho > 0, eps / rho, math.inf)
@@ -157,7 +157,7 @@ def cg_step(solver: SteihaugCG, factors: CGFactors, gradient: Tensor, scale: Ten
         rr = torch.where(running, rr_next, rr)
     # An interior exit reports the true ‖p‖; a step outside is pulled back along its ray,
     # where m(tp) ≤ t·m(p) < 0 by convexity, with one product for its model value.
-    p_norm = torch.where(hits, radius, torch.linalg.vector_norm(p, dim=0).double())
+    p_norm = torch.where(hits, radius, norm(p).double())
     pull = ~hits & (drifted | (p_norm > outside))
     pulled = p * torch.where(pull, radius / p_norm, 1.0).to(dtype)
     pulled_model = (dot(g, pulled) + 0.5 * dot(pulled, curvature(pulled))).double()

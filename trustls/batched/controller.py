@@ -135,8 +135,8 @@ def solve_batch(
         if bool(bad.any()):
             raise ValueError(f"the {name} at x0 must be finite, got NaN or inf in problems {_some(bad)}")
     R, h = triangular_factor(lin.columns, lin.whitened)
-    scale = scale_rule.initial(torch.linalg.vector_norm(R, dim=0))
-    x_scaled_norm = torch.linalg.vector_norm(x.T / scale, dim=0).double()
+    scale = scale_rule.initial(torch.sqrt((R * R).sum(0)))
+    x_scaled_norm = _norm(x.T / scale)
     if controller.initial_radius is not None:
         radius = torch.full_like(x_scaled_norm, controller.initial_radius)
     else:
@@ -159,8 +159,8 @@ def solve_batch(
         if rows.numel() == 0:
             break
         rounds += 1
-        x, scale, radius, cost = state.x[rows], state.scale[:, rows], state.radius[rows], state.cost[rows]
-        gradient = state.gradient[:, rows]
+        x, radius = state.x.index_select(0, rows), state.radius.index_select(0, rows)
+        scale, gradient = state.scale.index_select(1, rows), state.gradient.index_select(1, rows)
         factors = state.factors.take(rows)
         step, carried = _propose(solver, factors, gradient, scale, radius)
         p = scale * step.step
@@ -169,29 +169,25 @@ def solve_batch(
             evaluation = function.evaluate(x_new, rows)
             outputs, targets, columns = evaluation.outputs, evaluation.targets, evaluation.columns
         else:
-            trial = state.x.clone()
-            trial[rows] = x_new
-            evaluation = function.evaluate(trial, everyone)
-            outputs, columns = evaluation.outputs[rows], evaluation.columns[:, rows]
-            targets = None if evaluation.targets is None else evaluation.targets[rows]
+            evaluation = function.evaluate(state.x.index_copy(0, rows, x_new), everyone)
+            outputs, columns = evaluation.outputs.index_select(0, rows), evaluation.columns.index_select(1, rows)
+            targets = None if evaluation.targets is None else evaluation.targets.index_select(0, rows)
         new = linearize(model.loss, outputs, targets, columns)
-        x_norm = torch.linalg.vector_norm(x, dim=1).double()
-        x_scaled_norm = torch.linalg.vector_norm(x.T / scale, dim=0).double()
         accepted, moves, code, next_radius = _decide(
-            controller, cost, new, step, radius, torch.linalg.vector_norm(p, dim=0).double(), x_norm,
-            x_scaled_norm, state.nfev[rows] + 1, max_nfev, eps, tolerances, noise_fraction,
+            controller, state.cost.index_select(0, rows), new, step, radius, _norm(p), _norm(x.T), _norm(x.T / scale),
+            state.nfev.index_select(0, rows) + 1, max_nfev, eps, tolerances, noise_fraction,
         )
-        state.radius[rows] = next_radius
-        state.nfev[rows] += 1
-        state.njev[rows] += moves.to(torch.int64)
-        state.nit[rows] += (accepted | (code != 0)).to(torch.int64)
-        state.inner_iterations[rows] += step.iterations
-        state.products[rows] += step.products
-        state.status[rows] = torch.where(code != 0, code, _RUNNING)
+        state.radius.index_copy_(0, rows, next_radius)
+        state.status.index_copy_(0, rows, code)
+        state.nfev.index_add_(0, rows, torch.ones_like(code))
+        state.njev.index_add_(0, rows, moves.to(torch.int64))
+        state.nit.index_add_(0, rows, (accepted | (code != _RUNNING)).to(torch.int64))
+        state.inner_iterations.index_add_(0, rows, step.iterations)
+        state.products.index_add_(0, rows, step.products)
         _carry(state.factors, rows, carried)
         taken = torch.nonzero(accepted).squeeze(1)  # the round's second read
         if taken.numel():
-            _move(state, model, solver, scale_rule, rows[taken], x_new[taken], new, taken, m)
+            _move(state, solver, scale_rule, rows.index_select(0, taken), x_new.index_select(0, taken), new, taken, m)
         if controller.verbose == 2:
             print(f"round {rounds:>4}: {rows.numel():>8} running, {taken.numel():>8} steps taken")
     result = BatchResult(
@@ -225,9 +221,9 @@ def _propose(solver, factors, gradient: Tensor, scale: Tensor, radius: Tensor):
 
 def _carry(factors, rows: Tensor, carried: Tensor) -> None:
     if isinstance(factors, ExactFactors):
-        factors.alpha[rows] = carried
+        factors.alpha.index_copy_(0, rows, carried)
     else:
-        factors.reference[rows] = carried
+        factors.reference.index_copy_(0, rows, carried)
 
 
 def _decide(
@@ -235,7 +231,13 @@ def _decide(
     x_scaled_norm: Tensor, nfev: Tensor, max_nfev: int, eps: float, tolerances: tuple[float, float],
     noise_fraction: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`TrustRegion.step`'s decisions for one trial of K problems: (accepted, linearized, status code, radius)."""
+    """`TrustRegion.step`'s decisions for one trial of K problems.
+
+    Returns ``(accepted, linearized, status, radius)``: the trials taken, those
+    linearized (taken, or failed for a non-finite gradient: `njev` counts
+    them), the status codes (``_RUNNING`` where the problem goes on) and the
+    next radii.
+    """
     policy = controller.radius_policy
     ftol, xtol = tolerances
     noise = noise_fraction * cost
@@ -249,42 +251,49 @@ def _decide(
         policy.update(radius, ratio=ratio, step_norm=step.norm, hits_boundary=step.hits_boundary),
         failed_radius,
     )
-    code = torch.where(finite, step_termination(actual, cost, p_norm, x_norm, ratio, ftol, xtol), 0)
+    # Status codes, _RUNNING where no test holds (scipy's MAX_NFEV is 0, step_termination's "none").
+    code = step_termination(actual, cost, p_norm, x_norm, ratio, ftol, xtol)
+    code = torch.where(finite & (code != 0), code, _RUNNING)
     # At the noise floor, stop once the step is below √eps relative to x (`trustls.radius`).
     small = p_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
-    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == 0)
+    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == _RUNNING)
     code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
     moves = finite & policy.moves(actual, ratio, noise)
     # A point whose gradient is not finite is a failed trial: shrink and retry from x.
     gradient_finite = torch.isfinite(new.gradient).all(0)
     failed = moves & ~gradient_finite
     accepted = moves & gradient_finite
-    code = torch.where(failed, 0, code)
+    code = torch.where(failed, _RUNNING, code)
     next_radius = torch.where(failed, failed_radius, next_radius)
     if controller.gtol is not None:
-        converged = accepted & (code == 0) & (new.gradient.abs().amax(0).double() < controller.gtol)
+        converged = accepted & (code == _RUNNING) & (new.gradient.abs().amax(0).double() < controller.gtol)
         code = torch.where(converged, Status.GTOL.value, code)
     # No step longer than the rounding of x remains: converged to working precision
     # after a finite trial, an unusable region after a non-finite one.
-    collapsed = ~accepted & (code == 0) & (next_radius <= eps * (1.0 + x_scaled_norm))
+    collapsed = ~accepted & (code == _RUNNING) & (next_radius <= eps * (1.0 + x_scaled_norm))
     code = torch.where(collapsed, torch.where(finite, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
-    code = torch.where((code == 0) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
+    code = torch.where((code == _RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
     return accepted, moves, code, next_radius
 
 
-def _move(state: _Batch, model, solver, scale_rule, rows: Tensor, x_new: Tensor, new: Linearized, taken: Tensor, m: int):
+def _norm(v: Tensor) -> Tensor:
+    """‖v‖ per problem for batch-last vectors ``(n, K)``, in float64."""
+    return torch.sqrt((v * v).sum(0)).double()
+
+
+def _move(state: _Batch, solver, scale_rule, rows: Tensor, x_new: Tensor, new: Linearized, taken: Tensor, m: int):
     """Take the accepted trials: the problems ``rows`` move to ``x_new``, linearized by ``new`` at ``taken``."""
-    state.x[rows] = x_new
-    state.cost[rows] = new.cost[taken]
-    gradient = new.gradient[:, taken]
-    columns = new.columns[:, taken]
-    whitened = None if new.whitened is None else new.whitened[taken]
-    state.gradient[:, rows] = gradient
-    state.columns[:, rows] = columns
-    state.residual[rows] = whitened if whitened is not None else new.outputs[taken]
+    state.x.index_copy_(0, rows, x_new)
+    state.cost.index_copy_(0, rows, new.cost.index_select(0, taken))
+    gradient = new.gradient.index_select(1, taken)
+    columns = new.columns.index_select(1, taken)
+    whitened = None if new.whitened is None else new.whitened.index_select(0, taken)
+    state.gradient.index_copy_(1, rows, gradient)
+    state.columns.index_copy_(1, rows, columns)
+    state.residual.index_copy_(0, rows, whitened if whitened is not None else new.outputs.index_select(0, taken))
     # The factors serve the next subproblem (a problem that just stopped does not use them).
     R, h = triangular_factor(columns, whitened)
-    scale = scale_rule.updated(state.scale[:, rows], torch.linalg.vector_norm(R, dim=0))
-    state.scale[:, rows] = scale
-    reference = state.factors.reference[rows] if isinstance(state.factors, CGFactors) else None
+    scale = scale_rule.updated(state.scale.index_select(1, rows), torch.sqrt((R * R).sum(0)))
+    state.scale.index_copy_(1, rows, scale)
+    reference = state.factors.reference.index_select(0, rows) if isinstance(state.factors, CGFactors) else None
     state.factors.put(rows, _factors(solver, R, h, gradient, scale, m, reference=reference))

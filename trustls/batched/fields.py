@@ -14,14 +14,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-__all__ = ["BatchFields", "BatchStep", "dot"]
+__all__ = ["BatchFields", "BatchStep", "dot", "norm"]
 
 
 def dot(a: Tensor, b: Tensor) -> Tensor:
     """aᵀb per problem for batch-last vectors ``(n, K)``: a ``(K,)`` tensor."""
     return (a * b).sum(0)
+
+
+def norm(a: Tensor) -> Tensor:
+    """‖a‖ per problem for batch-last vectors ``(n, K)``: a ``(K,)`` tensor."""
+    return torch.sqrt(dot(a, a))
 
 
 class BatchFields:

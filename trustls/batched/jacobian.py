@@ -143,28 +143,31 @@ class BatchFunction:
         return self._vmapped(X, rows)
 
     def _first(self, X: Tensor, rows: Tensor) -> Evaluation:
-        """The first evaluation, which fixes the mode (module docstring)."""
+        """The first evaluation, which fixes the mode (module docstring).
+
+        It runs in forward mode, since m is not known before it: n tangents
+        where m cotangents would have done, once.
+        """
         if self.jacobian is not None:
             self.mode = "jacobian"
             return self._explicit(X, rows)
-        # m decides between n tangents and m cotangents: one plain call first.
-        with torch.no_grad():
-            outputs, _ = self(X, rows)
-        self.mode = "forward" if X.shape[1] <= outputs.shape[1] else "reverse"
+        self.mode = "forward"
         try:
-            return self._vmapped(X, rows)
+            evaluation = self._vmapped(X, rows)
         except RuntimeError as error:
             # vmap could not batch fun. If the loop fails too, its error is
             # raised, with this one as its context.
-            self.mode += "-loop"
+            self.mode = "forward-loop"
             evaluation = self._looped(X, rows)
             warnings.warn(
                 f"torch.func.vmap could not batch fun ({str(error).splitlines()[0]}); the Jacobians are computed "
-                f"with one {'tangent' if self.mode == 'forward-loop' else 'cotangent'} per product instead",
+                "with one tangent (or cotangent) per call of fun instead",
                 BatchedJacobianWarning,
                 stacklevel=5,
             )
-            return evaluation
+        if X.shape[1] > evaluation.outputs.shape[1]:  # fewer residuals than variables: rows by reverse mode
+            self.mode = self.mode.replace("forward", "reverse")
+        return evaluation
 
     def _split(self, rows: Tensor):
         # torch.func's auxiliary outputs must be tensors or containers of them: () stands for no targets.

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from trustls.batched.factorization import jacobi_svd
-from trustls.batched.fields import BatchFields, BatchStep, dot
+from trustls.batched.fields import BatchFields, BatchStep, dot, norm
 
 __all__ = ["ExactFactors", "exact_factors", "exact_step", "secular_roots"]
 
@@ -80,19 +80,19 @@ def exact_factors(R: Tensor, h: Tensor | None, gradient: Tensor, scale: Tensor, 
     g = gradient * scale
     sf = torch.where(kept, (V * g[:, None, :]).sum(0), 0.0)
     outside = g - (V * sf[None]).sum(1)
-    outside_norm, g_norm = torch.linalg.vector_norm(outside, dim=0), torch.linalg.vector_norm(g, dim=0)
+    outside_norm, g_norm = norm(outside), norm(g)
     augment = outside_norm > math.sqrt(eps) * g_norm
     direction = torch.where(augment, outside / torch.where(augment, outside_norm, 1.0), 0.0)
     V = torch.cat([V, direction[:, None, :]], dim=1)
     s = torch.cat([s, s.new_zeros(1, K)])
     sf = torch.cat([sf, torch.where(augment, outside_norm, 0.0)[None]])
     kept = torch.cat([kept, augment[None]])
-    norm = torch.where(augment, torch.inf, _gauss_newton_norm(s, sf, kept & (s > 0)))
-    return ExactFactors(V, s, sf, kept, full_rank & ~augment, norm, gradient.new_zeros(K, dtype=torch.float64))
+    gauss_newton = torch.where(augment, torch.inf, _gauss_newton_norm(s, sf, kept & (s > 0)))
+    return ExactFactors(V, s, sf, kept, full_rank & ~augment, gauss_newton, gradient.new_zeros(K, dtype=torch.float64))
 
 
 def _gauss_newton_norm(s: Tensor, sf: Tensor, kept: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(torch.where(kept, sf / torch.where(kept, s * s, 1.0), 0.0), dim=0).double()
+    return norm(torch.where(kept, sf / torch.where(kept, s * s, 1.0), 0.0)).double()
 
 
 def secular_roots(
@@ -141,15 +141,15 @@ def secular_roots(
         denominator = torch.where(kept, s2 + alpha, 1.0)
         norm2 = torch.where(kept, sf2 / denominator**2, 0.0).sum(0)
         slope = torch.where(kept, sf2 / denominator**3, 0.0).sum(0)
-        norm = torch.sqrt(norm2)
+        length = torch.sqrt(norm2)
         # Converged, or α so large (radius near underflow) that no Newton step is defined.
-        stop = ((norm - radius).abs() <= rtol * radius) | ~((slope > 0) & (slope < math.inf))
+        stop = ((length - radius).abs() <= rtol * radius) | ~((slope > 0) & (slope < math.inf))
         iterations = torch.where(done, iterations, iteration)
         done = done | stop
-        inside = norm < radius
+        inside = length < radius
         upper = torch.where(~done & inside, alpha, upper)
         lower = torch.where(~done & ~inside, alpha, lower)
-        newton = alpha + (norm - radius) / radius * norm2 / slope
+        newton = alpha + (length - radius) / radius * norm2 / slope
         # Newton left the bracket: restart from its geometric mean (Moré 1978).
         newton = torch.where(
             (lower <= newton) & (newton <= upper), newton, torch.maximum(0.001 * upper, torch.sqrt(lower * upper))
@@ -171,14 +171,14 @@ def exact_step(factors: ExactFactors, radius: Tensor, *, rtol: float, max_iter: 
     alpha = torch.where(solve, root, 0.0)
     c = torch.where(kept, -sf / torch.where(kept, s * s + alpha.to(s.dtype), 1.0), 0.0)
     step = (factors.V * c[None]).sum(1)
-    norm = torch.linalg.vector_norm(c, dim=0).double()
+    length = norm(c).double()
     # The secular tolerance allows ‖p‖ up to (1 + rtol)Δ; pull the step back to keep ‖p‖ ≤ Δ.
-    over = norm > radius
-    shrink = torch.where(over, radius / norm, 1.0).to(c.dtype)
-    c, step, norm = c * shrink, step * shrink, torch.where(over, radius, norm)
+    over = length > radius
+    shrink = torch.where(over, radius / length, 1.0).to(c.dtype)
+    c, step, length = c * shrink, step * shrink, torch.where(over, radius, length)
     model = (dot(sf, c) + 0.5 * dot(s * c, s * c)).double()
     step = torch.where(zero, 0.0, step)
-    norm, model = torch.where(zero, 0.0, norm), torch.where(zero, 0.0, model)
+    length, model = torch.where(zero, 0.0, length), torch.where(zero, 0.0, model)
     iterations = torch.where(solve, iterations, 0)
-    result = BatchStep(step, norm, -model, alpha > 0, iterations, torch.zeros_like(iterations))
+    result = BatchStep(step, length, -model, alpha > 0, iterations, torch.zeros_like(iterations))
     return result, torch.where(solve, root, factors.alpha)
