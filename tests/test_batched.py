@@ -261,7 +261,7 @@ def test_factorization_against_torch_svd(generator):
         if n > 1:
             J[:, :, -1] = J[:, :, 0] + 1e-9 * J[:, :, -1]  # nearly rank deficient
         f = torch.randn(7, m, generator=generator, dtype=torch.float64)
-        R, h = factorization.triangular_factor(J.permute(2, 0, 1), f)
+        R, h = factorization.triangular_factor(J.transpose(1, 2), f)
         sigma, V, W = factorization.jacobi_svd(R)
         U, s, _ = torch.linalg.svd(J, full_matrices=False)
         k = min(m, n)

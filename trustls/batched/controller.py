@@ -95,14 +95,16 @@ def _check_configuration(controller: TrustRegion) -> None:
 class _Batch:
     """The per-problem state of a batched solve (batch-first x and outputs, batch-last small quantities)."""
 
-    def __init__(self, x: Tensor, lin: Linearized, residual: Tensor, scale: Tensor, radius: Tensor, factors: Any):
+    def __init__(
+        self, x: Tensor, lin: Linearized, jacobians: Tensor, residual: Tensor, scale: Tensor, radius: Tensor, factors: Any
+    ):
         B = x.shape[0]
         counter = torch.zeros(B, dtype=torch.int64, device=x.device)
         # Owned copies: the outputs of fun, its targets and a user's Jacobian are
         # not written into (they may be views of the caller's tensors).
         self.x, self.scale, self.radius, self.factors = x, scale, radius, factors
         self.cost, self.gradient = lin.cost.clone(), lin.gradient.clone()
-        self.columns = lin.columns.clone(memory_format=torch.contiguous_format)
+        self.jacobians = jacobians  # (B, n, m): the columns of J̃_b
         self.residual = residual.clone(memory_format=torch.contiguous_format)
         self.initial_cost = lin.cost.clone()
         self.nfev, self.njev, self.nit = counter + 1, counter + 1, counter.clone()
@@ -134,7 +136,8 @@ def solve_batch(
         bad = ~torch.isfinite(value if value.ndim == 1 else value.abs().amax(0))
         if bool(bad.any()):
             raise ValueError(f"the {name} at x0 must be finite, got NaN or inf in problems {_some(bad)}")
-    R, h = triangular_factor(lin.columns, lin.whitened)
+    jacobians = lin.columns.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+    R, h = triangular_factor(jacobians, lin.whitened)
     scale = scale_rule.initial(torch.sqrt((R * R).sum(0)))
     x_scaled_norm = _norm(x.T / scale)
     if controller.initial_radius is not None:
@@ -142,7 +145,7 @@ def solve_batch(
     else:
         radius = torch.where(x_scaled_norm > 0, x_scaled_norm, 1.0)
     factors = _factors(solver, R, h, lin.gradient, scale, m, reference=torch.zeros_like(radius))
-    state = _Batch(x, lin, _residual(model, lin), scale, radius, factors)
+    state = _Batch(x, lin, jacobians, _residual(model, lin), scale, radius, factors)
     max_nfev = controller.max_nfev or 100 * n
     if controller.gtol is not None:
         state.status = torch.where(lin.gradient.abs().amax(0).double() < controller.gtol, Status.GTOL.value, _RUNNING)
@@ -159,9 +162,13 @@ def solve_batch(
         if rows.numel() == 0:
             break
         rounds += 1
-        x, radius = state.x.index_select(0, rows), state.radius.index_select(0, rows)
-        scale, gradient = state.scale.index_select(1, rows), state.gradient.index_select(1, rows)
-        factors = state.factors.take(rows)
+        everyone_runs = rows.numel() == B  # the first rounds: no copies of the state
+
+        def running(tensor: Tensor, dim: int) -> Tensor:
+            return tensor if everyone_runs else tensor.index_select(dim, rows)
+
+        x, radius, scale, gradient = running(state.x, 0), running(state.radius, 0), running(state.scale, 1), running(state.gradient, 1)
+        factors = state.factors if everyone_runs else state.factors.take(rows)
         step, carried = _propose(solver, factors, gradient, scale, radius)
         p = scale * step.step
         x_new = (x.T + p).T.contiguous()
@@ -174,8 +181,8 @@ def solve_batch(
             targets = None if evaluation.targets is None else evaluation.targets.index_select(0, rows)
         new = linearize(model.loss, outputs, targets, columns)
         accepted, moves, code, next_radius = _decide(
-            controller, state.cost.index_select(0, rows), new, step, radius, _norm(p), _norm(x.T), _norm(x.T / scale),
-            state.nfev.index_select(0, rows) + 1, max_nfev, eps, tolerances, noise_fraction,
+            controller, running(state.cost, 0), new, step, radius, _norm(p), _norm(x.T), _norm(x.T / scale),
+            running(state.nfev, 0) + 1, max_nfev, eps, tolerances, noise_fraction,
         )
         state.radius.index_copy_(0, rows, next_radius)
         state.status.index_copy_(0, rows, code)
@@ -192,7 +199,7 @@ def solve_batch(
             print(f"round {rounds:>4}: {rows.numel():>8} running, {taken.numel():>8} steps taken")
     result = BatchResult(
         x=state.x, cost=state.cost, fun=state.residual, grad=state.gradient.T, optimality=state.gradient.abs().amax(0),
-        jac=state.columns.permute(1, 2, 0), nfev=state.nfev, njev=state.njev, nit=state.nit, status=state.status,
+        jac=state.jacobians.transpose(1, 2), nfev=state.nfev, njev=state.njev, nit=state.nit, status=state.status,
         radius=state.radius, inner_iterations=state.inner_iterations, products=state.products,
         initial_cost=state.initial_cost, calls=function.calls,
     )
@@ -282,17 +289,27 @@ def _norm(v: Tensor) -> Tensor:
 
 
 def _move(state: _Batch, solver, scale_rule, rows: Tensor, x_new: Tensor, new: Linearized, taken: Tensor, m: int):
-    """Take the accepted trials: the problems ``rows`` move to ``x_new``, linearized by ``new`` at ``taken``."""
+    """Take the accepted trials: the problems ``rows`` move to ``x_new``, linearized by ``new`` at ``taken``.
+
+    The problems that go on are factored at their new points (those that just
+    stopped are not: their factors would serve no subproblem).
+    """
     state.x.index_copy_(0, rows, x_new)
     state.cost.index_copy_(0, rows, new.cost.index_select(0, taken))
     gradient = new.gradient.index_select(1, taken)
-    columns = new.columns.index_select(1, taken)
+    jacobians = new.columns.transpose(0, 1).index_select(0, taken)  # (K, n, m), contiguous
     whitened = None if new.whitened is None else new.whitened.index_select(0, taken)
     state.gradient.index_copy_(1, rows, gradient)
-    state.columns.index_copy_(1, rows, columns)
+    state.jacobians.index_copy_(0, rows, jacobians)
     state.residual.index_copy_(0, rows, whitened if whitened is not None else new.outputs.index_select(0, taken))
-    # The factors serve the next subproblem (a problem that just stopped does not use them).
-    R, h = triangular_factor(columns, whitened)
+    going = torch.nonzero(state.status.index_select(0, rows) == _RUNNING).squeeze(1)  # the round's third read
+    if going.numel() == 0:
+        return
+    if going.numel() < rows.numel():
+        rows, gradient = rows.index_select(0, going), gradient.index_select(1, going)
+        jacobians = jacobians.index_select(0, going)
+        whitened = None if whitened is None else whitened.index_select(0, going)
+    R, h = triangular_factor(jacobians, whitened)
     scale = scale_rule.updated(state.scale.index_select(1, rows), torch.sqrt((R * R).sum(0)))
     state.scale.index_copy_(1, rows, scale)
     reference = state.factors.reference.index_select(0, rows) if isinstance(state.factors, CGFactors) else None

@@ -63,8 +63,7 @@ def triangular_factor(columns: Tensor, residual: Tensor | None = None) -> tuple[
     """R of J̃ = QR and h = Qₖᵀ f̃, for a batch of Jacobians given by their columns.
 
     Args:
-        columns: ``(n, K, m)``: ``columns[j, b]`` is column j of J̃_b (the
-            layout forward-mode differentiation produces).
+        columns: ``(K, n, m)``: ``columns[b, j]`` is column j of J̃_b.
         residual: ``(K, m)`` f̃, or ``None``.
 
     Returns:
@@ -74,16 +73,16 @@ def triangular_factor(columns: Tensor, residual: Tensor | None = None) -> tuple[
 
     Examples:
         >>> J = torch.tensor([[[3.0, 0.0], [4.0, 5.0]]], dtype=torch.float64)  # one J, m = n = 2
-        >>> R, h = triangular_factor(J.permute(2, 0, 1), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
-        >>> R[0, :, 0].abs(), float(R[0, 0, 0] * h[0, 0])  # |r₁₁| = ‖J e₁‖; r₁₁h₁ = (J e₁)ᵀf
+        >>> R, h = triangular_factor(J.transpose(1, 2), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+        >>> R[0, :, 0].abs(), float(R[0, 0, 0] * h[0, 0])  # |R's first row| = (‖J e₁‖, |q₁ᵀJ e₂|); r₁₁h₁ = (J e₁)ᵀf
         (tensor([5., 4.], dtype=torch.float64), 11.0)
     """
-    n, K, m = columns.shape
+    K, n, m = columns.shape
     k = min(m, n)
-    parts = [columns.transpose(0, 1)] + ([] if residual is None else [residual[:, None, :]])
-    # (K, c, m) with contiguous columns is the column-major layout LAPACK reads.
-    stacked = torch.cat(parts, dim=1)
-    R = torch.linalg.qr(stacked.transpose(1, 2), mode="r").R.permute(1, 2, 0)
+    # (K, c, m) with contiguous columns is the column-major layout LAPACK reads;
+    # geqrf leaves R in the upper triangle of its first rows and forms no Q.
+    stacked = columns if residual is None else torch.cat([columns, residual[:, None, :]], dim=1)
+    R = torch.geqrf(stacked.transpose(1, 2))[0][:, : min(m, stacked.shape[1])].triu().permute(1, 2, 0)
     if residual is None:
         return R[:k].contiguous(), None
     return R[:k, :n].contiguous(), R[:k, n].contiguous()
@@ -117,31 +116,37 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
     if tolerance is None:
         tolerance = max(k, 1) * torch.finfo(A.dtype).eps
     tiny = torch.finfo(A.dtype).tiny
-    # X[j] = [column j of W; column j of V]: a rotation of columns p, q of W
-    # and of V is one rotation of X[p], X[q].
-    eye = torch.eye(n, dtype=A.dtype, device=A.device)[:, :, None].expand(n, n, K)
-    X = torch.cat([A.transpose(0, 1), eye], dim=1)
+    # Column j is [column j of W; column j of V], a (k + n, K) tensor: a rotation
+    # of columns p, q of W and of V is one rotation of the two.
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    columns = [torch.cat([A[:, j], eye[:, j, None].expand(n, K)]) for j in range(n)]
     pairs = [(p, q) for p in range(n - 1) for q in range(p + 1, n)]
+    # ‖a‖², ‖b‖² are carried through the rotations: they become α − tγ and β + tγ
+    # (Golub & Van Loan 2013, §8.5.2), two operations instead of two dot products.
+    squares = [_dot(column[:k], column[:k]) for column in columns]
     for _ in range(MAX_SWEEPS if pairs else 0):
-        norms = torch.sqrt((X[:, :k] * X[:, :k]).sum(1))  # (n, K)
         orthogonal = torch.ones(K, dtype=torch.bool, device=A.device)
         for p, q in pairs:
-            gamma = _dot(X[p, :k], X[q, :k]).abs()
-            orthogonal &= gamma <= tolerance * norms[p] * norms[q]
+            gamma = _dot(columns[p][:k], columns[q][:k])
+            orthogonal &= gamma.abs() <= tolerance * torch.sqrt(squares[p] * squares[q])
         # One read per sweep: stop when every pair of every matrix is orthogonal.
         if bool(orthogonal.all()):
             break
         for p, q in pairs:
-            a, b = X[p], X[q]
-            alpha, beta, gamma = _dot(a[:k], a[:k]), _dot(b[:k], b[:k]), _dot(a[:k], b[:k])
+            a, b = columns[p], columns[q]
+            alpha, beta, gamma = squares[p], squares[q], _dot(a[:k], b[:k])
             # t = 1/(ζ + sign(ζ)√(1 + ζ²)) with ζ = (β − α)/(2γ), written without
             # dividing by γ: 0 for γ = 0, ±1 for α = β.
             difference = beta - alpha
+            twice = 2 * gamma
             sign = torch.where(difference >= 0, 1.0, -1.0)
-            t = 2 * gamma * sign / (difference.abs() + torch.hypot(difference, 2 * gamma)).clamp_min(tiny)
+            t = twice * sign / (difference.abs() + torch.hypot(difference, twice)).clamp_min(tiny)
             c = torch.rsqrt(1 + t * t)
             s = c * t
-            X[p], X[q] = c * a - s * b, s * a + c * b
+            columns[p], columns[q] = torch.addcmul(c * a, s, b, value=-1.0), torch.addcmul(s * a, c, b)
+            shift = t * gamma
+            squares[p], squares[q] = alpha - shift, beta + shift
+    X = torch.stack(columns)  # (n, k + n, K)
     sigma, order = torch.sort(torch.sqrt((X[:, :k] * X[:, :k]).sum(1)), dim=0, descending=True)
     X = torch.gather(X, 0, order[:, None, :].expand(n, k + n, K))
     return sigma, X[:, k:].transpose(0, 1), X[:, :k].transpose(0, 1)
