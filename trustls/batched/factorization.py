@@ -82,7 +82,11 @@ def triangular_factor(columns: Tensor, residual: Tensor | None = None) -> tuple[
     # (K, c, m) with contiguous columns is the column-major layout LAPACK reads;
     # geqrf leaves R in the upper triangle of its first rows and forms no Q.
     stacked = columns if residual is None else torch.cat([columns, residual[:, None, :]], dim=1)
-    R = torch.geqrf(stacked.transpose(1, 2))[0][:, : min(m, stacked.shape[1])].triu().permute(1, 2, 0)
+    c = stacked.shape[1]
+    rows = min(m, c)
+    # The strictly lower part of geqrf's rows holds the Householder vectors: masked out batch-last.
+    upper = torch.ones(rows, c, dtype=torch.bool, device=columns.device).triu()[:, :, None]
+    R = torch.geqrf(stacked.transpose(1, 2))[0][:, :rows].permute(1, 2, 0) * upper
     if residual is None:
         return R[:k].contiguous(), None
     return R[:k, :n].contiguous(), R[:k, n].contiguous()

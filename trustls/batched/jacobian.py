@@ -186,12 +186,12 @@ class BatchFunction:
                 lambda v: torch.func.jvp(function, (X,), (v,), has_aux=True)
             )(tangents)
             # vmap returns the unbatched primal output and targets expanded over the tangents.
-            return Evaluation(outputs[0], targets[0] if isinstance(targets, Tensor) else None, columns)
+            return Evaluation(outputs[0].detach(), _targets(targets[0] if isinstance(targets, Tensor) else None), columns.detach())
         outputs, pullback, targets = torch.func.vjp(function, X, has_aux=True)
         m = outputs.shape[1]
         cotangents = torch.eye(m, dtype=X.dtype, device=X.device)[:, None, :].expand(m, K, m)
         (rows_of_J,) = torch.func.vmap(pullback)(cotangents)  # (m, K, n)
-        return Evaluation(outputs.detach(), _targets(targets), rows_of_J.permute(2, 1, 0))
+        return Evaluation(outputs.detach(), _targets(targets), rows_of_J.detach().permute(2, 1, 0))
 
     def _looped(self, X: Tensor, rows: Tensor) -> Evaluation:
         K, n = X.shape
@@ -200,12 +200,13 @@ class BatchFunction:
         if self.mode == "forward-loop":
             products = [torch.func.jvp(function, (X,), (eye[j].expand(K, n),), has_aux=True) for j in range(n)]
             outputs, _, targets = products[0]
-            return Evaluation(outputs, _targets(targets), torch.stack([product[1] for product in products]))
+            columns = torch.stack([product[1] for product in products]).detach()
+            return Evaluation(outputs.detach(), _targets(targets), columns)
         outputs, pullback, targets = torch.func.vjp(function, X, has_aux=True)
         m = outputs.shape[1]
         eye = torch.eye(m, dtype=X.dtype, device=X.device)
         rows_of_J = torch.stack([pullback(eye[i].expand(K, m))[0] for i in range(m)])  # (m, K, n)
-        return Evaluation(outputs.detach(), _targets(targets), rows_of_J.permute(2, 1, 0))
+        return Evaluation(outputs.detach(), _targets(targets), rows_of_J.detach().permute(2, 1, 0))
 
     def _explicit(self, X: Tensor, rows: Tensor) -> Evaluation:
         with torch.no_grad():
@@ -222,4 +223,4 @@ class BatchFunction:
 
 
 def _targets(aux: Any) -> Tensor | None:
-    return aux if isinstance(aux, Tensor) else None
+    return aux.detach() if isinstance(aux, Tensor) else None

@@ -62,6 +62,11 @@ def resolve_batch_scale(x_scale: object, default: ScalePolicy, x0: Tensor) -> Ba
     """
     B, n = x0.shape
     policy = default
+    if x_scale is not None and not isinstance(x_scale, (str, int, float, Tensor, ScalePolicy)):
+        try:  # a numpy array or nested sequence: (n,) shared, (B, n) per problem
+            x_scale = torch.as_tensor(x_scale, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{_RULE}, got {type(x_scale).__name__}") from None
     if x_scale is not None:
         if isinstance(x_scale, Tensor) and x_scale.ndim == 2:
             if tuple(x_scale.shape) != (B, n):
