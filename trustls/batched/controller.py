@@ -110,6 +110,12 @@ class _Batch:
         self.nfev, self.njev, self.nit = counter + 1, counter + 1, counter.clone()
         self.inner_iterations, self.products = counter.clone(), counter.clone()
         self.status = torch.full_like(counter, _RUNNING)
+        # Buffers reused at every round for the accepted points' Jacobians and their QR:
+        # fresh ones would be mapped (page-faulted) anew each time.
+        n, m = jacobians.shape[1:]
+        c = n + (lin.whitened is not None)
+        self.selected = torch.empty(B * n * m, dtype=jacobians.dtype, device=x.device)
+        self.factor_workspace = torch.empty(B * c * m, dtype=jacobians.dtype, device=x.device)
 
 
 def solve_batch(
@@ -297,7 +303,10 @@ def _move(state: _Batch, solver, scale_rule, rows: Tensor, x_new: Tensor, new: L
     state.x.index_copy_(0, rows, x_new)
     state.cost.index_copy_(0, rows, new.cost.index_select(0, taken))
     gradient = new.gradient.index_select(1, taken)
-    jacobians = new.columns.transpose(0, 1).index_select(0, taken)  # (K, n, m), contiguous
+    K, n = taken.numel(), new.columns.shape[0]
+    jacobians = torch.index_select(
+        new.columns.transpose(0, 1), 0, taken, out=state.selected[: K * n * m].view(K, n, m)
+    )  # (K, n, m), contiguous
     whitened = None if new.whitened is None else new.whitened.index_select(0, taken)
     state.gradient.index_copy_(1, rows, gradient)
     state.jacobians.index_copy_(0, rows, jacobians)
@@ -309,7 +318,7 @@ def _move(state: _Batch, solver, scale_rule, rows: Tensor, x_new: Tensor, new: L
         rows, gradient = rows.index_select(0, going), gradient.index_select(1, going)
         jacobians = jacobians.index_select(0, going)
         whitened = None if whitened is None else whitened.index_select(0, going)
-    R, h = triangular_factor(jacobians, whitened)
+    R, h = triangular_factor(jacobians, whitened, workspace=state.factor_workspace)
     scale = scale_rule.updated(state.scale.index_select(1, rows), torch.sqrt((R * R).sum(0)))
     state.scale.index_copy_(1, rows, scale)
     reference = state.factors.reference.index_select(0, rows) if isinstance(state.factors, CGFactors) else None

@@ -59,12 +59,18 @@ __all__ = ["jacobi_svd", "triangular_factor"]
 MAX_SWEEPS = 30
 
 
-def triangular_factor(columns: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+def triangular_factor(
+    columns: Tensor, residual: Tensor | None = None, *, workspace: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     """R of J̃ = QR and h = Qₖᵀ f̃, for a batch of Jacobians given by their columns.
 
     Args:
         columns: ``(K, n, m)``: ``columns[b, j]`` is column j of J̃_b.
         residual: ``(K, m)`` f̃, or ``None``.
+        workspace: a contiguous tensor of at least K·c·m elements (c = n, or
+            n + 1 with ``residual``) that LAPACK factors in place, so that a
+            solve reuses one buffer instead of mapping fresh memory at every
+            iteration; ``None`` allocates one.
 
     Returns:
         ``(R, h)`` in the batch-last layout of `trustls.batched`: R of shape
@@ -79,14 +85,21 @@ def triangular_factor(columns: Tensor, residual: Tensor | None = None) -> tuple[
     """
     K, n, m = columns.shape
     k = min(m, n)
+    c = n if residual is None else n + 1
+    if workspace is None:
+        workspace = torch.empty(K * c * m, dtype=columns.dtype, device=columns.device)
     # (K, c, m) with contiguous columns is the column-major layout LAPACK reads;
     # geqrf leaves R in the upper triangle of its first rows and forms no Q.
-    stacked = columns if residual is None else torch.cat([columns, residual[:, None, :]], dim=1)
-    c = stacked.shape[1]
+    stacked = workspace[: K * c * m].view(K, c, m)
+    stacked[:, :n] = columns
+    if residual is not None:
+        stacked[:, n] = residual
     rows = min(m, c)
+    tau = torch.empty(K, rows, dtype=columns.dtype, device=columns.device)
+    torch.geqrf(stacked.transpose(1, 2), out=(stacked.transpose(1, 2), tau))
     # The strictly lower part of geqrf's rows holds the Householder vectors: masked out batch-last.
     upper = torch.ones(rows, c, dtype=torch.bool, device=columns.device).triu()[:, :, None]
-    R = torch.geqrf(stacked.transpose(1, 2))[0][:, :rows].permute(1, 2, 0) * upper
+    R = stacked.transpose(1, 2)[:, :rows].permute(1, 2, 0) * upper
     if residual is None:
         return R[:k].contiguous(), None
     return R[:k, :n].contiguous(), R[:k, n].contiguous()
