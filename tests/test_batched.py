@@ -134,7 +134,10 @@ def test_targets_and_explicit_jacobian():
     reference = TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(lambda x: outputs(x) - data, x0)
     with_targets = TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(lambda x: (outputs(x), data), x0)
     explicit = TrustRegion(GaussNewtonModel(jacobian=jac), solver="lstsq").solve_batch(lambda x: outputs(x) - data, x0)
-    for batch in (with_targets, explicit):
+    compact = TrustRegion(GaussNewtonModel(jacobian=lambda x, rows: jac(x)), solver="lstsq").solve_batch(
+        lambda x, rows: (outputs(x), data[rows]), x0, compact=True
+    )
+    for batch in (with_targets, explicit, compact):
         torch.testing.assert_close(batch.x, reference.x, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(batch.nfev, reference.nfev)
     torch.testing.assert_close(with_targets.fun, reference.fun)  # the residual, outputs − targets

@@ -130,3 +130,28 @@ def test_boundary_lengths_match_single(generator):
     tau = boundary_lengths(p, d, radius)
     for b in range(5):
         assert float(tau[b]) == pytest.approx(float(boundary_step_length(p[:, b], d[:, b], float(radius[b]))), rel=1e-14)
+
+
+def test_exact_steps_with_a_gradient_outside_the_range_match_dense_lstsq(generator):
+    """Robust losses: no whitened residual, sf = Vᵀg, and a g⊥ direction of zero curvature where needed."""
+    J, f, scale = models(generator)
+    K = J.shape[0]
+    gradient = torch.einsum("bmn,bm->nb", J, f)
+    gradient[:, 0] += torch.tensor([1.0, 0.0, 0.0, -1.0], dtype=torch.float64)  # leaves range(Jᵀ): J[0] has equal columns 0, 3
+    R, _ = triangular_factor(J.transpose(1, 2))
+    factors = exact_factors(R, None, gradient, scale, J.shape[1])
+    assert bool(factors.kept[-1, 0]) and not bool(factors.kept[-1, 2:].any())  # only problem 0 gets g⊥
+    solver = DenseLstsq()
+    singles = []
+    for b in range(K):
+        lin = single_linearization(J[b], f[b], scale[:, b])
+        lin = Linearization(lin.x, lin.residual, lin.cost, gradient[:, b] * scale[:, b], lin.operator, lin.jacobian,
+                            lin.jacobian_matrix, None)
+        singles.append(solver.prepare(lin))
+    for radius in [10.0, 1.0, 0.1]:
+        step, roots = exact_step(factors, torch.full((K,), radius, dtype=torch.float64), rtol=solver.rtol, max_iter=solver.max_iter)
+        factors.alpha.copy_(roots)
+        for b in range(K):
+            single = solver.solve(singles[b], radius)
+            torch.testing.assert_close(step.step[:, b], single.step, rtol=1e-9, atol=1e-11 * float(single.step.norm()))
+            assert float(step.predicted_reduction[b]) == pytest.approx(single.predicted_reduction, rel=1e-9)

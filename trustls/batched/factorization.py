@@ -145,7 +145,8 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
         orthogonal = torch.ones(K, dtype=torch.bool, device=A.device)
         for p, q in pairs:
             gamma = _dot(columns[p][:k], columns[q][:k])
-            orthogonal &= gamma.abs() <= tolerance * torch.sqrt(squares[p] * squares[q])
+            # A matrix with NaN or inf entries never becomes orthogonal: it must not keep the others sweeping.
+            orthogonal &= (gamma.abs() <= tolerance * torch.sqrt(squares[p] * squares[q])) | ~torch.isfinite(gamma)
         # One read per sweep: stop when every pair of every matrix is orthogonal.
         if bool(orthogonal.all()):
             break
