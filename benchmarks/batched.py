@@ -156,9 +156,11 @@ def main():
     if args.factorizations:
         factorizations(t, y)
         return
-    print(f"# {args.batch} fits of a·exp(−b·t) + c on {M} points; {platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(
+        f"# {args.batch} fits of a·exp(−b·t) + c on {M} points; {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
 
     scipy_count = args.batch if args.scipy_subset is None else min(args.scipy_subset, args.batch)
     reference, scipy_wall, scipy_cpu = timed(lambda: scipy_loop(t_np, y_np[:scipy_count]), args.repeats)
@@ -168,15 +170,20 @@ def main():
     for solver in args.solvers.split(","):
         for jacobian in (False, True):
             batched(t, y[: min(100, args.batch)], solver, jacobian)  # warm-up: first-call costs of torch.func
-            costs, wall, cpu = timed(lambda: batched(t, y, solver, jacobian), args.repeats)
+            costs, wall, cpu = timed(
+                lambda solver=solver, jacobian=jacobian: batched(t, y, solver, jacobian), args.repeats
+            )
             label = f"trustls solve_batch {solver} ({'hand-written jac' if jacobian else 'autodiff'})"
             rows.append((label, args.batch, wall, cpu, costs.cpu()))
         if args.subset and device.type == "cpu":
             count = min(args.subset, args.batch)
-            costs, wall, cpu = timed(lambda: single_loop(t, y[:count], solver), args.repeats)
+            costs, wall, cpu = timed(lambda count=count, solver=solver: single_loop(t, y[:count], solver), args.repeats)
             rows.append((f"trustls solve loop {solver} (autodiff)", count, wall, cpu, costs))
 
-    print("| method | problems timed | wall s | CPU s | fits/s (wall) | speed-up, wall | speed-up, CPU | same cost as scipy |")
+    print(
+        "| method | problems timed | wall s | CPU s | fits/s (wall) | speed-up, wall | speed-up, CPU "
+        "| same cost as scipy |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, count, wall, cpu, costs in rows:
         if costs is None:

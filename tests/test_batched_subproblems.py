@@ -37,14 +37,21 @@ def single_linearization(J, f, scale):
     Jz = J * scale  # J̃T
     operator = DenseOperator(Jz)
     return Linearization(
-        x=torch.zeros(J.shape[1], dtype=J.dtype), residual=f, cost=0.5 * f @ f, gradient=Jz.T @ f,
-        operator=NormalOperator(operator), jacobian=operator, jacobian_matrix=Jz, whitened_residual=f,
+        x=torch.zeros(J.shape[1], dtype=J.dtype),
+        residual=f,
+        cost=0.5 * f @ f,
+        gradient=Jz.T @ f,
+        operator=NormalOperator(operator),
+        jacobian=operator,
+        jacobian_matrix=Jz,
+        whitened_residual=f,
     )
 
 
 def gauss_newton_norms(J, f, scale):
-    return torch.stack([torch.linalg.lstsq(J[b] * scale[:, b], -f[b], driver="gelsd").solution.norm()
-                        for b in range(J.shape[0])])
+    return torch.stack(
+        [torch.linalg.lstsq(J[b] * scale[:, b], -f[b], driver="gelsd").solution.norm() for b in range(J.shape[0])]
+    )
 
 
 def test_exact_steps_match_dense_lstsq(generator):
@@ -78,7 +85,13 @@ def test_secular_roots_match_secular_step(full_rank, generator):
     norm0 = torch.sqrt(((sf / s**2) ** 2).sum(0))
     radius = 0.2 * norm0
     alpha, iterations = secular_roots(
-        s, sf, kept, radius, torch.full((K,), full_rank), torch.zeros(K, dtype=torch.float64), torch.ones(K, dtype=torch.bool)
+        s,
+        sf,
+        kept,
+        radius,
+        torch.full((K,), full_rank),
+        torch.zeros(K, dtype=torch.float64),
+        torch.ones(K, dtype=torch.bool),
     )
     for b in range(K):
         expected, count = secular_step(s[:, b], sf[:, b], float(radius[b]), full_rank=full_rank)
@@ -90,7 +103,7 @@ def test_secular_roots_match_secular_step(full_rank, generator):
 @pytest.mark.parametrize("fraction", FRACTIONS)
 def test_cg_steps_match_steihaug_cg(fraction, generator):
     J, f, scale = models(generator)
-    K, _, n = J.shape
+    K = J.shape[0]
     R, _ = triangular_factor(J.transpose(1, 2))
     gradient = torch.einsum("bmn,bm->nb", J, f)
     radius = fraction * gauss_newton_norms(J, f, scale)
@@ -115,8 +128,13 @@ def test_cg_zero_gradient_and_normalized_gradient():
     R = torch.eye(2, dtype=torch.float64)[:, :, None].expand(2, 2, 2).clone()
     gradient = torch.tensor([[0.0, 1e20], [0.0, 2e20]]).float()  # float32: ‖g‖² overflows without normalization
     R = R.float()
-    step, _ = cg_step(SteihaugCG(), CGFactors(R, torch.zeros(2, dtype=torch.float64)), gradient,
-                      torch.ones(2, 2), torch.tensor([1.0, math.inf], dtype=torch.float64))
+    step, _ = cg_step(
+        SteihaugCG(),
+        CGFactors(R, torch.zeros(2, dtype=torch.float64)),
+        gradient,
+        torch.ones(2, 2),
+        torch.tensor([1.0, math.inf], dtype=torch.float64),
+    )
     assert float(step.norm[0]) == 0.0 and not bool(step.hits_boundary[0]) and int(step.iterations[0]) == 0
     # B = I: the Newton step −g, found by CG in normalized units and scaled back without overflow.
     torch.testing.assert_close(step.step[:, 1], -gradient[:, 1], rtol=1e-6, atol=0)
@@ -129,7 +147,9 @@ def test_boundary_lengths_match_single(generator):
     radius = torch.rand(5, generator=generator, dtype=torch.float64) + 1
     tau = boundary_lengths(p, d, radius)
     for b in range(5):
-        assert float(tau[b]) == pytest.approx(float(boundary_step_length(p[:, b], d[:, b], float(radius[b]))), rel=1e-14)
+        assert float(tau[b]) == pytest.approx(
+            float(boundary_step_length(p[:, b], d[:, b], float(radius[b]))), rel=1e-14
+        )
 
 
 def test_exact_steps_with_a_gradient_outside_the_range_match_dense_lstsq(generator):
@@ -137,7 +157,9 @@ def test_exact_steps_with_a_gradient_outside_the_range_match_dense_lstsq(generat
     J, f, scale = models(generator)
     K = J.shape[0]
     gradient = torch.einsum("bmn,bm->nb", J, f)
-    gradient[:, 0] += torch.tensor([1.0, 0.0, 0.0, -1.0], dtype=torch.float64)  # leaves range(Jᵀ): J[0] has equal columns 0, 3
+    gradient[:, 0] += torch.tensor(
+        [1.0, 0.0, 0.0, -1.0], dtype=torch.float64
+    )  # leaves range(Jᵀ): J[0] has equal columns 0, 3
     R, _ = triangular_factor(J.transpose(1, 2))
     factors = exact_factors(R, None, gradient, scale, J.shape[1])
     assert bool(factors.kept[-1, 0]) and not bool(factors.kept[-1, 2:].any())  # only problem 0 gets g⊥
@@ -145,11 +167,21 @@ def test_exact_steps_with_a_gradient_outside_the_range_match_dense_lstsq(generat
     singles = []
     for b in range(K):
         lin = single_linearization(J[b], f[b], scale[:, b])
-        lin = Linearization(lin.x, lin.residual, lin.cost, gradient[:, b] * scale[:, b], lin.operator, lin.jacobian,
-                            lin.jacobian_matrix, None)
+        lin = Linearization(
+            lin.x,
+            lin.residual,
+            lin.cost,
+            gradient[:, b] * scale[:, b],
+            lin.operator,
+            lin.jacobian,
+            lin.jacobian_matrix,
+            None,
+        )
         singles.append(solver.prepare(lin))
     for radius in [10.0, 1.0, 0.1]:
-        step, roots = exact_step(factors, torch.full((K,), radius, dtype=torch.float64), rtol=solver.rtol, max_iter=solver.max_iter)
+        step, roots = exact_step(
+            factors, torch.full((K,), radius, dtype=torch.float64), rtol=solver.rtol, max_iter=solver.max_iter
+        )
         factors.alpha.copy_(roots)
         for b in range(K):
             single = solver.solve(singles[b], radius)

@@ -70,7 +70,9 @@ def _normalizing_factors(largest: Tensor, radius: Tensor, dtype: torch.dtype) ->
     return torch.where(outside & fits, factor, 1.0)
 
 
-def cg_step(solver: SteihaugCG, factors: CGFactors, gradient: Tensor, scale: Tensor, radius: Tensor) -> tuple[BatchStep, Tensor]:
+def cg_step(
+    solver: SteihaugCG, factors: CGFactors, gradient: Tensor, scale: Tensor, radius: Tensor
+) -> tuple[BatchStep, Tensor]:
     """Steihaug-Toint steps for K problems: the steps, and the updated references ``(K,)``.
 
     Args:

@@ -44,12 +44,12 @@ import torch
 from torch import Tensor
 
 from trustls.batched.cg import CGFactors, cg_step
+from trustls.batched.factorization import triangular_factor
 from trustls.batched.jacobian import BatchFunction
 from trustls.batched.lstsq import ExactFactors, exact_factors, exact_step
 from trustls.batched.objective import Linearized, check_loss, linearize
 from trustls.batched.result import BatchResult
 from trustls.batched.scale import resolve_batch_scale
-from trustls.batched.factorization import triangular_factor
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.radius import noise_level
 from trustls.result import Status
@@ -96,7 +96,14 @@ class _Batch:
     """The per-problem state of a batched solve (batch-first x and outputs, batch-last small quantities)."""
 
     def __init__(
-        self, x: Tensor, lin: Linearized, jacobians: Tensor, residual: Tensor, scale: Tensor, radius: Tensor, factors: Any
+        self,
+        x: Tensor,
+        lin: Linearized,
+        jacobians: Tensor,
+        residual: Tensor,
+        scale: Tensor,
+        radius: Tensor,
+        factors: Any,
     ):
         B = x.shape[0]
         counter = torch.zeros(B, dtype=torch.int64, device=x.device)
@@ -169,11 +176,11 @@ def solve_batch(
             break
         rounds += 1
         everyone_runs = rows.numel() == B  # the first rounds: no copies of the state
-
-        def running(tensor: Tensor, dim: int) -> Tensor:
-            return tensor if everyone_runs else tensor.index_select(dim, rows)
-
-        x, radius, scale, gradient = running(state.x, 0), running(state.radius, 0), running(state.scale, 1), running(state.gradient, 1)
+        x, radius = _running(state.x, 0, rows, everyone_runs), _running(state.radius, 0, rows, everyone_runs)
+        scale, gradient = (
+            _running(state.scale, 1, rows, everyone_runs),
+            _running(state.gradient, 1, rows, everyone_runs),
+        )
         factors = state.factors if everyone_runs else state.factors.take(rows)
         step, carried = _propose(solver, factors, gradient, scale, radius)
         p = scale * step.step
@@ -187,8 +194,19 @@ def solve_batch(
             targets = None if evaluation.targets is None else evaluation.targets.index_select(0, rows)
         new = linearize(model.loss, outputs, targets, columns)
         accepted, moves, code, next_radius = _decide(
-            controller, running(state.cost, 0), new, step, radius, _norm(p), _norm(x.T), _norm(x.T / scale),
-            running(state.nfev, 0) + 1, max_nfev, eps, tolerances, noise_fraction,
+            controller,
+            _running(state.cost, 0, rows, everyone_runs),
+            new,
+            step,
+            radius,
+            _norm(p),
+            _norm(x.T),
+            _norm(x.T / scale),
+            _running(state.nfev, 0, rows, everyone_runs) + 1,
+            max_nfev,
+            eps,
+            tolerances,
+            noise_fraction,
         )
         state.radius.index_copy_(0, rows, next_radius)
         state.status.index_copy_(0, rows, code)
@@ -204,14 +222,30 @@ def solve_batch(
         if controller.verbose == 2:
             print(f"round {rounds:>4}: {rows.numel():>8} running, {taken.numel():>8} steps taken")
     result = BatchResult(
-        x=state.x, cost=state.cost, fun=state.residual, grad=state.gradient.T, optimality=state.gradient.abs().amax(0),
-        jac=state.jacobians.transpose(1, 2), nfev=state.nfev, njev=state.njev, nit=state.nit, status=state.status,
-        radius=state.radius, inner_iterations=state.inner_iterations, products=state.products,
-        initial_cost=state.initial_cost, calls=function.calls,
+        x=state.x,
+        cost=state.cost,
+        fun=state.residual,
+        grad=state.gradient.T,
+        optimality=state.gradient.abs().amax(0),
+        jac=state.jacobians.transpose(1, 2),
+        nfev=state.nfev,
+        njev=state.njev,
+        nit=state.nit,
+        status=state.status,
+        radius=state.radius,
+        inner_iterations=state.inner_iterations,
+        products=state.products,
+        initial_cost=state.initial_cost,
+        calls=function.calls,
     )
     if controller.verbose >= 1:
         print(f"{result!r} after {rounds} rounds")
     return result
+
+
+def _running(tensor: Tensor, dim: int, rows: Tensor, everyone: bool) -> Tensor:
+    """The running problems' entries of a state tensor (itself while every problem runs)."""
+    return tensor if everyone else tensor.index_select(dim, rows)
 
 
 def _residual(model: GaussNewtonModel, lin: Linearized) -> Tensor:
@@ -240,8 +274,18 @@ def _carry(factors, rows: Tensor, carried: Tensor) -> None:
 
 
 def _decide(
-    controller: TrustRegion, cost: Tensor, new: Linearized, step, radius: Tensor, p_norm: Tensor, x_norm: Tensor,
-    x_scaled_norm: Tensor, nfev: Tensor, max_nfev: int, eps: float, tolerances: tuple[float, float],
+    controller: TrustRegion,
+    cost: Tensor,
+    new: Linearized,
+    step,
+    radius: Tensor,
+    p_norm: Tensor,
+    x_norm: Tensor,
+    x_scaled_norm: Tensor,
+    nfev: Tensor,
+    max_nfev: int,
+    eps: float,
+    tolerances: tuple[float, float],
     noise_fraction: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`TrustRegion.step`'s decisions for one trial of K problems.

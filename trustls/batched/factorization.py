@@ -80,7 +80,8 @@ def triangular_factor(
     Examples:
         >>> J = torch.tensor([[[3.0, 0.0], [4.0, 5.0]]], dtype=torch.float64)  # one J, m = n = 2
         >>> R, h = triangular_factor(J.transpose(1, 2), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
-        >>> R[0, :, 0].abs(), float(R[0, 0, 0] * h[0, 0])  # |R's first row| = (‖J e₁‖, |q₁ᵀJ e₂|); r₁₁h₁ = (J e₁)ᵀf
+        >>> # R's first row is ±(‖J e₁‖, q₁ᵀJ e₂), and r₁₁h₁ = (J e₁)ᵀf
+        >>> R[0, :, 0].abs(), float(R[0, 0, 0] * h[0, 0])
         (tensor([5., 4.], dtype=torch.float64), 11.0)
     """
     K, n, m = columns.shape

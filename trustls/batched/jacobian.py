@@ -112,7 +112,9 @@ class BatchFunction:
         outputs, targets = split_outputs(value)
         self._check(outputs, X)
         if targets is not None and targets.shape != outputs.shape:
-            raise ValueError(f"fun must return targets of the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}")
+            raise ValueError(
+                f"fun must return targets of the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}"
+            )
         flat = outputs.reshape(outputs.shape[0], -1)
         return flat, None if targets is None else targets.reshape(flat.shape)
 
@@ -123,7 +125,8 @@ class BatchFunction:
             raise TypeError(f"fun must return a tensor of x's dtype {X.dtype}, got {outputs.dtype}")
         if outputs.ndim < 2 or outputs.shape[0] != X.shape[0]:
             raise ValueError(
-                f"fun must return one row of outputs per problem, shape ({X.shape[0]}, m), got shape {tuple(outputs.shape)}"
+                f"fun must return one row of outputs per problem, shape ({X.shape[0]}, m), "
+                f"got shape {tuple(outputs.shape)}"
             )
         if self.shape is not None and tuple(outputs.shape[1:]) != self.shape:
             raise ValueError(
@@ -182,11 +185,13 @@ class BatchFunction:
         function = self._split(rows)
         if self.mode == "forward":
             tangents = torch.eye(n, dtype=X.dtype, device=X.device)[:, None, :].expand(n, K, n)
-            outputs, columns, targets = torch.func.vmap(
-                lambda v: torch.func.jvp(function, (X,), (v,), has_aux=True)
-            )(tangents)
+            outputs, columns, targets = torch.func.vmap(lambda v: torch.func.jvp(function, (X,), (v,), has_aux=True))(
+                tangents
+            )
             # vmap returns the unbatched primal output and targets expanded over the tangents.
-            return Evaluation(outputs[0].detach(), _targets(targets[0] if isinstance(targets, Tensor) else None), columns.detach())
+            return Evaluation(
+                outputs[0].detach(), _targets(targets[0] if isinstance(targets, Tensor) else None), columns.detach()
+            )
         outputs, pullback, targets = torch.func.vjp(function, X, has_aux=True)
         m = outputs.shape[1]
         cotangents = torch.eye(m, dtype=X.dtype, device=X.device)[:, None, :].expand(m, K, m)

@@ -76,7 +76,9 @@ def exact_factors(R: Tensor, h: Tensor | None, gradient: Tensor, scale: Tensor, 
     if h is not None:
         # s_i u_iᵀ h = (W e_i)ᵀ h: no division by a small singular value.
         sf = torch.where(kept, (W * h[:, None, :]).sum(0), 0.0)
-        return ExactFactors(V, s, sf, kept, full_rank, _gauss_newton_norm(s, sf, kept), gradient.new_zeros(K, dtype=torch.float64))
+        return ExactFactors(
+            V, s, sf, kept, full_rank, _gauss_newton_norm(s, sf, kept), gradient.new_zeros(K, dtype=torch.float64)
+        )
     g = gradient * scale
     sf = torch.where(kept, (V * g[:, None, :]).sum(0), 0.0)
     outside = g - (V * sf[None]).sum(1)
@@ -96,8 +98,16 @@ def _gauss_newton_norm(s: Tensor, sf: Tensor, kept: Tensor) -> Tensor:
 
 
 def secular_roots(
-    s: Tensor, sf: Tensor, kept: Tensor, radius: Tensor, full_rank: Tensor, alpha: Tensor, solve: Tensor,
-    *, rtol: float = 1e-3, max_iter: int = 30,
+    s: Tensor,
+    sf: Tensor,
+    kept: Tensor,
+    radius: Tensor,
+    full_rank: Tensor,
+    alpha: Tensor,
+    solve: Tensor,
+    *,
+    rtol: float = 1e-3,
+    max_iter: int = 30,
 ) -> tuple[Tensor, Tensor]:
     """Roots α > 0 of ‖c(α)‖ = Δ per problem (`secular_step`, vectorized), for the problems ``solve``.
 

@@ -31,9 +31,9 @@ __all__ = ["Linearized", "check_loss", "linearize"]
 
 
 def check_loss(loss: Loss) -> None:
-    """Least squares and scipy's robust losses (callables included) batch; others raise ``ValueError``."""
+    """Least squares and scipy's robust losses (callables included) batch; others raise ``TypeError``."""
     if not isinstance(loss, (SquaredError, RobustLoss)):
-        raise ValueError(
+        raise TypeError(
             "solve_batch supports least squares and scipy's robust losses (soft_l1, huber, cauchy, arctan or a "
             f"callable rho) in GaussNewtonModel(loss=...), got {loss!r}"
         )

@@ -44,7 +44,8 @@ class BatchResult(_RecordMapping):
         >>> import torch
         >>> from trustls import GaussNewtonModel, TrustRegion
         >>> y = torch.tensor([[1.0, 2.0], [3.0, 5.0]], dtype=torch.float64)
-        >>> result = TrustRegion(GaussNewtonModel()).solve_batch(lambda x: x - y, torch.zeros(2, 2, dtype=torch.float64))
+        >>> x0 = torch.zeros(2, 2, dtype=torch.float64)
+        >>> result = TrustRegion(GaussNewtonModel()).solve_batch(lambda x: x - y, x0)
         >>> result.success.tolist(), result.statuses[0].name, result.problem(1).x
         ([True, True], 'GTOL', tensor([3., 5.], dtype=torch.float64))
     """

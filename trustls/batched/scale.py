@@ -16,7 +16,13 @@ import math
 import torch
 from torch import Tensor
 
-from trustls.scaling import BlockJacobi, FixedScale, JacobiScale, ScalePolicy, resolve_x_scale
+from trustls.scaling import (
+    BlockJacobi,
+    FixedScale,
+    JacobiScale,
+    ScalePolicy,
+    resolve_x_scale,
+)
 
 __all__ = ["BatchScale", "resolve_batch_scale"]
 
@@ -76,7 +82,7 @@ def resolve_batch_scale(x_scale: object, default: ScalePolicy, x0: Tensor) -> Ba
             return BatchScale(x_scale.detach().to(dtype=x0.dtype, device=x0.device).T.contiguous())
         policy = resolve_x_scale(x_scale)
     if isinstance(policy, BlockJacobi):
-        raise ValueError(
+        raise TypeError(
             "x_scale=BlockJacobi is not supported by solve_batch (each problem would need its own blocks): "
             "use 'jac', a number or a tensor"
         )
