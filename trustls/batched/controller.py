@@ -20,8 +20,9 @@ A problem whose trial is accepted starts its next outer iteration at the next
 round, with its point factored anew (QR of J̃, and for ``"lstsq"`` the SVD
 of R T); a rejected one retries from the same factors at the new radius. A
 non-finite trial cost or gradient is a failed trial of that problem alone.
-The host reads, per round, the indices of the running problems and those of
-the accepted trials (beside one flag per iteration of the inner loops);
+The host reads, per round, the indices of the running problems, of the
+accepted trials and of those among them that go on (beside one flag per
+iteration of the inner loops: secular equation, CG, Jacobi sweeps);
 everything else stays on the device, and the linear algebra runs on the
 running problems only.
 
@@ -45,6 +46,7 @@ from torch import Tensor
 
 from trustls.batched.cg import CGFactors, cg_step
 from trustls.batched.factorization import triangular_factor
+from trustls.batched.fields import BatchStep
 from trustls.batched.jacobian import BatchFunction
 from trustls.batched.lstsq import ExactFactors, exact_factors, exact_step
 from trustls.batched.objective import Linearized, check_loss, linearize
@@ -158,7 +160,7 @@ def solve_batch(
     else:
         radius = torch.where(x_scaled_norm > 0, x_scaled_norm, 1.0)
     factors = _factors(solver, R, h, lin.gradient, scale, m, reference=torch.zeros_like(radius))
-    state = _Batch(x, lin, jacobians, _residual(model, lin), scale, radius, factors)
+    state = _Batch(x, lin, jacobians, _residual(lin), scale, radius, factors)
     max_nfev = controller.max_nfev or 100 * n
     if controller.gtol is not None:
         state.status = torch.where(lin.gradient.abs().amax(0).double() < controller.gtol, Status.GTOL.value, _RUNNING)
@@ -248,7 +250,7 @@ def _running(tensor: Tensor, dim: int, rows: Tensor, everyone: bool) -> Tensor:
     return tensor if everyone else tensor.index_select(dim, rows)
 
 
-def _residual(model: GaussNewtonModel, lin: Linearized) -> Tensor:
+def _residual(lin: Linearized) -> Tensor:
     """`Result.fun`'s content: the residual f for least squares, the outputs for other losses."""
     return lin.whitened if lin.whitened is not None else lin.outputs
 
@@ -277,7 +279,7 @@ def _decide(
     controller: TrustRegion,
     cost: Tensor,
     new: Linearized,
-    step,
+    step: BatchStep,
     radius: Tensor,
     p_norm: Tensor,
     x_norm: Tensor,
