@@ -253,9 +253,11 @@ class TrustRegion:
 
         Row b of ``fun(x)`` must depend on ``x[b]`` only; each problem gets its
         own radius, counters and status, with the steps and decisions of
-        `solve` (see `trustls.batched`). ``x_scale`` overrides the controller's
-        and may also be a (B, n) tensor; with ``compact=True`` ``fun`` is
-        called as ``fun(x, rows)`` on the running problems ``rows`` only.
+        `solve` (see `trustls.batched` and docs/batched.md). ``fun`` receives
+        the whole batch, finished problems keeping their x, unless
+        ``compact=True``: then it is called as ``fun(x, rows)`` on the running
+        problems ``rows`` only. ``x_scale`` overrides the controller's and may
+        also be a (B, n) tensor. Returns a `BatchResult`.
 
         Examples:
             >>> import torch
