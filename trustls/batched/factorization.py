@@ -7,8 +7,9 @@ to 32 × 32 on CUDA), so a batch of 10⁴ matrices of 50 × 3 pays a per-call
 overhead several times the arithmetic. The factorization here splits the
 work so that the batch dimension is the vectorized one:
 
-1. ``torch.linalg.qr(mode="r")`` of the augmented [J̃ f̃] (``geqrf``; on CUDA
-   cuBLAS's batched QR for small matrices): J̃ = Q R with R of k × n,
+1. Householder QR of the augmented [J̃ f̃] by ``torch.geqrf`` (LAPACK per
+   matrix on the CPU, in place in a buffer the solve reuses; on CUDA cuBLAS's
+   batched QR for small matrices), forming no Q: J̃ = Q R with R of k × n,
    k = min(m, n), and the last column gives h = Qₖᵀ f̃, the residual's
    coordinates in range(J̃) (Golub 1965; Björck 1996, §2.4.1). The normal
    equations are never formed: R carries J̃'s condition number, not its
@@ -18,9 +19,9 @@ work so that the batch dimension is the vectorized one:
    are orthogonal to working precision; then σ_j = ‖W e_j‖ and, with
    U = W diag(σ)⁻¹, J̃ = (QU) diag(σ) Vᵀ. Every rotation acts on all
    problems at once, and a problem whose columns are already orthogonal
-   rotates by the identity. One-sided Jacobi computes the singular values
-   to high relative accuracy (Demmel & Veselić 1992), at least as well as
-   LAPACK's bidiagonal SVD that `DenseLstsq` uses.
+   rotates by the identity. One-sided Jacobi is backward stable, and
+   often more accurate than the bidiagonal SVD for the small singular
+   values (Demmel & Veselić 1992).
 
 The gradient's coordinates of the exact step, s_i·u_iᵀf̃, come out of W
 without a division: s_i u_iᵀ h = (W e_i)ᵀ h.
