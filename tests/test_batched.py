@@ -5,6 +5,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trustls import (
     BatchedJacobianWarning,
@@ -344,3 +346,24 @@ def test_cuda_matches_cpu():
         assert gpu.x.device.type == "cuda"
         torch.testing.assert_close(gpu.status.cpu(), cpu.status)
         torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=1e-8, atol=1e-10)
+
+
+@settings(derandomize=True, max_examples=10, deadline=None)
+@given(
+    batch=st.integers(1, 6),
+    shape=st.sampled_from([(8, 3), (5, 5), (3, 6), (12, 1)]),
+    solver=st.sampled_from(SOLVERS),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_problems_reach_each_least_squares_solution(batch, shape, solver, seed):
+    """fun(x)[b] = A_b x_b − y_b: every problem converges to its own minimum-norm solution, whatever its neighbours."""
+    m, n = shape
+    generator = torch.Generator().manual_seed(seed)
+    A = torch.randn(batch, m, n, generator=generator, dtype=torch.float64)
+    y = torch.randn(batch, m, generator=generator, dtype=torch.float64)
+    fit = TrustRegion(GaussNewtonModel(), solver=solver).solve_batch(
+        lambda x: torch.einsum("bmn,bn->bm", A, x) - y, torch.zeros(batch, n, dtype=torch.float64)
+    )
+    expected = torch.linalg.lstsq(A, y[..., None], driver="gelsd").solution[..., 0]
+    assert fit.success.all()
+    torch.testing.assert_close(fit.x, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
