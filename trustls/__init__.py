@@ -7,6 +7,7 @@ Minimize ½‖r(x)‖² for any PyTorch residual function r::
 """
 
 from trustls.api import least_squares
+from trustls.batched import BatchResult, BatchedJacobianWarning
 from trustls.covariance import CovarianceWarning
 from trustls.curve_fit import curve_fit
 from trustls.models import CurvatureModel, GaussNewtonModel, Linearization
@@ -20,6 +21,8 @@ from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchResult",
+    "BatchedJacobianWarning",
     "BlockJacobi",
     "CovarianceWarning",
     "CurvatureModel",

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from trustls._validation import as_tensor_x0, check_tolerance, check_x0
+from trustls.batched import BatchResult, solve_batch
 from trustls.bounds import as_bounds, subproblem
 from trustls.function import HALF, CountedFunction, HalfPrecision, round_to
 from trustls.models.base import CurvatureModel, Linearization
@@ -217,6 +218,29 @@ class TrustRegion:
                 f"final cost {result.cost:.4e}, first-order optimality {result.optimality:.2e}."
             )
         return result
+
+    def solve_batch(self, fun: Any, x0: Tensor, *, x_scale: Any = None, compact: bool = False) -> BatchResult:
+        """Solve B independent problems at once: ``x0`` is (B, n), ``fun`` maps (B, n) to (B, m).
+
+        Row b of ``fun(x)`` must depend on ``x[b]`` only; each problem gets its
+        own radius, counters and status, with the steps and decisions of
+        `solve` (see `trustls.batched` and docs/batched.md). ``fun`` receives
+        the whole batch, finished problems keeping their x, unless
+        ``compact=True``: then it is called as ``fun(x, rows)`` on the running
+        problems ``rows`` only. ``x_scale`` overrides the controller's and may
+        also be a (B, n) tensor. Returns a `BatchResult`.
+
+        Examples:
+            >>> import torch
+            >>> from trustls import GaussNewtonModel
+            >>> t = torch.linspace(0, 1, 8, dtype=torch.float64)
+            >>> y = torch.stack([2 * torch.exp(-t), 3 * torch.exp(-2 * t)])  # two problems
+            >>> fit = TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(
+            ...     lambda x: x[:, :1] * torch.exp(-x[:, 1:] * t) - y, torch.ones(2, 2, dtype=torch.float64))
+            >>> fit.success.tolist(), fit.x.round(decimals=6).tolist()
+            ([True, True], [[2.0, 1.0], [3.0, 2.0]])
+        """
+        return solve_batch(self, fun, x0, x_scale=x_scale, compact=compact)
 
     def init(self, fun: ResidualFunction, x0: Any) -> TrustRegionState:
         """Check the inputs, evaluate and linearize at ``x0``, and return the initial state.

@@ -1,0 +1,369 @@
+"""TrustRegion.solve_batch against TrustRegion.solve problem by problem, its options and its input errors."""
+
+import doctest
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustls import (
+    BatchedJacobianWarning,
+    BatchResult,
+    BlockJacobi,
+    GaussNewtonModel,
+    Status,
+    TrustRegion,
+)
+from trustls.batched import (
+    controller,
+    factorization,
+    jacobian,
+    lstsq,
+    objective,
+    result,
+    scale,
+)
+
+SOLVERS = ["lstsq", "cg"]
+T = torch.linspace(0.0, 3.0, 20, dtype=torch.float64)
+
+
+def decay(x):
+    """a·exp(−√b·t) + c per row: NaN where b < 0, the region some problems run into."""
+    return x[:, 0:1] * torch.exp(-torch.sqrt(x[:, 1:2]) * T.to(x)) + x[:, 2:3]
+
+
+def mixed_batch():
+    """Problems that converge, run into NaN regions, need many evaluations, or start at the solution."""
+    generator = torch.Generator().manual_seed(1)
+    truth = torch.tensor([[2.0, 1.0, 0.5], [3.0, 4.0, -0.5], [1.5, 0.25, 0.0], [2.0, 1.0, 0.5], [1.0, 9.0, 1.0]])
+    truth = truth.double()
+    data = decay(truth) + 0.02 * torch.randn(5, T.numel(), generator=generator, dtype=torch.float64)
+    data[3] = 1 + 0.4 * T  # increasing: the fit wants √b < 0, and its steps meet NaN
+    data[4] = decay(truth[4:5])[0]  # exact data, started at the solution
+    x0 = torch.tensor([[1.0, 1.0, 0.0], [40.0, 0.01, 5.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 9.0, 1.0]]).double()
+    return data, x0
+
+
+def one(fun_of_batch, data, b):
+    """Problem b alone, as TrustRegion.solve takes it."""
+    row = data[b : b + 1]
+    return lambda x: fun_of_batch(x[None], row)[0]
+
+
+def assert_same_as_single(batch: BatchResult, controller_, fun_of_batch, data, x0, rtol=1e-10):
+    for b in range(x0.shape[0]):
+        single = controller_.solve(one(fun_of_batch, data, b), x0[b])
+        assert (int(batch.status[b]), int(batch.nfev[b]), int(batch.njev[b]), int(batch.nit[b])) == (
+            int(single.status),
+            single.nfev,
+            single.njev,
+            single.nit,
+        ), f"problem {b}"
+        scale_ = float(single.x.abs().max())
+        torch.testing.assert_close(batch.x[b], single.x, rtol=rtol, atol=rtol * scale_)
+        assert float(batch.cost[b]) == pytest.approx(single.cost, rel=rtol, abs=1e-300)
+        # The gradient, near √b's singularity for some, to a looser tolerance.
+        torch.testing.assert_close(batch.grad[b], single.grad, rtol=1e-4, atol=1e-8 * (1 + single.optimality))
+
+
+@pytest.mark.parametrize("max_nfev", [60, 12])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_mixed_batch_matches_single_solves(solver, max_nfev):
+    data, x0 = mixed_batch()
+    controller_ = TrustRegion(GaussNewtonModel(), solver=solver, max_nfev=max_nfev)
+    batch = controller_.solve_batch(lambda x: decay(x) - data, x0)
+    statuses = set(batch.status.tolist())
+    assert Status.GTOL.value in statuses  # the problem that starts at its solution
+    assert Status.MAX_NFEV.value in statuses and (batch.nfev <= max_nfev).all()
+    assert statuses & {Status.FTOL.value, Status.XTOL.value, Status.FTOL_XTOL.value}
+    assert_same_as_single(batch, controller_, lambda x, rows: decay(x) - rows, data, x0)
+    torch.testing.assert_close(x0, mixed_batch()[1])  # not modified
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float32_smoke(solver):
+    data, x0 = mixed_batch()
+    data, x0 = data[[0, 2]], x0[[0, 2]]
+    reference = TrustRegion(GaussNewtonModel(), solver=solver).solve_batch(lambda x: decay(x) - data, x0)
+    data32, x32 = data.float(), x0.float()
+    batch = TrustRegion(GaussNewtonModel(), solver=solver).solve_batch(lambda x: decay(x) - data32, x32)
+    assert batch.x.dtype == torch.float32 and batch.success.all()
+    torch.testing.assert_close(batch.cost, reference.cost, rtol=1e-3, atol=0)
+
+
+def exponential_fits(count=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    truth = torch.stack(
+        [
+            torch.rand(count, generator=generator, dtype=torch.float64) * 4 + 1,
+            torch.rand(count, generator=generator, dtype=torch.float64) * 2.5 + 0.5,
+            torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1,
+        ],
+        1,
+    )
+    data = truth[:, :1] * torch.exp(-truth[:, 1:2] * T) + truth[:, 2:]
+    data = data + 0.05 * torch.randn(data.shape, generator=generator, dtype=torch.float64)
+    return data, torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64).expand(count, 3).clone()
+
+
+def exponential(x, data):
+    return x[:, :1] * torch.exp(-x[:, 1:2] * T) + x[:, 2:] - data
+
+
+def stacked(x, data):
+    """A Python loop over the points, each residual a torch.stack of scalar expressions' columns, with gather."""
+    a, b, c = (x.gather(1, torch.full((x.shape[0], 1), j)).squeeze(1) for j in range(3))
+    return torch.stack([a * torch.exp(-b * float(t)) + c - data[:, i] for i, t in enumerate(T)], dim=1)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_python_loop_function_and_compaction(solver):
+    data, x0 = exponential_fits(8)
+    controller_ = TrustRegion(GaussNewtonModel(), solver=solver)
+    seen = []
+
+    def compact(x, rows):
+        seen.append(rows.numel())
+        return stacked(x, data[rows])
+
+    full = controller_.solve_batch(lambda x: stacked(x, data), x0)
+    packed = controller_.solve_batch(compact, x0, compact=True)
+    assert_same_as_single(full, controller_, stacked, data, x0)
+    for name in ("x", "cost", "nfev", "njev", "nit", "status"):
+        torch.testing.assert_close(packed[name], full[name], rtol=1e-12, atol=0)
+    # Finished problems leave the calls: the batch shrinks to the slowest problem.
+    assert seen[0] == x0.shape[0] and seen[-1] < seen[0] and seen == sorted(seen, reverse=True)
+    assert packed.calls == len(seen) and int(full.nfev.max()) == full.calls
+
+
+@pytest.mark.parametrize("loss", ["soft_l1", "cauchy"])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_robust_loss_matches_single_solves(solver, loss):
+    data, x0 = exponential_fits(3, seed=3)
+    data[:, ::5] += 3.0  # outliers
+    controller_ = TrustRegion(GaussNewtonModel(loss=loss, f_scale=0.1), solver=solver)
+    batch = controller_.solve_batch(lambda x: exponential(x, data), x0)
+    assert batch.success.all()
+    assert_same_as_single(batch, controller_, exponential, data, x0, rtol=1e-9)
+
+
+def test_targets_and_explicit_jacobian():
+    data, x0 = exponential_fits(5, seed=4)
+
+    def outputs(x):
+        return x[:, :1] * torch.exp(-x[:, 1:2] * T) + x[:, 2:]
+
+    def jac(x):
+        e = torch.exp(-x[:, 1:2] * T)
+        return torch.stack([e, -x[:, :1] * T * e, torch.ones_like(e)], dim=2)
+
+    reference = TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(lambda x: outputs(x) - data, x0)
+    with_targets = TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(lambda x: (outputs(x), data), x0)
+    explicit = TrustRegion(GaussNewtonModel(jacobian=jac), solver="lstsq").solve_batch(lambda x: outputs(x) - data, x0)
+    compact = TrustRegion(GaussNewtonModel(jacobian=lambda x, rows: jac(x)), solver="lstsq").solve_batch(
+        lambda x, rows: (outputs(x), data[rows]), x0, compact=True
+    )
+    for batch in (with_targets, explicit, compact):
+        torch.testing.assert_close(batch.x, reference.x, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(batch.nfev, reference.nfev)
+    torch.testing.assert_close(with_targets.fun, reference.fun)  # the residual, outputs − targets
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_reverse_mode_for_more_variables_than_residuals(solver):
+    generator = torch.Generator().manual_seed(5)
+    A = torch.randn(4, 2, 5, generator=generator, dtype=torch.float64)
+    data = torch.randn(4, 2, generator=generator, dtype=torch.float64)
+
+    def fun(x, A=A, data=data):
+        return torch.einsum("bmn,bn->bm", A, x) + 0.1 * (x**2).sum(1, keepdim=True) - data
+
+    x0 = torch.zeros(4, 5, dtype=torch.float64)
+    controller_ = TrustRegion(GaussNewtonModel(), solver=solver)
+    batch = controller_.solve_batch(fun, x0)
+    assert batch.jac.shape == (4, 2, 5)
+    for b in range(4):
+        single = controller_.solve(lambda x, b=b: fun(x[None], A[b : b + 1], data[b : b + 1])[0], x0[b])
+        torch.testing.assert_close(batch.x[b], single.x, rtol=1e-10, atol=1e-12)
+        assert int(batch.nfev[b]) == single.nfev
+
+
+def test_vmap_failure_falls_back_to_one_tangent_per_call():
+    data, x0 = exponential_fits(4, seed=6)
+
+    def noisy(x):  # random data drawn inside fun from a seeded generator: vmap refuses randomness
+        noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return x[:, :1] * torch.exp(-x[:, 1:2] * T) + x[:, 2:] - data - 0.01 * noise
+
+    noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    reference = TrustRegion(GaussNewtonModel()).solve_batch(
+        lambda x: x[:, :1] * torch.exp(-x[:, 1:2] * T) + x[:, 2:] - data - 0.01 * noise, x0
+    )
+    with pytest.warns(BatchedJacobianWarning, match="vmap could not batch fun"):
+        batch = TrustRegion(GaussNewtonModel()).solve_batch(noisy, x0)
+    torch.testing.assert_close(batch.x, reference.x, rtol=1e-12, atol=0)
+    assert batch.calls > reference.calls  # three tangents, three calls per evaluation
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_x_scale_per_problem_and_jacobi(solver):
+    data, x0 = exponential_fits(4, seed=7)
+    rows = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [2.0, 1.0, 1.0], [1.0, 1.0, 4.0]], dtype=torch.float64)
+    batch = TrustRegion(GaussNewtonModel(), solver=solver).solve_batch(lambda x: stacked(x, data), x0, x_scale=rows)
+    jacobi = TrustRegion(GaussNewtonModel(), solver=solver, x_scale="jac").solve_batch(lambda x: stacked(x, data), x0)
+    for b in range(4):
+        fun = one(stacked, data, b)
+        single = TrustRegion(GaussNewtonModel(), solver=solver, x_scale=rows[b]).solve(fun, x0[b])
+        torch.testing.assert_close(batch.x[b], single.x, rtol=1e-10, atol=1e-12)
+        single = TrustRegion(GaussNewtonModel(), solver=solver, x_scale="jac").solve(fun, x0[b])
+        torch.testing.assert_close(jacobi.x[b], single.x, rtol=1e-10, atol=1e-12)
+        assert int(jacobi.nfev[b]) == single.nfev
+
+
+def test_result_record():
+    data, x0 = mixed_batch()
+    batch = TrustRegion(GaussNewtonModel(), solver="lstsq", max_nfev=12).solve_batch(lambda x: decay(x) - data, x0)
+    assert batch["x"] is batch.x and "success" in batch and "calls" in list(batch.keys())
+    assert batch.statuses[4] is Status.GTOL and batch.messages[4] == Status.GTOL.message
+    torch.testing.assert_close(batch.success, batch.status > 0)
+    single = batch.problem(0)
+    assert single.status == batch.statuses[0] and single.x is not None and single.cost == float(batch.cost[0])
+    assert single.nfev == int(batch.nfev[0]) and single.jac.shape == (T.numel(), 3)
+    torch.testing.assert_close(batch.optimality, batch.grad.abs().amax(1))
+    assert repr(batch).startswith("BatchResult(problems=5, succeeded=")
+    with pytest.raises(IndexError, match="index must be an int"):
+        batch.problem(5)
+    with pytest.raises(dataclasses_error()):
+        batch.x = None
+
+
+def dataclasses_error():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+def test_vmap_over_solve_does_not_work():
+    """The documented limitation: the controller's control flow reads values from the device."""
+    x0 = torch.ones(3, 2, dtype=torch.float64)
+    solver = TrustRegion(GaussNewtonModel())
+    with pytest.raises(RuntimeError, match="data-dependent control flow"):
+        torch.func.vmap(lambda start: solver.solve(lambda x: x[0] * torch.exp(-x[1] * T) - 1, start).x)(x0)
+
+
+def test_input_errors():
+    data, x0 = exponential_fits(3)
+
+    def fun(x):
+        return stacked(x, data)
+
+    model = GaussNewtonModel()
+    with pytest.raises(ValueError, match="callback is not supported by solve_batch"):
+        TrustRegion(model, callback=print).solve_batch(fun, x0)
+    with pytest.raises(TypeError, match="x_scale=BlockJacobi is not supported by solve_batch"):
+        TrustRegion(model, x_scale=BlockJacobi(((1, 3),))).solve_batch(fun, x0)
+    with pytest.raises(TypeError, match="solve_batch supports least squares and scipy's robust losses"):
+        TrustRegion(GaussNewtonModel(loss="poisson_nll")).solve_batch(fun, x0)
+    with pytest.raises(TypeError, match="x0 must have dtype float32 or float64 for solve_batch, got torch.float16"):
+        TrustRegion(model).solve_batch(fun, x0.half())
+    with pytest.raises(
+        ValueError, match=r"x0 must be a non-empty 2-D tensor \(B problems, n variables\), got shape \(3,\)"
+    ):
+        TrustRegion(model).solve_batch(fun, x0[0])
+    bad = x0.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"x0 must be finite, got NaN or inf entries in problems \[1\]"):
+        TrustRegion(model).solve_batch(fun, bad)
+    with pytest.raises(ValueError, match=r"fun\(x0\) must be finite, got NaN or inf residuals in problems \[0, 2\]"):
+        TrustRegion(model).solve_batch(lambda x: fun(x) / torch.tensor([0.0, 1.0, 0.0])[:, None] * 0, x0)
+    with pytest.raises(
+        ValueError, match=r"fun must return one row of outputs per problem, shape \(3, m\), got shape \(60,\)"
+    ):
+        TrustRegion(model).solve_batch(lambda x: fun(x).reshape(-1), x0)
+    with pytest.raises(ValueError, match=r"x_scale must be 'jac', .* got a tensor of shape \(2, 3\)"):
+        TrustRegion(model).solve_batch(fun, x0, x_scale=torch.ones(2, 3))
+    with pytest.raises(TypeError, match="compact must be a bool, got int"):
+        TrustRegion(model).solve_batch(fun, x0, compact=1)
+    with pytest.raises(ValueError, match="fun must not modify its argument in place"):
+        TrustRegion(model).solve_batch(lambda x: fun(x.mul_(1)), x0)
+
+
+def test_factorization_against_torch_svd(generator):
+    for m, n in [(30, 3), (4, 6), (5, 5), (2, 1)]:
+        J = torch.randn(7, m, n, generator=generator, dtype=torch.float64)
+        if n > 1:
+            J[:, :, -1] = J[:, :, 0] + 1e-9 * J[:, :, -1]  # nearly rank deficient
+        f = torch.randn(7, m, generator=generator, dtype=torch.float64)
+        R, h = factorization.triangular_factor(J.transpose(1, 2), f)
+        sigma, V, W = factorization.jacobi_svd(R)
+        U, s, _ = torch.linalg.svd(J, full_matrices=False)
+        k = min(m, n)
+        torch.testing.assert_close(sigma[:k].T, s, rtol=0, atol=1e-14 * float(s.max()))
+        torch.testing.assert_close(
+            V.permute(2, 1, 0) @ V.permute(2, 0, 1), torch.eye(n, dtype=J.dtype).expand(7, n, n), rtol=0, atol=1e-14
+        )
+        torch.testing.assert_close(
+            torch.einsum("bmn,bnj->bmj", J, V.permute(2, 0, 1)).norm(dim=1), sigma.T, rtol=0, atol=1e-13
+        )
+        coordinates = (W * h[:, None, :]).sum(0)[:k].T  # s_i u_iᵀf, up to the sign of u_i
+        torch.testing.assert_close(
+            coordinates.abs(), (s * (U.transpose(1, 2) @ f[..., None])[..., 0]).abs(), rtol=0, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize(
+    "module", [controller, factorization, jacobian, lstsq, objective, result, scale], ids=lambda module: module.__name__
+)
+def test_docstring_examples(module):
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_trust_region_solve_batch_example():
+    import trustls.trust_region
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        finder = doctest.DocTestFinder()
+        runner = doctest.DocTestRunner()
+        for test in finder.find(trustls.trust_region.TrustRegion.solve_batch, globs={"TrustRegion": TrustRegion}):
+            runner.run(test)
+    assert runner.failures == 0
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    data, x0 = mixed_batch()
+    gpu_data = data.cuda()
+    for solver in SOLVERS:
+        controller_ = TrustRegion(GaussNewtonModel(), solver=solver, max_nfev=12)
+        cpu = controller_.solve_batch(lambda x: decay(x) - data, x0)
+        gpu = controller_.solve_batch(lambda x: decay(x) - gpu_data, x0.cuda())
+        assert gpu.x.device.type == "cuda"
+        torch.testing.assert_close(gpu.status.cpu(), cpu.status)
+        torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=1e-8, atol=1e-10)
+
+
+@settings(derandomize=True, max_examples=10, deadline=None)
+@given(
+    batch=st.integers(1, 6),
+    shape=st.sampled_from([(8, 3), (5, 5), (3, 6), (12, 1)]),
+    solver=st.sampled_from(SOLVERS),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_problems_reach_each_least_squares_solution(batch, shape, solver, seed):
+    """fun(x)[b] = A_b x_b − y_b: every problem converges to its own minimum-norm solution, whatever its neighbours."""
+    m, n = shape
+    generator = torch.Generator().manual_seed(seed)
+    A = torch.randn(batch, m, n, generator=generator, dtype=torch.float64)
+    y = torch.randn(batch, m, generator=generator, dtype=torch.float64)
+    fit = TrustRegion(GaussNewtonModel(), solver=solver).solve_batch(
+        lambda x: torch.einsum("bmn,bn->bm", A, x) - y, torch.zeros(batch, n, dtype=torch.float64)
+    )
+    expected = torch.linalg.lstsq(A, y[..., None], driver="gelsd").solution[..., 0]
+    assert fit.success.all()
+    torch.testing.assert_close(fit.x, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
