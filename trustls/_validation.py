@@ -7,7 +7,14 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["as_tensor_x0", "check_tolerance", "check_x0"]
+__all__ = [
+    "as_tensor_x0",
+    "check_choice",
+    "check_positive_int",
+    "check_positive_number",
+    "check_tolerance",
+    "check_x0",
+]
 
 
 def as_tensor_x0(x0: object) -> Tensor:
@@ -49,3 +56,25 @@ def check_tolerance(name: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite non-negative number or None, got {value!r}")
     return float(value)
+
+
+def check_positive_int(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def check_positive_number(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: tuple) -> object:
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be {', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}, got {value!r}")
+    return value

@@ -43,7 +43,6 @@ __all__ = [
     "JacobiScale",
     "ScalePolicy",
     "Scaling",
-    "block_normal_diagonal",
     "resolve_x_scale",
 ]
 
@@ -258,56 +257,24 @@ class BlockJacobi(ScalePolicy):
         if self.n != x.shape[0]:
             raise ValueError(f"x_scale=BlockJacobi must cover the {x.shape[0]} variables, its blocks cover {self.n}")
 
-    def scaling(self, model, linearization, previous, iteration) -> Scaling:
-        return BlockScaling(_block_jacobi(linearization, self))
-
-
-# Up to this many blocks in a group, sum each block's outer products with one
-# matrix product (BLAS); beyond it, one batched outer product and a scatter.
-_MAX_LOOPED_BLOCKS = 1024
-
-
-def _sparse_blocks(J: SparseOperator, offset: int, count: int, size: int) -> Tensor:
-    key = ("block", offset, count, size)
-    plan = J.pattern.cache.get(key)
-    if plan is None:
-        rows, cols = J.pattern.rows, J.pattern.cols
-        entries = torch.nonzero((cols >= offset) & (cols < offset + count * size)).squeeze(1)
-        local = cols[entries] - offset
-        block, position = local // size, local % size
-        # One slot per (block, row) pair, holding the row's entries in that
-        # block; ordering the key by block first groups each block's slots.
-        slots, slot = torch.unique(block * J.shape[0] + rows[entries], return_inverse=True)
-        slot_block = slots // J.shape[0]
-        plan = (entries, slot * size + position, slot_block, torch.bincount(slot_block, minlength=count).tolist())
-        J.pattern.cache[key] = plan
-    entries, flat, slot_block, counts = plan
-    n_slots = slot_block.numel()
-    R = torch.zeros(n_slots * size, dtype=J.dtype, device=J.device).index_add_(0, flat, J.values[entries])
-    R = R.view(n_slots, size)
-    if count <= _MAX_LOOPED_BLOCKS:
-        return torch.stack([rows.T @ rows for rows in torch.split(R, counts)])
-    outer = (R[:, :, None] * R[:, None, :]).reshape(n_slots, size * size)
-    blocks = torch.zeros(count, size * size, dtype=J.dtype, device=J.device).index_add_(0, slot_block, outer)
-    return blocks.view(count, size, size)
-
-
-def block_normal_diagonal(linearization: Linearization, spec: BlockJacobi) -> list[Tensor]:
-    """The diagonal blocks of JᵀJ, one ``(count, size, size)`` tensor per group.
-
-    From the sparse Jacobian's nonzeros (the grouping of entries into row
-    blocks is computed once per sparsity pattern), or from a dense J.
-    """
-    J = linearization.jacobian
-    n = J.shape[1]
-    if spec.n != n:
-        raise ValueError(f"x_scale=BlockJacobi must cover the {n} variables, its blocks cover {spec.n}")
-    if isinstance(J, SparseOperator):
+    def partition(self) -> tuple[Tensor, ...]:
+        """The blocks as groups of column indices, one ``(count, size)`` tensor per group."""
         groups, offset = [], 0
-        for count, size in spec.blocks:
-            groups.append(_sparse_blocks(J, offset, count, size))
+        for count, size in self.blocks:
+            groups.append(torch.arange(offset, offset + count * size).view(count, size))
             offset += count * size
-        return groups
+        return tuple(groups)
+
+    def scaling(self, model, linearization, previous, iteration) -> Scaling:
+        return BlockScaling(block_jacobi_scaling(_sparse_jacobian(linearization), self.partition(), self.damping))
+
+
+def _sparse_jacobian(linearization: Linearization) -> SparseOperator:
+    """J as a `SparseOperator`: as given, or from a dense J (formed from n products up to n = 256)."""
+    J = linearization.jacobian
+    if isinstance(J, SparseOperator):
+        return J
+    n = J.shape[1]
     if linearization.jacobian_matrix is not None:
         matrix = linearization.jacobian_matrix
     elif isinstance(J, DenseOperator) or n <= _MAX_IMPLICIT_N:
@@ -315,32 +282,9 @@ def block_normal_diagonal(linearization: Linearization, spec: BlockJacobi) -> li
     else:
         raise ValueError(
             f"x_scale=BlockJacobi needs a dense or sparse Jacobian when n > {_MAX_IMPLICIT_N}: "
-            "pass GaussNewtonModel(jacobian=...) returning a SparseOperator"
+            "pass GaussNewtonModel(jac_sparsity=...) or a jacobian returning a sparse tensor"
         )
-    groups, offset = [], 0
-    for count, size in spec.blocks:
-        columns = matrix[:, offset : offset + count * size].reshape(matrix.shape[0], count, size)
-        groups.append(torch.einsum("rki,rkj->kij", columns, columns))
-        offset += count * size
-    return groups
-
-
-def _block_jacobi(linearization: Linearization, spec: BlockJacobi) -> BlockDiagonalOperator:
-    """T = L⁻ᵀ (and T⁻¹ = Lᵀ) from the Cholesky factors of the regularized blocks."""
-    transforms, inverses = [], []
-    for B in block_normal_diagonal(linearization, spec):
-        d = torch.diagonal(B, dim1=1, dim2=2)
-        # A variable no residual depends on has d = 0: scale it by 1, as "jac" does.
-        shift = torch.where(d > 0, spec.damping * d, torch.ones_like(d))
-        L, info = torch.linalg.cholesky_ex(B + torch.diag_embed(shift))
-        if bool((info != 0).any()):
-            jitter = math.sqrt(torch.finfo(B.dtype).eps) * d.amax(dim=1, keepdim=True)
-            L = torch.linalg.cholesky(B + torch.diag_embed(shift + jitter))
-        eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device).expand_as(B)
-        L_inverse = torch.linalg.solve_triangular(L, eye, upper=False)
-        transforms.append(L_inverse.transpose(1, 2))
-        inverses.append(L.transpose(1, 2))
-    return BlockDiagonalOperator(transforms, inverses)
+    return SparseOperator.from_tensor(matrix.to_sparse())
 
 
 def resolve_x_scale(x_scale: object) -> ScalePolicy | None:

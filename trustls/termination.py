@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["effective_tolerance", "step_termination"]
+__all__ = ["effective_tolerance", "gradient_test", "step_termination"]
 
 
 def effective_tolerance(tol: float | None, eps: float) -> float:
@@ -43,3 +43,9 @@ def step_termination(
     xtol_satisfied = step_norm < xtol * (xtol + x_norm)
     code = 2 * ftol_satisfied.to(torch.int64) + 3 * xtol_satisfied.to(torch.int64)
     return torch.where(code == 5, 4, code)
+
+
+def gradient_test(gradient: Tensor) -> tuple[float, bool]:
+    """‖g‖∞ (for gtol) and whether g is finite, in one read."""
+    largest, finite = torch.stack([gradient.abs().max().double(), torch.isfinite(gradient).all().double()]).tolist()
+    return largest, finite > 0

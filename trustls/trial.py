@@ -10,6 +10,7 @@ linearized, and a non-finite gradient there turns the trial into a failure.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,12 +21,12 @@ from trustls.function import HALF, CountedFunction, round_to
 from trustls.models.base import Linearization
 from trustls.result import IterationInfo, Status
 from trustls.state import TrustRegionState
-from trustls.termination import effective_tolerance
+from trustls.termination import effective_tolerance, gradient_test
 
 if TYPE_CHECKING:
     from trustls.trust_region import TrustRegion
 
-__all__ = ["Outcome", "Trial"]
+__all__ = ["Outcome", "Trial", "callback_stops"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Trial:
         if accepted and self.relinearize:
             new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
             self.counters["njev"] += 1
-            gradient_max, finite = method._gradient_check(new_lin)
+            gradient_max, finite = gradient_test(new_lin.gradient)
             if not finite:  # a failed trial: shrink and try again from x
                 accepted, new_lin, status = False, None, None
                 next_radius = method.radius_policy.shrink_factor * decision.step_norm
@@ -96,3 +97,23 @@ class Trial:
             print(f"{state.nit:>10}{info.nfev:>12}{cost:>14.4e}{reduction:>16.2e}"
                   f"{decision.step_norm:>12.2e}{float(self.problem.optimality):>12.2e}")
         return Outcome(info, status, new_lin, x_scaled_norm)
+
+
+def callback_stops(callback: Callable[[IterationInfo], Any], info: IterationInfo) -> bool:
+    """Call ``callback(info)``: whether it asks to stop (a true value, or `StopIteration`, as scipy).
+
+    A callback that modifies ``info.x`` in place (the solver's iterate) is refused.
+    """
+    version = info.x._version
+    try:
+        value = callback(info)
+    except StopIteration:
+        value = True
+    if info.x._version != version:
+        raise ValueError("callback must not modify info.x in place: it is the solver's iterate (copy it first)")
+    if value is None:
+        return False
+    try:
+        return bool(value)
+    except (RuntimeError, ValueError) as error:  # a tensor of several elements
+        raise TypeError(f"callback must return a bool or None, got {type(value).__name__}: {error}") from None

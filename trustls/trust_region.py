@@ -33,7 +33,14 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from trustls._validation import as_tensor_x0, check_tolerance, check_x0
+from trustls._validation import (
+    as_tensor_x0,
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+    check_tolerance,
+    check_x0,
+)
 from trustls.batched import BatchResult, solve_batch
 from trustls.bounds import as_bounds, subproblem
 from trustls.function import HALF, CountedFunction, HalfPrecision, round_to
@@ -44,8 +51,8 @@ from trustls.result import IterationInfo, Result, Status
 from trustls.scaling import JacobiScale, resolve_x_scale
 from trustls.state import TrustRegionState
 from trustls.subproblem import SubproblemSolver, resolve_solver
-from trustls.termination import effective_tolerance
-from trustls.trial import Trial
+from trustls.termination import effective_tolerance, gradient_test
+from trustls.trial import Trial, callback_stops
 
 __all__ = ["Callback", "IterationInfo", "ResidualFunction", "TrustRegion", "TrustRegionState"]
 
@@ -59,24 +66,6 @@ class Callback(Protocol):
     """``callback(info) -> bool | None``: return a true value (or raise `StopIteration`) to stop."""
 
     def __call__(self, info: IterationInfo, /) -> Any: ...
-
-
-def _check_positive_int(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
-
-
-def _stops(value: object) -> bool:
-    """Whether a callback's return value asks to stop: any true value (``True``, 1, a true tensor)."""
-    if value is None:
-        return False
-    try:
-        return bool(value)
-    except (RuntimeError, ValueError) as error:  # a tensor of several elements
-        raise TypeError(f"callback must return a bool or None, got {type(value).__name__}: {error}") from None
 
 
 class TrustRegion:
@@ -158,14 +147,8 @@ class TrustRegion:
         if self.ftol is None and self.xtol is None and self.gtol is None:
             raise ValueError("ftol, xtol and gtol must not all be None: nothing could stop the solve but max_nfev")
         self.x_scale = resolve_x_scale(x_scale)
-        self.max_nfev = _check_positive_int("max_nfev", max_nfev)
-        if initial_radius is not None and (
-            isinstance(initial_radius, bool)
-            or not isinstance(initial_radius, (int, float))
-            or not 0 < initial_radius < math.inf
-        ):
-            raise ValueError(f"initial_radius must be a positive finite number or None, got {initial_radius!r}")
-        self.initial_radius = None if initial_radius is None else float(initial_radius)
+        self.max_nfev = check_positive_int("max_nfev", max_nfev)
+        self.initial_radius = check_positive_number("initial_radius", initial_radius)
         self.bounds = bounds
         policy = self.x_scale if self.x_scale is not None else resolve_x_scale(self.solver.default_x_scale)
         if bounds is not None and isinstance(policy, JacobiScale):
@@ -178,9 +161,7 @@ class TrustRegion:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
         self.callback = callback
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        self.verbose = verbose
+        self.verbose = check_choice("verbose", verbose, (0, 1, 2))
         if not isinstance(radius_policy, RadiusPolicy):
             raise TypeError(f"radius_policy must be a RadiusPolicy, got {type(radius_policy).__name__}")
         self.radius_policy = radius_policy
@@ -301,7 +282,7 @@ class TrustRegion:
         `trustls.bounds.Bounds`.
         """
         x = linearization.x
-        gradient_max, finite = self._gradient_check(linearization)
+        gradient_max, finite = gradient_test(linearization.gradient)
         if not finite:
             raise ValueError(
                 "the gradient of the cost at x0 must be finite, got NaN or inf entries (is fun differentiable "
@@ -334,7 +315,7 @@ class TrustRegion:
                 f"linearization must be at a point of the state's shape {tuple(state.x.shape)}, "
                 f"got {tuple(linearization.x.shape)}"
             )
-        _, finite = self._gradient_check(linearization)
+        _, finite = gradient_test(linearization.gradient)
         if not finite:
             raise ValueError("the gradient of the cost must be finite, got NaN or inf entries")
         iteration = state.nit if iteration is None else iteration
@@ -386,7 +367,7 @@ class TrustRegion:
             outcome = trial.run(radius)
             trials += 1
             status, radius = outcome.status, outcome.info.next_radius
-            if self.callback is not None and self._callback_stops(outcome.info):
+            if self.callback is not None and callback_stops(self.callback, outcome.info):
                 status = Status.CALLBACK
             if outcome.info.accepted or status is not None:
                 break
@@ -449,20 +430,3 @@ class TrustRegion:
     @staticmethod
     def _function(fun: ResidualFunction, dtype: torch.dtype) -> CountedFunction:
         return CountedFunction(HalfPrecision(fun, dtype) if dtype in HALF else fun)
-
-    @staticmethod
-    def _gradient_check(linearization: Linearization) -> tuple[float, bool]:
-        """‖g‖∞ and whether g is finite, in one read."""
-        g = linearization.gradient
-        largest, finite = torch.stack([g.abs().max().double(), torch.isfinite(g).all().double()]).tolist()
-        return largest, finite > 0
-
-    def _callback_stops(self, info: IterationInfo) -> bool:
-        version = info.x._version
-        try:
-            stop = _stops(self.callback(info))
-        except StopIteration:
-            stop = True
-        if info.x._version != version:
-            raise ValueError("callback must not modify info.x in place: it is the solver's iterate (copy it first)")
-        return stop

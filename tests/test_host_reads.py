@@ -1,0 +1,69 @@
+"""How often the host reads a device value during a solve (issue 12: scalars stay tensors).
+
+On a GPU every read of a tensor's value (``.item()``, ``float()``, ``bool()``,
+``.tolist()``) waits for the device. The controller reads once per trial (the
+decision), once per accepted point (the gradient test), `SteihaugCG` once per
+CG iteration, `DenseLstsq` once per point and once per secular-equation
+iteration. These tests count the reads on the CPU, where the same code runs, by
+wrapping the tensor methods that read.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+from trustls import GaussNewtonModel, TrustRegion
+from trustls.problems.structured import extended_rosenbrock
+
+READS = ("tolist", "item", "__float__", "__int__", "__bool__", "__index__")
+
+
+@contextlib.contextmanager
+def counting_reads():
+    counts = {"reads": 0}
+    saved = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def wrap(method):
+        def counted(self, *args, **kwargs):
+            counts["reads"] += 1
+            return method(self, *args, **kwargs)
+
+        return counted
+
+    for name, method in saved.items():
+        setattr(torch.Tensor, name, wrap(method))
+    try:
+        yield counts
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def solve_counting(method, problem):
+    state = method.init(problem.residual, problem.x0)
+    with counting_reads() as counts:
+        while state.status is None:
+            state = method.step(problem.residual, state)
+    return method.result(state), counts["reads"]
+
+
+@pytest.mark.parametrize("x_scale", ["jac", 1.0])
+def test_cg_reads_once_per_trial_point_and_cg_iteration(x_scale):
+    problem = extended_rosenbrock(100)
+    method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=x_scale)
+    result, reads = solve_counting(method, problem)
+    trials = result.nfev - 1
+    accepted = result.njev - 1
+    # A rejected trial answered from the stored CG path reads once more (the crossing's τ).
+    assert reads <= trials + accepted + result.inner_iterations + (trials - accepted)
+    assert reads >= trials + accepted + result.inner_iterations
+
+
+def test_lstsq_reads_once_per_trial_point_and_secular_iteration():
+    problem = extended_rosenbrock(100)
+    method = TrustRegion(GaussNewtonModel(), solver="lstsq")
+    result, reads = solve_counting(method, problem)
+    trials = result.nfev - 1
+    points = result.njev - 1
+    assert reads == trials + 2 * points + result.inner_iterations
