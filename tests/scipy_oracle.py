@@ -72,3 +72,17 @@ def scipy_least_squares_sparse(residual, x0, jac_sparsity, **options):
 
     x0 = x0.detach().numpy().astype(np.float64)
     return scipy.optimize.least_squares(fun, x0, jac_sparsity=pattern, method="trf", **options)
+
+
+def scipy_make_strictly_feasible(x, lb, ub, rstep=1e-10):
+    """scipy's ``make_strictly_feasible`` (optimize._lsq.common), on numpy arrays: test data as scipy builds it."""
+    from scipy.optimize._lsq.common import make_strictly_feasible
+
+    return make_strictly_feasible(x, lb, ub, rstep=rstep)
+
+
+def scipy_cl_scaling_vector(x, g, lb, ub):
+    """scipy's Coleman-Li scaling vector v (``CL_scaling_vector``) at x for the gradient g, on numpy arrays."""
+    from scipy.optimize._lsq.common import CL_scaling_vector
+
+    return CL_scaling_vector(x, g, lb, ub)[0]
