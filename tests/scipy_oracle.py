@@ -63,9 +63,14 @@ def scipy_least_squares_sparse(residual, x0, jac_sparsity, **options):
     """scipy's trf from ``residual`` alone, with finite differences grouped by ``jac_sparsity``.
 
     What a scipy user with a sparsity pattern runs (``jac="2-point"``, the
-    default); ``jac_sparsity`` is a dense bool tensor or a numpy array.
+    default); ``jac_sparsity`` is a dense bool tensor, a numpy array or a scipy sparse matrix.
     """
-    pattern = jac_sparsity.numpy() if isinstance(jac_sparsity, torch.Tensor) else np.asarray(jac_sparsity)
+    if isinstance(jac_sparsity, torch.Tensor):
+        pattern = jac_sparsity.numpy()
+    elif hasattr(jac_sparsity, "tocoo"):  # a scipy sparse pattern, as scipy takes it
+        pattern = jac_sparsity
+    else:
+        pattern = np.asarray(jac_sparsity)
 
     def fun(x):
         return residual(torch.from_numpy(x)).detach().numpy()
