@@ -344,3 +344,13 @@ def test_trustls_solver_keyword_and_lm_defaults():
     res = least_squares(rosenbrock, [-2.0, 1.0], solver="cg", initial_radius=0.5)
     assert res.success and isinstance(res.jac, LinearOperator)
     assert trustls.least_squares(rosenbrock, [-2.0, 1.0], method="lm").success
+
+
+def test_lm_takes_bounds_that_bound_nothing():
+    # scipy's rule: "lm" refuses bounds unless every lb is -inf and every ub +inf, in any form.
+    reference = least_squares(rosenbrock, [-2.0, 1.0], method="lm")
+    for free in (Bounds(np.full(2, -np.inf), np.full(2, np.inf)), (np.full(2, -np.inf), np.inf), None):
+        torch.testing.assert_close(least_squares(rosenbrock, [-2.0, 1.0], method="lm", bounds=free).x, reference.x,
+                                   rtol=0, atol=0)
+    with pytest.raises(ValueError, match="Method 'lm' doesn't support bounds."):
+        least_squares(rosenbrock, [-2.0, 1.0], method="lm", bounds=Bounds(ub=[np.inf, 5.0]))

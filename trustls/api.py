@@ -19,6 +19,7 @@ import torch
 
 from trustls._scipy_inputs import UserJacobian, as_pattern, residual_function, scipy_callback
 from trustls._validation import as_tensor_x0, check_x0
+from trustls.bounds import as_bounds
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.result import Result
@@ -156,10 +157,8 @@ def least_squares(
             "method='dogbox' is not supported: use method='trf' (the default), which takes bounds by Coleman-Li "
             "scaling with reflective steps"
         )
-    free = bounds is None or (
-        isinstance(bounds, (tuple, list)) and len(bounds) == 2
-        and all(isinstance(b, (int, float)) and math.isinf(b) for b in bounds)
-    )
+    x0 = check_x0(as_tensor_x0(x0))
+    free = as_bounds(bounds, x0) is None  # None, or ±inf everywhere (arrays, a scipy Bounds())
     if method == "lm" and not free:
         raise ValueError("Method 'lm' doesn't support bounds.")
     if kwargs is not None and not isinstance(kwargs, Mapping):
@@ -181,16 +180,16 @@ def least_squares(
     if x_scale is None:
         x_scale = "jac" if method == "lm" else 1.0
     model = GaussNewtonModel(loss=loss, f_scale=f_scale, jacobian=jacobian, jac_sparsity=jac_sparsity)
-    x0 = check_x0(as_tensor_x0(x0))
-    sparse = jac_sparsity is not None
+    n = x0.shape[0]
+    controller = TrustRegion(
+        model, solver=_solver(method, tr_solver, tr_options, solver, n, sparse=jac_sparsity is not None),
+        ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev, initial_radius=initial_radius,
+        bounds=None if free else bounds, callback=scipy_callback(callback), verbose=verbose,
+    )
     if jacobian is not None and solver is None and tr_solver is None and method != "lm":
         # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
+        # All arguments are checked by now; the solve's first linearization reuses this J.
         J0 = jacobian.probe(x0)
-        sparse = isinstance(J0, LinearOperator) or J0.layout != torch.strided
-    chosen = _solver(method, tr_solver, tr_options, solver, x0.shape[0], sparse)
-    controller = TrustRegion(
-        model, solver=chosen, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
-        initial_radius=initial_radius, bounds=None if free else bounds, callback=scipy_callback(callback),
-        verbose=verbose,
-    )
+        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
+            controller = controller.replace(solver=_solver(method, None, tr_options, None, n, sparse=True))
     return controller.solve(residual_function(fun, args, kwargs), x0)
