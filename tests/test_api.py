@@ -354,3 +354,26 @@ def test_lm_takes_bounds_that_bound_nothing():
                                    rtol=0, atol=0)
     with pytest.raises(ValueError, match="Method 'lm' doesn't support bounds."):
         least_squares(rosenbrock, [-2.0, 1.0], method="lm", bounds=Bounds(ub=[np.inf, 5.0]))
+
+
+@pytest.mark.cuda
+def test_scipy_inputs_on_the_device(device):
+    # Bounds, a loss, and Jacobians from numpy and scipy.sparse (host values moved to x's device).
+    import scipy.sparse
+
+    t = torch.linspace(0, 1, 30, dtype=F64)
+
+    def fun(b):
+        return b[0] * torch.exp(-b[1] * t.to(b.device)) - 2.0 * torch.exp(-1.5 * t.to(b.device))
+
+    def jac_numpy(b):
+        e = np.exp(-float(b[1]) * t.numpy())
+        return np.stack([e, -float(b[0]) * t.numpy() * e], axis=1)
+
+    x0 = torch.tensor([1.0, 1.0], dtype=F64, device=device)
+    reference = least_squares(fun, x0.cpu(), bounds=([0, 0], [5, 1.4]), loss="soft_l1")
+    for jac in ("2-point", jac_numpy, lambda b: scipy.sparse.csr_array(jac_numpy(b))):
+        res = least_squares(fun, x0, jac, bounds=([0, 0], [5, 1.4]), loss="soft_l1")
+        assert res.x.device == device and res.active_mask.tolist() == [0, 1]
+        torch.testing.assert_close(res.x.cpu(), reference.x, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(res.standard_errors().cpu(), reference.standard_errors(), rtol=1e-6, atol=0)
