@@ -63,12 +63,31 @@ def scipy_least_squares_sparse(residual, x0, jac_sparsity, **options):
     """scipy's trf from ``residual`` alone, with finite differences grouped by ``jac_sparsity``.
 
     What a scipy user with a sparsity pattern runs (``jac="2-point"``, the
-    default); ``jac_sparsity`` is a dense bool tensor or a numpy array.
+    default); ``jac_sparsity`` is a dense bool tensor, a numpy array or a scipy sparse matrix.
     """
-    pattern = jac_sparsity.numpy() if isinstance(jac_sparsity, torch.Tensor) else np.asarray(jac_sparsity)
+    if isinstance(jac_sparsity, torch.Tensor):
+        pattern = jac_sparsity.numpy()
+    elif hasattr(jac_sparsity, "tocoo"):  # a scipy sparse pattern, as scipy takes it
+        pattern = jac_sparsity
+    else:
+        pattern = np.asarray(jac_sparsity)
 
     def fun(x):
         return residual(torch.from_numpy(x)).detach().numpy()
 
     x0 = x0.detach().numpy().astype(np.float64)
     return scipy.optimize.least_squares(fun, x0, jac_sparsity=pattern, method="trf", **options)
+
+
+def scipy_make_strictly_feasible(x, lb, ub, rstep=1e-10):
+    """scipy's ``make_strictly_feasible`` (optimize._lsq.common), on numpy arrays: test data as scipy builds it."""
+    from scipy.optimize._lsq.common import make_strictly_feasible
+
+    return make_strictly_feasible(x, lb, ub, rstep=rstep)
+
+
+def scipy_cl_scaling_vector(x, g, lb, ub):
+    """scipy's Coleman-Li scaling vector v (``CL_scaling_vector``) at x for the gradient g, on numpy arrays."""
+    from scipy.optimize._lsq.common import CL_scaling_vector
+
+    return CL_scaling_vector(x, g, lb, ub)[0]

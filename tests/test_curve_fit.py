@@ -22,6 +22,7 @@ from scipy_oracle import scipy_curve_fit
 import trustls
 from trustls import CovarianceWarning, curve_fit
 from trustls.covariance import covariance
+from trustls.operators import LinearOperator
 from trustls.problems import nist
 
 F64 = torch.float64
@@ -344,6 +345,120 @@ def test_feasible_start_is_scipys():
     lb, ub = fit_data.prepare_bounds((0, [3.0, 1.0, 0.5]), 3, F64, torch.device("cpu"))
     assert lb.tolist() == [0.0, 0.0, 0.0] and ub.tolist() == [3.0, 1.0, 0.5]
     assert fit_data.is_bounded(lb, ub) and not fit_data.is_bounded(*fit_data.prepare_bounds((-inf, inf), 2, F64, "cpu"))
+
+
+# -- bounds, Jacobians, solvers, losses (scipy's least_squares options) ------------------------
+
+
+def _jac(x, a, b, c):
+    e = torch.exp(-b * x)
+    return torch.stack([e, -a * x * e, torch.ones_like(x)], dim=1)
+
+
+BOX = (0, [3.0, 1.0, 0.5])
+
+
+def test_scipys_bounded_example_agrees_with_scipy_trf(decay_data):
+    # scipy's documented example: 0 <= a <= 3, 0 <= b <= 1, 0 <= c <= 0.5; b ends on its bound.
+    x, y, _, _ = decay_data
+    popt, pcov = curve_fit(decay, x, y, bounds=BOX, **TIGHT)
+    # p0=None with bounds: scipy's start is the midpoints of the finite intervals.
+    midpoints = [1.5, 0.5, 0.25]
+    expected_popt, expected_pcov = scipy_curve_fit(decay, x, y, midpoints, method="trf", bounds=BOX, **TIGHT)
+    np.testing.assert_allclose(popt.numpy(), expected_popt, rtol=1e-8)
+    np.testing.assert_allclose(pcov.numpy(), expected_pcov, rtol=1e-6)
+    assert float(popt[1]) == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(curve_fit(decay, x, y, p0=midpoints, bounds=BOX, **TIGHT)[0], popt, rtol=0, atol=0)
+    # A scipy Bounds object and tensor limits mean the same box.
+    from scipy.optimize import Bounds
+
+    for box in (Bounds(0, [3.0, 1.0, 0.5]), (torch.zeros(3, dtype=F64), torch.tensor([3.0, 1.0, 0.5], dtype=F64))):
+        torch.testing.assert_close(curve_fit(decay, x, y, bounds=box, **TIGHT)[0], popt, rtol=0, atol=0)
+
+
+def test_an_infeasible_p0_is_an_error(decay_data):
+    x, y, _, _ = decay_data
+    with pytest.raises(ValueError, match=r"x0 must lie within the bounds \(x0 is infeasible\), got x0\[0\] = 5.0"):
+        curve_fit(decay, x, y, p0=[5.0, 0.5, 0.2], bounds=BOX)
+
+
+@pytest.mark.parametrize("scipy_method", ["lm", "trf"])
+@pytest.mark.parametrize("kind", ["none", "1-D", "2-D"])
+def test_callable_jac_with_sigma_agrees_with_scipy(decay_data, kind, scipy_method):
+    x, y, _, _ = decay_data
+    sigma = _sigma(decay_data, kind)
+    popt, pcov = curve_fit(decay, x, y, sigma=sigma, jac=_jac, **TIGHT)
+    expected_popt, expected_pcov = scipy_curve_fit(decay, x, y, [1.0, 1.0, 1.0], sigma=sigma, method=scipy_method,
+                                                   **TIGHT)
+    np.testing.assert_allclose(popt.numpy(), expected_popt, rtol=1e-7)
+    np.testing.assert_allclose(pcov.numpy(), expected_pcov, rtol=1e-6)
+    automatic = curve_fit(decay, x, y, sigma=sigma, **TIGHT)
+    torch.testing.assert_close(pcov, automatic[1], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("jac", ["2-point", "3-point", "cs"])
+def test_jac_strings_mean_automatic_differentiation(decay_data, jac):
+    x, y, sigma, _ = decay_data
+    popt, pcov = curve_fit(decay, x, y, sigma=sigma, jac=jac, **TIGHT)
+    expected = curve_fit(decay, x, y, sigma=sigma, **TIGHT)
+    # Equal to rounding: the dense Jacobian's route is chosen by timing (trustls.models.dense_jacobian).
+    torch.testing.assert_close(popt, expected[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(pcov, expected[1], rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match=r"jac must be a callable or one of \['2-point', '3-point', 'cs'\], got 'oops'"):
+        curve_fit(decay, x, y, jac="oops")
+
+
+def test_tr_solver_takes_precedence_over_the_default_solver(decay_data):
+    x, y, _, _ = decay_data
+    assert fit_module._solver_options(None, False, 50, 3, {"tr_solver": "lsmr"}) == {
+        "tr_solver": "lsmr",
+        "x_scale": "jac",
+    }
+    popt, pcov, infodict, _, _ = curve_fit(decay, x, y, tr_solver="lsmr", full_output=True, **TIGHT)
+    assert isinstance(infodict["jac"], LinearOperator)  # the matrix-free solver ran; J was never formed
+    expected = curve_fit(decay, x, y, **TIGHT)
+    torch.testing.assert_close(popt, expected[0], rtol=1e-8, atol=0)
+    torch.testing.assert_close(pcov, expected[1], rtol=1e-7, atol=0)
+    _, _, infodict, _, _ = curve_fit(decay, x, y, tr_solver="exact", full_output=True, **TIGHT)
+    assert isinstance(infodict["jac"], torch.Tensor)
+
+
+@pytest.fixture(scope="module")
+def outlier_data(decay_data):
+    x, y, sigma, _ = decay_data
+    y = y.copy()
+    y[[3, 17, 30, 41]] += [1.5, -1.0, 2.0, 1.2]
+    return x, y, sigma
+
+
+@pytest.mark.parametrize("solver", ["lstsq", "cg"])
+@pytest.mark.parametrize("with_sigma", [False, True], ids=["no_sigma", "1-D_sigma"])
+def test_soft_l1_pcov_agrees_with_scipy(outlier_data, solver, with_sigma):
+    # scipy's pcov with a loss is s²(J̃ᵀJ̃)⁻¹ from its result: the loss-weighted J̃ and the robust cost.
+    x, y, sigma = outlier_data
+    options = {"loss": "soft_l1", "f_scale": 1.0 if with_sigma else 0.1, "sigma": sigma if with_sigma else None, **TIGHT}
+    popt, pcov = curve_fit(decay, x, y, solver=solver, **options)
+    expected_popt, expected_pcov = scipy_curve_fit(decay, x, y, [1.0, 1.0, 1.0], method="trf", **options)
+    np.testing.assert_allclose(popt.numpy(), expected_popt, rtol=1e-7)
+    np.testing.assert_allclose(pcov.numpy(), expected_pcov, rtol=1e-6)
+    # Not the least-squares covariance of the same point: the loss down-weights the outliers.
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    st = torch.from_numpy(sigma) if with_sigma else 1.0
+    J = torch.func.jacfwd(lambda p: (decay(xt, *p) - yt) / st)(popt)
+    plain = covariance(J, 0.5 * float(((decay(xt, *popt) - yt) / st).square().sum()))
+    assert float((pcov / plain - 1).abs().max()) > 0.5
+
+
+def test_scipys_x_scale_example():
+    # scipy's documented example: parameters six orders of magnitude apart fail without x_scale.
+    x = np.linspace(0, 4, 50)
+    y = decay(torch.from_numpy(x), 500000, 0.01, 15).numpy()
+    with pytest.raises(RuntimeError, match="Optimal parameters not found: The maximum number of function evaluations"):
+        curve_fit(decay, x, y, method="trf")
+    popt, _ = curve_fit(decay, x, y, method="trf", x_scale=[1000, 1, 1])
+    expected_popt, _ = scipy_curve_fit(decay, x, y, [1.0, 1.0, 1.0], method="trf", x_scale=[1000, 1, 1])
+    np.testing.assert_allclose(popt.numpy(), [500000, 0.01, 15], rtol=1e-7)
+    np.testing.assert_allclose(popt.numpy(), expected_popt, rtol=1e-7)
 
 
 # -- errors -------------------------------------------------------------------------------

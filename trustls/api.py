@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from trustls._scipy_inputs import UserJacobian, as_pattern, residual_function, scipy_callback
+from trustls._validation import as_tensor_x0, check_x0
+from trustls.bounds import as_bounds
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.result import Result
@@ -36,34 +38,6 @@ _LSMR_OPTIONS = ("maxiter", "atol", "btol", "regularize", "damp", "conlim", "sho
 _EXACT_UP_TO = 2000
 
 
-def _with_arguments(fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> Callable[[Tensor], Any]:
-    if not args and not kwargs:
-        return fun
-    return lambda x: fun(x, *args, **kwargs)
-
-
-def _jacobian_function(jac: Callable[..., Any], args, kwargs) -> Callable[[Tensor], Tensor | LinearOperator]:
-    """A user's ``jac`` returning a tensor, a `LinearOperator`, a numpy array or a scipy sparse matrix."""
-
-    def jacobian(x: Tensor) -> Tensor | LinearOperator:
-        J = jac(x, *args, **kwargs)
-        if isinstance(J, (Tensor, LinearOperator)):
-            return J
-        if hasattr(J, "tocoo"):  # a scipy sparse matrix, duck-typed: scipy is never imported
-            coo = J.tocoo()
-            indices = torch.as_tensor([coo.row, coo.col], dtype=torch.int64, device=x.device)
-            values = torch.as_tensor(coo.data, dtype=x.dtype, device=x.device)
-            return torch.sparse_coo_tensor(indices, values, coo.shape)
-        try:
-            return torch.as_tensor(J, dtype=x.dtype, device=x.device)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"jac must return a tensor, a LinearOperator, an array or a sparse matrix, got {type(J).__name__}"
-            ) from None
-
-    return jacobian
-
-
 def _eliminable(model: GaussNewtonModel) -> bool:
     """Whether the model's sparsity pattern splits into blocks that a Schur complement eliminates."""
     pattern = model.colored.pattern
@@ -73,7 +47,7 @@ def _eliminable(model: GaussNewtonModel) -> bool:
 
 def _solver(
     method: str, tr_solver: str | None, tr_options: Mapping[str, Any] | None, solver: str | SubproblemSolver | None,
-    x0: Any, model: GaussNewtonModel,
+    n: int, sparse: bool, model: GaussNewtonModel,
 ) -> str | SubproblemSolver:
     if solver is not None:
         if tr_solver is not None:
@@ -84,23 +58,21 @@ def _solver(
     if tr_solver is not None and tr_solver not in _TR_SOLVERS:
         raise ValueError(f"tr_solver must be None, 'exact' or 'lsmr', got {tr_solver!r}")
     if method == "lm":
-        if tr_solver == "lsmr":
-            raise ValueError("method='lm' takes no tr_solver='lsmr' (it is the exact solver); use method='trf'")
-        tr_solver = "exact"
+        return DenseLstsq()  # MINPACK's exact step; scipy ignores tr_solver and tr_options for 'lm'
     if tr_solver is None:
-        if model.colored is not None:
-            if not tr_options and _eliminable(model):
-                return IterativeSchur()
-            tr_solver = "lsmr"
-        else:
-            n = x0.numel() if isinstance(x0, Tensor) else max(1, len(x0) if hasattr(x0, "__len__") else 1)
-            tr_solver = "exact" if n <= _EXACT_UP_TO else "lsmr"
+        if model.colored is not None and not tr_options and _eliminable(model):
+            return IterativeSchur()
+        tr_solver = "lsmr" if sparse or n > _EXACT_UP_TO else "exact"
     options = dict(tr_options or {})
     if tr_solver == "exact":
         return DenseLstsq()  # scipy ignores tr_options for the exact solver
     unknown = sorted(set(options) - set(_LSMR_OPTIONS))
     if unknown:
-        raise ValueError(f"tr_options for tr_solver='lsmr' must be among {list(_LSMR_OPTIONS)}, got {unknown}")
+        # An unknown keyword of scipy's lsmr: Python's TypeError, as scipy raises it.
+        raise TypeError(
+            f"tr_options got an unexpected option {unknown[0]!r} for tr_solver='lsmr' "
+            f"(the options are scipy's lsmr keywords {list(_LSMR_OPTIONS)}), got {sorted(options)}"
+        )
     cg: dict[str, Any] = {}
     if options.get("maxiter") is not None:
         cg["max_iter"] = options["maxiter"]
@@ -140,35 +112,48 @@ def least_squares(
 
     Arguments mean what they mean in scipy; the differences:
 
+    * ``fun`` must compute with torch and return a tensor of ``x0``'s dtype;
+      a 0-d value is one residual (scipy's ``atleast_1d``).
     * ``jac``: ``"2-point"``, ``"3-point"``, ``"cs"`` (scipy's finite
       differences) all mean automatic differentiation of ``fun``, exact;
       ``diff_step`` and ``workers`` are accepted and unused. A callable
       ``jac(x, *args, **kwargs)`` may return a tensor (dense or torch
-      sparse), a `LinearOperator`, a numpy array or a scipy sparse matrix.
+      sparse), a `LinearOperator`, a numpy array, a scipy sparse matrix or a
+      scipy ``LinearOperator``; a 1-D value is one row (scipy's
+      ``atleast_2d``).
     * ``method``: ``"trf"`` (default); ``"lm"`` runs Moré's trust-region
       Levenberg-Marquardt (MINPACK's algorithm: the exact solver with
-      ``x_scale="jac"`` by default) and takes no bounds; ``"dogbox"`` is a
-      ``ValueError``.
+      ``x_scale="jac"`` by default; ``tr_solver`` and ``tr_options`` are
+      ignored, as in scipy) and takes no bounds, but, unlike MINPACK, takes
+      fewer residuals than variables, sparse and operator Jacobians, robust
+      losses and callbacks; ``"dogbox"`` is a ``ValueError``.
     * ``tr_solver``: ``"exact"`` is trustls' ``"lstsq"`` (one SVD of J per
-      point), ``"lsmr"`` its matrix-free ``"cg"`` (Steihaug-Toint CG; from
-      ``tr_options`` it takes ``maxiter`` as its cap and ``max(atol, btol)``
-      as its relative tolerance; ``regularize``, ``damp``, ``conlim``,
-      ``show`` are accepted and unused). ``None``: ``"exact"`` up to n = 2,000
-      variables and ``"lsmr"`` beyond; with ``jac_sparsity`` whose columns
-      split into blocks that no row shares beside others (the points and the
-      cameras of bundle adjustment), the Schur-complement solver
-      `IterativeSchur`, else ``"lsmr"``. trustls' ``solver=`` (a name or a
-      `SubproblemSolver`) may be passed instead.
+      point; a sparse or operator J is densified), ``"lsmr"`` its
+      matrix-free ``"cg"`` (Steihaug-Toint CG; from ``tr_options`` it takes
+      ``maxiter`` as its cap and ``max(atol, btol)`` as its relative
+      tolerance; ``regularize``, ``damp``, ``conlim``, ``show`` are accepted
+      and unused; another key is a ``TypeError``, as in scipy). ``None``:
+      with ``jac_sparsity`` whose columns split into blocks that no row
+      shares beside others (the points and the cameras of bundle
+      adjustment), the Schur-complement solver `IterativeSchur`; ``"lsmr"``
+      when ``jac_sparsity`` is given otherwise or ``jac`` returns a sparse
+      matrix or an operator at ``x0`` (scipy's rule); otherwise ``"exact"``
+      up to n = 2,000 variables and ``"lsmr"`` beyond. trustls' ``solver=``
+      (a name or a `SubproblemSolver`) may be passed instead.
     * ``x0`` keeps a tensor's dtype and device; numbers, lists and arrays
-      become float64. ``x_scale=None`` is scipy's with the exact solver (1
-      for ``"trf"``, ``"jac"`` for ``"lm"``); the iterative solvers keep their
-      Jacobi scaling, which is their preconditioner.
+      become float64. ``x_scale=None`` is scipy's (1 for ``"trf"``, ``"jac"``
+      for ``"lm"``), except with `IterativeSchur`, which keeps its Jacobi
+      scaling. (`TrustRegion` takes each solver's own default: ``"jac"`` for
+      ``"cg"``, its preconditioner; pass ``x_scale="jac"`` here for a large
+      badly scaled problem.)
     * ``loss`` may also be a trustls loss (``"cross_entropy"``, a
       `trustls.losses.Loss`); see `GaussNewtonModel`.
-    * ``callback(intermediate_result)`` receives an `IterationInfo` (it has
-      scipy's ``x``, ``fun``, ``cost``, ``nit``, ``nfev`` fields and item
-      access) after every trial; `StopIteration` or a true return value stops
-      the solve with status -2.
+    * ``callback`` is called after every trial, as scipy calls it: a
+      callback whose only parameter is named ``intermediate_result``
+      receives an `IterationInfo` (it has scipy's ``x``, ``fun``, ``cost``,
+      ``nit``, ``nfev`` fields and item access), any other a copy of x.
+      `StopIteration` or a true return value stops the solve with status -2.
+      (`TrustRegion` always passes the `IterationInfo`.)
 
     Examples:
         >>> import torch
@@ -178,7 +163,7 @@ def least_squares(
         >>> result = trustls.least_squares(lambda b: b[0] * torch.exp(-b[1] * t) - y, [1.0, 1.0])
         >>> [round(v, 6) for v in result.x.tolist()], result.status
         ([2.0, 1.5], <Status.GTOL: 1>)
-        >>> trustls.least_squares(lambda b: b - 2.0, [0.0, 5.0], bounds=(0.0, 1.0)).x
+        >>> trustls.least_squares(lambda b: b - 2.0, [0.0, 0.5], bounds=(0.0, 1.0)).x
         tensor([1.0000, 1.0000], dtype=torch.float64)
     """
     if method not in ("trf", "lm", "dogbox"):
@@ -188,10 +173,8 @@ def least_squares(
             "method='dogbox' is not supported: use method='trf' (the default), which takes bounds by Coleman-Li "
             "scaling with reflective steps"
         )
-    free = bounds is None or (
-        isinstance(bounds, (tuple, list)) and len(bounds) == 2
-        and all(isinstance(b, (int, float)) and math.isinf(b) for b in bounds)
-    )
+    x0 = check_x0(as_tensor_x0(x0))
+    free = as_bounds(bounds, x0) is None  # None, or ±inf everywhere (arrays, a scipy Bounds())
     if method == "lm" and not free:
         raise ValueError("Method 'lm' doesn't support bounds.")
     if kwargs is not None and not isinstance(kwargs, Mapping):
@@ -206,17 +189,27 @@ def least_squares(
     elif callable(jac):
         if jac_sparsity is not None:
             raise ValueError("pass at most one of a callable jac and jac_sparsity (scipy ignores jac_sparsity then)")
-        jacobian = _jacobian_function(jac, args, kwargs)
+        jacobian = UserJacobian(jac, args, kwargs)
     else:
         raise TypeError(f"jac must be a callable or one of {list(_FINITE_DIFFERENCES)}, got {type(jac).__name__}")
+    jac_sparsity = as_pattern(jac_sparsity)
     model = GaussNewtonModel(loss=loss, f_scale=f_scale, jacobian=jacobian, jac_sparsity=jac_sparsity)
-    chosen = _solver(method, tr_solver, tr_options, solver, x0, model)
-    if x_scale is None and (method == "lm" or isinstance(chosen, DenseLstsq) or chosen == "lstsq"):
-        # scipy's default, where it decides the answer: 1 for trf, "jac" for lm. The
-        # iterative solvers keep their own (Jacobi scaling, their preconditioner).
+    n = x0.shape[0]
+    sparse = jac_sparsity is not None
+    chosen = _solver(method, tr_solver, tr_options, solver, n, sparse, model)
+    if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
+        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
+        # All arguments are checked by now; the solve's first linearization reuses this J.
+        J0 = jacobian.probe(x0)
+        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
+            chosen = _solver(method, None, tr_options, None, n, True, model)
+    if x_scale is None and not isinstance(chosen, IterativeSchur):
+        # scipy's default: 1 for trf, "jac" for lm. The Schur solver, which scipy lacks,
+        # keeps its own (Jacobi scaling, its preconditioner).
         x_scale = "jac" if method == "lm" else 1.0
     controller = TrustRegion(
         model, solver=chosen, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
-        initial_radius=initial_radius, bounds=None if free else bounds, callback=callback, verbose=verbose,
+        initial_radius=initial_radius, bounds=None if free else bounds, callback=scipy_callback(callback),
+        verbose=verbose,
     )
-    return controller.solve(_with_arguments(fun, args, kwargs), x0)
+    return controller.solve(residual_function(fun, args, kwargs), x0)

@@ -31,9 +31,12 @@ Deviations from scipy, all deliberate:
   torch operations.
 * Tensors keep their dtype and device; other inputs become float64, as in scipy.
 * ``infodict`` holds ``nfev``, ``njev``, ``nit``, ``fvec`` and ``jac`` (the whitened J
-  at ``popt`` that ``pcov`` comes from), not MINPACK's QR factors ``fjac``, ``ipvt``,
-  ``qtf``: trustls factors J by SVD. ``nfev`` counts the evaluations of the solve;
-  J at ``popt`` for ``pcov`` is one more forward-mode pass, not counted.
+  at ``popt`` that ``pcov`` comes from: ``Result.jac`` of the solve, a tensor for the
+  exact solver and a `LinearOperator` for a matrix-free one), not MINPACK's QR factors
+  ``fjac``, ``ipvt``, ``qtf``: trustls factors J by SVD.
+* With a robust ``loss`` (any method here; scipy needs "trf"), ``pcov`` is scipy's:
+  s²(J̃ᵀJ̃)⁻¹ with the loss-weighted J̃ = S J and s² = 2·cost/(m − n) from the robust
+  cost, both taken from the `Result`.
 * A rank-deficient J gives the pseudo-inverse, as scipy's "trf", plus a
   `CovarianceWarning` (scipy's "lm" gives inf only when a pivot is exactly zero).
 * A 1-D sigma must be positive; a 2-D sigma must be symmetric. Invalid
@@ -134,18 +137,6 @@ def _solver_options(method: object, bounded: bool, m: int, n: int, kwargs: dict)
     if method in (None, "lm") and not bounded:
         options.setdefault("x_scale", "jac")
     return options
-
-
-def _jacobian_at(residual: Callable[[Tensor], Tensor], jacobian: Callable | None, p: Tensor, m: int) -> Tensor:
-    # The Result does not carry J yet, so it is formed again at popt (one pass). With a
-    # robust loss, scipy's pcov uses the loss-weighted Jacobian and the robust cost of
-    # the solve: once least_squares takes `loss`, both must come from its Result.
-    if jacobian is not None:
-        return jacobian(p).detach()
-    # Forward mode costs n passes, reverse mode m: take the smaller (Griewank & Walther 2008).
-    with torch.enable_grad():
-        J = (torch.func.jacfwd if m >= p.shape[0] else torch.func.jacrev)(residual)(p)
-    return J.detach()
 
 
 def curve_fit(
@@ -277,7 +268,9 @@ def curve_fit(
     if not result.success:
         raise RuntimeError("Optimal parameters not found: " + result.message)
     popt = result.x
-    J = _jacobian_at(residual, jacobian, popt, m)
+    # J and the cost of the solve at popt, as scipy's "trf" takes them from its result: with a
+    # robust loss, J̃ = S J and the robust cost (pcov = s²(J̃ᵀJ̃)⁻¹, s² = 2·cost/(m − n)).
+    J = result.jac
     pcov = covariance_matrix(J, result.cost, absolute_sigma, DenseSVD(), stacklevel=2)
     if not full_output:
         return popt, pcov

@@ -93,7 +93,9 @@ class Result(_RecordMapping):
     """The result of `TrustRegion.solve`, with scipy's names where meanings match.
 
     Also a read-only mapping over its fields and ``message``/``success``
-    (``result["x"]``), like scipy's ``OptimizeResult``.
+    (``result["x"]``), like scipy's ``OptimizeResult``. `covariance` and
+    `standard_errors` give the uncertainty of ``x`` from ``jac`` and ``cost``
+    (`trustls.covariance`).
 
     Attributes:
         x: the solution (same dtype and device as ``x0``).
@@ -149,6 +151,56 @@ class Result(_RecordMapping):
     def success(self) -> bool:
         return self.status.success
 
+    def covariance(self, *, absolute_sigma: bool = False, method: Any = None) -> Tensor:
+        """The covariance of ``x``, s²(JᵀJ)⁻¹ with s² = 2·cost/(m − n), from `jac` and `cost`.
+
+        `trustls.covariance.covariance` of this result: with a robust loss, J is
+        the loss-weighted J̃ and the cost the robust one, as scipy's
+        ``curve_fit`` takes them. It presumes the residuals are (whitened) data
+        minus a model, x an unconstrained estimate; a parameter on a bound is
+        not described by it (docs/curve-fitting.md).
+
+        Args:
+            absolute_sigma: the residuals were divided by known standard
+                deviations: return (JᵀJ)⁻¹ unscaled.
+            method: ``"svd"``, ``"cg"``, a `DenseSVD` or a `MatrixFreeCG`;
+                ``None`` as `trustls.covariance.covariance_entries` chooses.
+
+        Warns:
+            CovarianceWarning: the covariance could not be estimated (inf),
+                J is rank-deficient, or CG did not converge for a column.
+
+        Examples:
+            >>> import torch
+            >>> import trustls
+            >>> t = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+            >>> y = torch.tensor([0.1, 0.9, 2.1, 2.9], dtype=torch.float64)
+            >>> result = trustls.least_squares(lambda b: b[0] + b[1] * t - y, [0.0, 0.0])
+            >>> result.covariance()  # s² = RSS / (m − n) = 0.032 / 2 times (JᵀJ)⁻¹
+            tensor([[ 0.0112, -0.0048],
+                    [-0.0048,  0.0032]], dtype=torch.float64)
+        """
+        from trustls.covariance.estimates import covariance_matrix  # lazy: covariance imports the operators
+
+        return covariance_matrix(self.jac, self.cost, absolute_sigma, method, stacklevel=2)
+
+    def standard_errors(self, *, absolute_sigma: bool = False, method: Any = None) -> Tensor:
+        """The standard errors of ``x``, √diag(s²(JᵀJ)⁻¹): `covariance`'s diagonal without the n × n matrix.
+
+        Args and warnings as in `covariance`.
+
+        Examples:
+            >>> import torch
+            >>> import trustls
+            >>> t = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+            >>> y = torch.tensor([0.1, 0.9, 2.1, 2.9], dtype=torch.float64)
+            >>> trustls.least_squares(lambda b: b[0] + b[1] * t - y, [0.0, 0.0]).standard_errors()
+            tensor([0.1058, 0.0566], dtype=torch.float64)
+        """
+        from trustls.covariance.estimates import standard_error_vector
+
+        return standard_error_vector(self.jac, self.cost, absolute_sigma, method, stacklevel=2)
+
     def __repr__(self) -> str:
         return (
             f"Result(status={self.status.name}, cost={self.cost:.6g}, optimality={self.optimality:.3g}, "
@@ -165,7 +217,8 @@ class IterationInfo(_RecordMapping):
     written for scipy's ``callback(intermediate_result)`` works unchanged.
 
     Attributes:
-        nit: outer iteration (0-based) the trial belongs to.
+        nit: outer iterations so far, the one this trial belongs to included
+            (1 during the first: scipy's count, and `Result.nit` after a stop there).
         nfev: calls of the residual function so far, this trial's included.
         x: the current point after the trial (the trial point if accepted).
         fun: the residual at ``x``.

@@ -85,7 +85,7 @@ class Trial:
                 if gradient_max < method.gtol:
                     status = Status.GTOL
         info = IterationInfo(
-            nit=state.nit, nfev=state.nfev + self.f.calls, x=x_new if accepted else state.x,
+            nit=state.nit + 1, nfev=state.nfev + self.f.calls, x=x_new if accepted else state.x,
             fun=evaluation.outputs if accepted else lin.residual, cost=decision.trial_cost if accepted else cost,
             previous_cost=cost, trial_cost=decision.trial_cost, actual_reduction=decision.actual_reduction,
             predicted_reduction=decision.predicted_reduction, ratio=decision.ratio, radius=radius,

@@ -217,11 +217,13 @@ class DenseLstsq(SubproblemSolver):
             factors.alpha = alpha
             reason = "secular"
         c = _coefficients(factors, alpha)
-        # The secular tolerance allows ‖p‖ up to (1 + rtol)Δ; the invariant ‖p‖ ≤ Δ is kept
-        # exactly by pulling the step back, on the device (no read).
         norm = torch.linalg.vector_norm(c)
-        c = c * torch.clamp(radius / norm, max=1.0)
-        norm = torch.clamp(norm, max=radius)
+        if alpha > 0:
+            # The secular tolerance leaves ‖p‖ within rtol·Δ of Δ; a boundary step is put on
+            # the boundary exactly, as scipy's solve_lsq_trust_region does (p *= Δ/‖p‖), so
+            # that ‖p‖ ≤ Δ holds and a step along one coordinate with Δ = ‖x‖ reaches 0.
+            c = c * (radius / norm)
+            norm = torch.full_like(norm, radius)
         # m(p) = gᵀp + ½‖Jp‖² with gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)².
         model = torch.dot(factors.sf, c) + 0.5 * torch.dot(factors.s * c, factors.s * c)
         return Step(factors.V @ c, norm, -model, alpha > 0, iterations, 0, reason)
