@@ -1,11 +1,20 @@
 """trustls against scipy on BAL bundle adjustment (problem-49-7776-pre), in one run.
 
-Both solvers get the same residual and the same exact sparse Jacobian
-(:meth:`trustls.problems.bal.BundleAdjustmentProblem.jacobian_coo`):
+Three routes, timed in the same run:
 
 * scipy: ``least_squares(method="trf", x_scale="jac", ftol=1e-4, tr_solver="lsmr")``
-  (``benchmarks/bal_scipy.py``);
-* trustls: ``TrustRegion(GaussNewtonModel(jacobian=...), solver=...,
+  with the exact sparse Jacobian in closed form
+  (:meth:`trustls.problems.bal.BundleAdjustmentProblem.jacobian_coo`,
+  ``benchmarks/bal_scipy.py``);
+* trustls as a user calls it: the plain torch residual and scipy's
+  ``jac_sparsity`` pattern (``problem.jacobian_sparsity()``, built as scipy's
+  cookbook builds it), nothing else: ``trustls.least_squares(fun, x0,
+  jac_sparsity=P, ftol=1e-4)`` (its defaults take the Schur solver, with the
+  blocks found in the pattern) and the headline
+  ``TrustRegion(GaussNewtonModel(jac_sparsity=P), solver="cg", ftol=1e-4)``
+  (block-Jacobi scaling from the pattern's blocks). J comes from 12 colored
+  products per linearization;
+* trustls with the closed-form Jacobian: ``TrustRegion(GaussNewtonModel(jacobian=...), solver=...,
   ftol=1e-4, x_scale=...)`` with J as a `SparseOperator`, for the solvers
   and scalings listed in ``CONFIGS``: Steihaug CG (`SteihaugCG`) and the
   Schur-complement Levenberg-Marquardt solver (`IterativeSchur`, the points
@@ -17,6 +26,10 @@ iterations, products, wall time, time relative to scipy, and the time at
 which the solver first evaluated a cost at or below scipy's final cost) and,
 with ``--plot``, draws the cost at every residual evaluation against wall
 time (``docs/img/bal_cost_time.png``).
+
+Every route is timed after a warm-up solve of a tiny problem with the same
+route (torch imports parts of itself on the first double-backward pass, about
+1 s here, which a long-running process pays once).
 
 Run from the repository root::
 
@@ -44,7 +57,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from bal_scipy import run_scipy_baseline  # noqa: E402
 
-from trustls import GaussNewtonModel, IterationInfo, SteihaugCG, TrustRegion  # noqa: E402
+from trustls import GaussNewtonModel, IterationInfo, SteihaugCG, TrustRegion, least_squares  # noqa: E402
 from trustls.operators import SparseOperator  # noqa: E402
 from trustls.problems.bal import load_bal  # noqa: E402
 from trustls.scaling import BlockJacobi  # noqa: E402
@@ -138,6 +151,66 @@ def run_trustls(problem, solver, *, scaling: str = "block", matrix_free: bool = 
     }
 
 
+def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
+    """Solve ``problem`` from its plain torch residual and its ``jac_sparsity`` pattern alone.
+
+    ``route`` is ``"least_squares"`` (trustls' scipy-compatible function with
+    its defaults) or ``"cg"`` (``TrustRegion(GaussNewtonModel(jac_sparsity=P),
+    solver="cg")``). The pattern is built inside the timed region, as the user
+    would build it. Returns the keys of `run_trustls`.
+    """
+    history: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    pattern = problem.jacobian_sparsity()
+    if route == "least_squares":
+        def record(intermediate_result) -> None:
+            history.append((time.perf_counter() - start, float(intermediate_result.cost)))
+
+        result = least_squares(problem.residual, problem.x0, jac_sparsity=pattern, ftol=ftol, callback=record)
+    else:
+        def record(info: IterationInfo) -> None:
+            history.append((time.perf_counter() - start, info.trial_cost))
+
+        method = TrustRegion(GaussNewtonModel(jac_sparsity=pattern), solver="cg", ftol=ftol, callback=record)
+        result = method.solve(problem.residual, problem.x0)
+    elapsed = time.perf_counter() - start
+    return {
+        "cost_initial": float(result.initial_cost),
+        "cost_final": result.cost,
+        "nfev": result.nfev,
+        "njev": result.njev,
+        "nit": result.nit,
+        "inner_iterations": result.inner_iterations,
+        "products": result.products,
+        "time_s": elapsed,
+        "history": [(0.0, float(result.initial_cost))] + history,
+        "message": result.message,
+    }
+
+
+def warm_up() -> None:
+    """One tiny solve per route, so that torch's first-use imports are not timed.
+
+    The tiny problem has BAL's structure: 4 "points" (one column each) seen
+    by 2 "cameras" (two columns each), two residuals per observation.
+    """
+    cameras, points = torch.arange(4).view(2, 2), 4 + torch.arange(4)
+    observation_camera = torch.tensor([0, 1, 0, 1, 1, 0])
+    observation_point = torch.tensor([0, 0, 1, 2, 3, 3])
+
+    def fun(x):
+        cam, pt = x[cameras[observation_camera]], x[points[observation_point]]
+        return torch.cat([cam[:, 0] * pt - 1, cam[:, 1] + pt.exp() - 2])
+
+    pattern = torch.zeros(12, 8, dtype=torch.bool)
+    for row, (camera, point) in enumerate(zip(observation_camera.tolist() * 2, observation_point.tolist() * 2)):
+        pattern[row, cameras[camera]] = True
+        pattern[row, points[point]] = True
+    x0 = torch.full((8,), 0.5, dtype=torch.float64)
+    least_squares(fun, x0, jac_sparsity=pattern, max_nfev=4)
+    TrustRegion(GaussNewtonModel(jac_sparsity=pattern), solver="cg", max_nfev=4).solve(fun, x0)
+
+
 def plot(runs: dict[str, dict], path: pathlib.Path) -> None:
     """Cost against wall time, one line per run, running minimum of the evaluated costs."""
     import matplotlib
@@ -178,7 +251,10 @@ def main() -> None:
           f"{problem.n_observations} observations; {problem.n_parameters} parameters, "
           f"{problem.n_residuals} residuals; torch {torch.__version__}, threads {torch.get_num_threads()}")
 
+    warm_up()
     runs: dict[str, dict] = {"scipy trf+lsmr": run_scipy_baseline(problem, ftol=FTOL)}
+    runs["trustls least_squares(fun, x0, jac_sparsity=P) (defaults: Schur)"] = run_user_route(problem, "least_squares")
+    runs["trustls TrustRegion(GaussNewtonModel(jac_sparsity=P), solver=\"cg\")"] = run_user_route(problem, "cg")
     for label in args.configs or list(CONFIGS):
         solver, scaling = make_solver(problem, label)
         runs[f"trustls {label}"] = run_trustls(problem, solver, scaling=scaling)
