@@ -1,4 +1,4 @@
-"""The batch's residual function, evaluated with its Jacobians in one vectorized call.
+"""The batch's residual function, evaluated with its Jacobians from one call.
 
 ``fun`` maps a batch of points X of shape (K, n) to residuals of shape
 (K, m), row b depending on X[b] only. The Jacobian of the whole map is then
@@ -7,15 +7,17 @@ e_j in every row,
 
     V_j = 1 ⊗ e_jᵀ   (every row of V_j is e_j),   (J V_j)[b] = J_b e_j,
 
-gives column j of every problem's Jacobian at once. ``torch.func.vmap`` over
-the n tangents V_1, …, V_n turns the n products into one call of ``fun``
-whose primal output is the residual itself (forward mode; Griewank & Walther
-2008, ch. 3). When n > m the m cotangents U_i = 1 ⊗ e_iᵀ give the rows
-instead, from one reverse-mode pullback (``torch.func.vjp``) vmapped over
-them. A function that ``vmap`` cannot batch (``.item()``, data-dependent
-Python control flow, in-place writes into captured tensors) is detected at
-the first evaluation and the products are then taken one tangent at a time,
-n calls of ``fun`` (or one call and m pullbacks) instead of one, with a
+gives column j of every problem's Jacobian at once; likewise one
+vector-Jacobian product with the cotangent U_i = 1 ⊗ e_iᵀ gives row i of
+every J_b. All products come from the autograd graph of one call of ``fun``
+(`trustls.operators.ResidualGraph`): a VJP is one backward pass, and a JVP is
+one backward pass through the graph of the linear map u ↦ Jᵀu, recorded once
+per evaluation (the double-backward trick; Pearlmutter 1994). Forward mode
+(n JVPs after the recording pass) is used when n ≤ m, reverse mode (m VJPs)
+otherwise (Griewank & Walther 2008, ch. 3). ``fun`` itself is never
+vmapped, so random draws, ``.item()`` and data-dependent Python control flow
+inside it are harmless; a backward that autograd cannot differentiate
+(``once_differentiable``) makes forward mode fall back to reverse mode, with a
 `BatchedJacobianWarning`. A model with ``jacobian=`` skips differentiation:
 ``jacobian(X)`` returns the (K, m, n) stack itself.
 
@@ -30,6 +32,8 @@ and finished problems cost nothing.
 
 References:
     A. Griewank and A. Walther, "Evaluating Derivatives", 2nd ed., SIAM, 2008.
+    B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural
+    Computation 6(1), 1994.
 """
 
 from __future__ import annotations
@@ -43,12 +47,13 @@ import torch
 from torch import Tensor
 
 from trustls.function import split_outputs
+from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = ["BatchFunction", "BatchedJacobianWarning", "Evaluation"]
 
 
 class BatchedJacobianWarning(UserWarning):
-    """``torch.func.vmap`` could not batch ``fun``: Jacobians are computed one tangent at a time."""
+    """The backward of ``fun`` is not differentiable: the Jacobians come from reverse mode (m passes)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,8 @@ class BatchFunction:
 
     Attributes:
         calls: calls of ``fun`` so far (each on a whole batch or its compacted rows).
-        mode: ``"forward"``, ``"reverse"``, ``"jacobian"``, or with ``"-loop"``
-            appended once ``vmap`` failed; fixed at the first evaluation.
+        mode: ``"forward"`` (n JVPs), ``"reverse"`` (m VJPs) or ``"jacobian"``;
+            fixed at the first evaluation.
 
     Examples:
         >>> t = torch.linspace(0, 1, 5, dtype=torch.float64)
@@ -137,81 +142,37 @@ class BatchFunction:
 
     def evaluate(self, X: Tensor, rows: Tensor) -> Evaluation:
         """``fun`` and its Jacobians at the rows ``rows`` (all of X unless compact; see the module docstring)."""
-        if self.mode is None:
-            return self._first(X, rows)
+        if self.mode is None and self.jacobian is not None:
+            self.mode = "jacobian"
         if self.mode == "jacobian":
             return self._explicit(X, rows)
-        if self.mode.endswith("-loop"):
-            return self._looped(X, rows)
-        return self._vmapped(X, rows)
-
-    def _first(self, X: Tensor, rows: Tensor) -> Evaluation:
-        """The first evaluation, which fixes the mode (module docstring).
-
-        It runs in forward mode, since m is not known before it: n tangents
-        where m cotangents would have done, once.
-        """
-        if self.jacobian is not None:
-            self.mode = "jacobian"
-            return self._explicit(X, rows)
-        self.mode = "forward"
-        try:
-            evaluation = self._vmapped(X, rows)
-        except RuntimeError as error:
-            # vmap could not batch fun. If the loop fails too, its error is
-            # raised, with this one as its context.
-            self.mode = "forward-loop"
-            evaluation = self._looped(X, rows)
-            warnings.warn(
-                f"torch.func.vmap could not batch fun ({str(error).splitlines()[0]}); the Jacobians are computed "
-                "with one tangent (or cotangent) per call of fun instead",
-                BatchedJacobianWarning,
-                stacklevel=5,
-            )
-        if X.shape[1] > evaluation.outputs.shape[1]:  # fewer residuals than variables: rows by reverse mode
-            self.mode = self.mode.replace("forward", "reverse")
-        return evaluation
-
-    def _split(self, rows: Tensor):
-        # torch.func's auxiliary outputs must be tensors or containers of them: () stands for no targets.
-        def outputs_and_targets(Z: Tensor):
-            outputs, targets = self(Z, rows)
-            return outputs, (() if targets is None else targets)
-
-        return outputs_and_targets
-
-    def _vmapped(self, X: Tensor, rows: Tensor) -> Evaluation:
-        K, n = X.shape
-        function = self._split(rows)
+        leaf = X.detach().requires_grad_()
+        with torch.enable_grad():
+            outputs, targets = self(leaf, rows)
+        graph = ResidualGraph(leaf, outputs)
+        K, m = outputs.shape
+        n = X.shape[1]
+        if self.mode is None:
+            self.mode = "forward" if n <= m else "reverse"
         if self.mode == "forward":
-            tangents = torch.eye(n, dtype=X.dtype, device=X.device)[:, None, :].expand(n, K, n)
-            outputs, columns, targets = torch.func.vmap(lambda v: torch.func.jvp(function, (X,), (v,), has_aux=True))(
-                tangents
-            )
-            # vmap returns the unbatched primal output and targets expanded over the tangents.
-            return Evaluation(
-                outputs[0].detach(), _targets(targets[0] if isinstance(targets, Tensor) else None), columns.detach()
-            )
-        outputs, pullback, targets = torch.func.vjp(function, X, has_aux=True)
-        m = outputs.shape[1]
-        cotangents = torch.eye(m, dtype=X.dtype, device=X.device)[:, None, :].expand(m, K, m)
-        (rows_of_J,) = torch.func.vmap(pullback)(cotangents)  # (m, K, n)
-        return Evaluation(outputs.detach(), _targets(targets), rows_of_J.detach().permute(2, 1, 0))
-
-    def _looped(self, X: Tensor, rows: Tensor) -> Evaluation:
-        K, n = X.shape
-        function = self._split(rows)
-        eye = torch.eye(n, dtype=X.dtype, device=X.device)
-        if self.mode == "forward-loop":
-            products = [torch.func.jvp(function, (X,), (eye[j].expand(K, n),), has_aux=True) for j in range(n)]
-            outputs, _, targets = products[0]
-            columns = torch.stack([product[1] for product in products]).detach()
-            return Evaluation(outputs.detach(), _targets(targets), columns)
-        outputs, pullback, targets = torch.func.vjp(function, X, has_aux=True)
-        m = outputs.shape[1]
-        eye = torch.eye(m, dtype=X.dtype, device=X.device)
-        rows_of_J = torch.stack([pullback(eye[i].expand(K, m))[0] for i in range(m)])  # (m, K, n)
-        return Evaluation(outputs.detach(), _targets(targets), rows_of_J.detach().permute(2, 1, 0))
+            try:
+                graph.prepare_jvp()
+            except RuntimeError as error:
+                self.mode = "reverse"
+                warnings.warn(
+                    f"trustls could not use forward mode ({str(error).splitlines()[0]}); the Jacobians come "
+                    f"from {m} backward passes per evaluation instead of {n}",
+                    BatchedJacobianWarning,
+                    stacklevel=4,
+                )
+        if self.mode == "forward":
+            eye = torch.eye(n, dtype=X.dtype, device=X.device)
+            columns = torch.stack([graph.jvp(eye[j].expand(K, n)) for j in range(n)])  # (n, K, m)
+        else:
+            eye = torch.eye(m, dtype=X.dtype, device=X.device)
+            rows_of_J = torch.stack([graph.vjp(eye[i].expand(K, m)) for i in range(m)])  # (m, K, n)
+            columns = rows_of_J.permute(2, 1, 0)
+        return Evaluation(outputs.detach(), None if targets is None else targets.detach(), columns.detach())
 
     def _explicit(self, X: Tensor, rows: Tensor) -> Evaluation:
         with torch.no_grad():
@@ -225,7 +186,3 @@ class BatchFunction:
         if J.dtype != X.dtype:
             raise TypeError(f"jacobian must return a tensor of x's dtype {X.dtype}, got {J.dtype}")
         return Evaluation(outputs, targets, J.detach().permute(2, 0, 1))
-
-
-def _targets(aux: Any) -> Tensor | None:
-    return aux.detach() if isinstance(aux, Tensor) else None
