@@ -1,10 +1,13 @@
-"""One trial of a trust-region iteration: propose → evaluate → decide.
+"""The trials of a trust-region iteration: propose → evaluate → decide.
 
 `Trial.run` solves the subproblem for a radius from the iteration's one
 preparation, maps the step back to x (`trustls.bounds` selects a strictly
 feasible step when there are bounds), evaluates the model there, and decides
 (`trustls.decision`), reading the decision once; an accepted point is
 linearized, and a non-finite gradient there turns the trial into a failure.
+`Trial.repeat` runs trials, each at the radius the last one left, until one
+is accepted or a test stops the solve: the budget of calls, the callback, or
+a radius below the rounding of x.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import math
+
 import torch
 
+from trustls._report import print_trial
 from trustls.bounds import subproblem
 from trustls.decision import trial_decision
 from trustls.function import HALF, CountedFunction, round_to
@@ -94,9 +100,40 @@ class Trial:
         )
         if method.verbose == 2:
             reduction = max(decision.actual_reduction, 0.0) if accepted else 0.0
-            print(f"{state.nit:>10}{info.nfev:>12}{cost:>14.4e}{reduction:>16.2e}"
-                  f"{decision.step_norm:>12.2e}{float(self.problem.optimality):>12.2e}")
+            print_trial(state.nit, info.nfev, cost, reduction, decision.step_norm, float(self.problem.optimality))
         return Outcome(info, status, new_lin, x_scaled_norm)
+
+    def repeat(self, max_nfev: int, max_trials: int | None) -> tuple[float, Status | None, Outcome | None]:
+        """Trials from the state's radius until one is accepted, a test stops the solve, or ``max_trials`` ran.
+
+        Returns the next radius, the status (``None`` while the solve goes on)
+        and the last outcome (``None`` when the budget left no trial). A trial
+        runs only while ``max_nfev`` keeps its calls: one evaluation, and the
+        linearization at an accepted point.
+        """
+        method, state, f = self.method, self.state, self.f
+        reserve = 1 + (method.model.linearization_calls(state.context, dense=self.dense) if self.relinearize else 0)
+        radius, trials, status, outcome = state.radius, 0, None, None
+        while True:
+            if state.nfev + f.calls + reserve > max_nfev:
+                status = Status.MAX_NFEV
+                break
+            outcome = self.run(radius)
+            trials += 1
+            status, radius = outcome.status, outcome.info.next_radius
+            if method.callback is not None and callback_stops(method.callback, outcome.info):
+                status = Status.CALLBACK
+            if outcome.info.accepted or status is not None:
+                break
+            if radius <= self.eps * (1.0 + outcome.x_scaled_norm):
+                # No step longer than the rounding of x remains. After a finite
+                # trial that is convergence to working precision (xtol at eps);
+                # after a non-finite one the region around x is unusable.
+                status = Status.XTOL if math.isfinite(outcome.info.trial_cost) else Status.RADIUS_COLLAPSED
+                break
+            if max_trials is not None and trials >= max_trials:
+                break
+        return radius, status, outcome
 
 
 def callback_stops(callback: Callable[[IterationInfo], Any], info: IterationInfo) -> bool:

@@ -21,51 +21,42 @@ trial: the radius shrinks to ¼‖p‖ and the subproblem is solved again (scipy
 trf does the same for the residual). The configuration is immutable and the
 state explicit: `TrustRegion.init` returns a frozen `TrustRegionState` and
 `TrustRegion.step` returns the next one, so an exception raised by the user's
-function leaves the caller's state as it was.
+function leaves the caller's state as it was. Beside the controller: the
+trials (`trustls.trial`), the starting point and its checks
+(`trustls._start`), the `Result` and the ``verbose`` lines (`trustls._report`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from trustls._validation import (
-    as_tensor_x0,
-    check_choice,
-    check_positive_int,
-    check_positive_number,
-    check_tolerance,
-    check_x0,
+from trustls._report import print_header, print_summary, state_result
+from trustls._start import (
+    check_budget,
+    check_first_evaluation,
+    check_relinearization,
+    check_start_gradient,
+    starting_point,
 )
+from trustls._validation import check_choice, check_positive_int, check_positive_number, check_tolerance
 from trustls.batched import BatchResult, solve_batch
-from trustls.bounds import as_bounds, subproblem
-from trustls.function import HALF, CountedFunction, HalfPrecision, round_to
+from trustls.bounds import subproblem
+from trustls.function import HALF, CountedFunction, HalfPrecision
 from trustls.models.base import CurvatureModel, Linearization
 from trustls.operators import NormalOperator, PowerOfTwoBalanced
+from trustls.protocols import Callback, ResidualFunction
 from trustls.radius import RadiusPolicy
 from trustls.result import IterationInfo, Result, Status
 from trustls.scaling import JacobiScale, resolve_x_scale
 from trustls.state import TrustRegionState
 from trustls.subproblem import SubproblemSolver, resolve_solver
-from trustls.termination import effective_tolerance, gradient_test
-from trustls.trial import Trial, callback_stops
+from trustls.trial import Trial
 
 __all__ = ["Callback", "IterationInfo", "ResidualFunction", "TrustRegion", "TrustRegionState"]
-
-class ResidualFunction(Protocol):
-    """``fun(x) -> r``: a 1-D floating tensor x of length n to a 1-D tensor of length m."""
-
-    def __call__(self, x: Tensor, /) -> Tensor: ...
-
-
-class Callback(Protocol):
-    """``callback(info) -> bool | None``: return a true value (or raise `StopIteration`) to stop."""
-
-    def __call__(self, info: IterationInfo, /) -> Any: ...
 
 
 class TrustRegion:
@@ -188,16 +179,12 @@ class TrustRegion:
         """Minimize the model's cost of ``fun`` from ``x0``; ``x0`` is not modified."""
         state = self.init(fun, x0)
         if self.verbose == 2:
-            print(f"{'Iteration':>10}{'Total nfev':>12}{'Cost':>14}{'Cost reduction':>16}{'Step norm':>12}{'Optimality':>12}")
+            print_header()
         while state.status is None:
             state = self.step(fun, state)
         result = self.result(state)
         if self.verbose >= 1:
-            print(result.message)
-            print(
-                f"Function evaluations {result.nfev}, initial cost {result.initial_cost:.4e}, "
-                f"final cost {result.cost:.4e}, first-order optimality {result.optimality:.2e}."
-            )
+            print_summary(result)
         return result
 
     def solve_batch(self, fun: Any, x0: Tensor, *, x_scale: Any = None, compact: bool = False) -> BatchResult:
@@ -231,37 +218,13 @@ class TrustRegion:
         """
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {type(fun).__name__}")
-        x0 = check_x0(as_tensor_x0(x0))
-        dtype = x0.dtype
-        self.scale_policy.check(x0)
-        bounds = as_bounds(self.bounds, x0)
-        # Half precision: iterate in float32 on values x0's dtype holds exactly.
-        x = x0.detach().to(torch.float32) if dtype in HALF else x0.detach().clone()
-        if bounds is not None:  # scipy's trf starts strictly inside the box
-            bounds = type(bounds)(bounds.lower.to(x.dtype), bounds.upper.to(x.dtype))
-            x = round_to(bounds.strictly_feasible(x), dtype)
+        x, dtype, bounds = starting_point(x0, self.scale_policy, self.bounds)
         f = self._function(fun, dtype)
         dense = self.solver.requires_jacobian
         context = self.model.start(f, x, dense=dense)
         evaluation = self.model.evaluate(f, x, context, keep=True)
-        if not bool(torch.isfinite(evaluation.outputs).all()):
-            raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
-        if not self.model.depends_on_x(evaluation):
-            raise ValueError(
-                "fun must compute its outputs from x with torch operations that autograd can differentiate, got "
-                "outputs with no autograd path to x (computed under torch.no_grad(), detached, or rebuilt from "
-                "Python numbers, e.g. torch.tensor(x.tolist()))"
-            )
-        if not bool(torch.isfinite(evaluation.cost)):
-            raise ValueError(
-                "the cost at x0 must be finite, got one that overflows float64 (residual entries near 1e154 or "
-                "beyond): rescale fun"
-            )
-        needed = f.calls + self.model.linearization_calls(context, dense=dense)
-        if self.max_nfev is not None and self.max_nfev < needed:
-            raise ValueError(
-                f"max_nfev must allow the evaluation and linearization at x0 ({needed} calls of fun), got {self.max_nfev}"
-            )
+        check_first_evaluation(self.model, evaluation)
+        check_budget(self.max_nfev, f.calls + self.model.linearization_calls(context, dense=dense))
         linearization = self.model.linearize(f, evaluation, context, dense=dense)
         return self.start(linearization, context=context, dtype=dtype, nfev=f.calls, bounds=bounds)
 
@@ -282,12 +245,7 @@ class TrustRegion:
         `trustls.bounds.Bounds`.
         """
         x = linearization.x
-        gradient_max, finite = gradient_test(linearization.gradient)
-        if not finite:
-            raise ValueError(
-                "the gradient of the cost at x0 must be finite, got NaN or inf entries (is fun differentiable "
-                "at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there)"
-            )
+        check_start_gradient(linearization.gradient)
         scaling = self.scale_policy.scaling(self.model, linearization, None, 0)
         problem = subproblem(linearization, scaling, bounds)
         x_scaled_norm, optimality = torch.stack([problem.norm(x).double(), problem.optimality.double()]).tolist()
@@ -310,14 +268,7 @@ class TrustRegion:
         ``iteration`` is the point's index for the scale's refresh schedule
         (default ``state.nit``; `TrustRegion.solve` counts accepted points).
         """
-        if state.linearization is not None and linearization.x.shape != state.x.shape:
-            raise ValueError(
-                f"linearization must be at a point of the state's shape {tuple(state.x.shape)}, "
-                f"got {tuple(linearization.x.shape)}"
-            )
-        _, finite = gradient_test(linearization.gradient)
-        if not finite:
-            raise ValueError("the gradient of the cost must be finite, got NaN or inf entries")
+        check_relinearization(state, linearization)
         iteration = state.nit if iteration is None else iteration
         scaling = self.scale_policy.scaling(self.model, linearization, state.scaling, iteration)
         return replace(
@@ -358,27 +309,7 @@ class TrustRegion:
         prepared = self.solver.prepare(problem.linearization, state.solver_state)
         trial = Trial(self, state, f, problem, prepared, relinearize)
         max_nfev = self.max_nfev or 100 * state.x.shape[0]
-        reserve = 1 + (self.model.linearization_calls(state.context, dense=trial.dense) if relinearize else 0)
-        radius, trials, status, outcome = state.radius, 0, None, None
-        while True:
-            if state.nfev + f.calls + reserve > max_nfev:
-                status = Status.MAX_NFEV
-                break
-            outcome = trial.run(radius)
-            trials += 1
-            status, radius = outcome.status, outcome.info.next_radius
-            if self.callback is not None and callback_stops(self.callback, outcome.info):
-                status = Status.CALLBACK
-            if outcome.info.accepted or status is not None:
-                break
-            if radius <= trial.eps * (1.0 + outcome.x_scaled_norm):
-                # No step longer than the rounding of x remains. After a finite
-                # trial that is convergence to working precision (xtol at eps);
-                # after a non-finite one the region around x is unusable.
-                status = Status.XTOL if math.isfinite(outcome.info.trial_cost) else Status.RADIUS_COLLAPSED
-                break
-            if max_trials is not None and trials >= max_trials:
-                break
+        radius, status, outcome = trial.repeat(max_nfev, max_trials)
         nfev = state.nfev + f.calls
         if status is None and nfev >= max_nfev:
             status = Status.MAX_NFEV
@@ -397,33 +328,7 @@ class TrustRegion:
 
     def result(self, state: TrustRegionState) -> Result:
         """The `Result` of a state (normally a finished one)."""
-        lin = state.linearization
-        if lin is None:
-            raise ValueError("state must hold a linearization at x to give a result, got None")
-        matrix = lin.jacobian_matrix
-        bounds = state.bounds
-        if bounds is None:
-            active = torch.zeros(state.x.shape, dtype=torch.int64, device=state.x.device)
-        else:
-            xtol = effective_tolerance(self.xtol, torch.finfo(state.dtype).eps)
-            active = bounds.active(state.x, xtol).to(torch.int64)
-        return Result(
-            x=state.x.to(state.dtype) if state.x.dtype != state.dtype else state.x,
-            cost=float(lin.cost),
-            fun=lin.residual,
-            grad=lin.gradient,
-            optimality=float(subproblem(lin, state.scaling, bounds).optimality),
-            jac=matrix if matrix is not None else lin.jacobian,
-            active_mask=active,
-            nfev=state.nfev,
-            njev=state.njev,
-            nit=state.nit,
-            status=state.status if state.status is not None else Status.UNFINISHED,
-            radius=state.radius,
-            inner_iterations=state.inner_iterations,
-            products=state.products,
-            initial_cost=state.initial_cost,
-        )
+        return state_result(state, self.xtol)
 
     # -- helpers ----------------------------------------------------------
 

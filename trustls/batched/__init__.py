@@ -8,7 +8,7 @@ problem at once: the Jacobians of all problems from one vectorized call
 (`trustls.batched.jacobian`), the subproblems vectorized over the batch
 (`trustls.batched.lstsq`, `trustls.batched.cg`, on the factors of
 `trustls.batched.factorization`), and the controller's own elementwise
-decision functions on (B,) tensors (`trustls.batched.controller`). The
+decision functions on (B,) tensors (`trustls.batched.decision`). The
 result is a `BatchResult` with a leading batch dimension.
 
 ``torch.func.vmap`` over `TrustRegion.solve` does not work: the controller

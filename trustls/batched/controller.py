@@ -14,7 +14,7 @@ trial for every problem still running:
 3. **decide**: the ratio test, the radius update and the termination tests
    with the controller's own elementwise functions (`RadiusPolicy`,
    `trustls.termination.step_termination`, `trustls.radius.noise_level`) on
-   (K,) tensors, then the counters and statuses.
+   (K,) tensors (`trustls.batched.decision`), then the counters and statuses.
 
 A problem whose trial is accepted starts its next outer iteration at the next
 round, with its point factored anew (QR of J̃, and for ``"lstsq"`` the SVD
@@ -38,15 +38,15 @@ differentiation does), and a callback is not supported.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from trustls.batched.cg import CGFactors, cg_step
+from trustls.batched.decision import RUNNING, decide
 from trustls.batched.factorization import triangular_factor
-from trustls.batched.fields import BatchStep
+from trustls.batched.fields import norm
 from trustls.batched.jacobian import BatchFunction
 from trustls.batched.lstsq import ExactFactors, exact_factors, exact_step
 from trustls.batched.objective import Linearized, check_loss, linearize
@@ -56,15 +56,12 @@ from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.radius import noise_level
 from trustls.result import Status
 from trustls.subproblem import DenseLstsq, SteihaugCG
-from trustls.termination import effective_tolerance, step_termination
+from trustls.termination import effective_tolerance
 
 if TYPE_CHECKING:
     from trustls.trust_region import TrustRegion
 
 __all__ = ["solve_batch"]
-
-_RUNNING = -1  # the status of a problem still iterating (not a Status code)
-
 
 def _check_x0(x0: object) -> Tensor:
     if not isinstance(x0, Tensor):
@@ -118,7 +115,7 @@ class _Batch:
         self.initial_cost = lin.cost.clone()
         self.nfev, self.njev, self.nit = counter + 1, counter + 1, counter.clone()
         self.inner_iterations, self.products = counter.clone(), counter.clone()
-        self.status = torch.full_like(counter, _RUNNING)
+        self.status = torch.full_like(counter, RUNNING)
         # Buffers reused at every round for the accepted points' Jacobians and their QR:
         # fresh ones would be mapped (page-faulted) anew each time.
         n, m = jacobians.shape[1:]
@@ -154,7 +151,7 @@ def solve_batch(
     jacobians = lin.columns.transpose(0, 1).clone(memory_format=torch.contiguous_format)
     R, h = triangular_factor(jacobians, lin.whitened)
     scale = scale_rule.initial(torch.sqrt((R * R).sum(0)))
-    x_scaled_norm = _norm(x.T / scale)
+    x_scaled_norm = norm(x.T / scale).double()
     if controller.initial_radius is not None:
         radius = torch.full_like(x_scaled_norm, controller.initial_radius)
     else:
@@ -163,8 +160,8 @@ def solve_batch(
     state = _Batch(x, lin, jacobians, _residual(lin), scale, radius, factors)
     max_nfev = controller.max_nfev or 100 * n
     if controller.gtol is not None:
-        state.status = torch.where(lin.gradient.abs().amax(0).double() < controller.gtol, Status.GTOL.value, _RUNNING)
-    exhausted = (state.status == _RUNNING) & (state.nfev >= max_nfev)
+        state.status = torch.where(lin.gradient.abs().amax(0).double() < controller.gtol, Status.GTOL.value, RUNNING)
+    exhausted = (state.status == RUNNING) & (state.nfev >= max_nfev)
     state.status = torch.where(exhausted, Status.MAX_NFEV.value, state.status)
     state.nit += exhausted.to(torch.int64)
 
@@ -173,7 +170,7 @@ def solve_batch(
     noise_fraction = noise_level(policy.rounding_noise, eps)
     rounds = 0
     while True:
-        rows = torch.nonzero(state.status == _RUNNING).squeeze(1)  # the round's read
+        rows = torch.nonzero(state.status == RUNNING).squeeze(1)  # the round's read
         if rows.numel() == 0:
             break
         rounds += 1
@@ -195,15 +192,15 @@ def solve_batch(
             outputs, columns = evaluation.outputs.index_select(0, rows), evaluation.columns.index_select(1, rows)
             targets = None if evaluation.targets is None else evaluation.targets.index_select(0, rows)
         new = linearize(model.loss, outputs, targets, columns)
-        accepted, moves, code, next_radius = _decide(
+        accepted, moves, code, next_radius = decide(
             controller,
             _running(state.cost, 0, rows, everyone_runs),
             new,
             step,
             radius,
-            _norm(p),
-            _norm(x.T),
-            _norm(x.T / scale),
+            norm(p).double(),
+            norm(x.T).double(),
+            norm(x.T / scale).double(),
             _running(state.nfev, 0, rows, everyone_runs) + 1,
             max_nfev,
             eps,
@@ -214,7 +211,7 @@ def solve_batch(
         state.status.index_copy_(0, rows, code)
         state.nfev.index_add_(0, rows, torch.ones_like(code))
         state.njev.index_add_(0, rows, moves.to(torch.int64))
-        state.nit.index_add_(0, rows, (accepted | (code != _RUNNING)).to(torch.int64))
+        state.nit.index_add_(0, rows, (accepted | (code != RUNNING)).to(torch.int64))
         state.inner_iterations.index_add_(0, rows, step.iterations)
         state.products.index_add_(0, rows, step.products)
         _carry(state.factors, rows, carried)
@@ -275,71 +272,6 @@ def _carry(factors, rows: Tensor, carried: Tensor) -> None:
         factors.reference.index_copy_(0, rows, carried)
 
 
-def _decide(
-    controller: TrustRegion,
-    cost: Tensor,
-    new: Linearized,
-    step: BatchStep,
-    radius: Tensor,
-    p_norm: Tensor,
-    x_norm: Tensor,
-    x_scaled_norm: Tensor,
-    nfev: Tensor,
-    max_nfev: int,
-    eps: float,
-    tolerances: tuple[float, float],
-    noise_fraction: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`TrustRegion.step`'s decisions for one trial of K problems.
-
-    Returns ``(accepted, linearized, status, radius)``: the trials taken, those
-    linearized (taken, or failed for a non-finite gradient: `njev` counts
-    them), the status codes (``_RUNNING`` where the problem goes on) and the
-    next radii.
-    """
-    policy = controller.radius_policy
-    ftol, xtol = tolerances
-    noise = noise_fraction * cost
-    trial_cost = new.cost
-    finite = torch.isfinite(trial_cost)
-    actual = cost - trial_cost
-    ratio = torch.where(finite, policy.ratio(actual, step.predicted_reduction, noise), 0.0)
-    failed_radius = policy.after_failure(radius, step.norm)
-    next_radius = torch.where(
-        finite,
-        policy.update(radius, ratio=ratio, step_norm=step.norm, hits_boundary=step.hits_boundary),
-        failed_radius,
-    )
-    # Status codes, _RUNNING where no test holds (scipy's MAX_NFEV is 0, step_termination's "none").
-    code = step_termination(actual, cost, p_norm, x_norm, ratio, ftol, xtol)
-    code = torch.where(finite & (code != 0), code, _RUNNING)
-    # At the noise floor, stop once the step is below √eps relative to x (`trustls.radius`).
-    small = p_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
-    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == _RUNNING)
-    code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
-    moves = finite & policy.moves(actual, ratio, noise)
-    # A point whose gradient is not finite is a failed trial: shrink and retry from x.
-    gradient_finite = torch.isfinite(new.gradient).all(0)
-    failed = moves & ~gradient_finite
-    accepted = moves & gradient_finite
-    code = torch.where(failed, _RUNNING, code)
-    next_radius = torch.where(failed, failed_radius, next_radius)
-    if controller.gtol is not None:
-        converged = accepted & (code == _RUNNING) & (new.gradient.abs().amax(0).double() < controller.gtol)
-        code = torch.where(converged, Status.GTOL.value, code)
-    # No step longer than the rounding of x remains: converged to working precision
-    # after a finite trial, an unusable region after a non-finite one.
-    collapsed = ~accepted & (code == _RUNNING) & (next_radius <= eps * (1.0 + x_scaled_norm))
-    code = torch.where(collapsed, torch.where(finite, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
-    code = torch.where((code == _RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
-    return accepted, moves, code, next_radius
-
-
-def _norm(v: Tensor) -> Tensor:
-    """‖v‖ per problem for batch-last vectors ``(n, K)``, in float64."""
-    return torch.sqrt((v * v).sum(0)).double()
-
-
 def _move(state: _Batch, solver, scale_rule, rows: Tensor, x_new: Tensor, new: Linearized, taken: Tensor, m: int):
     """Take the accepted trials: the problems ``rows`` move to ``x_new``, linearized by ``new`` at ``taken``.
 
@@ -357,7 +289,7 @@ def _move(state: _Batch, solver, scale_rule, rows: Tensor, x_new: Tensor, new: L
     state.gradient.index_copy_(1, rows, gradient)
     state.jacobians.index_copy_(0, rows, jacobians)
     state.residual.index_copy_(0, rows, whitened if whitened is not None else new.outputs.index_select(0, taken))
-    going = torch.nonzero(state.status.index_select(0, rows) == _RUNNING).squeeze(1)  # the round's third read
+    going = torch.nonzero(state.status.index_select(0, rows) == RUNNING).squeeze(1)  # the round's third read
     if going.numel() == 0:
         return
     if going.numel() < rows.numel():

@@ -1,8 +1,11 @@
-"""`covariance`, `standard_errors` and `covariance_entries` (the math is in `trustls.covariance`)."""
+"""`covariance`, `standard_errors` and `covariance_entries`.
+
+The math is in `trustls.covariance`, the checks of their arguments in
+`trustls.covariance.inputs`.
+"""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ import torch
 from torch import Tensor
 
 from trustls.covariance.conjugate_gradient import inverse_columns, jacobi_scale
+from trustls.covariance.inputs import checked_inputs, column_indices
 from trustls.covariance.methods import (
     CovarianceWarning,
     DenseSVD,
@@ -18,7 +22,6 @@ from trustls.covariance.methods import (
     Method,
     cannot_estimate,
     dense_matrix,
-    resolve_method,
     svd_factor,
 )
 from trustls.operators.base import LinearOperator
@@ -66,77 +69,6 @@ class CovarianceEntries:
     def diagonal(self) -> Tensor:
         """The variances of the requested parameters, shape ``(k,)``."""
         return self.columns[self.indices, torch.arange(self.indices.shape[0], device=self.columns.device)]
-
-
-# -- argument checks ----------------------------------------------------------------
-
-
-def _check_jacobian(jacobian: object) -> Tensor | LinearOperator:
-    if isinstance(jacobian, LinearOperator):
-        return jacobian
-    if not isinstance(jacobian, Tensor):
-        raise TypeError(f"jacobian must be a torch.Tensor or a LinearOperator, got {type(jacobian).__name__}")
-    if jacobian.ndim != 2 or not jacobian.is_floating_point() or jacobian.layout != torch.strided:
-        raise ValueError(
-            f"jacobian must be a dense 2-D floating tensor, got a {jacobian.ndim}-D tensor "
-            f"of dtype {jacobian.dtype} and layout {jacobian.layout}"
-        )
-    return jacobian.detach()
-
-
-def _variance_factor(cost: object, shape: tuple[int, int], absolute_sigma: object) -> tuple[float, str | None]:
-    """s² (1 with absolute sigma), and why the covariance cannot be estimated, if it cannot."""
-    if not isinstance(absolute_sigma, bool):
-        raise TypeError(f"absolute_sigma must be a bool, got {type(absolute_sigma).__name__}")
-    if absolute_sigma:
-        return 1.0, None
-    if cost is None:
-        raise ValueError("cost must be given unless absolute_sigma=True: s² = 2·cost/(m − n) scales the covariance")
-    if isinstance(cost, Tensor):
-        if cost.numel() != 1 or not cost.is_floating_point():
-            raise ValueError(
-                f"cost must be a number or a one-element floating tensor, got shape {tuple(cost.shape)} "
-                f"and dtype {cost.dtype}"
-            )
-        cost = float(cost)
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)):
-        raise TypeError(f"cost must be a number (½‖r‖², Result.cost), got {type(cost).__name__}")
-    if cost < 0:
-        raise ValueError(f"cost must be non-negative (it is ½‖r‖²), got {cost!r}")
-    m, n = shape
-    if m <= n:
-        return math.inf, (
-            "the residual variance s² = 2·cost/(m − n) needs more residuals than parameters, "
-            f"got m = {m} and n = {n}; pass absolute_sigma=True for (JᵀJ)⁻¹ itself"
-        )
-    if not math.isfinite(cost):
-        return math.inf, f"the cost is {cost}"
-    return 2.0 * float(cost) / (m - n), None
-
-
-def _indices(columns: object, n: int, device: torch.device) -> Tensor:
-    if columns is None:
-        return torch.arange(n, device=device)
-    if isinstance(columns, Tensor):
-        if columns.ndim != 1 or columns.is_floating_point() or columns.is_complex() or columns.dtype == torch.bool:
-            raise ValueError(f"columns must be a 1-D integer tensor when a tensor, got {columns!r}")
-        values = columns.tolist()
-    elif isinstance(columns, Sequence) and not isinstance(columns, str):
-        values = list(columns)
-    else:
-        raise TypeError(
-            f"columns must be a sequence of ints, a 1-D integer tensor or None, got {type(columns).__name__}"
-        )
-    if not values or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < n for j in values):
-        raise ValueError(f"columns must be a non-empty sequence of ints in [0, {n}), got {values!r}")
-    return torch.tensor(values, dtype=torch.int64, device=device)
-
-
-def _prepare(jacobian: object, cost: object, absolute_sigma: object, method: object):
-    jacobian = _check_jacobian(jacobian)
-    method = resolve_method(method, jacobian)
-    factor, reason = _variance_factor(cost, jacobian.shape, absolute_sigma)
-    return jacobian, method, factor, reason
 
 
 # -- computation --------------------------------------------------------------------
@@ -258,8 +190,8 @@ def covariance_entries(
         >>> entries.diagonal, entries.converged
         (tensor([0.2500], dtype=torch.float64), tensor([True]))
     """
-    jacobian, method, factor, reason = _prepare(jacobian, cost, absolute_sigma, method)
-    indices = _indices(columns, jacobian.shape[1], jacobian.device)
+    jacobian, method, factor, reason = checked_inputs(jacobian, cost, absolute_sigma, method)
+    indices = column_indices(columns, jacobian.shape[1], jacobian.device)
     return _entries(jacobian, indices, factor, reason, method, stacklevel=2)
 
 
@@ -302,7 +234,7 @@ def covariance_matrix(
 
     `trustls.curve_fit` passes 2, so that a warning points at the line calling it.
     """
-    jacobian, method, factor, reason = _prepare(jacobian, cost, absolute_sigma, method)
+    jacobian, method, factor, reason = checked_inputs(jacobian, cost, absolute_sigma, method)
     n = jacobian.shape[1]
     if reason is None and isinstance(method, DenseSVD):
         F = svd_factor(dense_matrix(jacobian)[0], method.rcond, stacklevel + 1)
@@ -345,7 +277,7 @@ def standard_error_vector(
     jacobian: object, cost: object, absolute_sigma: object, method: object, *, stacklevel: int
 ) -> Tensor:
     """`standard_errors` for wrappers (``Result`` methods, say), with ``stacklevel`` as in `covariance_matrix`."""
-    jacobian, method, factor, reason = _prepare(jacobian, cost, absolute_sigma, method)
+    jacobian, method, factor, reason = checked_inputs(jacobian, cost, absolute_sigma, method)
     n = jacobian.shape[1]
     if reason is None and isinstance(method, DenseSVD):
         F = svd_factor(dense_matrix(jacobian)[0], method.rcond, stacklevel + 1)

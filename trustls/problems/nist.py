@@ -26,7 +26,8 @@ certified value ``c``. It is capped at 11, the digits NIST certifies, and floore
 at 0 (no correct digit). :func:`lre` returns the smallest LRE over components.
 
 The files in ``nist_data/`` are NIST's, byte for byte; they are read with
-:mod:`importlib.resources`, so they load from an installed wheel too.
+:mod:`importlib.resources`, so they load from an installed wheel too. The
+model functions are in `trustls.problems.nist_models`.
 
 References:
     NIST/ITL Statistical Reference Datasets, nonlinear regression,
@@ -38,13 +39,14 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
+
+from trustls.problems.nist_models import MODELS
 
 __all__ = ["NistProblem", "load", "lre", "names"]
 
@@ -61,138 +63,6 @@ _NAMES = (
     # higher difficulty
     "MGH09", "Thurber", "BoxBOD", "Rat42", "MGH10", "Eckerle4", "Rat43", "Bennett5",
 )  # fmt: skip
-
-
-# Models f(x; b), written as in the file headers (b1 is b[0]). Pure torch functions
-# of b with no in-place ops and no branching on values, so autograd, torch.func
-# transforms (jacfwd, jacrev, jvp, vjp) and vmap over b all apply.
-
-
-def _exponential_rise(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * (1 - torch.exp(-b[1] * x))
-
-
-def _chwirut(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-b[0] * x) / (b[1] + b[2] * x)
-
-
-def _lanczos(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * torch.exp(-b[1] * x) + b[2] * torch.exp(-b[3] * x) + b[4] * torch.exp(-b[5] * x)
-
-
-def _gauss(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (
-        b[0] * torch.exp(-b[1] * x)
-        + b[2] * torch.exp(-torch.square(x - b[3]) / torch.square(b[4]))
-        + b[5] * torch.exp(-torch.square(x - b[6]) / torch.square(b[7]))
-    )
-
-
-def _danwood(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * torch.pow(x, b[1])
-
-
-def _misra1b(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * (1 - torch.pow(1 + b[1] * x / 2, -2))
-
-
-def _kirby2(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (b[0] + x * (b[1] + x * b[2])) / (1 + x * (b[3] + x * b[4]))
-
-
-def _cubic_over_cubic(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Hahn1 and Thurber; Horner's rule for both polynomials.
-    numerator = b[0] + x * (b[1] + x * (b[2] + x * b[3]))
-    return numerator / (1 + x * (b[4] + x * (b[5] + x * b[6])))
-
-
-def _nelson(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Model for log(y); x[:, 0] is time, x[:, 1] temperature.
-    return b[0] - b[1] * x[:, 0] * torch.exp(-b[2] * x[:, 1])
-
-
-def _mgh17(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] + b[1] * torch.exp(-x * b[3]) + b[2] * torch.exp(-x * b[4])
-
-
-def _misra1c(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * (1 - torch.pow(1 + 2 * b[1] * x, -0.5))
-
-
-def _misra1d(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * b[1] * x / (1 + b[1] * x)
-
-
-def _roszman1(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] - b[1] * x - torch.atan(b[2] / (x - b[3])) / math.pi
-
-
-def _enso(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Angles in radians; the annual cycle has the fixed period of 12 months.
-    w = 2 * math.pi * x
-    return (
-        b[0]
-        + b[1] * torch.cos(w / 12) + b[2] * torch.sin(w / 12)
-        + b[4] * torch.cos(w / b[3]) + b[5] * torch.sin(w / b[3])
-        + b[7] * torch.cos(w / b[6]) + b[8] * torch.sin(w / b[6])
-    )  # fmt: skip
-
-
-def _mgh09(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * (x * x + x * b[1]) / (x * x + x * b[2] + b[3])
-
-
-def _rat42(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] / (1 + torch.exp(b[1] - b[2] * x))
-
-
-def _mgh10(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * torch.exp(b[1] / (x + b[2]))
-
-
-def _eckerle4(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (b[0] / b[1]) * torch.exp(-0.5 * torch.square((x - b[2]) / b[1]))
-
-
-def _rat43(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] / torch.pow(1 + torch.exp(b[1] - b[2] * x), 1 / b[3])
-
-
-def _bennett5(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return b[0] * torch.pow(b[1] + x, -1 / b[2])
-
-
-_Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-_MODELS: dict[str, _Model] = {
-    "Misra1a": _exponential_rise,
-    "Chwirut2": _chwirut,
-    "Chwirut1": _chwirut,
-    "Lanczos3": _lanczos,
-    "Gauss1": _gauss,
-    "Gauss2": _gauss,
-    "DanWood": _danwood,
-    "Misra1b": _misra1b,
-    "Kirby2": _kirby2,
-    "Hahn1": _cubic_over_cubic,
-    "Nelson": _nelson,
-    "MGH17": _mgh17,
-    "Lanczos1": _lanczos,
-    "Lanczos2": _lanczos,
-    "Gauss3": _gauss,
-    "Misra1c": _misra1c,
-    "Misra1d": _misra1d,
-    "Roszman1": _roszman1,
-    "ENSO": _enso,
-    "MGH09": _mgh09,
-    "Thurber": _cubic_over_cubic,
-    "BoxBOD": _exponential_rise,
-    "Rat42": _rat42,
-    "MGH10": _mgh10,
-    "Eckerle4": _eckerle4,
-    "Rat43": _rat43,
-    "Bennett5": _bennett5,
-}
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -257,7 +127,7 @@ class NistProblem:
             0.0
         """
         self._check(b)
-        return _MODELS[self.name](self.predictors.to(dtype=b.dtype, device=b.device), b)
+        return MODELS[self.name](self.predictors.to(dtype=b.dtype, device=b.device), b)
 
     def residual(self, b: torch.Tensor) -> torch.Tensor:
         """The residual ``response - model(b)``, shape ``(N,)``, in ``b``'s dtype and device.
@@ -299,7 +169,7 @@ def load(name: str) -> NistProblem:
         >>> problem.difficulty, problem.certified_params.shape
         ('higher', torch.Size([4]))
     """
-    if name not in _MODELS:
+    if name not in MODELS:
         raise ValueError(f"`name` must be one of {', '.join(_NAMES)}; got {name!r}")
     parsed = _parse(name)
     f64 = functools.partial(torch.tensor, dtype=torch.float64)

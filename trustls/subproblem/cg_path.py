@@ -4,7 +4,12 @@ CG's iterates do not depend on the radius until they reach the boundary, so
 the path computed for radius Δ contains the solution for every smaller radius:
 its first crossing of the smaller sphere. Along each segment p_k + σ(p_{k+1} −
 p_k) the model is the quadratic m_k + σ·slope_k + ½σ²·curvature_k, recorded
-while CG ran, so a step for a smaller radius costs no product.
+while CG ran, so a step for a smaller radius costs no product. By default
+(`SteihaugCG`'s ``path_memory=None``) the path is kept, up to
+`DEFAULT_PATH_MEMORY` elements, only for matrix-free operators
+(`LinearOperator.is_matrix_free`: a product costs a gradient evaluation or
+more); for a stored matrix a product costs about as much memory traffic as
+keeping an iterate, so rerunning CG after a rejection is as fast.
 
 `normalizing_factor` is the power of two that keeps CG's squared norms of a
 float32 gradient within range (`trustls.subproblem.steihaug_cg`).
@@ -20,7 +25,10 @@ from torch import Tensor
 
 from trustls.subproblem.base import Step, boundary_step_length
 
-__all__ = ["CGPath", "normalizing_factor", "step_from_path"]
+__all__ = ["DEFAULT_PATH_MEMORY", "CGPath", "normalizing_factor", "step_from_path"]
+
+# Elements of the stored CG path for matrix-free operators (32 MiB in float64).
+DEFAULT_PATH_MEMORY = 2**22
 
 
 def normalizing_factor(largest: float, radius: float, dtype: torch.dtype) -> float:

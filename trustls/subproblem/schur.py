@@ -12,32 +12,11 @@ with λ = 0 or ‖p(λ)‖ = Δ (Moré 1978; Moré & Sorensen 1983; Nocedal & Wr
 ‖p(λ)‖. This solver computes damped steps, Levenberg-Marquardt steps, and
 chooses λ from Δ so that ‖p(λ)‖ ≤ Δ.
 
-Elimination. Let the columns split into row-disjoint eliminated blocks E
-(the points of bundle adjustment) and the free blocks F (the cameras), with
-C = J_EᵀJ_E block diagonal and W = J_FᵀJ_E (`trustls.subproblem.schur_structure`).
-Eliminating p_E = −(C + λI)⁻¹(g_E + Wᵀp_F) from (B + λI)p = −g leaves
-
-    S p_F = −(g_F − W (C + λI)⁻¹ g_E),   S = J_FᵀJ_F + λI − W (C + λI)⁻¹ Wᵀ,
-
-the Schur complement, symmetric with S ⪰ λI (Agarwal, Snavely, Seitz &
-Szeliski 2010; Triggs et al. 2000, §6.1). (C + λI)⁻¹ is one small Cholesky
-factorization per eliminated block. S is never formed: a product
-
-    S v = J_Fᵀ(I − J_E (C + λI)⁻¹ J_Eᵀ) J_F v + λv
-
-costs four sparse products (J_F, J_Eᵀ, J_E, J_Fᵀ: together the entries of J
-twice, as one product with JᵀJ) and a block-diagonal solve, Ceres' implicit
-Schur complement. Preconditioned conjugate gradients solve the reduced
-system to ‖S p_F + ĝ_F‖ ≤ η‖ĝ_F‖ (the reduced residual is the whole residual
-(B + λI)p + g, whose E part vanishes after the exact back-substitution for
-p_E). The preconditioner is Schur-Jacobi, the diagonal blocks of S over F,
-
-    S_ff = (J_FᵀJ_F)_ff + λI − Σ_e W_fe (C_e + λI)⁻¹ W_feᵀ,
-
-summed over the eliminated blocks e that share a row with f (one per
-observation of camera f), or, with ``preconditioner="block_jacobi"``, the
-blocks of J_FᵀJ_F + λI only (cheaper; equal to (1 + λ)I under block-Jacobi
-scaling).
+Elimination. Each damped step solves the Schur complement of the eliminated
+blocks E (the points of bundle adjustment) in the free blocks F (the
+cameras) by preconditioned conjugate gradients, and back-substitutes p_E
+(Agarwal, Snavely, Seitz & Szeliski 2010; `trustls.subproblem.schur_reduced`,
+on the blocks of `trustls.subproblem.schur_structure`).
 
 Damping from the radius. For B ⪰ 0, λ‖p(λ)‖ = ‖λ(B + λI)⁻¹g‖ increases with
 λ (each eigencomponent of g is multiplied by λ/(b + λ)) towards ‖g‖. Two
@@ -120,9 +99,6 @@ References:
     Technical University of Denmark, 1999.
     J. Nocedal and S. J. Wright, "Numerical Optimization", 2nd ed., Springer,
     2006, ch. 4.
-    B. Triggs, P. McLauchlan, R. Hartley and A. Fitzgibbon, "Bundle adjustment:
-    a modern synthesis", Vision Algorithms: Theory and Practice, LNCS 1883,
-    2000, pp. 298-372.
     N. Yamashita and M. Fukushima, "On the rate of convergence of the
     Levenberg-Marquardt method", Computing Suppl. 15, 2001, pp. 239-249.
 """
@@ -134,19 +110,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from trustls.operators.base import ScaledOperator
 from trustls.operators.sparse import SparseOperator
 from trustls.scaling import JacobiScale
 from trustls.sparsity.blocks import BlockPartition, pattern_blocks
 from trustls.subproblem.base import Step, SubproblemSolver
-from trustls.subproblem.schur_structure import (
-    SchurBlocks,
-    inverse_factors,
-    schur_blocks,
-    schur_jacobi_blocks,
-)
+from trustls.subproblem.schur_reduced import Prepared, ReducedSolve
+from trustls.subproblem.schur_structure import schur_blocks
 
 __all__ = ["PRECONDITIONERS", "IterativeSchur"]
 
@@ -164,103 +135,6 @@ _SECULAR_TARGET = 0.5
 _SATURATION = 1.1
 # The relative tolerance of the reduced solves whose λ may still be corrected.
 _PROBE_FORCING = 0.5
-
-
-@dataclass(eq=False)
-class _Prepared:
-    blocks: SchurBlocks
-    gradient: Tensor
-    gradient_norm: float
-    free_gradient: Tensor
-    eliminated_gradient: Tensor
-    cauchy_curvature: float  # ‖J g‖²
-
-
-@dataclass(eq=False)
-class _DampedStep:
-    step: Tensor
-    jacobian_step: Tensor  # J p
-    norm: float
-
-
-def _block_diagonal(indices: tuple[Tensor, Tensor], blocks: list[Tensor]) -> Tensor:
-    """The block-diagonal matrix of ``blocks`` as a CSR tensor: a product is one sparse product."""
-    n = indices[0].shape[0] - 1
-    values = torch.cat([b.reshape(-1) for b in blocks])
-    return torch.sparse_csr_tensor(indices[0], indices[1], values, (n, n), check_invariants=False)
-
-
-class _ReducedSolve:
-    """Preconditioned CG on the reduced system at one damping, from x = 0, resumable.
-
-    `run` iterates until ‖b − Sx‖ ≤ η‖b‖ for the η it is given, and a later
-    call with a smaller η continues from there; `step` back-substitutes the
-    current x into the full step p.
-    """
-
-    def __init__(self, prep: _Prepared, damping: float, schur_jacobi: bool, max_iter: int | None):
-        blocks = self.blocks = prep.blocks
-        plan = blocks.plan
-        self.prep, self.damping = prep, damping
-        factors = [inverse_factors(C, damping) for C in blocks.eliminated_blocks]
-        self.C_inverse = _block_diagonal(plan.eliminated_diagonal, [X.transpose(1, 2) @ X for X in factors])
-        if schur_jacobi:
-            diagonal = schur_jacobi_blocks(blocks, factors, damping)
-        else:
-            diagonal = [D + damping * torch.eye(D.shape[-1], dtype=D.dtype, device=D.device)
-                        for D in blocks.free_blocks]
-        inverses = [X.transpose(1, 2) @ X for X in map(inverse_factors, diagonal)]
-        self.M_inverse = _block_diagonal(plan.free_diagonal, inverses)
-        J_E, J_F = blocks.eliminated_jacobian, blocks.free_jacobian
-        # The reduced right-hand side −(g_F − W (C + λI)⁻¹ g_E).
-        self.b = J_F.rmatvec(J_E.matvec(self.C_inverse @ prep.eliminated_gradient)) - prep.free_gradient
-        self.b_norm = float(torch.linalg.vector_norm(self.b))
-        self.x, self.r = torch.zeros_like(self.b), self.b
-        self.z = self.M_inverse @ self.r
-        self.d = self.z
-        self.rz = float(torch.dot(self.r, self.z))
-        self.r_norm = self.b_norm
-        self.max_iter = 2 * self.b.shape[0] if max_iter is None else max_iter
-        self.iterations, self.products, self.reason = 0, 1, "converged"
-        self.stopped = False  # max_iter or a breakdown: no further iterations
-
-    def schur(self, v: Tensor) -> Tensor:
-        J_E, J_F = self.blocks.eliminated_jacobian, self.blocks.free_jacobian
-        u = J_F.matvec(v)
-        u = u - J_E.matvec(self.C_inverse @ J_E.rmatvec(u))
-        return J_F.rmatvec(u) + self.damping * v
-
-    def run(self, forcing: float) -> None:
-        tolerance = forcing * self.b_norm
-        while not self.stopped and self.r_norm > tolerance:
-            if self.iterations >= self.max_iter:
-                self.stopped, self.reason = True, "max_iter"
-                break
-            Sd = self.schur(self.d)
-            self.iterations += 1
-            self.products += 1
-            kappa = float(torch.dot(self.d, Sd))
-            if not kappa > 0.0:  # S ⪰ λI: only rounding or overflow
-                self.stopped, self.reason = True, "negative_curvature"
-                break
-            alpha = self.rz / kappa
-            self.x = self.x + alpha * self.d
-            self.r = self.r - alpha * Sd
-            self.r_norm = float(torch.linalg.vector_norm(self.r))
-            self.z = self.M_inverse @ self.r
-            rz = float(torch.dot(self.r, self.z))
-            self.d = self.z + (rz / self.rz) * self.d
-            self.rz = rz
-
-    def step(self) -> _DampedStep:
-        prep, plan = self.prep, self.blocks.plan
-        J_E, J_F = self.blocks.eliminated_jacobian, self.blocks.free_jacobian
-        u = J_F.matvec(self.x)
-        p_E = -(self.C_inverse @ (prep.eliminated_gradient + J_E.rmatvec(u)))
-        p = torch.empty_like(prep.gradient)
-        p.index_copy_(0, plan.free_columns, self.x).index_copy_(0, plan.eliminated_columns, p_E)
-        self.products += 1
-        return _DampedStep(p, u + J_E.matvec(p_E), float(torch.linalg.vector_norm(p)))
 
 
 @dataclass(frozen=True)
@@ -334,7 +208,7 @@ class IterativeSchur(SubproblemSolver):
         ):
             raise ValueError(f"secular_steps must be a non-negative int, got {self.secular_steps!r}")
 
-    def prepare(self, linearization, state=None) -> _Prepared:
+    def prepare(self, linearization, state=None) -> Prepared:
         # The tolerance is relative to the reduced right-hand side, so no state is
         # carried from point to point (module docstring, inner tolerance).
         J = linearization.jacobian
@@ -356,7 +230,7 @@ class IterativeSchur(SubproblemSolver):
         free_gradient = g.index_select(0, plan.free_columns)
         eliminated_gradient = g.index_select(0, plan.eliminated_columns)
         Jg = blocks.free_jacobian.matvec(free_gradient) + blocks.eliminated_jacobian.matvec(eliminated_gradient)
-        return _Prepared(
+        return Prepared(
             blocks=blocks,
             gradient=g,
             gradient_norm=float(torch.linalg.vector_norm(g)),
@@ -365,7 +239,7 @@ class IterativeSchur(SubproblemSolver):
             cauchy_curvature=float(torch.dot(Jg, Jg)),
         )
 
-    def solve(self, prepared: _Prepared, radius: float) -> Step:
+    def solve(self, prepared: Prepared, radius: float) -> Step:
         prep = prepared
         g, g_norm = prep.gradient, prep.gradient_norm
         if g_norm == 0.0:
@@ -415,5 +289,5 @@ class IterativeSchur(SubproblemSolver):
             bounded = tau * g_norm >= radius
         return Step(p, p_norm, predicted, bounded, iterations, products, reason)
 
-    def _reduced(self, prep: _Prepared, damping: float) -> _ReducedSolve:
-        return _ReducedSolve(prep, damping, self.preconditioner == "schur_jacobi", self.max_iter)
+    def _reduced(self, prep: Prepared, damping: float) -> ReducedSolve:
+        return ReducedSolve(prep, damping, self.preconditioner == "schur_jacobi", self.max_iter)

@@ -75,14 +75,10 @@ it, B itself may leave the range, and no single factor helps: the step is
 then not finite, and the controller shrinks the radius.
 
 Because the iterates do not depend on the radius until they reach the
-boundary, the path computed for radius Δ contains the solution for every
-smaller radius: its first crossing of the smaller sphere. After a rejected step
-the controller shrinks the radius, and `SteihaugCG` answers from the stored
-path with no new product while it fits in ``path_memory`` elements. By
-default the path is kept only for matrix-free operators
-(`LinearOperator.is_matrix_free`: a product costs a gradient evaluation or
-more); for a stored matrix a product costs about as much memory traffic as
-keeping an iterate, so rerunning CG after a rejection is as fast.
+boundary, `SteihaugCG` answers a smaller radius after a rejected step from
+the stored path, with no new product, while it fits in ``path_memory``
+elements (`trustls.subproblem.cg_path`, which also says why the default
+keeps the path only for matrix-free operators).
 
 The measurements behind these choices are in the CHANGELOG and
 ``docs/benchmarks.md``.
@@ -115,12 +111,9 @@ import torch
 from torch import Tensor
 
 from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
-from trustls.subproblem.cg_path import CGPath, normalizing_factor, step_from_path
+from trustls.subproblem.cg_path import DEFAULT_PATH_MEMORY, CGPath, normalizing_factor, step_from_path
 
 __all__ = ["SteihaugCG"]
-
-# Elements of the stored CG path for matrix-free operators (32 MiB in float64).
-DEFAULT_PATH_MEMORY = 2**22
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""The start of a solve: the working point from ``x0``, and the checks that an iteration can begin.
+
+`starting_point` reads ``x0`` as scipy does (`trustls._validation`), checks it
+against ``x_scale``, and returns the point that the iteration works on:
+float32 for a half-precision ``x0``, on values that its dtype holds exactly
+(`trustls.function`), and with bounds, moved strictly inside the box, where
+scipy's trf starts too.
+
+The checks refuse, with the reason, a start from which no iteration could
+proceed: a residual, cost or gradient at ``x0`` that is not finite, outputs
+with no autograd path to x, or a budget ``max_nfev`` below the calls of
+``fun`` that the evaluation and linearization at ``x0`` need.
+`check_relinearization` applies the gradient check to a linearization made
+elsewhere (`TrustRegion.relinearized`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trustls._validation import as_tensor_x0, check_x0
+from trustls.bounds import Bounds, as_bounds
+from trustls.function import HALF, round_to
+from trustls.models.base import CurvatureModel, Evaluation, Linearization
+from trustls.scaling import ScalePolicy
+from trustls.state import TrustRegionState
+from trustls.termination import gradient_test
+
+__all__ = [
+    "check_budget",
+    "check_first_evaluation",
+    "check_relinearization",
+    "check_start_gradient",
+    "starting_point",
+]
+
+
+def starting_point(x0: Any, scale_policy: ScalePolicy, bounds: Any) -> tuple[Tensor, torch.dtype, Bounds | None]:
+    """The working point, the dtype of ``x0`` and the checked bounds (in the working dtype)."""
+    x0 = check_x0(as_tensor_x0(x0))
+    dtype = x0.dtype
+    scale_policy.check(x0)
+    bounds = as_bounds(bounds, x0)
+    # Half precision: iterate in float32 on values x0's dtype holds exactly.
+    x = x0.detach().to(torch.float32) if dtype in HALF else x0.detach().clone()
+    if bounds is not None:  # scipy's trf starts strictly inside the box
+        bounds = type(bounds)(bounds.lower.to(x.dtype), bounds.upper.to(x.dtype))
+        x = round_to(bounds.strictly_feasible(x), dtype)
+    return x, dtype, bounds
+
+
+def check_first_evaluation(model: CurvatureModel, evaluation: Evaluation) -> None:
+    """The outputs at ``x0`` are finite and depend on x through autograd, and so is the cost."""
+    if not bool(torch.isfinite(evaluation.outputs).all()):
+        raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
+    if not model.depends_on_x(evaluation):
+        raise ValueError(
+            "fun must compute its outputs from x with torch operations that autograd can differentiate, got "
+            "outputs with no autograd path to x (computed under torch.no_grad(), detached, or rebuilt from "
+            "Python numbers, e.g. torch.tensor(x.tolist()))"
+        )
+    if not bool(torch.isfinite(evaluation.cost)):
+        raise ValueError(
+            "the cost at x0 must be finite, got one that overflows float64 (residual entries near 1e154 or "
+            "beyond): rescale fun"
+        )
+
+
+def check_budget(max_nfev: int | None, needed: int) -> None:
+    """``max_nfev`` allows the ``needed`` calls of the evaluation and linearization at ``x0``."""
+    if max_nfev is not None and max_nfev < needed:
+        raise ValueError(
+            f"max_nfev must allow the evaluation and linearization at x0 ({needed} calls of fun), got {max_nfev}"
+        )
+
+
+def check_start_gradient(gradient: Tensor) -> None:
+    """The gradient of the cost at ``x0`` is finite."""
+    _, finite = gradient_test(gradient)
+    if not finite:
+        raise ValueError(
+            "the gradient of the cost at x0 must be finite, got NaN or inf entries (is fun differentiable "
+            "at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there)"
+        )
+
+
+def check_relinearization(state: TrustRegionState, linearization: Linearization) -> None:
+    """``linearization`` is at a point of the state's shape, with a finite gradient."""
+    if state.linearization is not None and linearization.x.shape != state.x.shape:
+        raise ValueError(
+            f"linearization must be at a point of the state's shape {tuple(state.x.shape)}, "
+            f"got {tuple(linearization.x.shape)}"
+        )
+    _, finite = gradient_test(linearization.gradient)
+    if not finite:
+        raise ValueError("the gradient of the cost must be finite, got NaN or inf entries")

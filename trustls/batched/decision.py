@@ -1,0 +1,89 @@
+"""The decide phase of one round of `solve_batch`, elementwise over the K running problems.
+
+`decide` is `TrustRegion.step`'s decision for one trial of each of K
+problems, on (K,) tensors: the ratio test and the radius update
+(`RadiusPolicy`), the termination tests (`trustls.termination.step_termination`,
+the noise floor of `trustls.radius`, ``gtol`` at an accepted point, a radius
+below the rounding of x, the budget), and the failures (a trial cost or a
+gradient that is not finite), so that the host reads nothing of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from trustls.batched.fields import BatchStep
+from trustls.batched.objective import Linearized
+from trustls.result import Status
+from trustls.termination import step_termination
+
+if TYPE_CHECKING:
+    from trustls.trust_region import TrustRegion
+
+__all__ = ["RUNNING", "decide"]
+
+RUNNING = -1  # the status of a problem still iterating (not a Status code)
+
+
+def decide(
+    controller: TrustRegion,
+    cost: Tensor,
+    new: Linearized,
+    step: BatchStep,
+    radius: Tensor,
+    p_norm: Tensor,
+    x_norm: Tensor,
+    x_scaled_norm: Tensor,
+    nfev: Tensor,
+    max_nfev: int,
+    eps: float,
+    tolerances: tuple[float, float],
+    noise_fraction: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`TrustRegion.step`'s decisions for one trial of K problems.
+
+    Returns ``(accepted, linearized, status, radius)``: the trials taken, those
+    linearized (taken, or failed for a non-finite gradient: `njev` counts
+    them), the status codes (``RUNNING`` where the problem goes on) and the
+    next radii.
+    """
+    policy = controller.radius_policy
+    ftol, xtol = tolerances
+    noise = noise_fraction * cost
+    trial_cost = new.cost
+    finite = torch.isfinite(trial_cost)
+    actual = cost - trial_cost
+    ratio = torch.where(finite, policy.ratio(actual, step.predicted_reduction, noise), 0.0)
+    failed_radius = policy.after_failure(radius, step.norm)
+    next_radius = torch.where(
+        finite,
+        policy.update(radius, ratio=ratio, step_norm=step.norm, hits_boundary=step.hits_boundary),
+        failed_radius,
+    )
+    # Status codes, RUNNING where no test holds (scipy's MAX_NFEV is 0, step_termination's "none").
+    code = step_termination(actual, cost, p_norm, x_norm, ratio, ftol, xtol)
+    code = torch.where(finite & (code != 0), code, RUNNING)
+    # At the noise floor, stop once the step is below √eps relative to x (`trustls.radius`).
+    small = p_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
+    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == RUNNING)
+    code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
+    moves = finite & policy.moves(actual, ratio, noise)
+    # A point whose gradient is not finite is a failed trial: shrink and retry from x.
+    gradient_finite = torch.isfinite(new.gradient).all(0)
+    failed = moves & ~gradient_finite
+    accepted = moves & gradient_finite
+    code = torch.where(failed, RUNNING, code)
+    next_radius = torch.where(failed, failed_radius, next_radius)
+    if controller.gtol is not None:
+        converged = accepted & (code == RUNNING) & (new.gradient.abs().amax(0).double() < controller.gtol)
+        code = torch.where(converged, Status.GTOL.value, code)
+    # No step longer than the rounding of x remains: converged to working precision
+    # after a finite trial, an unusable region after a non-finite one.
+    collapsed = ~accepted & (code == RUNNING) & (next_radius <= eps * (1.0 + x_scaled_norm))
+    code = torch.where(collapsed, torch.where(finite, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
+    code = torch.where((code == RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
+    return accepted, moves, code, next_radius
