@@ -397,3 +397,24 @@ def test_linear_problems_reach_each_least_squares_solution(batch, shape, solver,
     expected = torch.linalg.lstsq(A, y[..., None], driver="gelsd").solution[..., 0]
     assert fit.success.all()
     torch.testing.assert_close(fit.x, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_noise_floor_stop_as_single_solves(solver):
+    """Tolerances below the rounding level: each problem stops at the noise floor as `solve` does.
+
+    Near the floor the sign of a cost change of 1e-17 decides, and the batch sums each
+    problem's squares in another order than a single solve: the stop may come some
+    evaluations apart and by another of the tests that detect working precision (ftol
+    and xtol at eps, the noise floor), at the same cost to rounding.
+    """
+    working_precision = {Status.FTOL, Status.XTOL, Status.FTOL_XTOL, Status.NOISE_FLOOR}
+    data, x0 = exponential_fits(6, seed=11)
+    controller_ = TrustRegion(GaussNewtonModel(), solver=solver, ftol=1e-300, xtol=1e-300, gtol=1e-300)
+    batch = controller_.solve_batch(lambda x: stacked(x, data), x0)
+    assert (batch.status == Status.NOISE_FLOOR.value).sum() >= 3
+    for b in range(x0.shape[0]):
+        single = controller_.solve(one(stacked, data, b), x0[b])
+        assert batch.statuses[b] in working_precision and single.status in working_precision, f"problem {b}"
+        torch.testing.assert_close(batch.x[b], single.x, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(batch.cost[b], torch.tensor(single.cost, dtype=torch.float64), rtol=1e-14, atol=0)

@@ -10,7 +10,6 @@ gradient that is not finite), so that the host reads nothing of them.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -67,8 +66,8 @@ def decide(
     # Status codes, RUNNING where no test holds (scipy's MAX_NFEV is 0, step_termination's "none").
     code = step_termination(actual, cost, p_norm, x_norm, ratio, ftol, xtol)
     code = torch.where(finite & (code != 0), code, RUNNING)
-    # At the noise floor, stop once the step is below √eps relative to x (`trustls.radius`).
-    small = p_norm <= math.sqrt(eps) * (math.sqrt(eps) + x_norm)
+    # At the noise floor, stop once the step is below eps^(3/4) relative to x (`trustls.radius`).
+    small = p_norm <= eps**0.75 * (eps**0.75 + x_norm)
     noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == RUNNING)
     code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
     moves = finite & policy.moves(actual, ratio, noise)
