@@ -19,7 +19,7 @@ Sections:
 ``dense-jacobian``
     One dense Jacobian of small styled problems (`trustls.problems.styled`),
     the evaluation included: ``torch.func.jacfwd`` and ``jacrev`` against
-    each route of `trustls.models.dense_jacobian` and the route it chooses.
+    each route of `trustls.models.dense_jacobian` and the route its shape rule takes.
 
 ``small-products``
     The Gauss-Newton product JᵀJ v on small styled problems, per product
@@ -46,10 +46,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from trustls import GaussNewtonModel, SteihaugCG  # noqa: E402
 from trustls.models.dense_jacobian import ROUTES, DenseJacobian  # noqa: E402
-from trustls.operators import GaussNewtonOperator, SparseOperator, jacobian_products  # noqa: E402
+from trustls.operators import JacobianOperator, NormalOperator, SparseOperator, jacobian_products  # noqa: E402
 from trustls.problems import bal, styled  # noqa: E402
 from trustls.problems.structured import broyden_tridiagonal  # noqa: E402
-from trustls.scaling import resolve_scale  # noqa: E402
+from trustls.scaling import resolve_x_scale  # noqa: E402
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time
@@ -110,11 +110,11 @@ def cg(repeats: int) -> None:
         model = GaussNewtonModel(jacobian=jacobian)
         x = 0.5 * problem.x0
         lin = model.linearize(problem.residual, x)
-        scaled = lin.scaled(resolve_scale("jac", model, lin, None))
+        scaled = resolve_x_scale("jac").scaling(model, lin, None, 0).transform(lin)
         solvers = {"default": SteihaugCG(forcing=1e-9, max_iter=40),
                    "path": SteihaugCG(forcing=1e-9, max_iter=40, path_memory=2**22)}
-        iterations = solvers["default"].solve(solvers["default"].prepare(scaled), 1e9).iterations
-        calls = {name: (lambda s=s: s.solve(s.prepare(scaled), 1e9)) for name, s in solvers.items()}
+        iterations = solvers["default"].solve(solvers["default"].prepare(scaled, None), 1e9).iterations
+        calls = {name: (lambda s=s: s.solve(s.prepare(scaled, None), 1e9)) for name, s in solvers.items()}
         calls["products"] = lambda: scaled.operator.matvec(scaled.gradient)
         t = medians(calls, repeats)
         print(f"| {n:,} | {1e6 * t['default'] / iterations:.0f} µs | {1e6 * t['path'] / iterations:.0f} µs | "
@@ -130,9 +130,7 @@ def dense_jacobian(repeats: int) -> None:
     for name in names:
         problem = styled.get(name)
         fun, x = problem.residual, problem.x0
-        chooser = DenseJacobian()
-        for _ in range(3):  # explore, then the chosen route
-            chooser(fun, x)
+        chooser = DenseJacobian()  # the route by the shape, as in a solve
         calls = {"evaluation": lambda: fun(x), "jacfwd": lambda: torch.func.jacfwd(fun)(x),
                  "jacrev": lambda: torch.func.jacrev(fun)(x)}
         try:
@@ -145,7 +143,7 @@ def dense_jacobian(repeats: int) -> None:
         t = medians(calls, repeats)
         cells = [f"{1e3 * t[key]:.3f}" if key in t else "raises" for key in ("evaluation", "jacfwd", "jacrev")]
         cells += [f"{1e3 * t[route]:.3f}" for route in ROUTES]
-        chosen = min(chooser.estimates, key=chooser.estimates.get)
+        chosen = chooser(fun, x).route
         cells.append(f"{1e3 * t['chosen']:.3f} ({chosen})")
         print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
 
@@ -161,10 +159,10 @@ def small_products(repeats: int) -> None:
         v = torch.ones_like(x)
         calls = {}
         for method in methods:
-            operator = GaussNewtonOperator(jacobian_products(fun, x, method), x.numel())
+            operator = NormalOperator(JacobianOperator(jacobian_products(fun, x, method), x.numel()))
             operator.matvec(v)
             calls[f"{method}:first"] = (
-                lambda m=method: GaussNewtonOperator(jacobian_products(fun, x, m), x.numel()).matvec(v)
+                lambda m=method: NormalOperator(JacobianOperator(jacobian_products(fun, x, m), x.numel())).matvec(v)
             )
             calls[f"{method}:product"] = lambda op=operator: op.matvec(v)
         t = medians(calls, repeats)

@@ -178,14 +178,15 @@ def curve_fit(
         full_output: also return ``infodict``, ``mesg`` and ``ier``.
         nan_policy: ``None``, ``"raise"`` or ``"omit"`` (scipy's meanings;
             ``"propagate"`` is rejected, as in scipy).
-        **kwargs: passed to `trustls.least_squares` (``ftol``, ``max_nfev`` or
-            ``maxfev``, ``x_scale``, ``solver``, ...).
+        **kwargs (Any): passed to `trustls.least_squares` (``ftol``, ``max_nfev``
+            or ``maxfev``, ``x_scale``, ``solver``, ...).
 
     Returns:
-        ``(popt, pcov)``, tensors of shapes ``(n,)`` and ``(n, n)``; with
-        ``full_output``, ``(popt, pcov, infodict, mesg, ier)``, where ``mesg`` and
-        ``ier`` are the solve's `Status` message and code (1 to 5 on success: scipy's
-        1 to 4, and 5 when the cost stopped changing above its rounding error).
+        (tuple): ``(popt, pcov)``, tensors of shapes ``(n,)`` and ``(n, n)``; with
+            ``full_output``, ``(popt, pcov, infodict, mesg, ier)``, where ``mesg``
+            and ``ier`` are the solve's `Status` message and code (1 to 5 on
+            success: scipy's 1 to 4, and 5 when the cost stopped changing above
+            its rounding error).
 
     Raises:
         RuntimeError: the solve did not converge ("Optimal parameters not found: ...").
