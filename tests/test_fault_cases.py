@@ -40,6 +40,15 @@ def least_squares(**options):
     return lambda fun, x0: trustls.least_squares(fun, x0, **options)
 
 
+def recorder(infos):
+    """A `least_squares` callback that keeps every `IterationInfo` (scipy passes it to a parameter of this name)."""
+
+    def record(intermediate_result):
+        infos.append(intermediate_result)
+
+    return record
+
+
 def trust_region(solver, **options):
     return lambda fun, x0: TrustRegion(GaussNewtonModel(), solver, **options).solve(fun, x0)
 
@@ -58,7 +67,7 @@ def test_half_precision_cg_reports_success_only_after_a_decrease(dtype):
     also means useful: from (-1.2, 1), where ‖g‖ ≈ 230, the solve must lower the cost.
     """
     infos = []
-    result = check_solve(least_squares(solver="cg", callback=infos.append), rosenbrock, x0_rosenbrock(dtype),
+    result = check_solve(least_squares(solver="cg", callback=recorder(infos)), rosenbrock, x0_rosenbrock(dtype),
                          infos=infos, names=(), count_calls=False)  # fmt: skip
     assert result.cost < fresh_cost(rosenbrock, x0_rosenbrock(dtype))
 
@@ -68,7 +77,7 @@ def test_float16_cg_accepts_only_cost_decreasing_steps():
     must lower ½‖r‖², recomputed in float64 at ``info.x`` (within `ACCEPT_SLACK`), and some
     trial must be accepted (a solve that rejects every step would pass vacuously)."""
     infos = []
-    check_solve(least_squares(solver="cg", callback=infos.append, max_nfev=60), rosenbrock,
+    check_solve(least_squares(solver="cg", callback=recorder(infos), max_nfev=60), rosenbrock,
                 x0_rosenbrock(torch.float16), max_nfev=60, infos=infos, names=(), count_calls=False)  # fmt: skip
     assert any(info.accepted for info in infos)
 
@@ -231,9 +240,9 @@ def test_callback_that_modifies_info_x(solver):
     """Issue: a callback adding to ``info.x`` moved the iterate; the result reported the old cost.
     Honest: the callback gets a copy (result keeps the contract) or a refusal naming ``callback``."""
 
-    def callback(info):
+    def callback(intermediate_result):
         with torch.no_grad():
-            info.x.add_(1.0)
+            intermediate_result.x.add_(1.0)
 
     check_solve(least_squares(solver=solver, callback=callback), rosenbrock, x0_rosenbrock(), names=("callback",),
                 count_calls=False)  # fmt: skip

@@ -220,9 +220,12 @@ def test_solve_keeps_the_contract(problem, dtype, solver, fault, max_nfev, entry
     fun = fault.wrap(problem.residual, x0)
     infos = []
 
+    def record(intermediate_result):  # scipy's name: least_squares then passes the IterationInfo
+        infos.append(intermediate_result)
+
     def solve(f, x):
         if entry == "least_squares":
-            return trustls.least_squares(f, x, solver=solver, max_nfev=max_nfev, callback=infos.append)
+            return trustls.least_squares(f, x, solver=solver, max_nfev=max_nfev, callback=record)
         controller = TrustRegion(GaussNewtonModel(), solver, max_nfev=max_nfev, initial_radius=initial_radius,
                                  callback=infos.append)  # fmt: skip
         return controller.solve(f, x)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["HALF", "CountedFunction", "HalfPrecision", "check_outputs", "round_to", "split_outputs"]
+__all__ = ["HALF", "CountedFunction", "HalfPrecision", "call_unmodified", "check_outputs", "round_to", "split_outputs"]
 
 #: The half-precision dtypes, iterated in float32 on the values they hold.
 HALF = (torch.float16, torch.bfloat16)
@@ -90,14 +90,19 @@ class CountedFunction:
 
     def __call__(self, x: Tensor) -> Any:
         self.calls += 1  # a call that raises was still made
-        version = x._version
-        value = self.fun(x, *self.args, **self.kwargs)
-        if x._version != version:
-            raise ValueError(
-                "fun must not modify its argument in place (x was changed during the call): "
-                "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
-            )
-        return value
+        return call_unmodified(self.fun, x, *self.args, **self.kwargs)
+
+
+def call_unmodified(fun: Callable[..., Any], x: Tensor, *args: Any, **kwargs: Any) -> Any:
+    """``fun(x, ...)``, refused if it modified ``x`` in place (its version counter moved)."""
+    version = x._version
+    value = fun(x, *args, **kwargs)
+    if x._version != version:
+        raise ValueError(
+            "fun must not modify its argument in place (x was changed during the call): "
+            "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
+        )
+    return value
 
 
 def round_to(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -112,7 +117,8 @@ class HalfPrecision:
         self.fun, self.dtype = fun, dtype
 
     def __call__(self, x: Tensor) -> Any:
-        value = self.fun(x.to(self.dtype))
+        # fun sees a half-precision copy of x: its in-place changes must be caught on that copy.
+        value = call_unmodified(self.fun, x.to(self.dtype))
         if isinstance(value, Tensor):
             if value.dtype != self.dtype:
                 raise TypeError(f"fun must return a tensor of x's dtype {self.dtype}, got {value.dtype}")

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls.function import split_outputs
+from trustls.function import call_unmodified, split_outputs
 from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = ["BatchFunction", "BatchedJacobianWarning", "Evaluation"]
@@ -107,13 +107,7 @@ class BatchFunction:
     def __call__(self, X: Tensor, rows: Tensor) -> tuple[Tensor, Tensor | None]:
         """The outputs ``(K, m)`` and targets at the rows ``rows`` (X holds them, or the whole batch)."""
         self.calls += 1  # a call that raises was still made
-        version = X._version
-        value = self.fun(X, rows) if self.compact else self.fun(X)
-        if X._version != version:
-            raise ValueError(
-                "fun must not modify its argument in place (x was changed during the call): "
-                "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
-            )
+        value = call_unmodified(self.fun, X, rows) if self.compact else call_unmodified(self.fun, X)
         outputs, targets = split_outputs(value)
         self._check(outputs, X)
         if targets is not None and targets.shape != outputs.shape:
