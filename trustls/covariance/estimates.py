@@ -259,7 +259,10 @@ def standard_errors(
     n × n matrix; with `MatrixFreeCG`, one CG solve per parameter.
 
     Args:
-        jacobian, cost, absolute_sigma, method: as in `covariance_entries`.
+        jacobian: J at the solution, ``(m, n)``: a dense tensor or a `LinearOperator`.
+        cost: ½‖r‖² at the solution (s² = 2·cost/(m − n) unless ``absolute_sigma``).
+        absolute_sigma: as in `covariance_entries`.
+        method: as in `covariance_entries`.
 
     Warns:
         CovarianceWarning: as in `covariance_entries`.

@@ -12,7 +12,7 @@ See docs/sparse.md. The pieces, in the order a solve uses them:
   on J's pattern.
 """
 
-from trustls.sparsity.blocks import BlockPartition, find_blocks
+from trustls.sparsity.blocks import BlockPartition, find_blocks, pattern_blocks
 from trustls.sparsity.check import check_sparsity
 from trustls.sparsity.colored import ColoredJacobian, ColoredJacobianResult, VmapDecision, colored_jacobian
 from trustls.sparsity.coloring import ORDERINGS, ColumnColoring, color_columns
@@ -34,6 +34,7 @@ __all__ = [
     "find_blocks",
     "jacobian_pattern",
     "normal_diagonal_blocks",
+    "pattern_blocks",
     "pattern_from_indices",
     "times_block_diagonal",
 ]
