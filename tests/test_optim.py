@@ -239,7 +239,7 @@ def test_closure_output_errors():
         opt.step(None)
     with pytest.raises(TypeError, match=r"parameters' dtype torch.float64, got torch.float32"):
         opt.step(lambda: (net(X) - Y).reshape(-1).float())
-    with pytest.raises(ValueError, match="finite residual at the current parameters"):
+    with pytest.raises(ValueError, match="finite outputs at the current parameters"):
         opt.step(lambda: (net(X) - Y).reshape(-1) / 0.0)
     with pytest.raises(ValueError, match="depends on the parameters through autograd"):
         opt.step(lambda: (net(X) - Y).reshape(-1).detach())
@@ -287,7 +287,7 @@ def test_repr_and_defaults():
     assert "params=[(2, 6), (), (2,), (6, 3), (6,)]" in text
     # One trial per batch: the CG path would never be reused, so it is not stored.
     assert opt._method.solver.path_memory == 0 and opt.method.solver.path_memory is None
-    assert opt._method.scale_policy == JacobiScale()
+    assert opt._method.scale_policy.policy == JacobiScale()
 
 
 @pytest.mark.parametrize("module", [trustls.optim, trustls._closure])

@@ -5,21 +5,43 @@ directly, so ``torch.func`` (which differentiates a function of ``x``) does not
 apply. The products are built instead with classic autograd on the parameter
 list, from one evaluation of the closure with its graph:
 
-* ``Jᵀu``: ``torch.autograd.grad(r, params, u)``, the graph kept for reuse;
+* ``Jᵀu``: ``torch.autograd.grad(z, params, u)``, the graph kept for reuse;
 * ``Jv``: the map u ↦ Jᵀu is linear, so ``J v`` is its VJP with cotangent v.
-  One backward pass with ``create_graph=True`` at a dummy u₀ records the
+  One backward pass with ``create_graph=True`` at a cotangent u₀ records the
   graph of Jᵀu₀ as a function of u₀; each ``J v`` is then a backward pass
   through that graph (the "double-backward trick", Townsend 2017; the
-  ``"vjp+double-backward"`` method of `trustls.operators.implicit`). By
-  default it is recorded at u₀ = 0 on the first product, so a step whose
-  CG solve needs no product never pays for it; with ``eager=True`` (what
-  `TrustRegionOptimizer` uses, since CG always runs there) it is recorded at
-  once at u₀ = r, and the gradient Jᵀr comes out of that same pass.
+  ``"vjp+double-backward"`` method of `trustls.operators.implicit`).
+  `ClosureProducts` records it at u₀ = ∇L, the loss's gradient in the
+  outputs, so that the gradient Jᵀ∇L comes out of that same pass.
 
 A Gauss-Newton product JᵀJv thus costs two backward passes over graphs built
 once per step; J itself is never formed, and memory grows with the
 activations and the parameters, never with their product. The vectors are
 flat, the layout that of `flatten` over the parameter list.
+
+Half precision: for float16 or bfloat16 parameters the products run in the
+parameters' dtype and their results are cast to the working dtype float32,
+where the trust-region iteration runs (`trustls.trust_region`).
+
+Memory. The recorded graph of u ↦ Jᵀu saves, beside the forward pass's own
+tensors, the intermediate cotangents of the backward pass (one per layer,
+activation-sized), which only a derivative with respect to the forward
+activations would read: Jᵀu is linear in u, so every operation of the
+backward pass is linear in its u-dependent input, and the derivative with
+respect to that input needs only the other, u-independent, inputs. The
+derivative ``J v`` is taken with respect to u₀ alone, and autograd computes
+only the derivatives on paths to u₀. `ClosureProducts` therefore records the
+graph with saved-tensor hooks (``torch.autograd.graph.saved_tensors_hooks``)
+that keep a saved tensor only when it does not depend on u₀ and store
+nothing for one that does (a NaN placeholder of its shape is handed back if
+it is ever unpacked, so that a use would show rather than pass silently).
+On an MLP 784-1024-256-10 at batch 2,560 that drops 17.7 MiB of the 19.2 MiB
+that the recorded graph adds. `lean_products_agree` checks the recorded
+graph against the closure's own graph once (an adjoint test), and the
+optimizer falls back to saving everything if it ever fails.
+`ClosureProducts.release` drops both graphs once no product will be asked
+for, so that a trial evaluation (a forward pass of its own) does not run
+while the linearization's activations are still held.
 """
 
 from __future__ import annotations
@@ -31,14 +53,22 @@ from torch import Tensor
 
 from trustls.operators.implicit import JacobianProducts
 
-__all__ = ["check_closure_output", "flatten", "parameter_products", "unflatten"]
+__all__ = [
+    "ClosureProducts",
+    "check_closure_output",
+    "flatten",
+    "lean_products_agree",
+    "parameter_products",
+    "unflatten",
+]
 
 DOCS = "see the closure section of TrustRegionOptimizer's docstring and docs/training.md"
 
 
-def flatten(tensors: Sequence[Tensor]) -> Tensor:
-    """One detached vector holding ``tensors`` one after another."""
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
+def flatten(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
+    """One detached vector holding ``tensors`` one after another (in ``dtype``, default theirs)."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    return flat if dtype is None or flat.dtype == dtype else flat.to(dtype)
 
 
 def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
@@ -57,7 +87,8 @@ def check_closure_output(residual: object, like: Tensor, expected_size: int | No
     if residual.ndim == 0:
         raise ValueError(
             "closure must return the 1-D residual vector r whose cost ½‖r‖² is minimized, got a 0-d tensor: "
-            f"return e.g. (net(X) - Y).reshape(-1) rather than a loss; {DOCS}"
+            f"return e.g. (net(X) - Y).reshape(-1) rather than a loss, or (logits, targets) with "
+            f"GaussNewtonModel(loss='cross_entropy'); {DOCS}"
         )
     if residual.ndim != 1 or residual.shape[0] == 0:
         raise ValueError(
@@ -77,8 +108,160 @@ def check_closure_output(residual: object, like: Tensor, expected_size: int | No
 
 
 def _grad(outputs, inputs, grad_outputs, **options) -> tuple[Tensor, ...]:
-    # A parameter the residual does not use has a zero Jacobian block.
+    # A parameter the outputs do not use has a zero Jacobian block.
     return torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, materialize_grads=True, **options)
+
+
+class _DropCotangents:
+    """Saved-tensor hooks that keep only what does not depend on ``dummy`` (module docstring)."""
+
+    def __init__(self, dummy: Tensor):
+        self.dummy = dummy
+        self.memo: dict[object, bool] = {}  # autograd node -> whether it reaches dummy
+
+    def _depends(self, node) -> bool:
+        memo, stack = self.memo, [node]
+        while stack:  # depth-first, without recursion (deep networks)
+            current = stack.pop()
+            if current in memo:
+                continue
+            if getattr(current, "variable", None) is self.dummy:  # dummy's AccumulateGrad
+                memo[current] = True
+                continue
+            parents = [parent for parent, _ in current.next_functions if parent is not None]
+            pending = [parent for parent in parents if parent not in memo]
+            if pending:
+                stack.append(current)
+                stack.extend(pending)
+            else:
+                memo[current] = any(memo[parent] for parent in parents)
+        return memo[node]
+
+    def release(self) -> None:
+        self.dummy, self.memo = None, {}
+
+    def pack(self, tensor: Tensor):
+        if tensor is self.dummy or (tensor.grad_fn is not None and self._depends(tensor.grad_fn)):
+            return (tensor.shape, tensor.dtype, tensor.device)
+        return tensor
+
+    @staticmethod
+    def unpack(packed) -> Tensor:
+        if isinstance(packed, Tensor):
+            return packed
+        shape, dtype, device = packed
+        return torch.full((), float("nan"), dtype=dtype, device=device).expand(shape)
+
+
+class ClosureProducts:
+    """``Jv`` and ``Jᵀu`` for the closure's outputs z (with their graph) and the parameters.
+
+    Args:
+        outputs: the outputs, computed with their graph (any shape; flattened).
+        params: the parameters, all of one dtype.
+        at: u₀, the cotangent at which the double-backward graph is recorded
+            (in the working dtype, z's number of entries); ``gradient`` is Jᵀu₀.
+        dtype: the working dtype of the vectors (float32 for half-precision
+            parameters, else theirs).
+        lean: record the graph of u ↦ Jᵀu without the cotangents it never
+            needs (module docstring).
+
+    Raises:
+        ValueError: when no parameter reaches the outputs through autograd.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 3.0], requires_grad=True)
+        >>> products = ClosureProducts(w**2, [w], at=torch.ones(2))
+        >>> products.jvp(torch.tensor([1.0, 1.0])), products.gradient
+        (tensor([2., 6.]), tensor([2., 6.]))
+    """
+
+    def __init__(
+        self, outputs: Tensor, params: Sequence[Tensor], *, at: Tensor, dtype: torch.dtype | None = None,
+        lean: bool = True,
+    ):
+        self._params = list(params)
+        self.param_dtype = self._params[0].dtype
+        self.dtype = self.param_dtype if dtype is None else dtype
+        with torch.enable_grad():
+            self._outputs = outputs.reshape(-1)
+            self.residual = self._outputs.detach().to(self.dtype)
+            dummy = at.detach().reshape(-1).to(self.param_dtype).clone().requires_grad_()
+            if lean:
+                hooks = _DropCotangents(dummy)
+                with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+                    pulled = torch.autograd.grad(
+                        self._outputs, self._params, dummy, create_graph=True, allow_unused=True
+                    )
+                # Every saved tensor keeps the hooks: dropping their references to
+                # the graph breaks a cycle that Python's collector cannot see.
+                hooks.release()
+            else:
+                pulled = torch.autograd.grad(self._outputs, self._params, dummy, create_graph=True, allow_unused=True)
+            if all(t is None for t in pulled):
+                raise ValueError(
+                    "closure must return outputs that depend on the optimizer's parameters, got outputs that none "
+                    f"of its {len(self._params)} parameter tensor(s) reaches through autograd; {DOCS}"
+                )
+            # cat saves no input for its backward: the per-parameter tensors are
+            # freed and one flat vector remains, Jᵀu₀ and the graph's root.
+            root = torch.cat([
+                (t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(pulled, self._params)
+            ])
+        del pulled
+        self._dummy, self._root = dummy, root
+        # Jᵀu₀ shares the root's storage (the graph needs only the root's grad_fn).
+        self.gradient = root.detach() if self.dtype == self.param_dtype else root.detach().to(self.dtype)
+
+    @property
+    def released(self) -> bool:
+        """Whether `release` has dropped the graphs."""
+        return self._root is None
+
+    def release(self) -> None:
+        """Drop both graphs (the closure's and the recorded one); later products raise."""
+        self._outputs = self._dummy = self._root = None
+
+    def _check(self) -> None:
+        if self._root is None:
+            raise RuntimeError("the products of this step were released: no product may follow the trial evaluation")
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """J v, in the working dtype."""
+        self._check()
+        if not self._root.requires_grad:  # only unused parameters: J = 0
+            return torch.zeros_like(self.residual)
+        with torch.enable_grad():
+            Jv = torch.autograd.grad(self._root, self._dummy, v.to(self.param_dtype), retain_graph=True)[0]
+        return Jv.to(self.dtype)
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """Jᵀu as a new flat vector in the working dtype (its owner may scale it in place)."""
+        self._check()
+        grads = _grad(self._outputs, self._params, u.reshape(-1).to(self.param_dtype), retain_graph=True)
+        return flatten(grads, self.dtype)
+
+
+def lean_products_agree(products: ClosureProducts, generator: torch.Generator) -> bool:
+    """The adjoint test wᵀ(Jv) = (Jᵀw)ᵀv on random v, w: Jv from the recorded graph, Jᵀw from the closure's.
+
+    The tolerance, √eps of the parameters' dtype relative to
+    ‖w‖‖Jv‖ + ‖Jᵀw‖‖v‖, passes rounding and fails a placeholder that was
+    read (NaN) or any structural error. One host read.
+    """
+    residual = products.residual
+    v = torch.randn(products.gradient.shape, generator=generator, dtype=residual.dtype).to(residual.device)
+    w = torch.randn(residual.shape, generator=generator, dtype=residual.dtype).to(residual.device)
+    Jv = products.jvp(v)
+    left = torch.dot(w, Jv)
+    size = torch.linalg.vector_norm(w) * torch.linalg.vector_norm(Jv)
+    del Jv
+    Jtw = products.vjp(w)
+    right = torch.dot(Jtw, v)
+    size = size + torch.linalg.vector_norm(Jtw) * torch.linalg.vector_norm(v)
+    tolerance = torch.finfo(products.param_dtype).eps ** 0.5
+    return bool(torch.isfinite(left) & ((left - right).abs() <= tolerance * size))
 
 
 def parameter_products(
@@ -86,12 +269,9 @@ def parameter_products(
 ) -> JacobianProducts:
     """JVP and VJP of ``residual`` (computed with its graph) with respect to ``params``.
 
-    With ``eager=True`` the double-backward graph is recorded at once, at
-    u₀ = r rather than 0 (the map is linear, so any u₀ serves): that backward
-    pass yields Jᵀr as a by-product, and the first ``vjp(r)`` (the gradient,
-    which `GaussNewtonModel.from_products` asks for) is answered from it
-    instead of by another backward pass. ``eager`` may also be the vector u₀
-    itself (∇L for a loss other than least squares, whose gradient is Jᵀ∇L).
+    The double-backward graph is recorded at u₀ = r with ``eager=True``, at
+    u₀ = ``eager`` when it is a vector, and at u₀ = 0 on the first JVP
+    otherwise; the first ``vjp(u₀)`` is answered from the recording pass.
 
     Examples:
         >>> import torch
@@ -102,34 +282,21 @@ def parameter_products(
     """
     params = list(params)
     detached = residual.detach()
-    recorded: list[tuple[Tensor, Tensor]] = []
-    gradient: list[Tensor] = []
-
-    def record(at: Tensor) -> None:
-        with torch.enable_grad():
-            dummy = at.detach().clone().requires_grad_()
-            pulled = _grad(residual, params, dummy, create_graph=True)
-            # cat saves no input for its backward: the per-parameter tensors
-            # are freed and one flat vector remains, Jᵀu₀ and the graph's root.
-            recorded.append((dummy, torch.cat([t.reshape(-1) for t in pulled])))
-
     at = detached if eager is True else eager
+    recorded: list[ClosureProducts] = []
+    pending: list[Tensor] = []
     if isinstance(at, Tensor):
-        record(at)
-        gradient.append(recorded[0][1].detach())
+        recorded.append(ClosureProducts(residual, params, at=at))
+        pending.append(recorded[0].gradient)
 
     def vjp(u: Tensor) -> Tensor:
-        if gradient and u.shape == at.shape and u.data_ptr() == at.data_ptr():
-            return gradient.pop()  # Jᵀu₀, computed while recording; asked for once
+        if pending and u.shape == at.shape and u.data_ptr() == at.data_ptr():
+            return pending.pop()  # Jᵀu₀, computed while recording; asked for once
         return flatten(_grad(residual, params, u, retain_graph=True))
 
     def jvp(v: Tensor) -> Tensor:
         if not recorded:
-            record(torch.zeros_like(detached))
-        dummy, pulled = recorded[0]
-        if not pulled.requires_grad:  # no parameter reaches the residual
-            return torch.zeros_like(detached)
-        with torch.enable_grad():
-            return _grad(pulled, dummy, v, retain_graph=True)[0]
+            recorded.append(ClosureProducts(residual, params, at=torch.zeros_like(detached)))
+        return recorded[0].jvp(v)
 
     return JacobianProducts(detached, jvp, vjp)

@@ -1,11 +1,18 @@
-"""`TrustRegionOptimizer`: a trust-region Gauss-Newton step per mini-batch, as a `torch.optim.Optimizer`.
+"""`TrustRegionOptimizer`: a trust-region (generalized) Gauss-Newton step per mini-batch, as a `torch.optim.Optimizer`.
 
 Each `TrustRegionOptimizer.step` is one outer iteration of `TrustRegion` on
-the cost ½‖r‖² of the current batch, with x the parameters laid end to end:
+the cost of the current batch, with x the parameters laid end to end, and
+the objective of the method's `GaussNewtonModel`: ½‖r‖² for a closure that
+returns the residual vector r, or a loss L of the outputs z for one that
+returns ``(z, targets)`` (``GaussNewtonModel(loss="cross_entropy")`` and the
+other negative log-likelihoods of `trustls.losses`), modelled by the
+generalized Gauss-Newton matrix JᵀH_L J (Schraudolph 2002; Martens 2010,
+2020, §8), with the ratio test on the loss itself:
 
-1. the closure is evaluated once with its graph; the gradient Jᵀr and the
-   Gauss-Newton products JᵀJv reuse that graph (`trustls._closure`), so J is
-   never formed and memory grows with parameters plus activations;
+1. the closure is evaluated once with its graph; the gradient Jᵀ∇L and the
+   curvature products J̃ᵀJ̃v reuse that graph (`trustls._closure`,
+   `trustls._closure_model`), so J is never formed and memory grows with
+   parameters plus activations;
 2. `TrustRegion.relinearized` puts the solve's state (radius, scaling, the
    solver's forcing reference, counters) at that linearization, and
    `TrustRegion.step` proposes a step (Steihaug-Toint CG), evaluates the
@@ -18,18 +25,25 @@ enters only through which cost that is. One trial per batch (``max_trials=1``)
 is the default: a rejected step shrinks the radius and the next batch brings a
 new linearization, as Hessian-free optimization runs one CG solve per batch
 (Martens 2010, §4). The radius persists across batches as the running
-estimate of where the Gauss-Newton model can be trusted; it is the primal
-form of Levenberg-Marquardt damping, whose multiplier λ solves
-(JᵀJ + λI)p = −g on the boundary (Moré 1978; Nocedal & Wright 2006, §10.3),
-and Martens' λ update from ρ (2010, §4.1) mirrors the radius update from ρ.
-Trust-region methods whose models and function values are random but
-sufficiently accurate often enough keep their convergence guarantees (Chen,
-Menickelly & Scheinberg 2018). ``SteihaugCG(max_iter=...)`` caps CG iterations.
+estimate of where the model can be trusted; it is the primal form of
+Levenberg-Marquardt damping, whose multiplier λ solves (JᵀJ + λI)p = −g on
+the boundary (Moré 1978; Nocedal & Wright 2006, §10.3), and Martens' λ
+update from ρ (2010, §4.1) mirrors the radius update from ρ. Trust-region
+methods whose models and function values are random but sufficiently
+accurate often enough keep their convergence guarantees (Chen, Menickelly &
+Scheinberg 2018).
+
+``lr`` is an upper bound on the radius Δ (in the trust region's scaled norm),
+infinite by default, so that learning-rate schedulers, which multiply
+``lr``, anneal the largest step the optimizer may take. With
+``data_parallel`` the terms are summed over the ranks of a process group
+(`trustls.distributed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,17 +51,36 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls._closure import DOCS, check_closure_output, flatten, parameter_products, unflatten
-from trustls.losses import SquaredError
+from trustls._checkpoint import check_state_dict
+from trustls._closure import DOCS, check_closure_output, flatten, lean_products_agree, unflatten
+from trustls._closure_model import ClosureContext, ClosureModel, ScratchScalePolicy, ScratchScaling, loss_terms
+from trustls.distributed import DataParallel, bits_float, check_agreement, fingerprint, float_bits
 from trustls.function import check_outputs, split_outputs
+from trustls.losses import SquaredError
+from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.result import IterationInfo, Status
-from trustls.scaling import DiagonalScaling
 from trustls.subproblem.steihaug_cg import SteihaugCG
 from trustls.trust_region import TrustRegion, TrustRegionState
 
 __all__ = ["TrustRegionOptimizer"]
 
 _COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
+_STATE_KEYS = frozenset(("radius", "scale", "solver_state", "accepted_steps", "numel", *_COUNTERS))
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_lr(lr: object) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or math.isnan(lr) or not lr > 0:
+        raise ValueError(
+            f"lr must be a positive number or inf (an upper bound on the trust radius), got {lr!r}; a scheduler that "
+            "computes lr from differences of lr (CosineAnnealingLR, SWALR) needs a finite lr to start from"
+        )
+    return float(lr)
+
+
+def _check_max_trials(max_trials: object) -> None:
+    if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
+        raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")
 
 
 class TrustRegionOptimizer(torch.optim.Optimizer):
@@ -56,7 +89,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     Args:
         params: the tensors to optimize (any shapes), or one parameter-group
             dict. Tensors with ``requires_grad=False`` at a step are left alone.
-        method: the `TrustRegion` whose model, solver, radius policy,
+        method: the `TrustRegion` whose model (a `GaussNewtonModel`, whose
+            ``loss`` is the objective), solver, radius policy,
             ``initial_radius``, ``x_scale`` and ``callback`` are used. The
             solver must be matrix-free (``"cg"``, `SteihaugCG`); for training
             cap CG, e.g. ``SteihaugCG(max_iter=10)``. With CG the default
@@ -65,60 +99,95 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             `TrustRegion.solve`.
         max_trials: trial steps per call of `step` (``None``: until one is
             accepted or a test stops the step, as in `TrustRegion.solve`; for
-            full-batch training).
+            full-batch training). ``method.max_nfev`` bounds the closure calls
+            of one step.
+        lr: an upper bound on the trust radius Δ, in the trust region's
+            (scaled) norm; ``inf`` by default. Learning-rate schedulers that
+            multiply it (``StepLR``, ``ExponentialLR``, ``ReduceLROnPlateau``)
+            then anneal the largest step; those that interpolate from it
+            (``CosineAnnealingLR``, ``SWALR``) need a finite ``lr``.
+            ``OneCycleLR`` needs ``cycle_momentum=False``: there is no momentum.
+        data_parallel: a `trustls.distributed.DataParallel` (or ``True`` for
+            the default process group) to sum the cost, gradient and every
+            curvature product over the ranks, each evaluating its shard of the
+            batch; all ranks then take the same steps.
 
     The closure:
         ``step(closure)`` calls ``closure()`` (no arguments) and expects **the
         residual vector r** of the current batch, a 1-D tensor whose cost
-        ½‖r‖² is minimized, e.g. ``(net(X) - Y).reshape(-1)``, or the pair
-        ``(net(X), Y)`` — **not a scalar loss, and without calling
-        ``backward``**. It is called once with a graph and once per trial at
-        the trial point without, and must evaluate the same batch each time.
-        ``.grad`` is neither read nor written.
+        ½‖r‖² is minimized, e.g. ``(net(X) - Y).reshape(-1)``, or **the pair
+        ``(outputs, targets)``** for the model's loss, e.g. ``(net(X), y)``
+        with ``GaussNewtonModel(loss="cross_entropy")`` — **not a scalar loss,
+        and without calling ``backward``**. It is called once with a graph and
+        once per trial at the trial point without, and must evaluate the same
+        batch each time. ``.grad`` is neither read nor written.
 
     Attributes:
         last: the `IterationInfo` of the last trial (cost before and after,
             ratio, radius and next radius, CG iterations, exit reason,
             products), the record ``method.callback`` receives.
         status: the `Status` of the last step when a test stopped it
-            (``MAX_NFEV``, ``RADIUS_COLLAPSED``, ``CALLBACK``, …), else ``None``.
+            (``GTOL``, ``MAX_NFEV``, ``XTOL``, ``CALLBACK``, …), else ``None``.
 
     Examples:
         >>> import torch
         >>> from trustls import TrustRegion, GaussNewtonModel
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
-        >>> net = torch.nn.Linear(3, 1)
-        >>> X, Y = torch.randn(32, 3), torch.randn(32, 1)
-        >>> opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="cg"))
-        >>> costs = [opt.step(lambda: (net(X) - Y).reshape(-1)) for _ in range(5)]
-        >>> costs[-1] < costs[0], opt.last.reason in ("converged", "boundary")
-        (True, True)
+        >>> net = torch.nn.Linear(3, 4)
+        >>> X, y = torch.randn(32, 3), torch.randint(0, 4, (32,))
+        >>> method = TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver="cg")
+        >>> opt = TrustRegionOptimizer(net.parameters(), method)
+        >>> costs = [opt.step(lambda: (net(X), y)) for _ in range(5)]
+        >>> costs[-1] < costs[0]
+        True
     """
 
-    def __init__(self, params: Iterable[Any], method: TrustRegion, *, max_trials: int | None = 1):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        method: TrustRegion,
+        *,
+        max_trials: int | None = 1,
+        lr: float = math.inf,
+        data_parallel: DataParallel | bool | None = None,
+    ):
         if not isinstance(method, TrustRegion):
             raise TypeError(f"method must be a TrustRegion, got {type(method).__name__}")
-        if not callable(getattr(method.model, "from_products", None)):
-            raise TypeError(f"method.model must provide from_products (e.g. GaussNewtonModel), got {method.model!r}")
+        model = method.model
+        if not isinstance(model, GaussNewtonModel):
+            raise TypeError(f"method.model must be a GaussNewtonModel, got {type(model).__name__}")
+        if model.jacobian is not None:
+            raise ValueError("method.model must not have a jacobian= function: the optimizer differentiates its closure")
         if method.solver.requires_jacobian:
             raise ValueError(
                 f"method.solver must be matrix-free: TrustRegionOptimizer never builds J, got {method.solver!r}"
             )
-        if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
-            raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")
+        _check_max_trials(max_trials)
+        _check_lr(lr)
+        if data_parallel is True:
+            data_parallel = DataParallel()
+        if data_parallel is not None and data_parallel is not False and not isinstance(data_parallel, DataParallel):
+            raise TypeError(f"data_parallel must be a DataParallel, True or None, got {type(data_parallel).__name__}")
         params = list(params)
         if not params or (isinstance(params[0], dict) and not list(params[0].get("params", []))):
             raise ValueError("params must hold at least one tensor, got an empty parameter list")
         self.method = method
+        self.last: IterationInfo | None = None
+        self.status: Status | None = None
+        # Record the double-backward graph without the cotangents it never needs
+        # (trustls._closure), after one adjoint test on the first step.
+        self._lean, self._lean_checked = True, False
+        super().__init__(params, {"max_trials": max_trials, "lr": float(lr)})
+        first = self.param_groups[0]["params"][0]
+        self._reducer = data_parallel.reducer(first.device) if data_parallel else None
         solver = method.solver
         if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory != 0:
             # One solve per linearization: a stored CG path would never be reused.
-            method = method.replace(solver=dataclasses.replace(solver, path_memory=0))
-        self._method = method
-        self.last: IterationInfo | None = None
-        self.status: Status | None = None
-        super().__init__(params, {"max_trials": max_trials})
+            solver = dataclasses.replace(solver, path_memory=0)
+        self._method = method.replace(
+            model=ClosureModel(model, self._reducer), solver=solver, x_scale=ScratchScalePolicy(method.scale_policy)
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -140,48 +209,78 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         group = self.param_groups[0]
         shapes = [tuple(p.shape) for p in group["params"]]
-        return f"TrustRegionOptimizer({self.method!r}, max_trials={group['max_trials']}, params={shapes})"
+        parallel = "" if self._reducer is None else f", data_parallel={self._reducer!r}"
+        return (
+            f"TrustRegionOptimizer({self.method!r}, max_trials={group['max_trials']}, lr={group['lr']}{parallel}, "
+            f"params={shapes})"
+        )
+
+    # -- the step -------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any]) -> float:  # type: ignore[override]
         """Take one trust-region step on the batch the closure evaluates.
 
         Returns:
-            The cost at the parameters before the step, a Python float.
+            The cost at the parameters before the step, a Python float (the
+            total over ranks with ``data_parallel``).
         """
         if not callable(closure):
             raise TypeError(f"closure must be callable and return the residual vector, got {type(closure).__name__}")
         group = self.param_groups[0]
+        lr = _check_lr(group["lr"])
+        max_trials = group["max_trials"]
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
-        self.last = None  # drop the previous record's vector before the step allocates
-        method, model = self._method, self._method.model
-        with torch.enable_grad():
-            outputs, targets = split_outputs(closure(), "closure")
-            if targets is None and isinstance(model.loss, SquaredError):
-                check_closure_output(outputs, params[0])
-            else:
-                check_outputs(outputs, params[0])
-            model.check_outputs(outputs, targets)
-            flat = outputs.reshape(-1)
-        if not outputs.requires_grad:
-            raise ValueError(
-                "closure must return a residual that depends on the parameters through autograd; got one without "
-                "a graph (computed under torch.no_grad() or detached?)"
-            )
-        if not bool(torch.isfinite(outputs).all()):
-            raise ValueError("closure must return a finite residual at the current parameters, got NaN or inf")
-        x = flatten(params)
-        shape = tuple(outputs.shape)
-        loss = model.loss.linearize(outputs.detach(), targets)
-        gradient_at = loss.gradient.reshape(-1)
-        products = parameter_products(flat, params, eager=gradient_at)
-        lin = model.from_products(products, x, targets, shape, loss)
-        del outputs, flat, products, loss
+        self.last = None  # drop the previous record's vectors before the step allocates
+        dtype = params[0].dtype
+        work = torch.float32 if dtype in _HALF else dtype
+        method, model, reducer = self._method, self._method.model, self._reducer
         saved = self.state[group["params"][0]]
-        tr = self._state(saved, lin)
+        x = flatten(params, work)
+        word = [] if reducer is None else list(fingerprint(x))
+        error = loss = products = None
+        shape: tuple[int, ...] = ()
+        try:
+            with torch.enable_grad():
+                outputs, targets = split_outputs(closure(), "closure")
+                self._check_outputs(outputs, targets, params[0])
+            shape = tuple(outputs.shape)
+            loss, products = model.linearize_outputs(outputs, targets, params, work, lean=self._lean)
+            if self._lean and not self._lean_checked:
+                self._lean_checked = True
+                if not lean_products_agree(products, torch.Generator().manual_seed(0)):
+                    warnings.warn(
+                        "TrustRegionOptimizer: the products from the lean double-backward graph failed the adjoint "
+                        "test on this network; recording the full graph from now on (more memory, same results)",
+                        RuntimeWarning, stacklevel=2,
+                    )
+                    self._lean = False
+                    loss, products = model.linearize_outputs(outputs, targets, params, work, lean=False)
+            if reducer is not None:
+                reduction, count = loss_terms(model.loss, outputs)
+                if reduction not in (None, "sum", "mean"):
+                    raise TypeError(f"data_parallel cannot reduce a loss with reduction={reduction!r} across ranks")
+                word += [x.numel(), outputs.numel(), count, int(reduction == "mean"), math.prod(shape[1:]),
+                         len(shape), float_bits(loss.value), float_bits(saved.get("radius", 0.0))]
+            del outputs
+        except Exception as caught:  # handed to every rank, then re-raised (trustls.distributed)
+            if reducer is None:
+                raise
+            error = caught
+        context, cost = ClosureContext(shape), None
+        if reducer is not None:
+            context, cost = self._agree(reducer, error, word, shape)
+        lin = model.assemble(x, loss, products, context, cost)
+        del loss
+        tr = self._state(saved, lin, context, dtype)
+        tr = dataclasses.replace(tr, radius=min(tr.radius, lr))
+        release = max_trials == 1
+
         def trial(x_new: Tensor) -> Any:
+            if release:  # the last trial of the step: no product follows, free both graphs first
+                products.release()
             # Swapping .data leaves the version counters alone, so the graph of
             # the linearization stays valid for further trials.
             originals = [p.data for p in params]
@@ -193,42 +292,72 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 for p, original in zip(params, originals):
                     p.data = original
             trial_outputs, trial_targets = split_outputs(value, "closure")
-            if tuple(trial_outputs.shape) != shape:
+            if tuple(trial_outputs.shape) != shape or trial_outputs.dtype != dtype:
                 raise ValueError(
-                    f"closure must return outputs of the same shape every time it is called within a step "
-                    f"(the same batch), got shape {tuple(trial_outputs.shape)} after {shape}; {DOCS}"
+                    f"closure must return outputs of the same shape and dtype every time it is called within a step "
+                    f"(the same batch), got {tuple(trial_outputs.shape)} {trial_outputs.dtype} after {shape} {dtype}; "
+                    f"{DOCS}"
                 )
             return trial_outputs, trial_targets
 
-        cost = float(lin.cost)
+        cost_before = float(lin.cost)
         # max_nfev bounds the closure calls of one step (a budget over a whole
         # training run would stop every later step at its first trial).
         nfev = tr.nfev
-        tr = method.step(trial, dataclasses.replace(tr, nfev=0), max_trials=group["max_trials"], relinearize=False)
+        tr = method.step(trial, dataclasses.replace(tr, nfev=0), max_trials=max_trials, relinearize=False)
         tr = dataclasses.replace(tr, nfev=nfev + tr.nfev)
-        del lin
+        del lin, products
         if tr.x is not x:
             for p, value in zip(params, unflatten(tr.x, params)):
                 p.copy_(value)
         self.status = tr.status
         self._save(saved, tr)
         self.last = tr.last
-        return cost
+        return cost_before
 
-    def _state(self, saved: dict[str, Any], lin) -> TrustRegionState:
+    def _check_outputs(self, outputs: Tensor, targets: Tensor | None, like: Tensor) -> None:
+        model = self.method.model
+        if targets is None and isinstance(model.loss, SquaredError):
+            check_closure_output(outputs, like)
+        else:
+            check_outputs(outputs, like)
+        model.check_outputs(outputs, targets)
+        if not outputs.requires_grad:
+            raise ValueError(
+                "closure must return outputs that depend on the parameters through autograd; got outputs without "
+                "a graph (computed under torch.no_grad() or detached?)"
+            )
+        if not bool(torch.isfinite(outputs).all()):
+            raise ValueError("closure must return finite outputs at the current parameters, got NaN or inf")
+
+    def _agree(self, reducer, error, word, shape) -> tuple[ClosureContext, float]:
+        """The ranks' status words: every rank fails together, or all agree and weigh their shards."""
+        table = reducer.exchange("the linearization (closure, loss and products)", error, word)
+        check_agreement(table, {"parameters (bits of the flattened parameters)": 0, "parameters (second sum)": 1,
+                                "number of parameters": 2, "reduction": 5, "output size per sample": 6,
+                                "number of output dimensions": 7, "trust radius": 9}, reducer.rank)
+        counts = [row[4] for row in table]
+        total = sum(counts)
+        weights = tuple(c / total if row[5] else 1.0 for c, row in zip(counts, table))
+        rows = tuple(row[3] for row in table)
+        cost = sum(w * bits_float(row[8]) for w, row in zip(weights, table))
+        return ClosureContext(shape, weights[reducer.rank], weights, rows), cost
+
+    def _state(self, saved: dict[str, Any], lin, context: ClosureContext, dtype: torch.dtype) -> TrustRegionState:
         """The controller's state for this step: fresh at the first, else restored and relinearized."""
         method = self._method
         if "radius" not in saved:
-            return method.start(lin)
-        if saved["scale"] is not None and saved["scale"].shape != lin.x.shape:
+            return method.start(lin, context=context, dtype=dtype)
+        if saved["numel"] != lin.x.shape[0]:
             raise ValueError(
-                f"the optimizer's saved scale has {saved['scale'].shape[0]} entries but the parameters have "
-                f"{lin.x.shape[0]}: the state belongs to another network"
+                f"the optimizer's state belongs to {saved['numel']} parameters but {lin.x.shape[0]} are trainable now: "
+                "it belongs to another network (or requires_grad changed)"
             )
+        scale = saved["scale"]
         previous = TrustRegionState(
             x=lin.x, linearization=None, radius=saved["radius"],
-            scaling=DiagonalScaling(saved["scale"]) if saved["scale"] is not None else None,
-            solver_state=saved["solver_state"], context=None, dtype=lin.x.dtype, initial_cost=float(lin.cost),
+            scaling=ScratchScaling(scale) if scale is not None else None,
+            solver_state=saved["solver_state"], context=context, dtype=dtype, initial_cost=float(lin.cost),
             **{name: saved[name] for name in _COUNTERS},
         )
         if previous.scaling is None:
@@ -236,8 +365,27 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         return method.relinearized(previous, lin, iteration=saved["accepted_steps"])
 
     def _save(self, saved: dict[str, Any], tr: TrustRegionState) -> None:
-        scale = tr.scaling.diagonal if isinstance(tr.scaling, DiagonalScaling) else None
+        scale = getattr(tr.scaling, "diagonal", None)
         moved = tr.last is not None and tr.last.accepted
-        saved.update(radius=tr.radius, scale=scale, solver_state=tr.solver_state,
+        saved.update(radius=tr.radius, scale=scale, solver_state=tr.solver_state, numel=tr.x.shape[0],
                      accepted_steps=saved.get("accepted_steps", 0) + moved,
                      **{name: getattr(tr, name) for name in _COUNTERS})
+
+    # -- checkpoints ----------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a `state_dict`, after checking it belongs to this optimizer and these parameters.
+
+        Raises:
+            ValueError: a state from another optimizer or network, a corrupted
+                entry, or a radius that is not a positive finite number.
+        """
+        group = self.param_groups[0]
+        trainable = sum(p.numel() for p in group["params"] if p.requires_grad)
+        scale = check_state_dict(state_dict, len(group["params"]), trainable, _STATE_KEYS, _check_lr, _check_max_trials)
+        super().load_state_dict(state_dict)
+        if scale is not None:
+            # torch casts state tensors to the parameters' dtype; the scale lives in the working dtype.
+            first = group["params"][0]
+            work = torch.float32 if first.dtype in _HALF else first.dtype
+            self.state[first]["scale"] = scale.to(dtype=work, device=first.device)

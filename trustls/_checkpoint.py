@@ -1,0 +1,97 @@
+"""Checks of a `TrustRegionOptimizer` state dict, made when it is loaded rather than at the next step.
+
+A checkpoint is plain data (floats, ints, ``None`` and one tensor), so it
+loads with ``torch.load(..., weights_only=True)``. What is checked: the
+layout torch's ``Optimizer.state_dict`` writes (one parameter group, state
+under the first parameter only), that every entry of the state is present and
+of its type, that the radius is a positive finite number, and that the saved
+scale and parameter count fit the parameters the optimizer holds now.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+import torch
+from torch import Tensor
+
+__all__ = ["check_state_dict"]
+
+_RULE = "state_dict must come from TrustRegionOptimizer.state_dict()"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_state_dict(
+    state_dict: object,
+    group_size: int,
+    trainable: int,
+    keys: frozenset[str],
+    check_lr: Callable[[object], float],
+    check_max_trials: Callable[[object], None],
+) -> Tensor | None:
+    """Raise ``ValueError``/``TypeError`` unless ``state_dict`` fits the optimizer; return the saved scale.
+
+    Args:
+        state_dict: what was passed to ``load_state_dict``.
+        group_size: the number of tensors in the optimizer's parameter group.
+        trainable: the number of trainable parameters (the length of x).
+        keys: the entries of a saved state.
+        check_lr, check_max_trials: the optimizer's own argument checks.
+    """
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError(f"{_RULE}: a mapping with 'state' and 'param_groups', got {type(state_dict).__name__}")
+    groups = state_dict["param_groups"]
+    if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], Mapping):
+        raise ValueError(f"{_RULE}: exactly one parameter group, got {groups!r:.200}")
+    group = groups[0]
+    missing = {"params", "max_trials", "lr"} - group.keys()
+    if missing:
+        raise ValueError(f"{_RULE}: its parameter group lacks {sorted(missing)} (a state dict of another optimizer?)")
+    ids = group["params"]
+    if not isinstance(ids, (list, tuple)) or len(ids) != group_size:
+        count = len(ids) if isinstance(ids, (list, tuple)) else type(ids).__name__
+        raise ValueError(f"state_dict holds {count} parameter tensors but the optimizer has {group_size}")
+    check_max_trials(group["max_trials"])
+    check_lr(group["lr"])
+    state = state_dict["state"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{_RULE}: 'state' must be a mapping, got {type(state).__name__}")
+    extra = [key for key in state if key != ids[0]]
+    if extra:
+        raise ValueError(f"{_RULE}: state only under the first parameter ({ids[0]!r}), got state under {extra!r:.200}")
+    if ids[0] not in state or not state[ids[0]]:
+        return None  # saved before the first step
+    entry = state[ids[0]]
+    if not isinstance(entry, Mapping) or entry.keys() != keys:
+        found = sorted(entry.keys()) if isinstance(entry, Mapping) else type(entry).__name__
+        raise ValueError(f"{_RULE}: the state must hold exactly {sorted(keys)}, got {found}")
+    radius = entry["radius"]
+    if not _is_number(radius) or not math.isfinite(radius) or not radius > 0:
+        raise ValueError(f"state_dict's radius must be a positive finite number, got {radius!r}")
+    for name in ("nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps", "numel"):
+        if not _is_int(entry[name]) or entry[name] < 0:
+            raise ValueError(f"state_dict's {name} must be a non-negative int, got {entry[name]!r}")
+    reference = entry["solver_state"]
+    if reference is not None and (not _is_number(reference) or not reference >= 0):
+        raise ValueError(f"state_dict's solver_state must be None or a non-negative number, got {reference!r}")
+    if entry["numel"] != trainable:
+        raise ValueError(
+            f"state_dict belongs to {entry['numel']} trainable parameters but the optimizer has {trainable}: "
+            "a checkpoint of another network"
+        )
+    scale = entry["scale"]
+    if scale is None:
+        return None
+    if not isinstance(scale, Tensor) or not scale.is_floating_point() or scale.shape != (trainable,):
+        got = f"shape {tuple(scale.shape)} {scale.dtype}" if isinstance(scale, Tensor) else type(scale).__name__
+        raise ValueError(f"state_dict's scale must be None or a floating tensor of shape ({trainable},), got {got}")
+    if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+        raise ValueError("state_dict's scale must have positive finite entries, got entries that are not")
+    return scale.detach().clone()
