@@ -196,7 +196,7 @@ class ClosureModel(CurvatureModel):
                 raise
             error = caught
         if self.reducer is not None:
-            table = self.reducer.exchange("the trial evaluation", error, [float_bits(value) if error is None else 0])
+            table = self.reducer.exchange("the trial evaluation", error, [float_bits(value) if error is None else 0], size=1)
             total = sum(w * bits_float(row[0]) for w, row in zip(context.weights, table))
             value = torch.tensor(total, dtype=torch.float64, device=x.device)
         return Evaluation(x, outputs, targets, value)

@@ -145,21 +145,23 @@ class Reducer:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
         return tensor
 
-    def exchange(self, where: str, error: BaseException | None, word: list[Tensor | int]) -> list[list[int]]:
+    def exchange(self, where: str, error: BaseException | None, word: list[Tensor | int], size: int) -> list[list[int]]:
         """Every rank's status word, after a step phase that may have failed on some rank.
 
-        ``word`` is this rank's list of int64 values (0-d tensors or ints; use
-        `float_bits` for floats). One all-reduce of a (world size, 1 + len(word))
-        int64 table, each rank filling its row. If any rank's ``error`` is set,
+        ``word`` is this rank's list of ``size`` int64 values (0-d tensors or
+        ints; use `float_bits` for floats), not read when ``error`` is set. One
+        all-reduce of a (world size, 1 + size) int64 table, each rank filling
+        its row. If any rank's ``error`` is set,
         the messages are gathered and every rank raises: the failing ranks
         their own exception, the others `DistributedStepError`.
 
         Returns:
             The table, one row per rank, without the failure flag.
         """
-        width = 1 + len(word)
-        table = torch.zeros(self.world_size, width, dtype=torch.int64, device=self.device)
+        table = torch.zeros(self.world_size, 1 + size, dtype=torch.int64, device=self.device)
         if error is None:
+            if len(word) != size:
+                raise ValueError(f"word must hold {size} values, got {len(word)}")
             table[self.rank, 1:] = torch.stack([torch.as_tensor(v, dtype=torch.int64, device=self.device) for v in word])
         else:
             table[self.rank, 0] = 1  # the values of a failed rank are not read

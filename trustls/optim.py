@@ -332,7 +332,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
 
     def _agree(self, reducer, error, word, shape) -> tuple[ClosureContext, float]:
         """The ranks' status words: every rank fails together, or all agree and weigh their shards."""
-        table = reducer.exchange("the linearization (closure, loss and products)", error, word)
+        table = reducer.exchange("the linearization (closure, loss and products)", error, word, size=10)
         check_agreement(table, {"parameters (bits of the flattened parameters)": 0, "parameters (second sum)": 1,
                                 "number of parameters": 2, "reduction": 5, "output size per sample": 6,
                                 "number of output dimensions": 7, "trust radius": 9}, reducer.rank)

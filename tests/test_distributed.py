@@ -1,0 +1,174 @@
+"""Data parallelism: two gloo processes on loopback take the steps one process takes on the whole batch.
+
+One spawn of two ranks (float64, CPU) runs every scenario in turn, so that the
+test pays for starting two interpreters once:
+
+1. equality: 5 steps of ``TrustRegionOptimizer(..., data_parallel=True)`` on
+   unequal shards (23 and 17 samples) equal 5 steps of one process on the
+   whole batch to 1e-10, for cross-entropy with ``reduction="mean"`` (the
+   global mean, not the mean of the shards' means) under Jacobi scaling with
+   estimated column norms, for least squares (a sum) with ``max_trials=None``,
+   and for a ``DistributedDataParallel``-wrapped module; radius, status and
+   counters agree on both ranks;
+2. failures: a closure that raises on one rank at the linearization, or
+   returns a wrong-shaped residual on one rank at the trial, makes every rank
+   raise (the failing one its own error, the other `DistributedStepError`
+   naming it), with the parameters unchanged, and training then goes on;
+   ranks that start from different parameters are refused.
+
+The parent waits with a deadline and kills the ranks if it passes, so a hang
+fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
+from trustls.distributed import DataParallel, DistributedStepError
+from trustls.optim import TrustRegionOptimizer
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+WORLD, DEADLINE = 2, 90.0
+F64 = torch.float64
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).to(F64)
+
+
+def _data():
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 3, generator=generator, dtype=F64)
+    y = torch.randint(0, 3, (40,), generator=generator)
+    Y = torch.stack([torch.sin(X[:, 0]), X[:, 1] * X[:, 2], X[:, 0] - X[:, 2]], 1)
+    return X, y, Y
+
+
+def _shard(rank: int, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor[:23] if rank == 0 else tensor[23:]
+
+
+def _train(net, opt, closure, steps=5):
+    for _ in range(steps):
+        opt.step(closure)
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+
+def _scenarios(rank: int) -> None:
+    X, y, Y = _data()
+    Xk, yk, Yk = _shard(rank, X), _shard(rank, y), _shard(rank, Y)
+    configs = {
+        "cross_entropy": (GaussNewtonModel(loss="cross_entropy"), None, 1, lambda net, A, a, B: (net(A), a)),
+        "least_squares": (GaussNewtonModel(), 1.0, None, lambda net, A, a, B: (net(A) - B).reshape(-1)),
+    }
+    for name, (model, x_scale, max_trials, closure) in configs.items():
+        method = TrustRegion(model, solver=SteihaugCG(max_iter=4), x_scale=x_scale)
+        reference_net = _net()
+        reference = TrustRegionOptimizer(reference_net.parameters(), method, max_trials=max_trials)
+        expected = _train(reference_net, reference, lambda: closure(reference_net, X, y, Y))
+        net = _net()
+        opt = TrustRegionOptimizer(net.parameters(), method, max_trials=max_trials, data_parallel=True)
+        got = _train(net, opt, lambda: closure(net, Xk, yk, Yk))
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=name)
+        mine, theirs = opt.state[next(net.parameters())], reference.state[next(reference_net.parameters())]
+        assert mine["radius"] == pytest.approx(theirs["radius"], rel=1e-10), name
+        assert [mine[k] for k in ("nit", "njev", "accepted_steps")] == [theirs[k] for k in ("nit", "njev", "accepted_steps")]
+        assert opt.status == reference.status
+
+    # A module wrapped in DistributedDataParallel: its forward works, its gradient hooks never fire.
+    net = _net()
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    method = TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver=SteihaugCG(max_iter=4))
+    opt = TrustRegionOptimizer(ddp.parameters(), method, data_parallel=DataParallel())
+    got = _train(net, opt, lambda: (ddp(Xk), yk), steps=3)
+    reference_net = _net()
+    reference = TrustRegionOptimizer(reference_net.parameters(), method)
+    expected = _train(reference_net, reference, lambda: (reference_net(X), y), steps=3)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg="DDP")
+
+    # Failures: every rank raises, nothing moves, and the next step works.
+    net = _net()
+    opt = TrustRegionOptimizer(net.parameters(), method, data_parallel=True)
+    opt.step(lambda: (net(Xk), yk))
+    before = [p.detach().clone() for p in net.parameters()]
+
+    def raising():
+        if rank == 1:
+            raise KeyError("the batch went missing")
+        return net(Xk), yk
+
+    if rank == 1:
+        with pytest.raises(KeyError, match="the batch went missing"):
+            opt.step(raising)
+    else:
+        with pytest.raises(DistributedStepError, match=r"linearization .*rank\(s\) \[1\].*KeyError.*went missing"):
+            opt.step(raising)
+    calls = []
+
+    def shrinking():  # rank 1 returns fewer outputs at the trial than at the linearization
+        calls.append(None)
+        rows = len(yk) - (len(calls) - 1) * (rank == 1)
+        return net(Xk[:rows]), yk[:rows]
+
+    if rank == 1:
+        with pytest.raises(ValueError, match="same shape and dtype every time"):
+            opt.step(shrinking)
+    else:
+        with pytest.raises(DistributedStepError, match=r"trial evaluation failed on rank\(s\) \[1\].*same shape"):
+            opt.step(shrinking)
+    for p, q in zip(net.parameters(), before):
+        assert torch.equal(p, q)
+    opt.step(lambda: (net(Xk), yk))
+    assert opt.last.accepted
+
+    # Ranks that start from different parameters are refused on every rank.
+    net = _net()
+    if rank == 1:
+        with torch.no_grad():
+            net[0].bias[0] += 1e-12
+    opt = TrustRegionOptimizer(net.parameters(), method, data_parallel=True)
+    with pytest.raises(ValueError, match="same parameters .* on every rank"):
+        opt.step(lambda: (net(Xk), yk))
+
+
+def _worker(rank: int, port: int) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    try:
+        _scenarios(rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_on_loopback():
+    context = mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + DEADLINE
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the ranks did not finish within {DEADLINE:g} s (a hang)")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
