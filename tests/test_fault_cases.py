@@ -301,25 +301,31 @@ SCHEDULERS = {
     "StepLR": lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1),
     "ReduceLROnPlateau": lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
     "SWALR": swa_lr,
-    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10),
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10,
+                                                                  cycle_momentum=False),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
-def test_lr_scheduler_is_refused_clearly(name):
+def test_lr_scheduler_bounds_the_radius(name):
     """Issue: ``KeyError: 'lr'`` (StepLR, ReduceLROnPlateau, SWALR), a momentum error (OneCycleLR).
 
-    Choice: a clear ``TypeError``/``ValueError`` when the scheduler is built, saying that
-    TrustRegionOptimizer has no learning rate (the radius, adapted by the ratio test, sets
-    the step length), and the optimizer's parameter group left as it was. No natural meaning
-    of lr was found: scaling the step would break the model's predicted reduction, and the
-    radius is already adapted every step.
+    Choice (the training branch, docs/training.md): ``lr`` is an upper bound on the trust
+    radius, infinite by default, so a scheduler anneals the largest step the optimizer may
+    take, and the ratio test still adapts the radius below it (the predicted reduction is
+    that of the step taken). OneCycleLR needs ``cycle_momentum=False`` (there is no
+    momentum); with its default, torch refuses naming ``cycle_momentum``.
     """
-    _, opt, _ = small_optimizer()
-    keys = set(opt.param_groups[0])
-    with pytest.raises((TypeError, ValueError), match=r"(?i)learning rate"):
-        SCHEDULERS[name](opt)
-    assert set(opt.param_groups[0]) == keys
+    net, opt, closure = small_optimizer()
+    opt.param_groups[0]["lr"] = 0.5
+    scheduler = SCHEDULERS[name](opt)
+    for _ in range(3):
+        lr = opt.param_groups[0]["lr"]
+        check_optimizer_step(opt, closure, names=())
+        assert opt.last.radius <= lr
+        scheduler.step(1.0) if name == "ReduceLROnPlateau" else scheduler.step()
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
 
 
 def test_load_state_dict_refuses_a_differently_shaped_network():

@@ -1,15 +1,18 @@
 """TrustRegionOptimizer: agreement with TrustRegion.solve, checkpoints, mini-batches, products, input errors."""
 
+import copy
 import doctest
+import io
 import math
+import warnings
 
 import pytest
 import torch
 
 import trustls._closure
 import trustls.optim
-from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
-from trustls._closure import flatten, parameter_products, unflatten
+from trustls import GaussNewtonModel, Status, SteihaugCG, TrustRegion
+from trustls._closure import ClosureProducts, flatten, parameter_products, unflatten
 from trustls.scaling import JacobiScale
 from trustls.optim import TrustRegionOptimizer
 
@@ -287,9 +290,297 @@ def test_repr_and_defaults():
     assert "params=[(2, 6), (), (2,), (6, 3), (6,)]" in text
     # One trial per batch: the CG path would never be reused, so it is not stored.
     assert opt._method.solver.path_memory == 0 and opt.method.solver.path_memory is None
-    assert opt._method.scale_policy.policy == JacobiScale()
+    assert opt._method.scale_policy == JacobiScale()
 
 
 @pytest.mark.parametrize("module", [trustls.optim, trustls._closure])
 def test_docstring_examples(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+# -- lr: an upper bound on the radius, for schedulers (issue 11, item 6) ------
+
+
+def opt_net(opt):
+    return torch.nn.ParameterList(opt.param_groups[0]["params"])
+
+
+def scheduled(lr=1.0, **options):
+    net, (X, Y) = Net(), data()
+    opt = TrustRegionOptimizer(net.parameters(), method(solver=SteihaugCG(max_iter=5), **options), lr=lr)
+    return net, opt, lambda: (net(X) - Y).reshape(-1)
+
+
+def test_lr_bounds_the_radius_of_every_trial():
+    _, opt, closure = scheduled(lr=1e-3, initial_radius=10.0)
+    for _ in range(5):
+        opt.step(closure)
+        assert opt.last.radius <= 1e-3 and opt.last.step_norm <= 1e-3 * (1 + 1e-12)
+    _, unbounded, closure = scheduled(lr=math.inf, initial_radius=10.0)
+    unbounded.step(closure)
+    assert unbounded.last.radius == 10.0
+
+
+SCHEDULERS = {
+    "StepLR": (lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), lambda s, cost: s.step()),
+    "ExponentialLR": (lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.5), lambda s, cost: s.step()),
+    "ReduceLROnPlateau": (lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0),
+                          lambda s, cost: s.step(1.0)),  # a metric that never improves: reduce every step
+    "CosineAnnealingLR": (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8), lambda s, c: s.step()),
+    "SWALR": (lambda opt: torch.optim.swa_utils.SWALR(opt, swa_lr=0.01, anneal_epochs=3), lambda s, c: s.step()),
+    "OneCycleLR": (lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10,
+                                                                   cycle_momentum=False), lambda s, c: s.step()),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_schedulers_anneal_the_largest_step(name):
+    build, advance = SCHEDULERS[name]
+    _, opt, closure = scheduled(lr=1.0, initial_radius=100.0)
+    scheduler = build(opt)
+    seen = []
+    for _ in range(6):
+        lr = opt.param_groups[0]["lr"]
+        cost = opt.step(closure)
+        assert opt.last.radius <= lr
+        seen.append(lr)
+        advance(scheduler, cost)
+    assert len(set(seen)) > 1 and min(seen) < 1.0
+
+
+def test_one_cycle_lr_cycling_momentum_is_refused_by_torch_naming_the_option():
+    _, opt, _ = scheduled()
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+
+
+def test_a_scheduler_on_an_infinite_lr_warns_once_and_an_unusable_lr_is_refused():
+    _, opt, closure = scheduled(lr=math.inf)
+    torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    with pytest.warns(UserWarning, match="lr is inf"):
+        opt.step(closure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(closure)
+    _, opt, closure = scheduled(lr=math.inf)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2)
+    with pytest.warns(UserWarning, match="lr is inf"):
+        opt.step(closure)
+    scheduler.step(), scheduler.step()  # interpolating from inf: inf - inf is nan
+    before = flatten(trainable(opt_net(opt)))
+    with pytest.raises(ValueError, match=r"lr must be a positive number or inf .* got nan"):
+        opt.step(closure)
+    assert torch.equal(flatten(trainable(opt_net(opt))), before)
+    for lr in (0.0, -1.0, math.nan, "1", True):
+        with pytest.raises(ValueError, match="lr must be a positive number or inf"):
+            scheduled(lr=lr)
+
+
+# -- checkpoints: validated at load time ---------------------------------------
+
+
+def trained(steps=2, dtype=torch.float64, **options):
+    net, (X, Y) = Net(dtype), data(dtype=dtype)
+    opt = TrustRegionOptimizer(net.parameters(), method(x_scale="jac", **options))
+    for _ in range(steps):
+        opt.step(lambda: (net(X) - Y).reshape(-1))
+    return net, opt
+
+
+def test_state_dict_loads_with_weights_only():
+    _, opt = trained()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    _, fresh = trained(steps=0)
+    fresh.load_state_dict(loaded)
+    assert fresh.state_dict()["state"][0]["radius"] == opt.state_dict()["state"][0]["radius"]
+
+
+def corrupt(path, value):
+    def apply(state):
+        target = state
+        for key in path[:-1]:
+            target = target[key]
+        if value is KeyError:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+        return state
+
+    return apply
+
+
+CORRUPTIONS = {
+    "negative radius": (corrupt(("state", 0, "radius"), -1.0), r"radius must be a positive finite number, got -1.0"),
+    "zero radius": (corrupt(("state", 0, "radius"), 0.0), r"radius must be a positive finite number"),
+    "nan radius": (corrupt(("state", 0, "radius"), math.nan), r"radius must be a positive finite number, got nan"),
+    "text radius": (corrupt(("state", 0, "radius"), "1.0"), r"radius must be a positive finite number, got '1.0'"),
+    "bool radius": (corrupt(("state", 0, "radius"), True), r"radius must be a positive finite number, got True"),
+    "missing radius": (corrupt(("state", 0, "radius"), KeyError), r"must hold exactly \[.*\], got \["),
+    "extra entry": (corrupt(("state", 0, "exp_avg"), 1.0), r"must hold exactly"),
+    "negative counter": (corrupt(("state", 0, "nit"), -3), r"nit must be a non-negative int, got -3"),
+    "float counter": (corrupt(("state", 0, "nfev"), 2.5), r"nfev must be a non-negative int, got 2.5"),
+    "short scale": (corrupt(("state", 0, "scale"), torch.ones(3)), r"scale must be None or a floating tensor of shape \(37,\), got shape \(3,\)"),
+    "negative scale": (corrupt(("state", 0, "scale"), -torch.ones(37, dtype=torch.float64)), r"scale must have positive finite entries"),
+    "state under another tensor": (corrupt(("state", 3), {}), r"state only under the first parameter"),
+    "no lr": (corrupt(("param_groups", 0, "lr"), KeyError), r"parameter group lacks \['lr'\]"),
+    "bad max_trials": (corrupt(("param_groups", 0, "max_trials"), 0), r"max_trials must be a positive int or None"),
+    "not a mapping": (lambda state: [state], r"a mapping with 'state' and 'param_groups', got list"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corrupted_state_dict_is_refused_at_load_time(name):
+    change, message = CORRUPTIONS[name]
+    _, opt = trained()
+    state = change(copy.deepcopy(opt.state_dict()))
+    _, fresh = trained(steps=0)
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises((ValueError, TypeError), match=message):
+        fresh.load_state_dict(state)
+    assert fresh.state_dict() == before
+
+
+def test_state_dict_of_another_network_or_optimizer_is_refused():
+    _, opt = trained()
+    shapes = [(2, 5), (), (2,), (5, 3), (5,)]  # Net's five tensors, one hidden unit fewer
+    other = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64), requires_grad=shape != (2,)) for shape in shapes]
+    fresh = TrustRegionOptimizer(other, method())
+    with pytest.raises(ValueError, match=r"state_dict belongs to 37 trainable parameters but the optimizer has 31"):
+        fresh.load_state_dict(opt.state_dict())
+    net = Net()
+    adam = torch.optim.Adam(trainable(net))
+    adam.zero_grad()
+    (net(data()[0]).sum()).backward()
+    adam.step()
+    with pytest.raises(ValueError, match=r"parameter group lacks \['max_trials'\] \(a state dict of another optimizer"):
+        TrustRegionOptimizer(trainable(net), method()).load_state_dict(adam.state_dict())
+
+
+def test_half_precision_state_keeps_its_float32_scale_through_a_checkpoint():
+    net, opt = trained(dtype=torch.bfloat16)
+    state = opt.state_dict()
+    fresh_net = Net(torch.bfloat16)
+    fresh_net.load_state_dict(net.state_dict())
+    fresh = TrustRegionOptimizer(fresh_net.parameters(), method(x_scale="jac"))
+    fresh.load_state_dict(state)
+    assert fresh.state[next(fresh_net.parameters())]["scale"].dtype == torch.float32
+    assert torch.equal(fresh.state[next(fresh_net.parameters())]["scale"], opt.state[next(net.parameters())]["scale"])
+
+
+# -- faults of a step (issue 11, item 6) ----------------------------------------
+
+
+def test_closure_that_does_not_reach_the_parameters_is_refused():
+    net, (X, Y) = Net(), data()
+    other = torch.nn.Linear(3, 2).double()
+    opt = TrustRegionOptimizer(net.parameters(), method())
+    with pytest.raises(ValueError, match=r"closure must return outputs that depend on the optimizer's parameters"):
+        opt.step(lambda: (other(X) - Y).reshape(-1))
+    with pytest.raises(ValueError, match=r"closure must return outputs with a finite derivative"):
+        opt.step(lambda: (net(X) - Y).reshape(-1) + 0.0 * torch.sqrt(net.gain - net.gain))
+    assert opt.state[next(net.parameters())] == {}
+
+
+@pytest.mark.parametrize("max_trials", [1, 2, None])
+def test_parameters_are_bitwise_unchanged_after_a_rejected_or_failed_step(max_trials):
+    net, (X, Y) = Net(), data()
+    opt = TrustRegionOptimizer(net.parameters(), method(initial_radius=1e4), max_trials=max_trials)
+    before = [p.detach().clone() for p in net.parameters()]
+    calls = []
+
+    def failing_at_the_trial():
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("the data loader broke")
+        return (net(X) - Y).reshape(-1)
+
+    with pytest.raises(RuntimeError, match="the data loader broke"):
+        opt.step(failing_at_the_trial)
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    assert opt.state[next(net.parameters())] == {}
+    # Any trial that moves the gain is infinite: the first trial is rejected.
+    opt.step(lambda: (net(X) - Y).reshape(-1) * torch.where(net.gain.detach() != 0.8, math.inf, 1.0))
+    if max_trials == 1:
+        assert not opt.last.accepted
+        assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+def test_max_trials_none_budget_is_per_step_and_reported_in_status():
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    w0, target = w.detach().clone(), torch.tensor([1.0, 1.0], dtype=torch.float64)
+
+    def closure():  # NaN beyond 1e-3 of w0: from a radius of 1 it takes 5 shrinking trials to get there
+        return (torch.sqrt(w) - target) * torch.where((w.detach() - w0).abs().max() > 1e-3, math.nan, 1.0)
+
+    opt = TrustRegionOptimizer([w], method(solver="cg", initial_radius=1.0, max_nfev=4), max_trials=None)
+    opt.step(closure)
+    assert opt.status == Status.MAX_NFEV and not opt.last.accepted and torch.equal(w.detach(), w0)
+    assert opt.state[w]["nfev"] == 4  # 1 linearization + 3 trials: max_nfev bounds the calls of one step
+    opt.step(closure)  # the budget is per step: this one gets 3 trials of its own, from the smaller radius
+    assert opt.last.accepted and opt.status is None and opt.state[w]["nfev"] == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss", ["linear", "cross_entropy"])
+def test_half_precision_accepted_steps_never_raise_the_batch_cost(dtype, loss):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(64, 4, generator=generator).to(dtype)
+    y = torch.randint(0, 3, (64,), generator=generator)
+    Y = torch.nn.functional.one_hot(y, 3).to(dtype)
+    model = GaussNewtonModel(loss=loss)
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(model, solver=SteihaugCG(max_iter=10)))
+    closure = (lambda: (net(X), y)) if loss == "cross_entropy" else (lambda: (net(X) - Y).reshape(-1))
+
+    def batch_cost():  # in float64 from the half-precision outputs, as the optimizer measures it
+        with torch.no_grad():
+            outputs, targets = (closure(), None) if loss == "linear" else closure()
+            return float(model.loss.value(outputs.float(), targets))
+
+    accepted, initial = 0, batch_cost()
+    for _ in range(25):
+        before = batch_cost()
+        reported = opt.step(closure)
+        assert reported == pytest.approx(before, rel=1e-6)
+        after = batch_cost()
+        if opt.last.accepted:
+            accepted += 1
+            assert after <= before
+            assert opt.last.trial_cost == pytest.approx(after, rel=1e-6)
+        else:
+            assert after == before
+    assert accepted >= 10 and batch_cost() < 0.5 * initial
+    assert all(p.dtype == dtype for p in net.parameters())
+
+
+# -- the lean double-backward graph --------------------------------------------
+
+
+def test_failed_adjoint_test_falls_back_to_the_full_graph(monkeypatch):
+    X, Y = data()
+    results = []
+    for lean_passes in (True, False):
+        monkeypatch.setattr(trustls.optim, "lean_products_agree", lambda products, generator: lean_passes)
+        net = Net()
+        opt = TrustRegionOptimizer(net.parameters(), method())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                opt.step(lambda: (net(X) - Y).reshape(-1))
+        assert sum("adjoint test" in str(w.message) for w in caught) == (0 if lean_passes else 1)
+        assert opt._lean is lean_passes
+        results.append(flatten(trainable(net)))
+    assert torch.equal(results[0], results[1])  # the same products, bit for bit
+
+
+def test_released_products_refuse_further_products():
+    w = torch.tensor([1.0, 3.0], requires_grad=True)
+    products = ClosureProducts(w**2, [w], at=torch.ones(2))
+    products.release()
+    assert products.released
+    with pytest.raises(RuntimeError, match="released"):
+        products.jvp(torch.ones(2))

@@ -43,9 +43,9 @@ from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import NormalOperator
 from trustls.operators.output import OutputFactor
-from trustls.scaling import DiagonalScaling, ScalePolicy, Scaling
+from trustls.scaling import DiagonalScaling
 
-__all__ = ["ClosureContext", "ClosureJacobian", "ClosureModel", "ScratchScalePolicy", "loss_terms"]
+__all__ = ["ClosureContext", "ClosureJacobian", "ClosureModel", "ScratchScaling", "loss_terms"]
 
 
 def loss_terms(loss: Loss, outputs: Tensor) -> tuple[str | None, int]:
@@ -227,7 +227,12 @@ class ClosureModel(CurvatureModel):
 
 
 class ScratchScaling(DiagonalScaling):
-    """T = diag(d) that scales the optimizer's gradient in place (module docstring)."""
+    """T = diag(d) that scales the optimizer's gradient in place (module docstring).
+
+    The optimizer hands it to `TrustRegion.step` only, which transforms the
+    linearization once; `TrustRegion.start` and `TrustRegion.relinearized`
+    (the gradient test, the scale policy) see the plain `DiagonalScaling`.
+    """
 
     def transform(self, linearization: Linearization) -> Linearization:
         J = linearization.jacobian
@@ -238,23 +243,3 @@ class ScratchScaling(DiagonalScaling):
             linearization, gradient=linearization.gradient.mul_(self.diagonal), jacobian=scaled,
             operator=NormalOperator(scaled),
         )
-
-
-@dataclass(frozen=True)
-class ScratchScalePolicy(ScalePolicy):
-    """The method's scale policy, with its diagonal scalings made `ScratchScaling`."""
-
-    policy: ScalePolicy
-
-    def check(self, x: Tensor) -> None:
-        self.policy.check(x)
-
-    @property
-    def diagonal(self) -> bool:  # type: ignore[override]
-        return self.policy.diagonal
-
-    def scaling(self, model, linearization, previous, iteration) -> Scaling:
-        scaling = self.policy.scaling(model, linearization, previous, iteration)
-        if type(scaling) is DiagonalScaling:
-            return ScratchScaling(scaling.diagonal)
-        return scaling

@@ -53,7 +53,8 @@ from torch import Tensor
 
 from trustls._checkpoint import check_state_dict
 from trustls._closure import DOCS, check_closure_output, flatten, lean_products_agree, unflatten
-from trustls._closure_model import ClosureContext, ClosureModel, ScratchScalePolicy, ScratchScaling, loss_terms
+from trustls._closure_model import ClosureContext, ClosureModel, ScratchScaling, loss_terms
+from trustls.scaling import DiagonalScaling
 from trustls.distributed import DataParallel, bits_float, check_agreement, fingerprint, float_bits
 from trustls.function import check_outputs, split_outputs
 from trustls.losses import SquaredError
@@ -178,6 +179,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         # Record the double-backward graph without the cotangents it never needs
         # (trustls._closure), after one adjoint test on the first step.
         self._lean, self._lean_checked = True, False
+        self._warned_lr = False
         super().__init__(params, {"max_trials": max_trials, "lr": float(lr)})
         first = self.param_groups[0]["params"][0]
         self._reducer = data_parallel.reducer(first.device) if data_parallel else None
@@ -185,9 +187,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory != 0:
             # One solve per linearization: a stored CG path would never be reused.
             solver = dataclasses.replace(solver, path_memory=0)
-        self._method = method.replace(
-            model=ClosureModel(model, self._reducer), solver=solver, x_scale=ScratchScalePolicy(method.scale_policy)
-        )
+        self._method = method.replace(model=ClosureModel(model, self._reducer), solver=solver)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -229,6 +229,13 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise TypeError(f"closure must be callable and return the residual vector, got {type(closure).__name__}")
         group = self.param_groups[0]
         lr = _check_lr(group["lr"])
+        if math.isinf(lr) and "initial_lr" in group and not self._warned_lr:
+            self._warned_lr = True  # a scheduler left initial_lr: it multiplies an infinite lr
+            warnings.warn(
+                "TrustRegionOptimizer: a learning-rate scheduler is attached but lr is inf, so it changes nothing; "
+                "lr bounds the trust radius: give the optimizer a finite lr for the scheduler to anneal",
+                UserWarning, stacklevel=2,
+            )
         max_trials = group["max_trials"]
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
@@ -274,8 +281,15 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             context, cost = self._agree(reducer, error, word, shape)
         lin = model.assemble(x, loss, products, context, cost)
         del loss
+        if not bool(torch.isfinite(lin.gradient).all()):  # the same on every rank: the gradient is summed
+            raise ValueError(
+                "closure must return outputs with a finite derivative at the current parameters, got a gradient of "
+                "the cost with NaN or inf entries (e.g. sqrt at 0, or a torch.where branch whose gradient is NaN)"
+            )
         tr = self._state(saved, lin, context, dtype)
         tr = dataclasses.replace(tr, radius=min(tr.radius, lr))
+        if type(tr.scaling) is DiagonalScaling:  # the step may scale the gradient in place
+            tr = dataclasses.replace(tr, scaling=ScratchScaling(tr.scaling.diagonal))
         release = max_trials == 1
 
         def trial(x_new: Tensor) -> Any:
@@ -301,16 +315,19 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             return trial_outputs, trial_targets
 
         cost_before = float(lin.cost)
-        # max_nfev bounds the closure calls of one step (a budget over a whole
-        # training run would stop every later step at its first trial).
+        # max_nfev bounds the closure calls of one step, the linearization's
+        # included (a budget over a whole run would stop every later step at
+        # its first trial).
         nfev = tr.nfev
-        tr = method.step(trial, dataclasses.replace(tr, nfev=0), max_trials=max_trials, relinearize=False)
-        tr = dataclasses.replace(tr, nfev=nfev + tr.nfev)
+        tr = method.step(trial, dataclasses.replace(tr, nfev=1), max_trials=max_trials, relinearize=False)
+        tr = dataclasses.replace(tr, nfev=nfev + tr.nfev - 1)
         del lin, products
         if tr.x is not x:
             for p, value in zip(params, unflatten(tr.x, params)):
                 p.copy_(value)
-        self.status = tr.status
+        accepted = tr.last is not None and tr.last.accepted
+        # A step's budget spent on its last, accepted, trial stopped nothing.
+        self.status = None if tr.status == Status.MAX_NFEV and accepted else tr.status
         self._save(saved, tr)
         self.last = tr.last
         return cost_before
@@ -356,7 +373,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         scale = saved["scale"]
         previous = TrustRegionState(
             x=lin.x, linearization=None, radius=saved["radius"],
-            scaling=ScratchScaling(scale) if scale is not None else None,
+            scaling=DiagonalScaling(scale) if scale is not None else None,
             solver_state=saved["solver_state"], context=context, dtype=dtype, initial_cost=float(lin.cost),
             **{name: saved[name] for name in _COUNTERS},
         )
