@@ -30,6 +30,10 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
+
+# Measure the trustls of this checkout, not an installed one.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def rss_mib() -> float:

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # this checkout's trustls, not an installed one
 sys.path.insert(0, str(HERE))
 from _memory import mlp  # noqa: E402
 
