@@ -29,7 +29,19 @@ Sections (all by default, or pick with ``--only``):
 With ``--device cuda`` the products, step and memory sections run on the GPU;
 memory then counts live tensors with ``torch.cuda.max_memory_allocated``.
 
-Run:  python benchmarks/training.py [--only products,step,memory,torchzero] [--threads 1] [--device cuda]
+``convergence``
+    Time to a target training loss and the final test metric, per method,
+    same data order and wall-time budget, medians over 3 seeds: Adam (best of
+    a learning-rate grid), ``torch.optim.LBFGS`` and TrustRegionOptimizer, on
+    the tasks of `benchmarks/_tasks.py` (digits, a 1.07M-parameter classifier
+    on synthetic data, a full-batch scientific fit, a 100k-parameter
+    regression network); protocol in `benchmarks/_race.py`. Writes
+    ``docs/img/training_<task>.png`` (loss against wall time and against
+    epochs) and ``benchmarks/results/convergence.json``. About 18 minutes on
+    one thread.
+
+Run:  python benchmarks/training.py [--only products,step,memory,torchzero,convergence] [--threads 1]
+      [--device cuda] [--tasks digits,synthetic,fit,regression] [--seeds 0,1,2] [--cg-iter 50]
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -221,13 +234,45 @@ def torchzero(threads: int, cap_gib: float) -> None:
               f"{tr['peak_over_baseline_mib']:.0f} MiB | {tr['seconds_per_step']:.2f} |", flush=True)
 
 
+def convergence(tasks: str, seeds: str, cg_iterations: int) -> None:
+    import _race
+    import _tasks
+
+    budgets = {"digits": 10.0, "synthetic": 30.0, "fit": 20.0, "regression": 20.0, "poisson": 20.0}
+    seeds = [int(s) for s in seeds.split(",")]
+    results = []
+    for name in tasks.split(","):
+        task = _tasks.TASKS[name](budgets[name])
+        print(f"\n## {task.title}: {task.budget:g} s per run, seeds {seeds}", flush=True)
+        result = _race.run_task(task, seeds, cg_iterations, log=lambda line: print(line, flush=True))
+        rows, verdict = _race.summarize(result)
+        result.update(rows=rows, verdict=verdict)
+        results.append(result)
+        print(f"\ntarget: the best Adam's median final training loss, {verdict['target']:.3e}\n")
+        print(f"| method | seeds | final training loss | {task.metric} | epochs | time to target (s) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for row in rows:
+            reached = f"{row['time_to_target']:.1f}" if math.isfinite(row["time_to_target"]) else "not reached"
+            print(f"| {row['method']} | {row['seeds']} | {row['loss']:.3e} | {row['metric']:.4f} | "
+                  f"{row['epochs']:.1f} | {reached} ({row['reached']}/{row['seeds']}) |")
+        print(f"\ntrustls / best Adam: time to target {verdict['trustls_time']:.1f} s / {verdict['adam_time']:.1f} s, "
+              f"final loss ratio (Adam / trustls) {verdict['loss_ratio']:.3g}", flush=True)
+        _race.plot(result, HERE.parent / "docs" / "img" / f"training_{name}.png")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "convergence.json").write_text(json.dumps(results, default=float))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="products,step,memory,torchzero")
+    parser.add_argument("--only", default="products,step,memory,torchzero,convergence")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory-cap-gib", type=float, default=4.0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (products, step and memory sections)")
+    parser.add_argument("--tasks", default="digits,synthetic,fit,regression", help="convergence tasks")
+    parser.add_argument("--seeds", default="0,1,2", help="convergence seeds")
+    parser.add_argument("--cg-iter", type=int, default=50, help="trustls' CG cap in the convergence section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
@@ -241,6 +286,8 @@ def main() -> None:
         memory(args.threads, args.device)
     if "torchzero" in sections:
         torchzero(args.threads, args.memory_cap_gib)
+    if "convergence" in sections:
+        convergence(args.tasks, args.seeds, args.cg_iter)
 
 
 if __name__ == "__main__":
