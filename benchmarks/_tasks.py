@@ -41,6 +41,18 @@ import torch
 import torch.nn.functional as F
 
 
+TITLES = {
+    "digits": "MLP 64-128-128-10 on scikit-learn digits, cross-entropy (Adam: batches of 64; L-BFGS and trustls: "
+              "full batch)",
+    "synthetic": "MLP 784-1024-256-10 on make_classification, 45,000 samples, cross-entropy (Adam: batches of 256; "
+                 "trustls: 2,048; L-BFGS: 5,000)",
+    "fit": "tanh MLP 1-32-32-1 fitted to 256 points, least squares, full batch, float64",
+    "regression": "MLP 10-256-256-128-1 on Friedman #1, 5,000 samples, least squares (Adam: batches of 256; "
+                  "trustls: 2,048; L-BFGS: full batch)",
+    "poisson": "physics-informed MLP 1-256-256-128-1 for −u″ = f (99,329 parameters), full batch, float64",
+}
+
+
 def mlp(widths, dtype, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     layers = []
@@ -103,7 +115,7 @@ def digits(budget: float) -> Task:
     y = torch.tensor(data.target)
     order = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
     train, test = order[:1437], order[1437:]
-    return _classification("digits", "MLP 64-128-128-10 on scikit-learn digits (cross-entropy, batch 64)",
+    return _classification("digits", TITLES["digits"],
                            X[train], y[train], X[test], y[test], (64, 128, 128, 10), 64, budget)
 
 
@@ -115,8 +127,7 @@ def synthetic(budget: float) -> Task:
     X = torch.tensor(X, dtype=torch.float32)
     X = (X - X.mean(0)) / X.std(0)
     y = torch.tensor(y)
-    return _classification("synthetic", "MLP 784-1024-256-10 on make_classification, 45,000 samples "
-                           "(cross-entropy, batch 256)", X[:45_000], y[:45_000], X[45_000:], y[45_000:],
+    return _classification("synthetic", TITLES["synthetic"], X[:45_000], y[:45_000], X[45_000:], y[45_000:],
                            (784, 1024, 256, 10), 256, budget, train_subset=2_000, evaluations=20)
 
 
@@ -140,7 +151,7 @@ def fit(budget: float) -> Task:
         with torch.no_grad():
             return float((net(xt) - Yt).square().mean().sqrt())
 
-    return Task("fit", "tanh MLP 1-32-32-1 fitted to 256 points (least squares, full batch, float64)",
+    return Task("fit", TITLES["fit"],
                 torch.float64, None, budget, "linear", "test RMSE", (1, 32, 32, 1), {"X": x, "Y": Y},
                 cost, lambda net, A, B: (net(A) - B).reshape(-1) / math.sqrt(len(A)), train_loss, rmse)
 
@@ -176,8 +187,7 @@ def poisson(budget: float) -> Task:
         with torch.no_grad():
             return float((net(xt) - exact(xt)).norm() / exact(xt).norm())
 
-    return Task("poisson", "physics-informed MLP 1-256-256-128-1 for −u″ = f (99,329 parameters, full batch, "
-                "float64)", torch.float64, None, budget, "linear", "relative L2 error", (1, 256, 256, 128, 1),
+    return Task("poisson", TITLES["poisson"], torch.float64, None, budget, "linear", "relative L2 error", (1, 256, 256, 128, 1),
                 {"X": x, "Y": f}, cost, residual, train_loss, relative_error)
 
 
@@ -201,7 +211,7 @@ def regression(budget: float) -> Task:
         with torch.no_grad():
             return float((net(X[test]) - y[test]).square().mean().sqrt())
 
-    return Task("regression", "MLP 10-256-256-128-1 on Friedman #1, 5,000 samples (least squares, batch 256)",
+    return Task("regression", TITLES["regression"],
                 torch.float32, 256, budget, "linear", "test RMSE", (10, 256, 256, 128, 1),
                 {"X": X[train], "Y": y[train]}, cost, lambda net, A, B: (net(A) - B).reshape(-1) / math.sqrt(len(A)),
                 train_loss, rmse)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import trustls._closure
+import trustls.distributed
 import trustls.optim
 from trustls import GaussNewtonModel, Status, SteihaugCG, TrustRegion
 from trustls._closure import ClosureProducts, flatten, parameter_products, unflatten
@@ -293,7 +294,7 @@ def test_repr_and_defaults():
     assert opt._method.scale_policy == JacobiScale()
 
 
-@pytest.mark.parametrize("module", [trustls.optim, trustls._closure])
+@pytest.mark.parametrize("module", [trustls.optim, trustls._closure, trustls.distributed])
 def test_docstring_examples(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
 
@@ -422,8 +423,10 @@ CORRUPTIONS = {
     "extra entry": (corrupt(("state", 0, "exp_avg"), 1.0), r"must hold exactly"),
     "negative counter": (corrupt(("state", 0, "nit"), -3), r"nit must be a non-negative int, got -3"),
     "float counter": (corrupt(("state", 0, "nfev"), 2.5), r"nfev must be a non-negative int, got 2.5"),
-    "short scale": (corrupt(("state", 0, "scale"), torch.ones(3)), r"scale must be None or a floating tensor of shape \(37,\), got shape \(3,\)"),
-    "negative scale": (corrupt(("state", 0, "scale"), -torch.ones(37, dtype=torch.float64)), r"scale must have positive finite entries"),
+    "short scale": (corrupt(("state", 0, "scale"), torch.ones(3)),
+                    r"scale must be None or a floating tensor of shape \(37,\), got shape \(3,\)"),
+    "negative scale": (corrupt(("state", 0, "scale"), -torch.ones(37, dtype=torch.float64)),
+                       r"scale must have positive finite entries"),
     "state under another tensor": (corrupt(("state", 3), {}), r"state only under the first parameter"),
     "no lr": (corrupt(("param_groups", 0, "lr"), KeyError), r"parameter group lacks \['lr'\]"),
     "bad max_trials": (corrupt(("param_groups", 0, "max_trials"), 0), r"max_trials must be a positive int or None"),
@@ -446,7 +449,8 @@ def test_corrupted_state_dict_is_refused_at_load_time(name):
 def test_state_dict_of_another_network_or_optimizer_is_refused():
     _, opt = trained()
     shapes = [(2, 5), (), (2,), (5, 3), (5,)]  # Net's five tensors, one hidden unit fewer
-    other = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64), requires_grad=shape != (2,)) for shape in shapes]
+    other = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64), requires_grad=shape != (2,))
+             for shape in shapes]
     fresh = TrustRegionOptimizer(other, method())
     with pytest.raises(ValueError, match=r"state_dict belongs to 37 trainable parameters but the optimizer has 31"):
         fresh.load_state_dict(opt.state_dict())

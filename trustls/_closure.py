@@ -51,11 +51,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from trustls.function import check_outputs
+from trustls.losses import SquaredError
 from trustls.operators.implicit import JacobianProducts
 
 __all__ = [
     "ClosureProducts",
     "check_closure_output",
+    "check_closure_outputs",
     "flatten",
     "lean_products_agree",
     "parameter_products",
@@ -105,6 +108,22 @@ def check_closure_output(residual: object, like: Tensor, expected_size: int | No
             f"(the same batch), got length {residual.shape[0]} after {expected_size}; {DOCS}"
         )
     return residual
+
+
+def check_closure_outputs(outputs: Tensor, targets: Tensor | None, like: Tensor, model) -> None:
+    """Check what a closure returned at the linearization, for ``model`` (a `GaussNewtonModel`)."""
+    if targets is None and isinstance(model.loss, SquaredError):
+        check_closure_output(outputs, like)
+    else:
+        check_outputs(outputs, like)
+    model.check_outputs(outputs, targets)
+    if not outputs.requires_grad:
+        raise ValueError(
+            "closure must return outputs that depend on the parameters through autograd; got outputs without "
+            "a graph (computed under torch.no_grad() or detached?)"
+        )
+    if not bool(torch.isfinite(outputs).all()):
+        raise ValueError("closure must return finite outputs at the current parameters, got NaN or inf")
 
 
 def _grad(outputs, inputs, grad_outputs, **options) -> tuple[Tensor, ...]:

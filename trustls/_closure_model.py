@@ -45,7 +45,7 @@ from trustls.operators.dense import NormalOperator
 from trustls.operators.output import OutputFactor
 from trustls.scaling import DiagonalScaling
 
-__all__ = ["ClosureContext", "ClosureJacobian", "ClosureModel", "ScratchScaling", "loss_terms"]
+__all__ = ["ClosureContext", "ClosureJacobian", "ClosureModel", "ScratchScaling", "loss_terms", "status_word"]
 
 
 def loss_terms(loss: Loss, outputs: Tensor) -> tuple[str | None, int]:
@@ -57,6 +57,16 @@ def loss_terms(loss: Loss, outputs: Tensor) -> tuple[str | None, int]:
     if isinstance(loss, (SquaredError, RobustLoss)):
         return None, outputs.numel()
     return getattr(loss, "reduction", None), outputs.numel()
+
+
+def status_word(loss: Loss, outputs: Tensor, cost: Tensor, n: int, radius: float) -> list:
+    """This rank's status word after its linearization (the layout `agree_on_linearization` reads)."""
+    reduction, count = loss_terms(loss, outputs)
+    if reduction not in (None, "sum", "mean"):
+        raise TypeError(f"data_parallel cannot reduce a loss with reduction={reduction!r} across ranks")
+    shape = tuple(outputs.shape)
+    return [n, outputs.numel(), count, int(reduction == "mean"), math.prod(shape[1:]), len(shape), float_bits(cost),
+            float_bits(radius)]
 
 
 class _WeightedFactor(OutputFactor):
@@ -196,7 +206,8 @@ class ClosureModel(CurvatureModel):
                 raise
             error = caught
         if self.reducer is not None:
-            table = self.reducer.exchange("the trial evaluation", error, [float_bits(value) if error is None else 0], size=1)
+            word = [float_bits(value) if error is None else 0]
+            table = self.reducer.exchange("the trial evaluation", error, word, size=1)
             total = sum(w * bits_float(row[0]) for w, row in zip(context.weights, table))
             value = torch.tensor(total, dtype=torch.float64, device=x.device)
         return Evaluation(x, outputs, targets, value)

@@ -58,7 +58,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DataParallel", "DistributedStepError", "Reducer"]
+__all__ = ["DataParallel", "DistributedStepError", "Reducer", "agree_on_linearization", "fingerprint"]
 
 
 class DistributedStepError(RuntimeError):
@@ -162,7 +161,8 @@ class Reducer:
         if error is None:
             if len(word) != size:
                 raise ValueError(f"word must hold {size} values, got {len(word)}")
-            table[self.rank, 1:] = torch.stack([torch.as_tensor(v, dtype=torch.int64, device=self.device) for v in word])
+            values = [torch.as_tensor(v, dtype=torch.int64, device=self.device) for v in word]
+            table[self.rank, 1:] = torch.stack(values)
         else:
             table[self.rank, 0] = 1  # the values of a failed rank are not read
         self.all_reduce(table)
@@ -191,16 +191,31 @@ def check_agreement(table: list[list[int]], columns: dict[str, int], rank: int) 
             raise ValueError(f"data_parallel needs the same {name} on every rank, got {shown} (seen on rank {rank})")
 
 
+# The status word after a linearization: two fingerprint sums of x, then `status_word`'s entries.
+_WORD = ("fingerprint", "second fingerprint", "n", "rows", "count", "mean", "per sample", "ndim", "cost", "radius")
+_AGREE = {"parameters (bits of the flattened parameters)": 0, "parameters (second sum)": 1,
+          "number of parameters": 2, "reduction": 5, "output size per sample": 6, "number of output dimensions": 7,
+          "trust radius": 9}  # fmt: skip
+
+
+def agree_on_linearization(reducer: Reducer, error: BaseException | None, word: list) -> tuple[tuple, tuple, float]:
+    """Exchange the status words of a linearization: every rank fails together, or all agree.
+
+    Returns:
+        Every rank's weight (cₖ/C for a mean, 1 for a sum) and number of
+        outputs, in rank order, and the total cost Σₖ wₖ fₖ, the same on every rank.
+    """
+    table = reducer.exchange("the linearization (closure, loss and products)", error, word, size=len(_WORD))
+    check_agreement(table, _AGREE, reducer.rank)
+    total = sum(row[4] for row in table)
+    weights = tuple(row[4] / total if row[5] else 1.0 for row in table)
+    rows = tuple(row[3] for row in table)
+    cost = sum(w * bits_float(row[8]) for w, row in zip(weights, table))
+    return weights, rows, cost
+
+
 def global_probe_rows(generator: torch.Generator, rows: int, offset: int, local: int, device, dtype) -> Tensor:
     """This rank's rows of a Rademacher probe over all ``rows`` outputs (drawn the way one process draws it)."""
     z = torch.randint(0, 2, (rows,), generator=generator, device=device).to(dtype) * 2 - 1
     return z[offset : offset + local]
 
-
-def mean_weight(reduction: str | None, count: int, total: int) -> float:
-    """The weight of a shard's loss: cₖ/C for ``reduction="mean"``, 1 for a sum."""
-    return count / total if reduction == "mean" else 1.0
-
-
-def sqrt_weight(weight: float) -> float:
-    return math.sqrt(weight)

@@ -52,14 +52,13 @@ import torch
 from torch import Tensor
 
 from trustls._checkpoint import check_state_dict
-from trustls._closure import DOCS, check_closure_output, flatten, lean_products_agree, unflatten
-from trustls._closure_model import ClosureContext, ClosureModel, ScratchScaling, loss_terms
-from trustls.scaling import DiagonalScaling
-from trustls.distributed import DataParallel, bits_float, check_agreement, fingerprint, float_bits
-from trustls.function import check_outputs, split_outputs
-from trustls.losses import SquaredError
+from trustls._closure import DOCS, check_closure_outputs, flatten, lean_products_agree, unflatten
+from trustls._closure_model import ClosureContext, ClosureModel, ScratchScaling, status_word
+from trustls.distributed import DataParallel, agree_on_linearization, fingerprint
+from trustls.function import split_outputs
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.result import IterationInfo, Status
+from trustls.scaling import DiagonalScaling
 from trustls.subproblem.steihaug_cg import SteihaugCG
 from trustls.trust_region import TrustRegion, TrustRegionState
 
@@ -159,7 +158,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if not isinstance(model, GaussNewtonModel):
             raise TypeError(f"method.model must be a GaussNewtonModel, got {type(model).__name__}")
         if model.jacobian is not None:
-            raise ValueError("method.model must not have a jacobian= function: the optimizer differentiates its closure")
+            raise ValueError(
+                "method.model must not have a jacobian= function: the optimizer differentiates its closure"
+            )
         if method.solver.requires_jacobian:
             raise ValueError(
                 f"method.solver must be matrix-free: TrustRegionOptimizer never builds J, got {method.solver!r}"
@@ -252,7 +253,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         try:
             with torch.enable_grad():
                 outputs, targets = split_outputs(closure(), "closure")
-                self._check_outputs(outputs, targets, params[0])
+                check_closure_outputs(outputs, targets, params[0], self.method.model)
             shape = tuple(outputs.shape)
             loss, products = model.linearize_outputs(outputs, targets, params, work, lean=self._lean)
             if self._lean and not self._lean_checked:
@@ -266,11 +267,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                     self._lean = False
                     loss, products = model.linearize_outputs(outputs, targets, params, work, lean=False)
             if reducer is not None:
-                reduction, count = loss_terms(model.loss, outputs)
-                if reduction not in (None, "sum", "mean"):
-                    raise TypeError(f"data_parallel cannot reduce a loss with reduction={reduction!r} across ranks")
-                word += [x.numel(), outputs.numel(), count, int(reduction == "mean"), math.prod(shape[1:]),
-                         len(shape), float_bits(loss.value), float_bits(saved.get("radius", 0.0))]
+                word += status_word(model.loss, outputs, loss.value, x.numel(), saved.get("radius", 0.0))
             del outputs
         except Exception as caught:  # handed to every rank, then re-raised (trustls.distributed)
             if reducer is None:
@@ -278,7 +275,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             error = caught
         context, cost = ClosureContext(shape), None
         if reducer is not None:
-            context, cost = self._agree(reducer, error, word, shape)
+            weights, rows, cost = agree_on_linearization(reducer, error, word)
+            context = ClosureContext(shape, weights[reducer.rank], weights, rows)
         lin = model.assemble(x, loss, products, context, cost)
         del loss
         if not bool(torch.isfinite(lin.gradient).all()):  # the same on every rank: the gradient is summed
@@ -290,11 +288,11 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         tr = dataclasses.replace(tr, radius=min(tr.radius, lr))
         if type(tr.scaling) is DiagonalScaling:  # the step may scale the gradient in place
             tr = dataclasses.replace(tr, scaling=ScratchScaling(tr.scaling.diagonal))
-        release = max_trials == 1
+        release = products if max_trials == 1 else None
 
         def trial(x_new: Tensor) -> Any:
-            if release:  # the last trial of the step: no product follows, free both graphs first
-                products.release()
+            if release is not None:  # the last trial of the step: no product follows, free both graphs first
+                release.release()
             # Swapping .data leaves the version counters alone, so the graph of
             # the linearization stays valid for further trials.
             originals = [p.data for p in params]
@@ -331,34 +329,6 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         self._save(saved, tr)
         self.last = tr.last
         return cost_before
-
-    def _check_outputs(self, outputs: Tensor, targets: Tensor | None, like: Tensor) -> None:
-        model = self.method.model
-        if targets is None and isinstance(model.loss, SquaredError):
-            check_closure_output(outputs, like)
-        else:
-            check_outputs(outputs, like)
-        model.check_outputs(outputs, targets)
-        if not outputs.requires_grad:
-            raise ValueError(
-                "closure must return outputs that depend on the parameters through autograd; got outputs without "
-                "a graph (computed under torch.no_grad() or detached?)"
-            )
-        if not bool(torch.isfinite(outputs).all()):
-            raise ValueError("closure must return finite outputs at the current parameters, got NaN or inf")
-
-    def _agree(self, reducer, error, word, shape) -> tuple[ClosureContext, float]:
-        """The ranks' status words: every rank fails together, or all agree and weigh their shards."""
-        table = reducer.exchange("the linearization (closure, loss and products)", error, word, size=10)
-        check_agreement(table, {"parameters (bits of the flattened parameters)": 0, "parameters (second sum)": 1,
-                                "number of parameters": 2, "reduction": 5, "output size per sample": 6,
-                                "number of output dimensions": 7, "trust radius": 9}, reducer.rank)
-        counts = [row[4] for row in table]
-        total = sum(counts)
-        weights = tuple(c / total if row[5] else 1.0 for c, row in zip(counts, table))
-        rows = tuple(row[3] for row in table)
-        cost = sum(w * bits_float(row[8]) for w, row in zip(weights, table))
-        return ClosureContext(shape, weights[reducer.rank], weights, rows), cost
 
     def _state(self, saved: dict[str, Any], lin, context: ClosureContext, dtype: torch.dtype) -> TrustRegionState:
         """The controller's state for this step: fresh at the first, else restored and relinearized."""
