@@ -37,7 +37,7 @@ memory then counts live tensors with ``torch.cuda.max_memory_allocated``.
     on synthetic data, a full-batch scientific fit, a 100k-parameter
     regression network); protocol in `benchmarks/_race.py`. Writes
     ``docs/img/training_<task>.png`` (loss against wall time and against
-    epochs) and ``benchmarks/results/convergence.json``. About 18 minutes on
+    epochs) and ``benchmarks/out/convergence.json`` (not tracked). About 18 minutes on
     one thread.
 
 Run:  python benchmarks/training.py [--only products,step,memory,torchzero,convergence] [--threads 1]
@@ -258,7 +258,7 @@ def convergence(tasks: str, seeds: str, cg_iterations: int) -> None:
         print(f"\ntrustls / best Adam: time to target {verdict['trustls_time']:.1f} s / {verdict['adam_time']:.1f} s, "
               f"final loss ratio (Adam / trustls) {verdict['loss_ratio']:.3g}", flush=True)
         _race.plot(result, HERE.parent / "docs" / "img" / f"training_{name}.png")
-    out = HERE / "results"
+    out = HERE / "out"
     out.mkdir(exist_ok=True)
     (out / "convergence.json").write_text(json.dumps(results, default=float))
 
