@@ -170,3 +170,16 @@ def test_logistic_regression_matches_sklearn_with_the_optimizer(classes, fit_int
         cost = float(F.binary_cross_entropy_with_logits(z, targets) if classes == 2 else F.cross_entropy(z, targets))
     assert cost == pytest.approx(expected, abs=1e-8)
     assert cost <= expected + 1e-12
+
+
+def test_robust_loss_trains_through_the_optimizer():
+    """scipy's robust losses take the residual vector, as least squares does."""
+    net, (X, y, _) = _network(), _problem("linear")
+    y = y.clone()
+    y[0, 0] += 50.0  # an outlier
+    model = GaussNewtonModel(loss="huber", f_scale=0.5)
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(model, solver=SteihaugCG(max_iter=10)))
+    costs = [opt.step(lambda: (net(X) - y).reshape(-1)) for _ in range(15)]
+    with torch.no_grad():
+        final = float(model.loss.value((net(X) - y).reshape(-1)))
+    assert final < costs[0] and all(b <= a for a, b in zip(costs, costs[1:]))
