@@ -1,7 +1,7 @@
 """Data parallelism: two gloo processes on loopback take the steps one process takes on the whole batch.
 
-One spawn of two ranks (float64, CPU) runs every scenario in turn, so that the
-test pays for starting two interpreters once:
+One start of two ranks (forked where the platform allows, float64, CPU) runs
+every scenario in turn, so that the test pays for starting them once:
 
 1. equality: 5 steps of ``TrustRegionOptimizer(..., data_parallel=True)`` on
    unequal shards (23 and 17 samples) equal 5 steps of one process on the
@@ -163,7 +163,13 @@ def _free_port() -> int:
 
 
 def test_two_ranks_on_loopback():
-    context = mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=False)
+    # Forked ranks inherit the imported torch, trustls and torch._dynamo (which
+    # torch.optim imports at an optimizer's first use): starting two fresh
+    # interpreters would take most of the test's time.
+    import torch._dynamo  # noqa: F401
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    context = mp.start_processes(_worker, args=(_free_port(),), nprocs=WORLD, join=False, start_method=method)
     deadline = time.monotonic() + DEADLINE
     try:
         while not context.join(timeout=max(0.1, deadline - time.monotonic())):
