@@ -17,9 +17,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 # Pages whose blocks are not run here: edited on other branches.
-EXCLUDED = {
-    "training.md": "edited on the training branch; its block is a fragment (net, loader undefined)",
-}
+EXCLUDED: dict[str, str] = {}
 
 _FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _SKIP = re.compile(r"<!--\s*docs-test:\s*skip\b")
