@@ -1,4 +1,8 @@
-"""Checks of a `TrustRegionOptimizer` state dict, made when it is loaded rather than at the next step.
+"""`TrustRegionOptimizer`'s saved state: the controller's state between steps, and its checks at load time.
+
+Between steps the optimizer keeps, under its first parameter, what the next
+step needs to continue the solve (`restore`, `save`): the radius, the
+diagonal of the scaling, the solver's state and the counters.
 
 A checkpoint is plain data (floats, ints, ``None`` and one tensor), so it
 loads with ``torch.load(..., weights_only=True)``. What is checked: the
@@ -10,12 +14,26 @@ scale and parameter count fit the parameters the optimizer holds now.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["check_state_dict"]
+from trustls._validation import check_lr, check_max_trials
+from trustls.scaling import DiagonalScaling
+from trustls.state import TrustRegionState
+
+if TYPE_CHECKING:
+    from trustls.models.base import Linearization
+    from trustls.trust_region import TrustRegion
+
+__all__ = ["COUNTERS", "STATE_KEYS", "check_state_dict", "restore", "save"]
+
+COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
+STATE_KEYS = frozenset(("radius", "scale", "solver_state", "accepted_steps", "numel", *COUNTERS))
 
 _RULE = "state_dict must come from TrustRegionOptimizer.state_dict()"
 
@@ -32,9 +50,6 @@ def check_state_dict(
     state_dict: object,
     group_size: int,
     trainable: int,
-    keys: frozenset[str],
-    check_lr: Callable[[object], float],
-    check_max_trials: Callable[[object], None],
 ) -> Tensor | None:
     """Raise ``ValueError``/``TypeError`` unless ``state_dict`` fits the optimizer; return the saved scale.
 
@@ -42,8 +57,6 @@ def check_state_dict(
         state_dict: what was passed to ``load_state_dict``.
         group_size: the number of tensors in the optimizer's parameter group.
         trainable: the number of trainable parameters (the length of x).
-        keys: the entries of a saved state.
-        check_lr, check_max_trials: the optimizer's own argument checks.
     """
     if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
         raise ValueError(f"{_RULE}: a mapping with 'state' and 'param_groups', got {type(state_dict).__name__}")
@@ -69,13 +82,13 @@ def check_state_dict(
     if ids[0] not in state or not state[ids[0]]:
         return None  # saved before the first step
     entry = state[ids[0]]
-    if not isinstance(entry, Mapping) or entry.keys() != keys:
+    if not isinstance(entry, Mapping) or entry.keys() != STATE_KEYS:
         found = sorted(entry.keys()) if isinstance(entry, Mapping) else type(entry).__name__
-        raise ValueError(f"{_RULE}: the state must hold exactly {sorted(keys)}, got {found}")
+        raise ValueError(f"{_RULE}: the state must hold exactly {sorted(STATE_KEYS)}, got {found}")
     radius = entry["radius"]
     if not _is_number(radius) or not math.isfinite(radius) or not radius > 0:
         raise ValueError(f"state_dict's radius must be a positive finite number, got {radius!r}")
-    for name in ("nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps", "numel"):
+    for name in (*COUNTERS, "accepted_steps", "numel"):
         if not _is_int(entry[name]) or entry[name] < 0:
             raise ValueError(f"state_dict's {name} must be a non-negative int, got {entry[name]!r}")
     reference = entry["solver_state"]
@@ -95,3 +108,33 @@ def check_state_dict(
     if not bool((torch.isfinite(scale) & (scale > 0)).all()):
         raise ValueError("state_dict's scale must have positive finite entries, got entries that are not")
     return scale.detach().clone()
+
+
+def restore(method: TrustRegion, saved: dict[str, Any], lin: Linearization, context: Any,
+            dtype: torch.dtype) -> TrustRegionState:
+    """The controller's state for a step at ``lin``: fresh at the first step, else ``saved`` relinearized."""
+    if "radius" not in saved:
+        return method.start(lin, context=context, dtype=dtype)
+    if saved["numel"] != lin.x.shape[0]:
+        raise ValueError(
+            f"the optimizer's state belongs to {saved['numel']} parameters but {lin.x.shape[0]} are trainable now: "
+            "it belongs to another network (or requires_grad changed)"
+        )
+    scale = saved["scale"]
+    previous = TrustRegionState(
+        x=lin.x, linearization=None, radius=saved["radius"],
+        scaling=DiagonalScaling(scale) if scale is not None else None,
+        solver_state=saved["solver_state"], context=context, dtype=dtype, initial_cost=float(lin.cost),
+        **{name: saved[name] for name in COUNTERS},
+    )
+    if previous.scaling is None:
+        previous = dataclasses.replace(previous, scaling=method.scale_policy.scaling(method.model, lin, None, 0))
+    return method.relinearized(previous, lin, iteration=saved["accepted_steps"])
+
+
+def save(saved: dict[str, Any], state: TrustRegionState) -> None:
+    """Keep in ``saved`` what the next step needs of ``state`` (the keys `STATE_KEYS`)."""
+    moved = state.last is not None and state.last.accepted
+    saved.update(radius=state.radius, scale=getattr(state.scaling, "diagonal", None), solver_state=state.solver_state,
+                 numel=state.x.shape[0], accepted_steps=saved.get("accepted_steps", 0) + moved,
+                 **{name: getattr(state, name) for name in COUNTERS})

@@ -78,3 +78,19 @@ def check_choice(name: str, value: object, choices: tuple) -> object:
     if isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name} must be {', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}, got {value!r}")
     return value
+
+
+def check_lr(lr: object) -> float:
+    """`TrustRegionOptimizer`'s ``lr``: an upper bound on the trust radius, positive or inf."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or math.isnan(lr) or not lr > 0:
+        raise ValueError(
+            f"lr must be a positive number or inf (an upper bound on the trust radius), got {lr!r}; a scheduler that "
+            "computes lr from differences of lr (CosineAnnealingLR, SWALR) needs a finite lr to start from"
+        )
+    return float(lr)
+
+
+def check_max_trials(max_trials: object) -> None:
+    """`TrustRegionOptimizer`'s ``max_trials``: a positive int or ``None``."""
+    if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
+        raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")

@@ -51,37 +51,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls._checkpoint import check_state_dict
-from trustls._closure import DOCS, check_closure_outputs, flatten, lean_products_agree, unflatten
-from trustls._closure_model import ClosureContext, ClosureModel, ScratchScaling, status_word
+from trustls._checkpoint import check_state_dict, restore, save
+from trustls._closure import (
+    DOCS,
+    check_closure_outputs,
+    flatten,
+    lean_products_agree,
+    unflatten,
+)
+from trustls._closure_model import (
+    ClosureContext,
+    ClosureModel,
+    ScratchScaling,
+    status_word,
+)
+from trustls._validation import check_lr, check_max_trials
 from trustls.distributed import DataParallel, agree_on_linearization, fingerprint
-from trustls.function import split_outputs
+from trustls.function import HALF, split_outputs
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.result import IterationInfo, Status
 from trustls.scaling import DiagonalScaling
 from trustls.subproblem.steihaug_cg import SteihaugCG
-from trustls.trust_region import TrustRegion, TrustRegionState
+from trustls.trust_region import TrustRegion
 
 __all__ = ["TrustRegionOptimizer"]
-
-_COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
-_STATE_KEYS = frozenset(("radius", "scale", "solver_state", "accepted_steps", "numel", *_COUNTERS))
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _check_lr(lr: object) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or math.isnan(lr) or not lr > 0:
-        raise ValueError(
-            f"lr must be a positive number or inf (an upper bound on the trust radius), got {lr!r}; a scheduler that "
-            "computes lr from differences of lr (CosineAnnealingLR, SWALR) needs a finite lr to start from"
-        )
-    return float(lr)
-
-
-def _check_max_trials(max_trials: object) -> None:
-    if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
-        raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")
-
 
 class TrustRegionOptimizer(torch.optim.Optimizer):
     """One trust-region Gauss-Newton step per call of `step`, for any ``torch.nn`` network.
@@ -165,8 +158,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"method.solver must be matrix-free: TrustRegionOptimizer never builds J, got {method.solver!r}"
             )
-        _check_max_trials(max_trials)
-        _check_lr(lr)
+        check_max_trials(max_trials)
+        check_lr(lr)
         if data_parallel is True:
             data_parallel = DataParallel()
         if data_parallel is not None and data_parallel is not False and not isinstance(data_parallel, DataParallel):
@@ -229,7 +222,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if not callable(closure):
             raise TypeError(f"closure must be callable and return the residual vector, got {type(closure).__name__}")
         group = self.param_groups[0]
-        lr = _check_lr(group["lr"])
+        lr = check_lr(group["lr"])
         if math.isinf(lr) and "initial_lr" in group and not self._warned_lr:
             self._warned_lr = True  # a scheduler left initial_lr: it multiplies an infinite lr
             warnings.warn(
@@ -243,7 +236,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
         self.last = None  # drop the previous record's vectors before the step allocates
         dtype = params[0].dtype
-        work = torch.float32 if dtype in _HALF else dtype
+        work = torch.float32 if dtype in HALF else dtype
         method, model, reducer = self._method, self._method.model, self._reducer
         saved = self.state[group["params"][0]]
         x = flatten(params, work)
@@ -284,7 +277,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 "closure must return outputs with a finite derivative at the current parameters, got a gradient of "
                 "the cost with NaN or inf entries (e.g. sqrt at 0, or a torch.where branch whose gradient is NaN)"
             )
-        tr = self._state(saved, lin, context, dtype)
+        tr = restore(self._method, saved, lin, context, dtype)
         tr = dataclasses.replace(tr, radius=min(tr.radius, lr))
         if type(tr.scaling) is DiagonalScaling:  # the step may scale the gradient in place
             tr = dataclasses.replace(tr, scaling=ScratchScaling(tr.scaling.diagonal))
@@ -326,37 +319,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         accepted = tr.last is not None and tr.last.accepted
         # A step's budget spent on its last, accepted, trial stopped nothing.
         self.status = None if tr.status == Status.MAX_NFEV and accepted else tr.status
-        self._save(saved, tr)
+        save(saved, tr)
         self.last = tr.last
         return cost_before
-
-    def _state(self, saved: dict[str, Any], lin, context: ClosureContext, dtype: torch.dtype) -> TrustRegionState:
-        """The controller's state for this step: fresh at the first, else restored and relinearized."""
-        method = self._method
-        if "radius" not in saved:
-            return method.start(lin, context=context, dtype=dtype)
-        if saved["numel"] != lin.x.shape[0]:
-            raise ValueError(
-                f"the optimizer's state belongs to {saved['numel']} parameters but {lin.x.shape[0]} are trainable now: "
-                "it belongs to another network (or requires_grad changed)"
-            )
-        scale = saved["scale"]
-        previous = TrustRegionState(
-            x=lin.x, linearization=None, radius=saved["radius"],
-            scaling=DiagonalScaling(scale) if scale is not None else None,
-            solver_state=saved["solver_state"], context=context, dtype=dtype, initial_cost=float(lin.cost),
-            **{name: saved[name] for name in _COUNTERS},
-        )
-        if previous.scaling is None:
-            previous = dataclasses.replace(previous, scaling=method.scale_policy.scaling(method.model, lin, None, 0))
-        return method.relinearized(previous, lin, iteration=saved["accepted_steps"])
-
-    def _save(self, saved: dict[str, Any], tr: TrustRegionState) -> None:
-        scale = getattr(tr.scaling, "diagonal", None)
-        moved = tr.last is not None and tr.last.accepted
-        saved.update(radius=tr.radius, scale=scale, solver_state=tr.solver_state, numel=tr.x.shape[0],
-                     accepted_steps=saved.get("accepted_steps", 0) + moved,
-                     **{name: getattr(tr, name) for name in _COUNTERS})
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -369,10 +334,10 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         """
         group = self.param_groups[0]
         trainable = sum(p.numel() for p in group["params"] if p.requires_grad)
-        scale = check_state_dict(state_dict, len(group["params"]), trainable, _STATE_KEYS, _check_lr, _check_max_trials)
+        scale = check_state_dict(state_dict, len(group["params"]), trainable)
         super().load_state_dict(state_dict)
         if scale is not None:
             # torch casts state tensors to the parameters' dtype; the scale lives in the working dtype.
             first = group["params"][0]
-            work = torch.float32 if first.dtype in _HALF else first.dtype
+            work = torch.float32 if first.dtype in HALF else first.dtype
             self.state[first]["scale"] = scale.to(dtype=work, device=first.device)
