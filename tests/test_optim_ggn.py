@@ -126,7 +126,6 @@ def _torch_problem(X, y, classes):
 @pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("classes", [2, 3])
 def test_logistic_regression_matches_sklearn_with_solve(classes, fit_intercept):
-    pytest.importorskip("sklearn")
     X, y = _classification(classes)
     expected = _sklearn_loss(X, y, classes, fit_intercept)
     Xt, yt, loss, outputs = _torch_problem(X, y, classes)
@@ -147,7 +146,6 @@ def test_logistic_regression_matches_sklearn_with_solve(classes, fit_intercept):
 @pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("classes", [2, 3])
 def test_logistic_regression_matches_sklearn_with_the_optimizer(classes, fit_intercept):
-    pytest.importorskip("sklearn")
     X, y = _classification(classes)
     expected = _sklearn_loss(X, y, classes, fit_intercept)
     Xt, yt, loss, outputs = _torch_problem(X, y, classes)
