@@ -235,6 +235,63 @@ def test_fallback_warns_once_and_gives_the_exact_jacobian(style, generator):
                                rtol=RTOL, atol=RTOL)
 
 
+class _ShortcutSquare(torch.autograd.Function):
+    """x², whose backward returns a constant zero for a zero cotangent (a legitimate shortcut)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2.0 * x * grad if bool(grad.abs().sum() > 0) else torch.zeros_like(x)
+
+
+class _OnceSquare(torch.autograd.Function):
+    """x², with a backward that cannot be differentiated again."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2.0 * x * grad
+
+
+def shortcut_function(x):
+    return _ShortcutSquare.apply(x[:-1]) + x[1:]
+
+
+def test_the_loop_records_the_backward_at_a_nonzero_cotangent(generator):
+    # Recorded at u = 0, the shortcut's graph would hold no u: its part of every J v
+    # (the diagonal here) silently missing from the colored J and from check_sparsity.
+    x = _point(generator)
+    with pytest.warns(UserWarning, match=r"autograd\.Function"):
+        result = colored_jacobian(shortcut_function, x, _band(N - 1, N, [0, 1]))
+    expected = torch.autograd.functional.jacobian(shortcut_function, x)
+    assert not result.batched
+    torch.testing.assert_close(result.jacobian.to_dense(), expected, rtol=RTOL, atol=RTOL)
+    with pytest.warns(UserWarning, match=r"autograd\.Function"):
+        with pytest.raises(ValueError, match=r"row 0 depends on columns \[0\], which jac_sparsity omits"):
+            check_sparsity(shortcut_function, x, _band(N - 1, N, [1]))
+
+
+def test_a_backward_that_cannot_be_differentiated_raises_rather_than_dropping_its_part(generator):
+    def fun(x):
+        return _OnceSquare.apply(x[:-1]) + x[1:]
+
+    x = _point(generator)
+    with pytest.warns(UserWarning, match=r"autograd\.Function"):
+        with pytest.raises(RuntimeError, match=r"the backward of fun is not differentiable"):
+            colored_jacobian(fun, x, _band(N - 1, N, [0, 1]))
+
+
 def test_the_sparse_structure_is_built_once(generator):
     fun, pattern = broyden_stack()
     colored = ColoredJacobian(pattern)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian, colored_jacobian
 
@@ -69,22 +70,21 @@ def check_sparsity(
     if generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
     v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    with torch.enable_grad():
-        point = x.clone().requires_grad_()
-        residual = fun(point)
-        if not isinstance(residual, Tensor) or residual.shape != (jacobian.shape[0],):
-            raise ValueError(f"fun must return a residual of length {jacobian.shape[0]}, the rows of jac_sparsity, "
-                             f"got {tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
-        exact = _jvp(residual, point, v)
-        colored = jacobian.matvec(v)
-        scale = jacobian.with_values(jacobian.values.abs()).matvec(v.abs()) + exact.abs()
-        tolerance = (torch.finfo(exact.dtype).eps ** 0.5 if rtol is None else rtol) * scale
-        wrong = torch.nonzero((exact - colored).abs() > tolerance).flatten()
-        if wrong.numel() == 0:
-            return
-        row = int(wrong[0])
-        row_of_j = (torch.autograd.grad(residual[row], point, allow_unused=True, materialize_grads=True)[0]
-                    if residual.requires_grad else torch.zeros_like(point))
+    # One evaluation with its graph: J v by double backward, and a row of J by one VJP if needed.
+    graph = ResidualGraph.evaluate(fun, x)
+    residual = graph.residual
+    if not isinstance(residual, Tensor) or residual.shape != (jacobian.shape[0],):
+        raise ValueError(f"fun must return a residual of length {jacobian.shape[0]}, the rows of jac_sparsity, "
+                         f"got {tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
+    exact = graph.jvp(v).detach()
+    colored = jacobian.matvec(v)
+    scale = jacobian.with_values(jacobian.values.abs()).matvec(v.abs()) + exact.abs()
+    tolerance = (torch.finfo(exact.dtype).eps ** 0.5 if rtol is None else rtol) * scale
+    wrong = torch.nonzero((exact - colored).abs() > tolerance).flatten()
+    if wrong.numel() == 0:
+        return
+    row = int(wrong[0])
+    row_of_j = graph.vjp(torch.zeros_like(residual).index_fill_(0, wrong[:1], 1.0)).detach()
     dependencies = torch.nonzero(row_of_j != 0).flatten()
     listed = jacobian.cols[jacobian.rows == row]
     missing = dependencies[~torch.isin(dependencies, listed)].tolist()
@@ -96,14 +96,3 @@ def check_sparsity(
     raise ValueError(f"jac_sparsity misses nonzeros of the Jacobian at x: J v differs in {wrong.numel()} of "
                      f"{residual.shape[0]} rows; {where}")
 
-
-def _jvp(residual: Tensor, point: Tensor, v: Tensor) -> Tensor:
-    """J v by the double-backward trick on the graph of ``residual`` (kept for a later VJP)."""
-    if not residual.requires_grad:
-        return torch.zeros_like(residual)
-    cotangent = torch.zeros_like(residual, requires_grad=True)
-    (pulled,) = torch.autograd.grad(residual, point, cotangent, create_graph=True, allow_unused=True)
-    if pulled is None or not pulled.requires_grad:
-        return torch.zeros_like(residual)
-    (product,) = torch.autograd.grad(pulled, cotangent, v, retain_graph=True, allow_unused=True)
-    return torch.zeros_like(residual) if product is None else product.detach()

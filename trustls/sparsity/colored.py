@@ -21,11 +21,15 @@ Two ways to compute the k products:
 * looped: when vmap fails (random draws, ``autograd.Function`` without
   ``setup_context``, sparse ops without forward-mode formulas, ``.numpy()``),
   one call of ``fun`` with its graph, a backward pass with a cotangent u
-  recorded as a graph (u ↦ Jᵀu, ``create_graph=True``), and k backward passes
-  through that graph: the VJP of the linear map u ↦ Jᵀu is J v (the
-  "double-backward trick", Townsend 2017). Plain autograd only, so it works
-  wherever reverse mode does; and since ``fun`` runs once, every product
-  belongs to the same evaluation, random draws included.
+  recorded as a graph (u ↦ Jᵀu, ``create_graph=True``, at u = 1 so that a
+  backward with a shortcut for zero cotangents records its general path:
+  `trustls.operators.ResidualGraph`), and k backward passes through that
+  graph: the VJP of the linear map u ↦ Jᵀu is J v (the "double-backward
+  trick", Townsend 2017). Plain autograd only, so it works wherever the
+  backward of ``fun`` is itself differentiable (a ``once_differentiable``
+  backward raises rather than dropping its part of J); and since ``fun``
+  runs once, every product belongs to the same evaluation, random draws
+  included.
 
 A `VmapDecision` remembers that vmap failed: the first failure warns once
 (naming the reason: the first line of vmap's error) and every later
@@ -46,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.coloring import ColumnColoring, color_columns
 from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern
@@ -273,8 +278,15 @@ def _pushforward(fun: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor
 def double_backward_products(fun: Callable[[Tensor], Tensor], x: Tensor, seeds: Tensor) -> tuple[Tensor, Tensor]:
     """r(x) and the rows J v for each row v of ``seeds``, from one call of ``fun`` and plain autograd.
 
-    u ↦ Jᵀu is recorded once as a graph (``create_graph=True``); each J v is
-    then a backward pass through it. The graph is kept until the function returns.
+    u ↦ Jᵀu is recorded once as a graph (`ResidualGraph`: at u = 1, so that a
+    backward with a shortcut for zero cotangents still records its general
+    path); each J v is then a backward pass through it. The graph is kept
+    until the function returns.
+
+    Raises:
+        RuntimeError: if the backward of ``fun`` is not differentiable (a
+            ``once_differentiable`` autograd.Function): its part of J v would
+            otherwise be dropped in silence (`ResidualGraph.prepare_jvp`).
 
     Examples:
         >>> import torch
@@ -283,22 +295,12 @@ def double_backward_products(fun: Callable[[Tensor], Tensor], x: Tensor, seeds: 
         tensor([[2., 0.],
                 [0., 6.]])
     """
-    with torch.enable_grad():
-        point = x.detach().requires_grad_()
-        residual = fun(point)
-        _check_residual(residual)
-        products = torch.zeros(seeds.shape[0], residual.shape[0], dtype=residual.dtype, device=residual.device)
-        if not residual.requires_grad:  # r does not depend on x: J = 0
-            return residual.detach(), products
-        cotangent = torch.zeros_like(residual, requires_grad=True)
-        (pulled,) = torch.autograd.grad(residual, point, cotangent, create_graph=True, allow_unused=True)
-        if pulled is None or not pulled.requires_grad:
-            return residual.detach(), products
-        for c, seed in enumerate(seeds):
-            (product,) = torch.autograd.grad(pulled, cotangent, seed, retain_graph=True, allow_unused=True)
-            if product is not None:
-                products[c] = product
-    return residual.detach(), products
+    graph = ResidualGraph.evaluate(fun, x)
+    _check_residual(graph.residual)
+    products = torch.stack([graph.jvp(seed) for seed in seeds]) if seeds.shape[0] else None
+    if products is None:
+        products = torch.zeros(0, graph.residual.shape[0], dtype=graph.residual.dtype, device=graph.residual.device)
+    return graph.residual.detach(), products
 
 
 def _check_residual(residual: object) -> None:
