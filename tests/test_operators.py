@@ -25,6 +25,7 @@ from trustls.operators import (
     JacobianOperator,
     LinearOperator,
     NormalOperator,
+    PowerOfTwoBalanced,
     ScaledOperator,
     SparseOperator,
     jacobian_products,
@@ -326,6 +327,22 @@ def test_rmatvec_of_non_symmetric_subclass_without_it():
 def test_linear_operator_is_abstract():
     with pytest.raises(TypeError, match="abstract"):
         LinearOperator((1, 1), torch.float64, "cpu")
+
+
+@pytest.mark.parametrize("largest", [3.0, 1000.0, 40000.0, 65504.0, 2.0**-20])
+def test_power_of_two_balanced_products_in_float16(largest, generator):
+    # The scaling is exact, so the balanced products equal the plain ones where those do not overflow;
+    # for entries from 2^15 up to float16's largest, 65504, a scale of 2^16 would itself overflow to inf.
+    A = torch.tensor([[0.5, 0.25], [0.125, 1.0], [1.0, 0.0]], dtype=torch.float16)
+    v = torch.tensor([largest, largest / 4], dtype=torch.float16)
+    u = torch.tensor([largest / 8, largest / 16, largest / 2], dtype=torch.float16)
+    balanced = PowerOfTwoBalanced(DenseOperator(A))
+    expected_v = (A.double() @ v.double()).to(torch.float16)
+    expected_u = (A.double().T @ u.double()).to(torch.float16)
+    torch.testing.assert_close(balanced.matvec(v), expected_v, rtol=2e-3, atol=0)
+    torch.testing.assert_close(balanced.rmatvec(u), expected_u, rtol=2e-3, atol=0)
+    zero = torch.zeros(2, dtype=torch.float16)
+    assert torch.equal(balanced.matvec(zero), torch.zeros(3, dtype=torch.float16))
 
 
 def test_operator_docstring_examples():

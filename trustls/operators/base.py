@@ -146,9 +146,14 @@ class ScaledOperator(LinearOperator):
 
 
 def _power_of_two(v: Tensor) -> Tensor:
-    """2^e with ‖v‖∞ in [2^(e−1), 2^e), as a 0-d tensor on v's device (1 for v = 0), without a host read."""
+    """c = 2^(e−1) with ‖v‖∞ in [2^(e−1), 2^e), as a 0-d tensor on v's device (1 for v = 0), without a host read.
+
+    c ≤ ‖v‖∞ is representable in v's dtype; 2^e is not always (2¹⁶ for float16
+    entries from 2¹⁵ up to 65504 overflows to inf, and v/inf·inf is NaN).
+    """
     largest = v.abs().max()
-    return torch.where(largest > 0, torch.exp2(torch.frexp(largest)[1].to(v.dtype)), torch.ones_like(largest))
+    exponent = torch.frexp(largest)[1] - 1
+    return torch.where(largest > 0, torch.exp2(exponent.to(v.dtype)), torch.ones_like(largest))
 
 
 class PowerOfTwoBalanced(LinearOperator):
@@ -156,7 +161,7 @@ class PowerOfTwoBalanced(LinearOperator):
 
     For operators whose products run in a narrow precision (float16's largest
     value is 65504): a product that would overflow for a large v runs on
-    v/c, whose entries are below 1, and is scaled back in the vectors' own
+    v/c, whose largest entry lies in [1, 2), and is scaled back in the vectors' own
     precision. Scaling by a power of two is exact, and c is computed on the
     device, so a product reads nothing.
 
