@@ -337,3 +337,58 @@ def test_step_on_every_device(device, generator):
     step = exact_solver(moved).solve(exact_solver(moved).prepare(lin), radius)
     assert step.step.device.type == device.type
     torch.testing.assert_close(step.step.cpu(), expected.step, rtol=1e-9, atol=1e-9 * float(expected.step.abs().max()))
+
+
+@pytest.mark.parametrize("radius_factor", [1e-2, 1.0, 1e3])
+def test_bounded_step_takes_the_coleman_li_diagonal(radius_factor, generator):
+    # With bounds the subproblem's curvature is ĴᵀĴ + C, C = diag(g ⊙ dv ⊙ s) ⪰ 0 (`trustls.bounds`):
+    # the damped step solves (ĴᵀĴ + C + λI)p = −ĝ and predicts −(ĝᵀp + ½‖Ĵp‖² + ½pᵀCp), as CG and
+    # the exact solver do on the same subproblem.
+    from trustls.bounds import Bounds, BoundedSubproblem
+
+    dense, J, partition = block_problem(generator)
+    lin, _, _ = linearize(dense, J, generator)
+    n = dense.shape[1]
+    lower = -0.5 - torch.rand(n, generator=generator, dtype=F64)
+    upper = 0.1 + torch.rand(n, generator=generator, dtype=F64)
+    problem = BoundedSubproblem(lin, Bounds(lower, upper), torch.ones(n, dtype=F64))
+    hat = problem.linearization
+    c = problem.c
+    assert bool((c > 0).any())
+    g_norm = float(torch.linalg.vector_norm(hat.gradient))
+    radius = radius_factor * g_norm
+    solver = exact_solver(partition)
+    step = solver.solve(solver.prepare(hat), radius)
+    matrix = dense * problem.d
+    stacked = torch.cat([matrix, torch.diag(torch.sqrt(c))])
+    expected = damped_step(stacked, hat.gradient, g_norm / radius)
+    torch.testing.assert_close(step.step, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+    Jp = matrix @ step.step
+    model = float(hat.gradient @ step.step + 0.5 * Jp @ Jp + 0.5 * (c * step.step) @ step.step)
+    assert step.predicted_reduction == pytest.approx(-model, rel=1e-12)
+
+
+def test_bounded_solve_reaches_the_lstsq_solution(generator):
+    # r(x) = A(x + 0.3x³) − y within a box that binds at the solution: the Schur steps (with C in
+    # their curvature) and the exact dense steps converge to the same constrained minimizer.
+    dense, J, partition = block_problem(generator)
+    m, n = dense.shape
+    y = torch.randn(m, generator=generator, dtype=F64)
+    rows, cols, values = J.rows, J.cols, J.values
+
+    def fun(x):
+        return dense @ (x + 0.3 * x**3) - y
+
+    def jacobian(x):
+        return SparseOperator(rows, cols, values * (1 + 0.9 * x**2)[cols], (m, n))
+
+    box = (torch.full((n,), -0.2, dtype=F64), torch.full((n,), 0.3, dtype=F64))
+    x0 = torch.zeros(n, dtype=F64)
+    options = dict(bounds=box, x_scale=1.0, ftol=1e-12, xtol=1e-12, gtol=1e-10)
+    result = TrustRegion(GaussNewtonModel(jacobian=jacobian), solver=exact_solver(partition), **options).solve(fun, x0)
+    reference = TrustRegion(GaussNewtonModel(jacobian=lambda x: jacobian(x).to_dense()), solver="lstsq",
+                            **options).solve(fun, x0)
+    assert reference.success and bool((reference.active_mask != 0).any())
+    assert result.success
+    assert result.cost == pytest.approx(reference.cost, rel=1e-10)
+    torch.testing.assert_close(result.x, reference.x, rtol=0, atol=1e-6)

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from trustls.models.base import Linearization
 from trustls.operators.base import LinearOperator
+from trustls.operators.diagonal import ShiftedOperator
 from trustls.scaling import DiagonalScaling, IdentityScaling, Scaling
 from trustls.subproblem.base import Step
 
@@ -231,7 +232,7 @@ class BoundedSubproblem:
         self.c = g * dv * scale
         hat = linearization.scaled(self.d)
         J = hat.jacobian
-        operator = _Damped(hat.operator, self.c)
+        operator = ShiftedOperator(hat.operator, self.c)
         matrix = None if hat.jacobian_matrix is None else torch.cat([hat.jacobian_matrix, torch.diag(torch.sqrt(self.c))])
         whitened = None if hat.whitened_residual is None else torch.cat([hat.whitened_residual, torch.zeros_like(x)])
         self.linearization = replace(hat, operator=operator, jacobian_matrix=matrix, whitened_residual=whitened)
@@ -281,21 +282,6 @@ class BoundedSubproblem:
         else:
             value, chosen = ag_value, t * ag_hat
         return d * chosen, -value, float(torch.linalg.vector_norm(chosen)), False
-
-
-class _Damped(LinearOperator):
-    """B + diag(c): the curvature of the Coleman-Li subproblem."""
-
-    is_symmetric = True
-    is_positive_semidefinite = True
-
-    def __init__(self, operator: LinearOperator, diagonal: Tensor):
-        super().__init__(operator.shape, operator.dtype, operator.device)
-        self.operator, self.diagonal = operator, diagonal
-        self.is_matrix_free = operator.is_matrix_free
-
-    def matvec(self, v: Tensor) -> Tensor:
-        return self.operator.matvec(v) + self.diagonal * v
 
 
 class FreeSubproblem:

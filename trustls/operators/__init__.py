@@ -2,7 +2,7 @@
 
 from trustls.operators.base import LinearOperator, PowerOfTwoBalanced, ScaledOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
-from trustls.operators.diagonal import BlockDiagonalOperator, DiagonalOperator
+from trustls.operators.diagonal import BlockDiagonalOperator, DiagonalOperator, ShiftedOperator
 from trustls.operators.sparse import SparseOperator, SparsityPattern
 from trustls.operators.output import (
     BlockFactor,
@@ -44,6 +44,7 @@ __all__ = [
     "ProductFallback",
     "ResidualGraph",
     "ScaledOperator",
+    "ShiftedOperator",
     "SparseOperator",
     "SparsityPattern",
     "jacobian_products",

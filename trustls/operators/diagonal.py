@@ -24,7 +24,7 @@ from torch import Tensor
 
 from trustls.operators.base import LinearOperator
 
-__all__ = ["BlockDiagonalOperator", "DiagonalOperator"]
+__all__ = ["BlockDiagonalOperator", "DiagonalOperator", "ShiftedOperator"]
 
 
 class DiagonalOperator(LinearOperator):
@@ -55,6 +55,28 @@ class DiagonalOperator(LinearOperator):
 
     def to_dense(self) -> Tensor:
         return torch.diag(self.diagonal)
+
+
+class ShiftedOperator(LinearOperator):
+    """B + diag(c) for a symmetric operator B and a 1-D tensor c ⪰ 0.
+
+    The curvature of a subproblem whose quadratic has a diagonal term beside
+    JᵀJ, such as the Coleman-Li subproblem of box bounds (`trustls.bounds`).
+    Solvers that work on J rather than on products read ``operator`` and
+    ``diagonal`` themselves: the exact solver factors [J; diag(c)^½], the
+    Schur solver adds c to its diagonal blocks.
+    """
+
+    is_symmetric = True
+
+    def __init__(self, operator: LinearOperator, diagonal: Tensor):
+        super().__init__(operator.shape, operator.dtype, operator.device)
+        self.operator, self.diagonal = operator, diagonal
+        self.is_matrix_free = operator.is_matrix_free
+        self.is_positive_semidefinite = operator.is_positive_semidefinite
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.operator.matvec(v) + self.diagonal * v
 
 
 class BlockDiagonalOperator(LinearOperator):

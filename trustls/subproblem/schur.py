@@ -18,6 +18,12 @@ cameras) by preconditioned conjugate gradients, and back-substitutes p_E
 (Agarwal, Snavely, Seitz & Szeliski 2010; `trustls.subproblem.schur_reduced`,
 on the blocks of `trustls.subproblem.schur_structure`).
 
+A diagonal term. When the curvature is B = JᵀJ + diag(c) with c ⪰ 0 (a
+`ShiftedOperator`: the Coleman-Li subproblem of box bounds, `trustls.bounds`),
+c joins the diagonal blocks of C and of J_FᵀJ_F, the products with S add
+c_F ⊙ v, and the model below gains ½pᵀdiag(c)p; everything else is unchanged,
+since diag(c) does not couple blocks.
+
 Damping from the radius. For B ⪰ 0, λ‖p(λ)‖ = ‖λ(B + λI)⁻¹g‖ increases with
 λ (each eigencomponent of g is multiplied by λ/(b + λ)) towards ‖g‖. Two
 bounds follow:
@@ -112,12 +118,13 @@ from typing import ClassVar
 import torch
 
 from trustls.operators.base import ScaledOperator
+from trustls.operators.diagonal import ShiftedOperator
 from trustls.operators.sparse import SparseOperator
 from trustls.scaling import JacobiScale
 from trustls.sparsity.blocks import BlockPartition, pattern_blocks
 from trustls.subproblem.base import Step, SubproblemSolver
 from trustls.subproblem.schur_reduced import Prepared, ReducedSolve
-from trustls.subproblem.schur_structure import schur_blocks
+from trustls.subproblem.schur_structure import schur_blocks, shifted_blocks
 
 __all__ = ["PRECONDITIONERS", "IterativeSchur"]
 
@@ -213,6 +220,8 @@ class IterativeSchur(SubproblemSolver):
         # carried from point to point (module docstring, inner tolerance).
         J = linearization.jacobian
         sparse = J.operator if isinstance(J, ScaledOperator) else J
+        operator = linearization.operator
+        shift = operator.diagonal if isinstance(operator, ShiftedOperator) else None
         if not isinstance(sparse, SparseOperator):
             raise TypeError(
                 "IterativeSchur needs a sparse Jacobian (jac_sparsity=, or a jacobian returning a sparse tensor), "
@@ -230,13 +239,21 @@ class IterativeSchur(SubproblemSolver):
         free_gradient = g.index_select(0, plan.free_columns)
         eliminated_gradient = g.index_select(0, plan.eliminated_columns)
         Jg = blocks.free_jacobian.matvec(free_gradient) + blocks.eliminated_jacobian.matvec(eliminated_gradient)
+        curvature = torch.dot(Jg, Jg)
+        free_shift = None
+        if shift is not None:
+            blocks = shifted_blocks(blocks, partition, shift)
+            free_shift = shift.index_select(0, plan.free_columns)
+            curvature = curvature + torch.dot(g, shift * g)
         return Prepared(
             blocks=blocks,
             gradient=g,
             gradient_norm=float(torch.linalg.vector_norm(g)),
             free_gradient=free_gradient,
             eliminated_gradient=eliminated_gradient,
-            cauchy_curvature=float(torch.dot(Jg, Jg)),
+            cauchy_curvature=float(curvature),
+            shift=shift,
+            free_shift=free_shift,
         )
 
     def solve(self, prepared: Prepared, radius: float) -> Step:
@@ -279,7 +296,8 @@ class IterativeSchur(SubproblemSolver):
             # the ray, where m(tp) ≤ t·m(p) by convexity.
             t = radius / p_norm
             p, Jp, p_norm, reason, bounded = p * t, Jp * t, radius, "boundary", True
-        predicted = -float(torch.dot(g, p) + 0.5 * torch.dot(Jp, Jp))
+        quadratic = torch.dot(Jp, Jp) if prep.shift is None else torch.dot(Jp, Jp) + torch.dot(p, prep.shift * p)
+        predicted = -float(torch.dot(g, p) + 0.5 * quadratic)
         tau = radius / g_norm
         if prep.cauchy_curvature > 0.0:
             tau = min(tau, g_norm * g_norm / prep.cauchy_curvature)

@@ -65,7 +65,9 @@ class Prepared:
     gradient_norm: float
     free_gradient: Tensor
     eliminated_gradient: Tensor
-    cauchy_curvature: float  # ‖J g‖²
+    cauchy_curvature: float  # gᵀ(JᵀJ + diag(c))g
+    shift: Tensor | None = None  # c of B = JᵀJ + diag(c), already in the blocks; None for c = 0
+    free_shift: Tensor | None = None  # c over F, for the products with S
 
 
 @dataclass(eq=False)
@@ -122,7 +124,8 @@ class ReducedSolve:
         J_E, J_F = self.blocks.eliminated_jacobian, self.blocks.free_jacobian
         u = J_F.matvec(v)
         u = u - J_E.matvec(self.C_inverse @ J_E.rmatvec(u))
-        return J_F.rmatvec(u) + self.damping * v
+        Sv = J_F.rmatvec(u) + self.damping * v
+        return Sv if self.prep.free_shift is None else Sv + self.prep.free_shift * v
 
     def run(self, forcing: float) -> None:
         tolerance = forcing * self.b_norm

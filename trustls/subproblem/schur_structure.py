@@ -40,7 +40,7 @@ two small matrices per pair.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -75,6 +75,7 @@ __all__ = [
     "inverse_factors",
     "schur_blocks",
     "schur_jacobi_blocks",
+    "shifted_blocks",
 ]
 
 
@@ -166,6 +167,25 @@ def schur_blocks(jacobian: LinearOperator, partition: BlockPartition, *, couplin
         [slot_gram(r, plan.slots[i]) for r, i in zip(free_rows, plan.free)],
         [slot_gram(r, plan.slots[i]) for r, i in zip(eliminated_rows, plan.eliminated)],
         blocks,
+    )
+
+
+def shifted_blocks(blocks: SchurBlocks, partition: BlockPartition, shift: Tensor) -> SchurBlocks:
+    """The blocks of JᵀJ + diag(c): c added to the diagonal blocks of C and of J_FᵀJ_F.
+
+    W is off the block diagonal, so it is unchanged; the product with S then
+    adds c_F ⊙ v (`trustls.subproblem.schur_reduced`), and (C + diag(c_E) + λI)⁻¹
+    takes c_E through the shifted blocks.
+    """
+    plan = blocks.plan
+
+    def shifted(block: Tensor, group: int) -> Tensor:
+        return block + torch.diag_embed(shift[partition.groups[group]])
+
+    return replace(
+        blocks,
+        free_blocks=[shifted(b, i) for b, i in zip(blocks.free_blocks, plan.free)],
+        eliminated_blocks=[shifted(b, i) for b, i in zip(blocks.eliminated_blocks, plan.eliminated)],
     )
 
 
