@@ -26,9 +26,9 @@ How J is obtained (the routes, in the order they are tried):
 * otherwise automatic differentiation. A trial point is evaluated with its
   autograd graph kept (`trustls.operators.residual_graph.ResidualGraph`), so
   that if the trial is accepted, the gradient Jᵀr, the matrix-free products
-  (Jᵀu a backward pass, Jv a double-backward pass) and the dense J (by the
-  route measured fastest on the user's function,
-  `trustls.models.dense_jacobian`) need no second call of the residual
+  (Jᵀu a backward pass, Jv a double-backward pass) and the dense J (reverse
+  or forward mode by the shape, `trustls.models.dense_jacobian`) need no
+  second call of the residual
   function. Only backward passes are ever vmapped, never the function, so
   random draws, ``.item()`` and data-dependent control flow inside it are
   harmless.
@@ -81,7 +81,7 @@ def half_squared_norm(residual: Tensor) -> Tensor:
 @dataclass
 class _Context:
     """What a solve learns about its function: the shape of its outputs (fixed at the first call),
-    the dense-Jacobian route measured fastest, and a ``torch.func`` product method's failure."""
+    the dense-Jacobian route's fallbacks, and a ``torch.func`` product method's failure."""
 
     shape: tuple[int, ...] | None = None
     dense: DenseJacobian = field(default_factory=DenseJacobian)
@@ -111,8 +111,9 @@ class GaussNewtonModel(CurvatureModel):
 
     Args:
         products: how the implicit operator computes JVPs and VJPs; one of
-            ``trustls.operators.PRODUCT_METHODS`` (default
-            ``"vjp+double-backward"``, the fastest measured).
+            ``trustls.operators.PRODUCT_METHODS`` (default ``"autograd"``:
+            classic autograd, Jᵀu by backward and Jv by double backward
+            through one recorded graph; ``docs/jacobians.md``).
         loss: the cost of the outputs: ``"linear"`` (least squares, the
             default), scipy's ``"soft_l1"``, ``"huber"``, ``"cauchy"``,
             ``"arctan"`` or a callable ρ, ``"cross_entropy"``,

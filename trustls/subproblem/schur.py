@@ -149,7 +149,8 @@ class IterativeSchur(SubproblemSolver):
     """Levenberg-Marquardt steps from an implicit Schur complement and preconditioned CG.
 
     See the module docstring for the method. The Jacobian must be a
-    `SparseOperator` (``GaussNewtonModel(jacobian=...)`` returning one),
+    `SparseOperator` (``GaussNewtonModel(jac_sparsity=...)`` gives one from
+    the colored products, ``GaussNewtonModel(jacobian=...)`` may return one),
     possibly scaled by ``x_scale`` (diagonal or block diagonal). A `Step`'s
     ``iterations`` counts the PCG iterations of all its reduced solves, and
     ``products`` the products with S plus one per right-hand side and one per
