@@ -81,6 +81,9 @@ def find_blocks(rows: Tensor, cols: Tensor, m: int, n: int) -> BlockPartition:
     rows, cols = pattern.rows, pattern.cols
     order = pattern.column_order
     blocks, first = identical_sets(cols.index_select(0, order), rows.index_select(0, order), n, m)
+    if first.numel() == n:  # no two columns alike: one group of single columns
+        groups = [torch.arange(n, device=cols.device).reshape(n, 1)]
+        return BlockPartition(n, tuple(groups), _eliminable(groups, [rows], m))
     sizes = torch.bincount(blocks, minlength=first.numel())
     size_of_column = sizes.index_select(0, blocks)
     groups, touched = [], []
@@ -101,7 +104,7 @@ def _eliminable(groups: list[Tensor], touched: list[Tensor], m: int) -> tuple[in
     chosen = []
     for g in sorted(range(len(groups)), key=lambda g: -groups[g].numel()):
         rows = touched[g]
-        if rows.numel() != torch.unique(rows).numel():  # two of its blocks share a row
+        if rows.numel() and int(torch.bincount(rows, minlength=m).max()) > 1:  # two of its blocks share a row
             continue
         if bool(used.index_select(0, rows).any()):
             continue

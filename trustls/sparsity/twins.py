@@ -69,7 +69,10 @@ def _classes(owners: Tensor, members: Tensor, count: int, weights: Tensor) -> tu
     # share it fails the exact check below (the sizes differ).
     keys = hashes ^ (sizes * -7046029254386353131)
     keys = torch.where(sizes == 0, -torch.arange(1, count + 1, device=device), keys)
-    _, classes = torch.unique(keys, return_inverse=True)
+    classes = _inverse_of_unique(keys)
+    if count and int(classes.max()) + 1 == count:  # all keys distinct: so are the sets
+        first = torch.arange(count, device=device)
+        return first, first
     rep = _first_owner(classes, count).index_select(0, classes)  # each owner's class's first owner
     # Exact check: the same size, and the same member at every offset.
     same = sizes == sizes.index_select(0, rep)
@@ -84,6 +87,22 @@ def _classes(owners: Tensor, members: Tensor, count: int, weights: Tensor) -> tu
     if not bool(same.all()):
         classes = _exact_classes(owners, members, count, classes, same)
     return _renumber(classes, count)
+
+
+def _inverse_of_unique(keys: Tensor) -> Tensor:
+    """``torch.unique(keys, return_inverse=True)[1]``: numpy's sort on the CPU (several times faster)."""
+    if numpy is None or keys.device.type != "cpu":
+        return torch.unique(keys, return_inverse=True)[1]
+    values = keys.numpy()
+    order = numpy.argsort(values)
+    ordered = values[order]
+    ids = numpy.empty(values.shape[0], dtype=numpy.int64)
+    if values.shape[0]:
+        ids[0] = 0
+        numpy.cumsum(ordered[1:] != ordered[:-1], out=ids[1:])
+    inverse = numpy.empty_like(ids)
+    inverse[order] = ids
+    return torch.from_numpy(inverse)
 
 
 def _first_owner(classes: Tensor, count: int) -> Tensor:
