@@ -1,5 +1,7 @@
 """Scaled trust regions: diagonal and block-diagonal operators, block-Jacobi scaling, user Jacobians."""
 
+import math
+
 import pytest
 import torch
 
@@ -15,7 +17,13 @@ from trustls.operators import (
 )
 from trustls.problems.structured import broyden_tridiagonal, extended_rosenbrock
 from trustls.result import Status
-from trustls.scaling import BlockJacobi, resolve_x_scale
+from trustls.scaling import (
+    BlockJacobi,
+    DiagonalScaling,
+    JacobiScale,
+    UniformScaling,
+    resolve_x_scale,
+)
 
 F64 = torch.float64
 
@@ -177,25 +185,38 @@ def test_block_jacobi_refuses_large_implicit_jacobians():
 
 
 class CountingModel(GaussNewtonModel):
-    """Counts the calls of `column_norms`."""
+    """Counts the column-norm computations (`column_norms` goes through `column_norm_estimates`)."""
 
     def __init__(self, **options):
         super().__init__(**options)
         self.calls = 0
+        self.stages = 0
 
-    def column_norms(self, linearization):
+    def column_norm_estimates(self, linearization):
         self.calls += 1
-        return super().column_norms(linearization)
+        for estimate in super().column_norm_estimates(linearization):
+            self.stages += 1
+            yield estimate
+
+
+def in_units(problem, spread, seed=0):
+    """``problem`` in the variables y = x / s, s = spread^U(−½, ½): column norms spread about ``spread``."""
+    s = spread ** (torch.rand(problem.n, generator=torch.Generator().manual_seed(seed), dtype=F64) - 0.5)
+    return (lambda y: problem.residual(s * y)), problem.x0 / s, s
 
 
 def test_estimated_column_norms_are_refreshed_on_a_doubling_schedule():
-    problem = extended_rosenbrock(10)
-    model = CountingModel(column_norm_probes=2)  # n = 10 > 2 probes: estimated
-    result = TrustRegion(model, solver="cg", x_scale="jac").solve(problem.residual, problem.x0)
-    assert result.success
-    linearized_at = range(result.njev)  # iteration index of each linearization
+    fun, y0, _ = in_units(extended_rosenbrock(64), 1e4)  # n = 64 > 32: estimated; badly scaled: Jacobi
+    model = CountingModel()
+    controller = TrustRegion(model, solver="cg", x_scale="jac", ftol=1e-14, xtol=1e-14, gtol=1e-14)
+    state, linearized_at = controller.init(fun, y0), [0]
+    while state.status is None:
+        state = controller.step(fun, state)
+        if state.status is None:
+            linearized_at.append(state.nit)
+    assert not isinstance(state.scaling, UniformScaling)
+    assert len(linearized_at) > 8
     assert model.calls == sum(1 for k in linearized_at if k & (k - 1) == 0)
-    assert result.njev > model.calls
 
 
 def test_exact_column_norms_are_refreshed_every_iteration():
@@ -244,3 +265,123 @@ def test_stable_order_sorts_stably_on_every_path(order, with_numpy, monkeypatch)
         return
     assert permutation.dtype == torch.int64
     torch.testing.assert_close(permutation, torch.argsort(keys, stable=True), rtol=0, atol=0)
+
+
+# -- JacobiScale's decision for estimated column norms ----------------------------------------------------------
+
+
+def solve(fun, x0, **options):
+    tolerances = dict(ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    return TrustRegion(options.pop("model", GaussNewtonModel()), solver="cg", **{**tolerances, **options}).solve(fun, x0)
+
+
+def test_well_scaled_jacobian_gets_the_identity_after_one_stage():
+    problem = broyden_tridiagonal(200)
+    model = CountingModel()
+    lin = model.linearize(problem.residual, problem.x0)
+    T = resolve_x_scale("jac").scaling(model, lin, None, 0)
+    assert isinstance(T, UniformScaling)
+    assert (model.calls, model.stages) == (1, 1)  # 8 VJPs; the 16- and 32-probe stages never run
+    assert T.transform(lin) is lin
+
+
+@pytest.mark.parametrize("make", [extended_rosenbrock, broyden_tridiagonal], ids=["rosenbrock", "broyden"])
+def test_on_a_well_scaled_problem_the_default_is_the_unscaled_solve(make):
+    problem = make(100)
+    default, unscaled = solve(problem.residual, problem.x0), solve(problem.residual, problem.x0, x_scale=1.0)
+    assert default.success
+    assert torch.equal(default.x, unscaled.x)
+    assert (default.nfev, default.inner_iterations) == (unscaled.nfev, unscaled.inner_iterations)
+
+
+def test_badly_scaled_jacobian_gets_jacobi_scaling_from_the_full_estimate():
+    problem = broyden_tridiagonal(200)
+    fun, y0, s = in_units(problem, 1e6)
+    model = CountingModel()
+    lin = model.linearize(fun, y0)
+    T = resolve_x_scale("jac").scaling(model, lin, None, 0)
+    assert not isinstance(T, UniformScaling) and model.stages == 3
+    rows, cols, values = problem.jacobian_coo(s * y0)
+    exact = SparseOperator(rows, cols, values * s[cols], (problem.m, problem.n)).column_norms()
+    torch.testing.assert_close(T.diagonal, 1 / exact, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("largest", "uniform_spread", "uniform"),
+    [(4.0, 4.0, True), (4.0 * (1 + 1e-9), 4.0, False), (4.0, 1.0, False), (1e6, math.inf, True), (1.0, 1.0, True)],
+)
+def test_uniform_below_the_spread_of_the_column_norms(largest, uniform_spread, uniform):
+    d = torch.linspace(1.0, largest, 64, dtype=F64)  # J = diag(d): every estimate exact
+    lin = GaussNewtonModel().linearize(lambda x: d * x - 1, torch.zeros(64, dtype=F64))
+    T = JacobiScale(uniform_spread=uniform_spread).scaling(GaussNewtonModel(), lin, None, 0)
+    assert isinstance(T, UniformScaling) is uniform
+
+
+def test_a_jacobian_of_zeros_is_uniform():
+    lin = GaussNewtonModel().linearize(lambda x: torch.zeros(70, dtype=F64) * x.sum(), torch.ones(40, dtype=F64))
+    assert isinstance(JacobiScale().scaling(GaussNewtonModel(), lin, None, 0), UniformScaling)
+
+
+@pytest.mark.parametrize("value", [0.5, True, "4", math.nan])
+def test_uniform_spread_validation(value):
+    with pytest.raises(ValueError, match=r"uniform_spread must be a number of at least 1, got"):
+        JacobiScale(uniform_spread=value)
+
+
+def test_the_decision_is_checked_again_at_iterations_8_64_512():
+    problem = extended_rosenbrock(64)  # column norms within 2.4: T = I
+    model = CountingModel()
+    controller = TrustRegion(model, solver="cg", ftol=1e-14, xtol=1e-14, gtol=1e-14)
+    state, linearized_at = controller.init(problem.residual, problem.x0), [0]
+    while state.status is None:
+        state = controller.step(problem.residual, state)
+        if state.status is None:
+            linearized_at.append(state.nit)
+    assert isinstance(state.scaling, UniformScaling)
+    assert max(linearized_at) >= 8
+    assert model.calls == sum(1 for k in linearized_at if k in (0, 8, 64, 512))
+    assert model.stages == model.calls
+
+
+def test_a_problem_that_becomes_badly_scaled_switches_to_jacobi():
+    # Column norms 2|x_i|: all 2 at x0 = 1, spread over 10³ at the solution √t.
+    t = 10.0 ** (6 * torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=F64) - 3)
+    fun = lambda x: x**2 - t  # noqa: E731
+    controller = TrustRegion(GaussNewtonModel(), solver="cg", ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    state = controller.init(fun, torch.ones(64, dtype=F64))
+    assert isinstance(state.scaling, UniformScaling)
+    while state.status is None:
+        state = controller.step(fun, state)
+        if state.status is None and state.nit == 8:
+            norms = 2 * state.x.abs()
+            assert not isinstance(state.scaling, UniformScaling)
+            # After T = I, Jacobi's T = max c / c keeps the largest column's units.
+            torch.testing.assert_close(state.scaling.diagonal, norms.max() / norms, rtol=1e-12, atol=0)
+    result = controller.result(state)
+    assert result.success
+    torch.testing.assert_close(result.x, t.sqrt(), rtol=1e-8, atol=0)
+
+
+def test_a_restored_uniform_diagonal_is_recognized_without_probes():
+    # TrustRegionOptimizer keeps T.diagonal and restores a DiagonalScaling from it.
+    problem = broyden_tridiagonal(100)
+    model = CountingModel()
+    lin = model.linearize(problem.residual, problem.x0)
+    restored = DiagonalScaling(UniformScaling(problem.x0).diagonal)
+    assert isinstance(JacobiScale().scaling(model, lin, restored, 3), UniformScaling)
+    assert model.calls == 0
+
+
+def test_default_scaling_is_reproducible():
+    fun, y0, _ = in_units(broyden_tridiagonal(100), 1e6)
+    first, second = solve(fun, y0), solve(fun, y0)
+    assert first.success
+    assert torch.equal(first.x, second.x) and first.inner_iterations == second.inner_iterations
+
+
+def test_float32_default_scaling_smoke():
+    problem = broyden_tridiagonal(100)
+    fun, y0, _ = in_units(problem, 1e4)
+    result = TrustRegion(GaussNewtonModel(), solver="cg").solve(lambda y: fun(y.double()).float(), y0.float())
+    assert result.success and result.x.dtype == torch.float32
+    assert result.cost < 1e-8

@@ -9,12 +9,24 @@ Gould & Toint 2000, §5.1.6). The choices, selected by `TrustRegion`'s
 * a number or a tensor: T = diag(x_scale), fixed (scipy's ``x_scale``);
 * ``"jac"``: T = diag(1/‖J e_j‖) with the running maximum of the column norms
   (Moré 1978, §6; MINPACK and scipy): Jacobi preconditioning,
-  M = diag(JᵀJ) up to the running maximum;
+  M = diag(JᵀJ) up to the running maximum. When the norms are estimated (a
+  matrix-free J with many variables), T = I instead while they lie within a
+  small factor of each other (`JacobiScale`, `UniformScaling`);
 * `BlockJacobi`: T = L⁻ᵀ with LLᵀ the block diagonal of JᵀJ over a partition
   of the variables into blocks (camera and point parameters in bundle
   adjustment): block-Jacobi preconditioning, recomputed at every
   linearization, the preconditioner of Ceres' iterative solvers (Agarwal et
   al. 2010). The blocks are computed from a dense or sparse Jacobian.
+
+References:
+    J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
+    theory", Numerical Analysis, LNM 630, Springer, 1978, pp. 105-116.
+    T. Steihaug, "The conjugate gradient method and trust regions in large
+    scale optimization", SIAM J. Numer. Anal. 20(3), 1983, pp. 626-637.
+    A. van der Sluis, "Condition numbers and equilibration of matrices",
+    Numer. Math. 14, 1969, pp. 14-23.
+    S. Agarwal, N. Snavely, S. M. Seitz and R. Szeliski, "Bundle adjustment in
+    the large", ECCV 2010, pp. 29-42.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ __all__ = [
     "JacobiScale",
     "ScalePolicy",
     "Scaling",
+    "UniformScaling",
     "resolve_x_scale",
 ]
 
@@ -160,33 +173,96 @@ class FixedScale(ScalePolicy):
         return IdentityScaling() if self.value == 1.0 else DiagonalScaling(torch.full_like(x, self.value))
 
 
-@dataclass(frozen=True)
+class UniformScaling(DiagonalScaling):
+    """T = I, chosen by `JacobiScale` for a well-scaled J: no product pays for a scale.
+
+    A diagonal all the same (of stride 0, no memory), so that it persists
+    like any diagonal T (`TrustRegionOptimizer` keeps ``T.diagonal``) and
+    `JacobiScale` still recognizes it there.
+
+    Examples:
+        >>> T = UniformScaling(torch.zeros(3))
+        >>> T.diagonal.stride(), T.apply(torch.ones(3))
+        ((0,), tensor([1., 1., 1.]))
+    """
+
+    def __init__(self, like: Tensor):
+        super().__init__(torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape))
+
+    def apply(self, z: Tensor) -> Tensor:
+        return z
+
+    def inverse(self, p: Tensor) -> Tensor:
+        return p
+
+    def transform(self, linearization: Linearization) -> Linearization:
+        return linearization
+
+
+def _is_uniform(scaling: Scaling | None) -> bool:
+    """A `UniformScaling`, or the diagonal of one restored by the optimizer (a stride-0 ones)."""
+    return isinstance(scaling, DiagonalScaling) and scaling.diagonal.ndim == 1 and scaling.diagonal.stride(0) == 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class JacobiScale(ScalePolicy):
     """``x_scale="jac"``: T = diag(1/c) with c the running maximum of J's column norms.
 
     MINPACK keeps the largest column norm seen so far (Moré 1978, §6); since
     1/x is monotone, also in rounded arithmetic, the running maximum of c is
     exactly the running minimum of T, so T alone carries it and no second
-    n-vector is kept. Column norms that the model can only estimate are
-    refreshed at iterations 0, 1, 2, 4, 8, … and kept in between (see
-    `GaussNewtonModel.column_norms`). A variable no residual depends on yet is
-    scaled by 1, as in scipy.
+    n-vector is kept. A variable no residual depends on yet is scaled by 1, as
+    in scipy. Column norms a stored J gives exactly are recomputed at every
+    point.
+
+    Column norms the model can only estimate (a matrix-free J with more than
+    32 variables: `GaussNewtonModel.column_norm_estimates`, 8 to K VJPs, each
+    about half a CG iteration) first decide whether scaling is worth them.
+    While the largest estimated norm is within ``uniform_spread`` of the
+    smallest nonzero one, T = I (`UniformScaling`): over such a spread the
+    scales T = I and Jacobi's change the condition number of B by a factor
+    ``uniform_spread``² at most, and the products of the estimates and of its
+    refreshes are saved. The first stage of the estimate (8 VJPs) settles a
+    well-scaled J; the decision is checked again at iterations 8, 64, 512, …
+    Otherwise T is Jacobi's from the full estimate, refreshed at iterations 0,
+    1, 2, 4, 8, …; after T = I it is T = max c / c, which keeps the largest
+    column's units and so the meaning of the radius. Jacobi's loss on a
+    well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
+    best diagonal scaling's condition number, q the nonzeros of a row of B;
+    van der Sluis 1969), T = I's on a badly scaled one is not: the decision
+    errs towards Jacobi, and ``uniform_spread`` = 4 only declares well scaled
+    what T = I cannot make much worse.
 
     With ``blocks`` (the default for ``"jac"``) and a sparse J whose columns
     fall into blocks of identical row sets (a camera's nine parameters, a
     point's three: `trustls.sparsity.find_blocks`, found once per pattern), T
     is block-Jacobi over those blocks instead, T = L⁻ᵀ with LLᵀ the diagonal
     blocks of JᵀJ (Agarwal et al. 2010): the same preconditioner for blocks of
-    one column, a far better one for larger blocks (on bundle adjustment CG
-    needs 524 iterations instead of 36,005, docs/sparse.md). It is recomputed at
-    every point, without a running maximum.
+    one column, a far better one for larger blocks (`docs/sparse.md`). It is
+    recomputed at every point, without a running maximum.
+
+    Args:
+        blocks: block-Jacobi over the column blocks of a sparse J.
+        uniform_spread: largest ratio of estimated column norms that counts as
+            well scaled; 1 turns the decision off (Jacobi unless the norms are
+            all equal), ``math.inf`` keeps T = I.
 
     Examples:
         >>> JacobiScale(), JacobiScale(blocks=False).diagonal
-        (JacobiScale(blocks=True), True)
+        (JacobiScale(blocks=True, uniform_spread=4.0), True)
     """
 
     blocks: bool = True
+    uniform_spread: float = 4.0
+
+    def __post_init__(self):
+        if (
+            isinstance(self.uniform_spread, bool)
+            or not isinstance(self.uniform_spread, (int, float))
+            or not 1 <= self.uniform_spread <= math.inf
+        ):
+            raise ValueError(f"uniform_spread must be a number of at least 1, got {self.uniform_spread!r}")
+        object.__setattr__(self, "uniform_spread", float(self.uniform_spread))
 
     @property
     def diagonal(self) -> bool:  # box bounds need a diagonal T
@@ -199,13 +275,41 @@ class JacobiScale(ScalePolicy):
                 return BlockScaling(block_jacobi_scaling(linearization.jacobian, partition))
         if isinstance(previous, BlockScaling):
             previous = None
-        refresh = iteration & (iteration - 1) == 0  # 0 or a power of two
-        if previous is not None and not refresh and model.column_norms_are_estimated(linearization):
-            return previous
-        scale = torch.reciprocal(model.column_norms(linearization))  # inf for a column of zeros
-        if previous is not None:
-            return DiagonalScaling(torch.minimum(scale, previous.diagonal))  # finite: previous is
-        return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
+        if not model.column_norms_are_estimated(linearization):
+            return _running_jacobi(model.column_norms(linearization), previous)
+        uniform = _is_uniform(previous)
+        if previous is not None and not _refresh(iteration, uniform):
+            return UniformScaling(linearization.x) if uniform else previous
+        if previous is not None and not uniform:
+            return _running_jacobi(model.column_norms(linearization), previous)
+        # Decide after each stage of the estimate (GaussNewtonModel.column_norm_estimates):
+        # a well-scaled J stops at the first, a badly scaled one gets the full estimate.
+        stages = getattr(model, "column_norm_estimates", None)
+        for norms in stages(linearization) if stages is not None else [model.column_norms(linearization)]:
+            smallest_positive = torch.where(norms > 0, norms, math.inf).amin()
+            largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
+            if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
+                return UniformScaling(norms)
+        if uniform and math.isfinite(largest):
+            scale = largest / norms
+            return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
+        return _running_jacobi(norms, None)
+
+
+def _refresh(iteration: int, uniform: bool) -> bool:
+    """Jacobi T at iterations 0, 1, 2, 4, 8, …; T = I at 8, 64, 512, … (`JacobiScale`)."""
+    power_of_two = iteration & (iteration - 1) == 0
+    if not uniform:
+        return power_of_two
+    return iteration >= 8 and power_of_two and (iteration.bit_length() - 1) % 3 == 0
+
+
+def _running_jacobi(norms: Tensor, previous: Scaling | None) -> DiagonalScaling:
+    """T = 1/c, the running minimum with the previous diagonal T; a zero column is scaled by 1."""
+    scale = torch.reciprocal(norms)  # inf for a column of zeros
+    if isinstance(previous, DiagonalScaling):
+        return DiagonalScaling(torch.minimum(scale, previous.diagonal))  # finite: previous is
+    return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
 
 
 def _sparse_blocks_of(linearization: Linearization):
@@ -295,7 +399,7 @@ def resolve_x_scale(x_scale: object) -> ScalePolicy | None:
 
     Examples:
         >>> resolve_x_scale("jac"), resolve_x_scale(2)
-        (JacobiScale(blocks=True), FixedScale(value=2.0))
+        (JacobiScale(blocks=True, uniform_spread=4.0), FixedScale(value=2.0))
     """
     rule = "x_scale must be 'jac', a positive number, a 1-D sequence of positive numbers, a BlockJacobi or None"
     if x_scale is None or isinstance(x_scale, ScalePolicy):

@@ -43,7 +43,7 @@ How J is obtained (the routes, in the order they are tried):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.dense_jacobian import DenseJacobian
 from trustls.operators.base import LinearOperator
+from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
 from trustls.operators.dense import DenseOperator, NormalOperator
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
@@ -70,6 +71,10 @@ from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian
 
 __all__ = ["GaussNewtonModel", "half_squared_norm"]
+
+# Column norms are computed exactly from n JVPs up to this many variables
+# (`GaussNewtonModel.column_norms`).
+_EXACT_COLUMN_NORMS_UP_TO = 32
 
 
 def half_squared_norm(residual: Tensor) -> Tensor:
@@ -128,8 +133,9 @@ class GaussNewtonModel(CurvatureModel):
             sparse or 0/1 tensor, a numpy array, a scipy sparse matrix, or a
             `trustls.sparsity.ColoredJacobian`); J is then the exact
             `SparseOperator` from one product per color, colored here, once.
-        column_norm_probes: probes for the column-norm estimate behind
-            ``x_scale="jac"`` (see `column_norms`).
+        column_norm_probes: K, the VJPs (row classes) of the column-norm
+            estimate behind ``x_scale="jac"`` for more than max(32, K)
+            variables (see `column_norms`).
 
     Examples:
         >>> import torch
@@ -309,33 +315,42 @@ class GaussNewtonModel(CurvatureModel):
     def column_norms_are_estimated(self, linearization: Linearization) -> bool:
         J = linearization.jacobian
         exact = linearization.jacobian_matrix is not None or isinstance(J, (DenseOperator, SparseOperator))
-        return not exact and J.shape[1] > self.column_norm_probes
+        return not exact and J.shape[1] > max(_EXACT_COLUMN_NORMS_UP_TO, self.column_norm_probes)
 
     def column_norms(self, linearization: Linearization) -> Tensor:
         """Column norms of J for ``x_scale="jac"``, without materializing J.
 
-        Exact from n JVPs when n ≤ ``column_norm_probes``; otherwise the
-        unbiased estimate diag(JᵀJ) ≈ (1/k) Σ (Jᵀz)² over k Rademacher
-        vectors z (Bekas, Kokiopoulou & Saad 2007), k = ``column_norm_probes``
-        VJPs, from a fixed seed so that solves are reproducible. Scale only
-        needs the right order of magnitude per column, and ``"jac"`` keeps the
-        running maximum, so a relative error of about √(2/k) is harmless. The
-        controller refreshes estimated norms at iterations 0, 1, 2, 4, 8, …
-        only (`column_norms_are_estimated`): k VJPs cost as much as k/2 CG
-        iterations, and the running maximum settles after a few iterations.
+        Exact from a stored J, or from n JVPs when n ≤ max(32,
+        ``column_norm_probes``): up to 32 variables that costs about what CG
+        does at one point, where it then solves near-exactly
+        (`SteihaugCG.exact_up_to`). Otherwise the last of
+        `column_norm_estimates`.
+        """
+        *_, norms = self.column_norm_estimates(linearization)
+        return norms
+
+    def column_norm_estimates(self, linearization: Linearization) -> Iterator[Tensor]:
+        """The column norms of `column_norms`, estimated in refining stages when they are estimated.
+
+        Estimated norms come from K = ``column_norm_probes`` VJPs with diluted
+        Rademacher probes (`trustls.operators.column_norms`), after 8, 16, …,
+        K of them: each stage is exact for every J whose rows sharing a column
+        lie in distinct classes mod its number of probes (banded and block
+        Jacobians with residuals near their variables, the usual structured
+        case) and unbiased otherwise; σ comes from a fixed seed, so that solves
+        are reproducible. `JacobiScale` stops after the first stage when the
+        estimate shows a well-scaled J, and refreshes estimated norms on a
+        schedule (`column_norms_are_estimated`). Exact norms are yielded once.
         """
         if linearization.jacobian_matrix is not None:
-            return torch.linalg.vector_norm(linearization.jacobian_matrix, dim=0)
+            yield torch.linalg.vector_norm(linearization.jacobian_matrix, dim=0)
+            return
         J = linearization.jacobian
         if isinstance(J, (DenseOperator, SparseOperator)):
-            return J.column_norms()
-        m, n = J.shape
-        if n <= self.column_norm_probes:
-            eye = torch.eye(n, dtype=J.dtype, device=J.device)
-            return torch.stack([torch.linalg.vector_norm(J.matvec(e)) for e in eye])
+            yield J.column_norms()
+            return
+        if not self.column_norms_are_estimated(linearization):
+            yield exact_column_norms(J)
+            return
         generator = torch.Generator(device=J.device).manual_seed(0)
-        squares = torch.zeros(n, dtype=J.dtype, device=J.device)
-        for _ in range(self.column_norm_probes):
-            z = torch.randint(0, 2, (m,), generator=generator, device=J.device).to(J.dtype) * 2 - 1
-            squares += J.rmatvec(z) ** 2
-        return torch.sqrt(squares / self.column_norm_probes)
+        yield from diluted_column_norms(J, self.column_norm_probes, generator)
