@@ -32,6 +32,7 @@ import pathlib
 import sys
 
 import numpy as np
+import scipy.sparse
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -98,7 +99,7 @@ def in_units(problem: UserProblem, spread: float, seed: int = 0) -> UserProblem:
     generator = torch.Generator().manual_seed(seed)
     x0 = problem.x0 * (1 + 0.1 * torch.randn(problem.n, generator=generator, dtype=torch.float64))
     s = spread ** (torch.rand(problem.n, generator=generator, dtype=torch.float64) - 0.5)
-    diagonal = np.diag(s.numpy())
+    diagonal = scipy.sparse.diags(s.numpy())
     return UserProblem(f"{problem.name}, S = {spread:g}", problem.n, x0 / s, lambda y: problem.residual(s * y),
                        lambda y: problem.jacobian(s.numpy() * y) @ diagonal)
 
