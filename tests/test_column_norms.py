@@ -2,9 +2,16 @@
 
 import pytest
 import torch
+from torch import Tensor
 
 from trustls.models import GaussNewtonModel
-from trustls.operators import DenseOperator, JacobianOperator, SparseOperator, jacobian_products
+from trustls.operators import (
+    DenseOperator,
+    JacobianOperator,
+    LinearOperator,
+    SparseOperator,
+    jacobian_products,
+)
 from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
 from trustls.problems.structured import broyden_tridiagonal, extended_rosenbrock
 
@@ -139,3 +146,30 @@ def test_float32_estimate_of_an_autograd_jacobian():
     estimate, *_ = diluted_column_norms(JacobianOperator(products, 500), 32, torch.Generator().manual_seed(0))
     assert estimate.dtype == torch.float32
     torch.testing.assert_close(estimate, torch.sqrt(4 * x**2 + 9), rtol=1e-6, atol=0)
+
+
+class _Recorder(LinearOperator):
+    """An (m, n) operator that records the vectors of its ``rmatvec`` and returns ones."""
+
+    def __init__(self, m: int, n: int):
+        super().__init__((m, n), torch.float64, torch.device("cpu"))
+        self.probes: list[Tensor] = []
+
+    def matvec(self, v):
+        raise AssertionError("only rmatvec is called")
+
+    def rmatvec(self, u):
+        self.probes.append(u.clone())
+        return torch.ones(self.shape[1], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("classes", [6, 32])
+def test_the_parts_of_a_split_jacobian_draw_the_slices_of_the_whole_probes(classes):
+    # Data parallelism: each rank holds rows offset..offset+m-1 and must probe with
+    # the same vectors, restricted to its rows, as one process over all rows.
+    whole, first, second = _Recorder(45, 7), _Recorder(19, 7), _Recorder(26, 7)
+    for J, rows in ((whole, None), (first, (0, 45)), (second, (19, 45))):
+        list(diluted_column_norms(J, classes, torch.Generator().manual_seed(3), rows=rows))
+    assert len(whole.probes) == len(first.probes) == len(second.probes) == classes
+    for w, a, b in zip(whole.probes, first.probes, second.probes):
+        assert torch.equal(w, torch.cat([a, b]))

@@ -26,7 +26,7 @@ after the subproblem is posed (`TrustRegion.step` reads it only for its
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from trustls._closure import ClosureProducts
-from trustls.distributed import Reducer, bits_float, float_bits, global_probe_rows
+from trustls.distributed import Reducer, bits_float, float_bits
 from trustls.function import split_outputs
 from trustls.losses import CrossEntropy, Loss, LossLinearization, RobustLoss, SquaredError
 from trustls.losses.likelihood import _ElementwiseNLL
@@ -42,6 +42,7 @@ from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.operators.dense import NormalOperator
+from trustls.operators.column_norms import diluted_column_norms
 from trustls.operators.output import OutputFactor
 from trustls.scaling import DiagonalScaling
 
@@ -220,21 +221,24 @@ class ClosureModel(CurvatureModel):
 
     def column_norms(self, linearization: Linearization) -> Tensor:
         """Column norms of J̃ over all ranks, equal to `GaussNewtonModel.column_norms` on the whole batch."""
+        *_, norms = self.column_norm_estimates(linearization)
+        return norms
+
+    def column_norm_estimates(self, linearization: Linearization) -> Iterator[Tensor]:
+        """`GaussNewtonModel.column_norm_estimates` over all ranks: the same stages one process draws."""
         J = linearization.jacobian
         if self.reducer is None or not isinstance(J, ClosureJacobian):
-            return self.model.column_norms(linearization)
-        n, probes = J.shape[1], self.model.column_norm_probes
-        if n <= probes:
-            eye = torch.eye(n, dtype=J.dtype, device=J.device)
+            yield from self.model.column_norm_estimates(linearization)
+            return
+        if not self.column_norms_are_estimated(linearization):
+            eye = torch.eye(J.shape[1], dtype=J.dtype, device=J.device)
             squares = torch.stack([torch.dot(Je, Je) for Je in (J.matvec(e) for e in eye)])
-            return torch.sqrt(self.reducer.all_reduce(squares))
+            yield torch.sqrt(self.reducer.all_reduce(squares))
+            return
         rows, rank = J.rows, self.reducer.rank
         generator = torch.Generator(device=J.device).manual_seed(0)
-        squares = torch.zeros(n, dtype=J.dtype, device=J.device)
-        for _ in range(probes):
-            z = global_probe_rows(generator, sum(rows), sum(rows[:rank]), rows[rank], J.device, J.dtype)
-            squares += J.rmatvec(z) ** 2
-        return torch.sqrt(squares / probes)
+        yield from diluted_column_norms(J, self.model.column_norm_probes, generator,
+                                        rows=(sum(rows[:rank]), sum(rows)))
 
 
 class ScratchScaling(DiagonalScaling):

@@ -212,10 +212,3 @@ def agree_on_linearization(reducer: Reducer, error: BaseException | None, word: 
     rows = tuple(row[3] for row in table)
     cost = sum(w * bits_float(row[8]) for w, row in zip(weights, table))
     return weights, rows, cost
-
-
-def global_probe_rows(generator: torch.Generator, rows: int, offset: int, local: int, device, dtype) -> Tensor:
-    """This rank's rows of a Rademacher probe over all ``rows`` outputs (drawn the way one process draws it)."""
-    z = torch.randint(0, 2, (rows,), generator=generator, device=device).to(dtype) * 2 - 1
-    return z[offset : offset + local]
-

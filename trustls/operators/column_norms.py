@@ -84,7 +84,9 @@ def exact_column_norms(J: LinearOperator) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(J.matvec(e)) for e in eye])
 
 
-def diluted_column_norms(J: LinearOperator, classes: int, generator: torch.Generator) -> Iterator[Tensor]:
+def diluted_column_norms(
+    J: LinearOperator, classes: int, generator: torch.Generator, *, rows: tuple[int, int] | None = None
+) -> Iterator[Tensor]:
     """Estimated ‖J e_j‖ from diluted Rademacher probes, refined in stages.
 
     With K = ``classes`` a power of two, the probes are Walsh functions of the
@@ -95,13 +97,18 @@ def diluted_column_norms(J: LinearOperator, classes: int, generator: torch.Gener
     docstring). The generator yields it after 8, 16, …, K VJPs, each stage
     exact on more Jacobians; a caller that has seen enough stops early, and a
     later stage costs only its new probes. Another K gives one stage of K
-    classes. Rows that no class reaches (m < K) are not probed: with
-    K ≥ m the norms are exact.
+    classes. Rows that no class reaches (fewer rows than K) are not probed:
+    with K ≥ m the norms are exact.
 
     Args:
         J: an (m, n) operator; only ``rmatvec`` is called.
         classes: K, the number of row classes and of VJPs.
         generator: the source of σ (seed it for reproducible solves).
+        rows: ``(offset, total)`` when J holds rows offset, …, offset + m − 1
+            of a Jacobian of ``total`` rows whose ``rmatvec`` sums over all of
+            them (data parallelism, `trustls.distributed`): σ and the classes
+            are those of the whole Jacobian, so every part draws the same
+            estimate as one process would. ``None``: J is whole.
 
     Examples:
         >>> from trustls.operators import DenseOperator
@@ -110,20 +117,20 @@ def diluted_column_norms(J: LinearOperator, classes: int, generator: torch.Gener
         [tensor([5.0000, 2.2361, 2.2361])]
     """
     m = J.shape[0]
-    signs = torch.randint(0, 2, (m,), generator=generator, device=generator.device).to(J.dtype).mul_(2).sub_(1)
-    squares = torch.zeros(J.shape[1], dtype=J.dtype, device=J.device)
+    offset, total = (0, m) if rows is None else rows
+    device = J.device
+    signs = torch.randint(0, 2, (total,), generator=generator, device=generator.device)
+    signs = signs[offset : offset + m].to(device, J.dtype).mul_(2).sub_(1)
+    row_class = torch.arange(offset, offset + m, device=device) % classes  # of each row, over all rows
+    squares = torch.zeros(J.shape[1], dtype=J.dtype, device=device)
     if classes & (classes - 1) or classes <= _FIRST_STAGE:
-        for a in range(min(classes, m)):
-            probe = torch.zeros(m, dtype=J.dtype, device=J.device)
-            probe[a::classes] = signs[a::classes]
-            squares += J.rmatvec(probe) ** 2
+        for a in range(min(classes, total)):
+            squares += J.rmatvec(torch.where(row_class == a, signs, 0.0)) ** 2
         yield torch.sqrt(squares)
         return
-    # Row i's sign in probe k depends on i mod K: σ in rows of K, times a K-entry table.
-    blocks = torch.nn.functional.pad(signs, (0, -m % classes)).view(-1, classes)
     for k in range(classes):
         table = torch.tensor([1.0 - 2.0 * (bin(k & a).count("1") % 2) for a in range(classes)], dtype=J.dtype)
-        product = J.rmatvec((blocks * table.to(J.device)).view(-1)[:m])
+        product = J.rmatvec(signs * table.to(device).index_select(0, row_class))
         squares.addcmul_(product, product)
         stage = k + 1
         if stage >= _FIRST_STAGE and stage & (stage - 1) == 0:
