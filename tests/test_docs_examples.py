@@ -1,4 +1,4 @@
-"""The ```python blocks of the documentation pages run.
+"""The ```python blocks of the documentation pages and of the README run.
 
 Each page's blocks run in order in one namespace, as a reader pastes them into one
 session: later blocks use the names earlier ones define. A block preceded by the
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 # Pages whose blocks are not run here: edited on other branches.
 EXCLUDED: dict[str, str] = {}
@@ -39,14 +40,14 @@ def test_blocks_are_found_and_skip_markers_read():
 
 
 PAGES = sorted(
-    path.name for path in DOCS.glob("*.md")
+    str(path.relative_to(ROOT)) for path in [*DOCS.glob("*.md"), ROOT / "README.md"]
     if path.name not in EXCLUDED and any(not skipped for _, _, skipped in python_blocks(path.read_text()))
 )
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples_run(page):
-    path = DOCS / page
+    path = ROOT / page
     namespace: dict = {"__name__": f"docs.{path.stem}"}
     for line, code, skipped in python_blocks(path.read_text()):
         if not skipped:

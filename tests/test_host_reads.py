@@ -55,9 +55,12 @@ def test_cg_reads_once_per_trial_point_and_cg_iteration(x_scale):
     result, reads = solve_counting(method, problem)
     trials = result.nfev - 1
     accepted = result.njev - 1
+    # The matrix-free Jacobi default reads the spread of its column-norm estimate once
+    # per check, at iterations 0, 8, 64, … while it keeps T = I (well scaled: this J).
+    checks = sum(1 for k in (0, 8, 64, 512) if k <= accepted) if x_scale == "jac" else 0
     # A rejected trial answered from the stored CG path reads once more (the crossing's τ).
-    assert reads <= trials + accepted + result.inner_iterations + (trials - accepted)
-    assert reads >= trials + accepted + result.inner_iterations
+    assert reads <= trials + accepted + result.inner_iterations + (trials - accepted) + checks
+    assert reads >= trials + accepted + result.inner_iterations + checks
 
 
 def test_lstsq_reads_once_per_trial_point_and_secular_iteration():
