@@ -173,12 +173,13 @@ class FixedScale(ScalePolicy):
         return IdentityScaling() if self.value == 1.0 else DiagonalScaling(torch.full_like(x, self.value))
 
 
-class UniformScaling(DiagonalScaling):
+class UniformScaling(IdentityScaling, DiagonalScaling):
     """T = I, chosen by `JacobiScale` for a well-scaled J: no product pays for a scale.
 
-    A diagonal all the same (of stride 0, no memory), so that it persists
-    like any diagonal T (`TrustRegionOptimizer` keeps ``T.diagonal``) and
-    `JacobiScale` still recognizes it there.
+    `IdentityScaling`'s products, and a diagonal all the same (of stride 0,
+    no memory), so that it persists like any diagonal T
+    (`TrustRegionOptimizer` keeps ``T.diagonal``) and `JacobiScale` still
+    recognizes it there.
 
     Examples:
         >>> T = UniformScaling(torch.zeros(3))
@@ -188,15 +189,6 @@ class UniformScaling(DiagonalScaling):
 
     def __init__(self, like: Tensor):
         super().__init__(torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape))
-
-    def apply(self, z: Tensor) -> Tensor:
-        return z
-
-    def inverse(self, p: Tensor) -> Tensor:
-        return p
-
-    def transform(self, linearization: Linearization) -> Linearization:
-        return linearization
 
 
 def _is_uniform(scaling: Scaling | None) -> bool:
