@@ -60,7 +60,7 @@ from bal_scipy import run_scipy_baseline  # noqa: E402
 from trustls import GaussNewtonModel, IterationInfo, SteihaugCG, TrustRegion, least_squares  # noqa: E402
 from trustls.operators import SparseOperator  # noqa: E402
 from trustls.problems.bal import load_bal  # noqa: E402
-from trustls.scaling import BlockJacobi  # noqa: E402
+from trustls.scaling import BlockJacobi, JacobiScale  # noqa: E402
 from trustls.sparsity import BlockPartition  # noqa: E402
 from trustls.subproblem import IterativeSchur  # noqa: E402
 
@@ -131,7 +131,8 @@ def run_trustls(problem, solver, *, scaling: str = "block", matrix_free: bool = 
     def callback(info: IterationInfo) -> None:
         history.append((time.perf_counter() - start, info.trial_cost))
 
-    x_scale = block_jacobi(problem) if scaling == "block" else "jac"
+    # Jacobi proper: "jac" is block-Jacobi on a sparse J whose columns form blocks (JacobiScale.blocks)
+    x_scale = block_jacobi(problem) if scaling == "block" else JacobiScale(blocks=False)
     optimizer = TrustRegion(model, solver=solver, ftol=ftol, x_scale=x_scale, callback=callback)
     start = time.perf_counter()
     result = optimizer.solve(problem.residual, problem.x0)

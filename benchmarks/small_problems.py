@@ -219,7 +219,9 @@ def breakdown(make, residual, x0, repeats):
         model, solver = controller.model, controller.solver
         linearize, prepare, solve = model.linearize, solver.prepare, solver.solve
         # The model's own calls of fun (inside linearize) stay in its time: it gets the plain function.
-        model.linearize = timed("model.linearize", lambda f, x, linearize=linearize, **kw: linearize(residual, x, **kw))
+        model.linearize = timed(
+            "model.linearize", lambda f, at, *args, linearize=linearize, **kw: linearize(residual, at, *args, **kw)
+        )
         object.__setattr__(solver, "prepare", timed("solver.prepare + solve", prepare))
         object.__setattr__(solver, "solve", timed("solver.prepare + solve", solve))
         start = clock()

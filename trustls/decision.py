@@ -1,9 +1,12 @@
 """The decide phase of a trial: ratio test, radius update and termination tests, as tensors.
 
 `trial_decision` combines `RadiusPolicy` and `trustls.termination` into the
-outcome of one trial, elementwise on tensors: 0-d for one problem, ``(B,)``
-for a batch. The controller reads the outcome once per trial
-(`Decision.read`); a batched controller keeps it on the device.
+outcome of one trial, elementwise on tensors (0-d for one problem, ``(B,)``
+for a batch) or on Python floats (`trustls._elementwise`). On an accelerator
+the controller reads the outcome once per trial (`Decision.read`) and a
+batched controller keeps it on the device; on the CPU, where a read costs
+nothing but every 0-d tensor operation costs its dispatch, the controller reads
+the inputs once and decides in floats, with the same arithmetic.
 
 A trial whose cost is not finite (NaN or inf residuals at the trial point) is
 a failure: it is not taken, its ratio is 0 and the radius shrinks to ¼ of the
@@ -18,11 +21,12 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from trustls._elementwise import isfinite, where
 from trustls.radius import RadiusPolicy, noise_level
 from trustls.result import Status
 from trustls.termination import step_termination
 
-__all__ = ["Decision", "trial_decision"]
+__all__ = ["Decision", "host_floats", "trial_decision"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Decision:
 
     def read(self, *extra: Tensor) -> tuple[Decision, list[float]]:
         """The host's copy, in one read, with ``extra`` 0-d tensors read alongside."""
+        if not isinstance(self.trial_cost, Tensor):  # decided in floats
+            return self, host_floats(*extra)
         values = torch.stack([getattr(self, f.name).to(torch.float64) for f in fields(self)]
                              + [t.to(torch.float64) for t in extra]).tolist()
         k = len(fields(self))
@@ -62,11 +68,21 @@ class Decision:
         return Status(int(self.code)) if self.code else None
 
 
-def _as_tensor(value: float | Tensor, like: Tensor) -> Tensor:
-    """A float64 tensor on ``like``'s device; a host float is written by a fill, not a copy."""
+def _as_tensor(value: float | Tensor, like: Tensor | float) -> Tensor | float:
+    """A float64 tensor on ``like``'s device (a host float written by a fill, not a copy); a float
+    when ``like`` is one."""
+    if not isinstance(like, Tensor):
+        return float(value)
     if isinstance(value, Tensor):
         return value.to(dtype=torch.float64)
     return torch.full((), float(value), dtype=torch.float64, device=like.device)
+
+
+def host_floats(*values: Tensor | float) -> list[float]:
+    """``values`` as Python floats, with one read for all the tensors among them."""
+    tensors = [v.to(torch.float64) for v in values if isinstance(v, Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 def trial_decision(
@@ -101,24 +117,24 @@ def trial_decision(
         ftol, xtol: the effective tolerances (0 disables).
         strict: take only decreases, never a step at the noise floor (half precision).
     """
-    finite = torch.isfinite(trial_cost)
-    trial_cost = torch.where(finite, trial_cost, math.inf)
-    actual = torch.where(finite, cost - trial_cost, -math.inf)
+    finite = isfinite(trial_cost)
+    trial_cost = where(finite, trial_cost, math.inf)
+    actual = where(finite, cost - trial_cost, -math.inf)
     predicted = _as_tensor(predicted_reduction, cost)
     step_norm = _as_tensor(step_norm, cost)
     radius = _as_tensor(radius, cost)
-    x_step_norm, x_norm = x_step_norm.to(torch.float64), x_norm.to(torch.float64)
+    x_step_norm, x_norm = _as_tensor(x_step_norm, cost), _as_tensor(x_norm, cost)
     noise = noise_level(policy.rounding_noise, eps) * cost
-    ratio = torch.where(finite, policy.ratio(actual, predicted, noise), 0.0)
-    next_radius = torch.where(
+    ratio = where(finite, policy.ratio(actual, predicted, noise), 0.0)
+    next_radius = where(
         finite,
         policy.update(radius, ratio=ratio, step_norm=step_norm, hits_boundary=hits_boundary),
         policy.after_failure(radius, step_norm),
     )
-    code = torch.where(finite, step_termination(actual, cost, x_step_norm, x_norm, ratio, ftol, xtol), 0)
+    code = where(finite, step_termination(actual, cost, x_step_norm, x_norm, ratio, ftol, xtol), 0)
     # At the noise floor, stop once the step is also below eps^(3/4) relative to x (`trustls.radius`).
     small = x_step_norm <= eps**0.75 * (eps**0.75 + x_norm)
     noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == 0)
-    code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
+    code = where(noise_stop, Status.NOISE_FLOOR.value, code)
     moves = finite & policy.moves(actual, ratio, noise, strict=strict)
     return Decision(trial_cost, actual, predicted, ratio, next_radius, step_norm, code, moves)

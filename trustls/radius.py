@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustls._elementwise import isfinite, where
+
 __all__ = ["RadiusPolicy", "noise_level"]
 
 
@@ -101,10 +103,9 @@ class RadiusPolicy:
     def ratio(actual_reduction: Tensor, predicted_reduction: Tensor, noise: Tensor | float = 0.0) -> Tensor:
         """ρ = (actual + δ) / (predicted + δ); 1 when both vanish, 0 when the model predicts no decrease."""
         predicts_decrease = predicted_reduction > 0
-        safe = torch.where(predicts_decrease, predicted_reduction + noise, torch.ones_like(predicted_reduction))
+        safe = where(predicts_decrease, predicted_reduction + noise, 1.0)
         both_zero = (predicted_reduction == 0) & (actual_reduction == 0)
-        fallback = torch.where(both_zero, 1.0, 0.0).to(predicted_reduction.dtype)
-        return torch.where(predicts_decrease, (actual_reduction + noise) / safe, fallback)
+        return where(predicts_decrease, (actual_reduction + noise) / safe, where(both_zero, 1.0, 0.0))
 
     def moves(self, actual_reduction: Tensor, ratio: Tensor, noise: Tensor | float, *, strict: bool = False) -> Tensor:
         """Whether the trial point is taken: the cost decreased, or (unless ``strict``) it is at the noise floor."""
@@ -114,15 +115,19 @@ class RadiusPolicy:
 
     def at_noise_floor(self, actual_reduction: Tensor, ratio: Tensor, noise: Tensor | float) -> Tensor:
         """No decrease, but a change within ±δ that the model predicted well: nothing more is measurable."""
-        return (actual_reduction <= 0) & (actual_reduction.abs() <= noise) & (ratio > self.shrink_below)
+        return (actual_reduction <= 0) & (abs(actual_reduction) <= noise) & (ratio > self.shrink_below)
 
     def update(self, radius: Tensor, *, ratio: Tensor, step_norm: Tensor, hits_boundary: Tensor | bool) -> Tensor:
         """The radius for the next trial."""
-        on_boundary = torch.as_tensor(hits_boundary, device=radius.device) | (step_norm > self.boundary_fraction * radius)
-        expanded = torch.where((ratio > self.expand_above) & on_boundary, self.expand_factor * radius, radius)
-        return torch.where(ratio < self.shrink_below, self.shrink_factor * step_norm, expanded)
+        if isinstance(radius, Tensor):
+            hits_boundary = torch.as_tensor(hits_boundary, device=radius.device)
+        else:
+            hits_boundary = bool(hits_boundary)
+        on_boundary = hits_boundary | (step_norm > self.boundary_fraction * radius)
+        expanded = where((ratio > self.expand_above) & on_boundary, self.expand_factor * radius, radius)
+        return where(ratio < self.shrink_below, self.shrink_factor * step_norm, expanded)
 
     def after_failure(self, radius: Tensor, step_norm: Tensor) -> Tensor:
         """The radius after a trial whose cost was not finite: ¼ of the step, or of the radius
         when the step itself is not finite (the subproblem overflowed)."""
-        return self.shrink_factor * torch.where(torch.isfinite(step_norm), step_norm, radius)
+        return self.shrink_factor * where(isfinite(step_norm), step_norm, radius)

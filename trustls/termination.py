@@ -9,13 +9,16 @@
 Each tolerance can be disabled with ``None``. In reduced precision the
 tolerances are raised to the dtype's machine epsilon, below which the tests
 cannot hold. `step_termination` works elementwise on tensors (one problem or
-a batch) and returns scipy's status codes, 0 where no test holds.
+a batch) or on Python floats, and returns scipy's status codes, 0 where no
+test holds.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from trustls._elementwise import as_int, where
 
 __all__ = ["effective_tolerance", "gradient_test", "step_termination"]
 
@@ -36,13 +39,10 @@ def step_termination(
         >>> int(step_termination(1e-12 * one, one, 0.1 * one, one, 0.9 * one, ftol=1e-8, xtol=1e-8))
         2
     """
-    if ftol > 0:
-        ftol_satisfied = (actual_reduction > 0) & (actual_reduction < ftol * cost) & (ratio > 0.25)
-    else:
-        ftol_satisfied = torch.zeros_like(ratio, dtype=torch.bool)
+    ftol_satisfied = (actual_reduction > 0) & (actual_reduction < ftol * cost) & (ratio > 0.25) if ftol > 0 else False
     xtol_satisfied = step_norm < xtol * (xtol + x_norm)
-    code = 2 * ftol_satisfied.to(torch.int64) + 3 * xtol_satisfied.to(torch.int64)
-    return torch.where(code == 5, 4, code)
+    code = 2 * as_int(ftol_satisfied) + 3 * as_int(xtol_satisfied)
+    return where(code == 5, 4, code)
 
 
 def gradient_test(gradient: Tensor) -> tuple[float, bool]:

@@ -22,7 +22,7 @@ import torch
 
 from trustls._report import print_trial
 from trustls.bounds import subproblem
-from trustls.decision import trial_decision
+from trustls.decision import host_floats, trial_decision
 from trustls.function import HALF, CountedFunction, round_to
 from trustls.models.base import Linearization
 from trustls.result import IterationInfo, Status
@@ -70,13 +70,17 @@ class Trial:
             x_new = bounds.strictly_feasible(x_new, rstep=0.0)
         x_new = round_to(x_new, state.dtype)
         evaluation = method.model.evaluate(self.f, x_new, state.context, keep=self.relinearize)
+        inputs = (lin.cost, evaluation.cost, predicted, step_norm, torch.linalg.vector_norm(x_new - state.x),
+                  self.x_norm, self.x_scaled_norm, hits_boundary)
+        if state.x.device.type == "cpu":  # decide in floats (`trustls.decision`): the one read of the trial
+            inputs = host_floats(*inputs)
+        cost, trial_cost, predicted, step_norm, x_step_norm, x_norm, x_scaled_norm, hits_boundary = inputs
         decision = trial_decision(
-            method.radius_policy, cost=lin.cost, trial_cost=evaluation.cost, predicted_reduction=predicted,
-            step_norm=step_norm, radius=radius, hits_boundary=hits_boundary,
-            x_step_norm=torch.linalg.vector_norm(x_new - state.x), x_norm=self.x_norm, eps=self.eps,
-            ftol=self.ftol, xtol=self.xtol, strict=state.dtype in HALF,
+            method.radius_policy, cost=cost, trial_cost=trial_cost, predicted_reduction=predicted,
+            step_norm=step_norm, radius=radius, hits_boundary=hits_boundary, x_step_norm=x_step_norm,
+            x_norm=x_norm, eps=self.eps, ftol=self.ftol, xtol=self.xtol, strict=state.dtype in HALF,
         )
-        decision, (x_scaled_norm, cost) = decision.read(self.x_scaled_norm, lin.cost)  # the one read of the trial
+        decision, (x_scaled_norm, cost) = decision.read(x_scaled_norm, cost)  # the one read of the trial
         status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
         if accepted and self.relinearize:
             new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
