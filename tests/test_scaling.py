@@ -137,6 +137,20 @@ def test_block_jacobi_solves_structured_problems_with_sparse_jacobians(make, blo
     assert result.cost <= max(reference.cost, 1e-14 * (1 + 0.5 * float(problem.residual(problem.x0).square().sum())))
 
 
+def test_block_jacobi_plans_its_blocks_once_per_pattern(generator):
+    # The slot plans are cached on J's pattern under the identity of the column
+    # tensors: fresh tensors at every point would rebuild them and grow the cache.
+    dense, sparse = random_sparse(generator, m=15, n=10, density=0.5)
+    lin = GaussNewtonModel(jacobian=lambda x: sparse).linearize(lambda x: dense @ x, torch.zeros(10, dtype=F64))
+    policy = BlockJacobi(((2, 3), (4, 1)))
+    first = policy.scaling(GaussNewtonModel(), lin, None, 0)
+    cached = len(sparse.pattern.cache)
+    second = policy.scaling(GaussNewtonModel(), lin, first, 1)
+    assert len(sparse.pattern.cache) == cached
+    assert all(a is b for a, b in zip(first.operator.columns, second.operator.columns))
+    torch.testing.assert_close(second.operator.to_dense(), first.operator.to_dense(), rtol=0, atol=0)
+
+
 def test_user_jacobian_forms_agree(generator):
     A = torch.randn(8, 3, generator=generator, dtype=F64)
     b = torch.randn(8, generator=generator, dtype=F64)

@@ -362,12 +362,21 @@ class BlockJacobi(ScalePolicy):
             raise ValueError(f"x_scale=BlockJacobi must cover the {x.shape[0]} variables, its blocks cover {self.n}")
 
     def partition(self) -> tuple[Tensor, ...]:
-        """The blocks as groups of column indices, one ``(count, size)`` tensor per group."""
-        groups, offset = [], 0
-        for count, size in self.blocks:
-            groups.append(torch.arange(offset, offset + count * size).view(count, size))
-            offset += count * size
-        return tuple(groups)
+        """The blocks as groups of column indices, one ``(count, size)`` tensor per group.
+
+        Made once: the plans of `trustls.sparsity.normal_blocks` are cached on
+        J's pattern under the identity of these tensors, so fresh ones at every
+        point would rebuild the plans and grow the pattern's cache.
+        """
+        groups = self.__dict__.get("_partition")
+        if groups is None:
+            groups, offset = [], 0
+            for count, size in self.blocks:
+                groups.append(torch.arange(offset, offset + count * size).view(count, size))
+                offset += count * size
+            groups = tuple(groups)
+            object.__setattr__(self, "_partition", groups)
+        return groups
 
     def scaling(self, model, linearization, previous, iteration) -> Scaling:
         return BlockScaling(block_jacobi_scaling(_sparse_jacobian(linearization), self.partition(), self.damping))
