@@ -376,6 +376,25 @@ def test_a_problem_that_becomes_badly_scaled_switches_to_jacobi():
     torch.testing.assert_close(result.x, t.sqrt(), rtol=1e-8, atol=0)
 
 
+def test_jacobi_after_the_identity_keeps_its_units_at_later_refreshes():
+    # T = I at iteration 0, Jacobi's T = max c / c at 8; at 16 the running
+    # maximum of the same column norms must leave T as it is, in those units
+    # (not T = 1/c, a factor max c = 10³ smaller).
+    d = torch.logspace(0, 3, 64, dtype=F64)  # J = diag(d): every estimate exact
+    model, policy = GaussNewtonModel(), JacobiScale()
+    well_scaled = model.linearize(lambda x: 2 * x - 1, torch.zeros(64, dtype=F64))
+    T0 = policy.scaling(model, well_scaled, None, 0)
+    assert isinstance(T0, UniformScaling)
+    spread = model.linearize(lambda x: d * x - 1, torch.zeros(64, dtype=F64))
+    T8 = policy.scaling(model, spread, T0, 8)
+    torch.testing.assert_close(T8.diagonal, d.max() / d, rtol=1e-14, atol=0)
+    T16 = policy.scaling(model, spread, T8, 16)
+    torch.testing.assert_close(T16.diagonal, T8.diagonal, rtol=1e-14, atol=0)
+    # Larger norms lower T in the same units: the running maximum of c.
+    T32 = policy.scaling(model, model.linearize(lambda x: 2 * d * x - 1, torch.zeros(64, dtype=F64)), T16, 32)
+    torch.testing.assert_close(T32.diagonal, d.max() / (2 * d), rtol=1e-14, atol=0)
+
+
 def test_a_restored_uniform_diagonal_is_recognized_without_probes():
     # TrustRegionOptimizer keeps T.diagonal and restores a DiagonalScaling from it.
     problem = broyden_tridiagonal(100)

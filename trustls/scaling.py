@@ -97,10 +97,18 @@ class IdentityScaling(Scaling):
 
 
 class DiagonalScaling(Scaling):
-    """T = diag(d) for a positive 1-D tensor d."""
+    """T = diag(d) for a positive 1-D tensor d.
 
-    def __init__(self, diagonal: Tensor):
+    Args:
+        diagonal: d.
+        unit: for Jacobi's T = unit/c (`JacobiScale`), the column norm that T
+            maps to 1, kept so that the running maximum of c stays in the
+            same units from point to point; 1 otherwise.
+    """
+
+    def __init__(self, diagonal: Tensor, unit: float = 1.0):
         self.diagonal = diagonal
+        self.unit = unit
 
     def apply(self, z: Tensor) -> Tensor:
         return self.diagonal * z
@@ -226,7 +234,8 @@ class JacobiScale(ScalePolicy):
     well-scaled J; the decision is checked again at iterations 8, 64, 512, …
     Otherwise T is Jacobi's from the full estimate, refreshed at iterations 0,
     1, 2, 4, 8, …; after T = I it is T = max c / c, which keeps the largest
-    column's units and so the meaning of the radius. Jacobi's loss on a
+    column's units and so the meaning of the radius (its refreshes keep the
+    running maximum in those units). Jacobi's loss on a
     well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
     van der Sluis 1969), T = I's on a badly scaled one is not: the decision
@@ -292,7 +301,7 @@ class JacobiScale(ScalePolicy):
                 return UniformScaling(norms)
         if uniform and math.isfinite(largest):
             scale = largest / norms
-            return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
+            return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0), unit=largest)
         return _running_jacobi(norms, None)
 
 
@@ -305,10 +314,16 @@ def _refresh(iteration: int, uniform: bool) -> bool:
 
 
 def _running_jacobi(norms: Tensor, previous: Scaling | None) -> DiagonalScaling:
-    """T = 1/c, the running minimum with the previous diagonal T; a zero column is scaled by 1."""
-    scale = torch.reciprocal(norms)  # inf for a column of zeros
+    """T = u/c, the running minimum with the previous diagonal T; a zero column is scaled by 1.
+
+    u is the previous T's unit (1 unless T followed T = I: `JacobiScale`), so
+    that the minimum compares T's in the same units.
+    """
     if isinstance(previous, DiagonalScaling):
-        return DiagonalScaling(torch.minimum(scale, previous.diagonal))  # finite: previous is
+        unit = previous.unit
+        scale = unit * torch.reciprocal(norms)  # inf for a column of zeros
+        return DiagonalScaling(torch.minimum(scale, previous.diagonal), unit)  # finite: previous is
+    scale = torch.reciprocal(norms)
     return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
 
 
