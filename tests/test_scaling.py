@@ -151,6 +151,24 @@ def test_block_jacobi_plans_its_blocks_once_per_pattern(generator):
     torch.testing.assert_close(second.operator.to_dense(), first.operator.to_dense(), rtol=0, atol=0)
 
 
+def test_block_jacobi_on_the_jacobians_device(device, generator):
+    # The partition indexes J's entries and x: on a CUDA J, CPU indices failed at the first product.
+    dense, sparse = random_sparse(generator, m=15, n=10, density=0.5)
+    on_device = SparseOperator(sparse.rows.to(device), sparse.cols.to(device), sparse.values.to(device), sparse.shape)
+    policy = BlockJacobi(((2, 3), (4, 1)), damping=0.0)
+    groups = policy.partition(device)
+    assert policy.partition(device) is groups and all(g.device.type == torch.device(device).type for g in groups)
+    lin = GaussNewtonModel(jacobian=lambda x: on_device).linearize(
+        lambda x: dense.to(device) @ x, torch.zeros(10, dtype=F64, device=device)
+    )
+    T = policy.scaling(GaussNewtonModel(), lin, None, 0).operator
+    v = torch.randn(10, generator=generator, dtype=F64)
+    reference = policy.scaling(GaussNewtonModel(), GaussNewtonModel(jacobian=lambda x: sparse).linearize(
+        lambda x: dense @ x, torch.zeros(10, dtype=F64)), None, 0).operator
+    torch.testing.assert_close((T @ v.to(device)).cpu(), reference @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.scaled(T).jacobian.matvec(v.to(device)).cpu(), dense @ (reference @ v))
+
+
 def test_user_jacobian_forms_agree(generator):
     A = torch.randn(8, 3, generator=generator, dtype=F64)
     b = torch.randn(8, generator=generator, dtype=F64)

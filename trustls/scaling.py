@@ -376,25 +376,31 @@ class BlockJacobi(ScalePolicy):
         if self.n != x.shape[0]:
             raise ValueError(f"x_scale=BlockJacobi must cover the {x.shape[0]} variables, its blocks cover {self.n}")
 
-    def partition(self) -> tuple[Tensor, ...]:
-        """The blocks as groups of column indices, one ``(count, size)`` tensor per group.
+    def partition(self, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
+        """The blocks as groups of column indices, one ``(count, size)`` tensor per group, on ``device`` (CPU).
 
-        Made once: the plans of `trustls.sparsity.normal_blocks` are cached on
-        J's pattern under the identity of these tensors, so fresh ones at every
-        point would rebuild the plans and grow the pattern's cache.
+        Made once per device: the plans of `trustls.sparsity.normal_blocks` are
+        cached on J's pattern under the identity of these tensors, so fresh ones
+        at every point would rebuild the plans and grow the pattern's cache; and
+        they must lie on J's device, where they index J's entries and x.
         """
-        groups = self.__dict__.get("_partition")
+        device = torch.device("cpu" if device is None else device)
+        made = self.__dict__.get("_partitions")
+        if made is None:
+            made = {}
+            object.__setattr__(self, "_partitions", made)
+        groups = made.get(device)
         if groups is None:
             groups, offset = [], 0
             for count, size in self.blocks:
-                groups.append(torch.arange(offset, offset + count * size).view(count, size))
+                groups.append(torch.arange(offset, offset + count * size, device=device).view(count, size))
                 offset += count * size
-            groups = tuple(groups)
-            object.__setattr__(self, "_partition", groups)
+            groups = made[device] = tuple(groups)
         return groups
 
     def scaling(self, model, linearization, previous, iteration) -> Scaling:
-        return BlockScaling(block_jacobi_scaling(_sparse_jacobian(linearization), self.partition(), self.damping))
+        J = _sparse_jacobian(linearization)
+        return BlockScaling(block_jacobi_scaling(J, self.partition(J.device), self.damping))
 
 
 def _sparse_jacobian(linearization: Linearization) -> SparseOperator:
