@@ -295,6 +295,22 @@ def test_the_preconditioner_changes_cost_not_results(scale):
     torch.testing.assert_close(entries.diagonal, covariance(J, 1.0).diagonal(), rtol=1e-10, atol=0)
 
 
+def test_jacobi_scale_of_a_banded_operator_is_exact():
+    # Matrix-free with n > 32: the 32 probes are diluted (the estimate of x_scale="jac"),
+    # exact when the rows of every column lie within 8 consecutive rows, as here.
+    n = 40
+    generator = torch.Generator().manual_seed(5)
+    J = torch.zeros(2 * n, n, dtype=F64)
+    index = torch.arange(n)
+    J[2 * index, index] = torch.randn(n, generator=generator, dtype=F64)
+    J[2 * index[:-1] + 1, index[:-1]] = torch.randn(n - 1, generator=generator, dtype=F64)
+    J[2 * index[:-1] + 1, index[1:]] = torch.randn(n - 1, generator=generator, dtype=F64)
+    operator = _Matrix(J * torch.logspace(-3, 3, n, dtype=F64))
+    scale, products = conjugate_gradient.jacobi_scale(operator)
+    assert products == operator.calls == conjugate_gradient._NORM_PROBES
+    torch.testing.assert_close(scale, 1 / torch.linalg.vector_norm(operator.matrix, dim=0), rtol=1e-13, atol=0)
+
+
 def test_products_are_counted():
     J = _Matrix(_jacobian(40, 6))
     entries = covariance_entries(J, [1, 4], 1.0, method=MatrixFreeCG(scale=None))

@@ -137,6 +137,38 @@ def test_block_jacobi_solves_structured_problems_with_sparse_jacobians(make, blo
     assert result.cost <= max(reference.cost, 1e-14 * (1 + 0.5 * float(problem.residual(problem.x0).square().sum())))
 
 
+def test_block_jacobi_plans_its_blocks_once_per_pattern(generator):
+    # The slot plans are cached on J's pattern under the identity of the column
+    # tensors: fresh tensors at every point would rebuild them and grow the cache.
+    dense, sparse = random_sparse(generator, m=15, n=10, density=0.5)
+    lin = GaussNewtonModel(jacobian=lambda x: sparse).linearize(lambda x: dense @ x, torch.zeros(10, dtype=F64))
+    policy = BlockJacobi(((2, 3), (4, 1)))
+    first = policy.scaling(GaussNewtonModel(), lin, None, 0)
+    cached = len(sparse.pattern.cache)
+    second = policy.scaling(GaussNewtonModel(), lin, first, 1)
+    assert len(sparse.pattern.cache) == cached
+    assert all(a is b for a, b in zip(first.operator.columns, second.operator.columns))
+    torch.testing.assert_close(second.operator.to_dense(), first.operator.to_dense(), rtol=0, atol=0)
+
+
+def test_block_jacobi_on_the_jacobians_device(device, generator):
+    # The partition indexes J's entries and x: on a CUDA J, CPU indices failed at the first product.
+    dense, sparse = random_sparse(generator, m=15, n=10, density=0.5)
+    on_device = SparseOperator(sparse.rows.to(device), sparse.cols.to(device), sparse.values.to(device), sparse.shape)
+    policy = BlockJacobi(((2, 3), (4, 1)), damping=0.0)
+    groups = policy.partition(device)
+    assert policy.partition(device) is groups and all(g.device.type == torch.device(device).type for g in groups)
+    lin = GaussNewtonModel(jacobian=lambda x: on_device).linearize(
+        lambda x: dense.to(device) @ x, torch.zeros(10, dtype=F64, device=device)
+    )
+    T = policy.scaling(GaussNewtonModel(), lin, None, 0).operator
+    v = torch.randn(10, generator=generator, dtype=F64)
+    reference = policy.scaling(GaussNewtonModel(), GaussNewtonModel(jacobian=lambda x: sparse).linearize(
+        lambda x: dense @ x, torch.zeros(10, dtype=F64)), None, 0).operator
+    torch.testing.assert_close((T @ v.to(device)).cpu(), reference @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.scaled(T).jacobian.matvec(v.to(device)).cpu(), dense @ (reference @ v))
+
+
 def test_user_jacobian_forms_agree(generator):
     A = torch.randn(8, 3, generator=generator, dtype=F64)
     b = torch.randn(8, generator=generator, dtype=F64)
@@ -362,6 +394,25 @@ def test_a_problem_that_becomes_badly_scaled_switches_to_jacobi():
     torch.testing.assert_close(result.x, t.sqrt(), rtol=1e-8, atol=0)
 
 
+def test_jacobi_after_the_identity_keeps_its_units_at_later_refreshes():
+    # T = I at iteration 0, Jacobi's T = max c / c at 8; at 16 the running
+    # maximum of the same column norms must leave T as it is, in those units
+    # (not T = 1/c, a factor max c = 10³ smaller).
+    d = torch.logspace(0, 3, 64, dtype=F64)  # J = diag(d): every estimate exact
+    model, policy = GaussNewtonModel(), JacobiScale()
+    well_scaled = model.linearize(lambda x: 2 * x - 1, torch.zeros(64, dtype=F64))
+    T0 = policy.scaling(model, well_scaled, None, 0)
+    assert isinstance(T0, UniformScaling)
+    spread = model.linearize(lambda x: d * x - 1, torch.zeros(64, dtype=F64))
+    T8 = policy.scaling(model, spread, T0, 8)
+    torch.testing.assert_close(T8.diagonal, d.max() / d, rtol=1e-14, atol=0)
+    T16 = policy.scaling(model, spread, T8, 16)
+    torch.testing.assert_close(T16.diagonal, T8.diagonal, rtol=1e-14, atol=0)
+    # Larger norms lower T in the same units: the running maximum of c.
+    T32 = policy.scaling(model, model.linearize(lambda x: 2 * d * x - 1, torch.zeros(64, dtype=F64)), T16, 32)
+    torch.testing.assert_close(T32.diagonal, d.max() / (2 * d), rtol=1e-14, atol=0)
+
+
 def test_a_restored_uniform_diagonal_is_recognized_without_probes():
     # TrustRegionOptimizer keeps T.diagonal and restores a DiagonalScaling from it.
     problem = broyden_tridiagonal(100)
@@ -370,6 +421,52 @@ def test_a_restored_uniform_diagonal_is_recognized_without_probes():
     restored = DiagonalScaling(UniformScaling(problem.x0).diagonal)
     assert isinstance(JacobiScale().scaling(model, lin, restored, 3), UniformScaling)
     assert model.calls == 0
+
+
+def test_a_uniform_scale_survives_a_checkpoint():
+    # TrustRegionOptimizer keeps T.diagonal, and a UniformScaling's is a stride-0 ones; loading a
+    # checkpoint must keep that mark, or the resumed run takes the ones for a Jacobi T and
+    # rescales at its next refresh (min(1/c, 1)) where the uninterrupted run keeps T = I.
+    import io
+
+    from trustls.optim import TrustRegionOptimizer
+
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(40, 3, generator=generator, dtype=F64)
+    Y = torch.stack([torch.sin(X[:, 0]), X[:, 1] * X[:, 2]], dim=1)
+
+    def network():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+    def optimizer(net):  # 50 parameters: estimated column norms; uniform_spread=inf keeps T = I
+        method = TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=5),
+                             x_scale=JacobiScale(uniform_spread=math.inf))
+        return TrustRegionOptimizer(net.parameters(), method)
+
+    def train(net, opt, steps):
+        for _ in range(steps):
+            opt.step(lambda: (net(X) - Y).reshape(-1))
+
+    net = network()
+    opt = optimizer(net)
+    train(net, opt, 20)
+    resumed_net = network()
+    resumed_opt = optimizer(resumed_net)
+    train(resumed_net, resumed_opt, 3)
+    assert resumed_opt.state_dict()["state"][0]["scale"].stride() == (0,)
+    buffer = io.BytesIO()
+    torch.save({"net": resumed_net.state_dict(), "opt": resumed_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    fresh_net = network()
+    fresh_net.load_state_dict(checkpoint["net"])
+    fresh_opt = optimizer(fresh_net)
+    fresh_opt.load_state_dict(checkpoint["opt"])
+    train(fresh_net, fresh_opt, 17)
+    assert fresh_opt.state_dict()["state"][0]["accepted_steps"] >= 8  # past a refresh of a Jacobi T
+    for a, b in zip(net.parameters(), fresh_net.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_default_scaling_is_reproducible():

@@ -107,6 +107,10 @@ def check_state_dict(
         raise ValueError(f"state_dict's scale must be None or a floating tensor of shape ({trainable},), got {got}")
     if not bool((torch.isfinite(scale) & (scale > 0)).all()):
         raise ValueError("state_dict's scale must have positive finite entries, got entries that are not")
+    if scale.stride(0) == 0:
+        # T = I chosen by JacobiScale (a UniformScaling: ones of stride 0), which the policy
+        # recognizes by that stride: a clone would turn it into a Jacobi T of ones.
+        return scale.detach()[:1].clone().expand(scale.shape)
     return scale.detach().clone()
 
 

@@ -97,10 +97,18 @@ class IdentityScaling(Scaling):
 
 
 class DiagonalScaling(Scaling):
-    """T = diag(d) for a positive 1-D tensor d."""
+    """T = diag(d) for a positive 1-D tensor d.
 
-    def __init__(self, diagonal: Tensor):
+    Args:
+        diagonal: d.
+        unit: for Jacobi's T = unit/c (`JacobiScale`), the column norm that T
+            maps to 1, kept so that the running maximum of c stays in the
+            same units from point to point; 1 otherwise.
+    """
+
+    def __init__(self, diagonal: Tensor, unit: float = 1.0):
         self.diagonal = diagonal
+        self.unit = unit
 
     def apply(self, z: Tensor) -> Tensor:
         return self.diagonal * z
@@ -218,7 +226,8 @@ class JacobiScale(ScalePolicy):
     well-scaled J; the decision is checked again at iterations 8, 64, 512, …
     Otherwise T is Jacobi's from the full estimate, refreshed at iterations 0,
     1, 2, 4, 8, …; after T = I it is T = max c / c, which keeps the largest
-    column's units and so the meaning of the radius. Jacobi's loss on a
+    column's units and so the meaning of the radius (its refreshes keep the
+    running maximum in those units). Jacobi's loss on a
     well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
     van der Sluis 1969), T = I's on a badly scaled one is not: the decision
@@ -284,7 +293,7 @@ class JacobiScale(ScalePolicy):
                 return UniformScaling(norms)
         if uniform and math.isfinite(largest):
             scale = largest / norms
-            return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
+            return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0), unit=largest)
         return _running_jacobi(norms, None)
 
 
@@ -297,10 +306,16 @@ def _refresh(iteration: int, uniform: bool) -> bool:
 
 
 def _running_jacobi(norms: Tensor, previous: Scaling | None) -> DiagonalScaling:
-    """T = 1/c, the running minimum with the previous diagonal T; a zero column is scaled by 1."""
-    scale = torch.reciprocal(norms)  # inf for a column of zeros
+    """T = u/c, the running minimum with the previous diagonal T; a zero column is scaled by 1.
+
+    u is the previous T's unit (1 unless T followed T = I: `JacobiScale`), so
+    that the minimum compares T's in the same units.
+    """
     if isinstance(previous, DiagonalScaling):
-        return DiagonalScaling(torch.minimum(scale, previous.diagonal))  # finite: previous is
+        unit = previous.unit
+        scale = unit * torch.reciprocal(norms)  # inf for a column of zeros
+        return DiagonalScaling(torch.minimum(scale, previous.diagonal), unit)  # finite: previous is
+    scale = torch.reciprocal(norms)
     return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
 
 
@@ -353,16 +368,31 @@ class BlockJacobi(ScalePolicy):
         if self.n != x.shape[0]:
             raise ValueError(f"x_scale=BlockJacobi must cover the {x.shape[0]} variables, its blocks cover {self.n}")
 
-    def partition(self) -> tuple[Tensor, ...]:
-        """The blocks as groups of column indices, one ``(count, size)`` tensor per group."""
-        groups, offset = [], 0
-        for count, size in self.blocks:
-            groups.append(torch.arange(offset, offset + count * size).view(count, size))
-            offset += count * size
-        return tuple(groups)
+    def partition(self, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
+        """The blocks as groups of column indices, one ``(count, size)`` tensor per group, on ``device`` (CPU).
+
+        Made once per device: the plans of `trustls.sparsity.normal_blocks` are
+        cached on J's pattern under the identity of these tensors, so fresh ones
+        at every point would rebuild the plans and grow the pattern's cache; and
+        they must lie on J's device, where they index J's entries and x.
+        """
+        device = torch.device("cpu" if device is None else device)
+        made = self.__dict__.get("_partitions")
+        if made is None:
+            made = {}
+            object.__setattr__(self, "_partitions", made)
+        groups = made.get(device)
+        if groups is None:
+            groups, offset = [], 0
+            for count, size in self.blocks:
+                groups.append(torch.arange(offset, offset + count * size, device=device).view(count, size))
+                offset += count * size
+            groups = made[device] = tuple(groups)
+        return groups
 
     def scaling(self, model, linearization, previous, iteration) -> Scaling:
-        return BlockScaling(block_jacobi_scaling(_sparse_jacobian(linearization), self.partition(), self.damping))
+        J = _sparse_jacobian(linearization)
+        return BlockScaling(block_jacobi_scaling(J, self.partition(J.device), self.damping))
 
 
 def _sparse_jacobian(linearization: Linearization) -> SparseOperator:

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from trustls.operators.base import LinearOperator
+from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
 from trustls.operators.dense import DenseOperator
 from trustls.operators.sparse import SparseOperator
 
@@ -81,26 +82,22 @@ def jacobi_scale(jacobian: LinearOperator) -> tuple[Tensor, int]:
     """Inverse column norms of J (1 for a zero column), and the products spent on them.
 
     Exact for stored matrices (no product) and for n ≤ 32 (n products J e_i);
-    otherwise estimated from 32 Rademacher probes Jᵀz, diag(JᵀJ) ≈ mean (Jᵀz)²
-    (Bekas, Kokiopoulou & Saad 2007), from a fixed seed. A preconditioner needs
-    only the order of magnitude of each column.
+    otherwise estimated from 32 diluted Rademacher probes Jᵀz, from a fixed
+    seed: the estimate of ``x_scale="jac"`` (`trustls.operators.column_norms`),
+    exact for banded and block Jacobians, unbiased otherwise (Bekas,
+    Kokiopoulou & Saad 2007). A preconditioner needs only the order of
+    magnitude of each column, but noise in it spreads the spectrum CG sees.
     """
-    m, n = jacobian.shape
-    dtype, device = jacobian.dtype, jacobian.device
+    n = jacobian.shape[1]
     products = 0
     if isinstance(jacobian, (DenseOperator, SparseOperator)):
         norms = jacobian.column_norms()
     elif n <= _NORM_PROBES:
-        eye = torch.eye(n, dtype=dtype, device=device)
-        norms = torch.stack([torch.linalg.vector_norm(jacobian.matvec(e)) for e in eye])
+        norms = exact_column_norms(jacobian)
         products = n
     else:
-        generator = torch.Generator(device=device).manual_seed(0)
-        squares = torch.zeros(n, dtype=dtype, device=device)
-        for _ in range(_NORM_PROBES):
-            z = torch.randint(0, 2, (m,), generator=generator, device=device).to(dtype) * 2 - 1
-            squares += jacobian.rmatvec(z) ** 2
-        norms = torch.sqrt(squares / _NORM_PROBES)
+        generator = torch.Generator(device=jacobian.device).manual_seed(0)
+        *_, norms = diluted_column_norms(jacobian, _NORM_PROBES, generator)
         products = _NORM_PROBES
     norms = norms.detach()
     usable = torch.isfinite(norms) & (norms > 0)

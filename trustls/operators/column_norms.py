@@ -36,11 +36,11 @@ from products JᵀJv with column classes (exact when JᵀJ is banded, for any
 row order), but on a dense J that estimate is not a sum of squares: on a
 small MLP half of its column estimates came out negative.
 
-Each probe is one VJP, the cost of about half a CG iteration on JᵀJ. A
-batched ``vmap`` of the K VJPs was slower than the loop at n = 10⁵ on one
-CPU thread (11.2 against 9.1 ms for 8 probes of extended Rosenbrock, 27
-against 16 ms for Broyden tridiagonal): the products are memory-bound there,
-and K rows at a time leave the cache.
+Each probe is one VJP, the cost of about half a CG iteration on JᵀJ. The
+probes run one by one: a batched ``vmap`` of the K VJPs was slower than the
+loop at n = 10⁵ on one CPU thread (extended Rosenbrock and Broyden
+tridiagonal; the figures are in the CHANGELOG): the products are
+memory-bound there, and K rows at a time leave the cache.
 
 References:
     M. F. Hutchinson, "A stochastic estimator of the trace of the influence
