@@ -13,8 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trustls.operators import SparseOperator
 from trustls.problems.bal import load_bal
-from trustls.sparsity.blocks import BlockPartition, find_blocks
+from trustls.sparsity.blocks import BlockPartition, find_blocks, pattern_blocks
 
 
 def _row_sets(rows, cols, n):
@@ -91,6 +92,23 @@ def test_random_camera_point_patterns(case):
     blocks = find_blocks(rows, cols, m, n)
     assert blocks.n == n
     _check_partition(blocks, rows, cols, m, n)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(camera_point_patterns(), st.floats(0.0, 0.6), st.integers(0, 2**31))
+def test_pattern_blocks_equal_find_blocks(case, density, seed):
+    # pattern_blocks takes a shortcut when no two columns share a row set; the partition
+    # must be find_blocks's either way (camera-point patterns have blocks, random ones rarely).
+    rows, cols, m, n = case
+    generator = torch.Generator().manual_seed(seed)
+    random = torch.nonzero(torch.rand(m, n, generator=generator) < density)
+    for r, c in ((rows, cols), (random[:, 0], random[:, 1])):
+        if r.numel() == 0:
+            continue
+        J = SparseOperator(r, c, torch.ones(r.numel(), dtype=torch.float64), (m, n))
+        expected, got = find_blocks(r, c, m, n), pattern_blocks(J)
+        assert [g.tolist() for g in got.groups] == [g.tolist() for g in expected.groups]
+        assert got.eliminated == expected.eliminated
 
 
 def test_blocks_that_share_rows_are_not_eliminated():

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern, pattern_from_indices
-from trustls.sparsity.twins import _classes, identical_sets, stable_order
+from trustls.sparsity.twins import _classes, _set_keys, identical_sets, stable_order
 
 DENSE = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)  # row 1, column 3 empty
 ROWS, COLS = torch.tensor([0, 0, 2, 2]), torch.tensor([0, 2, 0, 1])
@@ -172,7 +172,7 @@ def test_identical_sets_match_exact_grouping(pattern, colliding):
     order = pattern.column_order
     owners, members = pattern.cols[order], pattern.rows[order]
     if colliding:
-        classes, first = _classes(owners, members, n, torch.zeros(m, dtype=torch.int64))
+        classes, first = _classes(owners, members, n, *_set_keys(owners, members, n, torch.zeros(m, dtype=torch.int64)))
     else:
         classes, first = identical_sets(owners, members, n, m)
     assert classes.tolist() == _exact_classes(owners, members, n)

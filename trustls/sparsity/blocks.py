@@ -31,7 +31,7 @@ from torch import Tensor
 from trustls.operators.sparse import SparseOperator
 
 from trustls.sparsity.pattern import pattern_from_indices
-from trustls.sparsity.twins import identical_sets
+from trustls.sparsity.twins import all_distinct, identical_sets
 
 __all__ = ["BlockPartition", "find_blocks", "pattern_blocks"]
 
@@ -125,5 +125,11 @@ def pattern_blocks(J: SparseOperator) -> BlockPartition:
     partition = J.pattern.cache.get("partition")
     if partition is None:
         m, n = J.shape
-        partition = J.pattern.cache["partition"] = find_blocks(J.pattern.rows, J.pattern.cols, m, n)
+        rows, cols = J.pattern.rows, J.pattern.cols
+        if all_distinct(cols, rows, n, m):  # the common case without blocks, without sorting the pattern
+            groups = [torch.arange(n, device=cols.device).reshape(n, 1)]
+            partition = BlockPartition(n, tuple(groups), _eliminable(groups, [rows], m))
+        else:
+            partition = find_blocks(rows, cols, m, n)
+        J.pattern.cache["partition"] = partition
     return partition

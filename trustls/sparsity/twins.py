@@ -23,7 +23,7 @@ try:
 except ImportError:  # numpy is optional: torch's sort is used instead
     numpy = None
 
-__all__ = ["identical_sets", "stable_order"]
+__all__ = ["all_distinct", "identical_sets", "stable_order"]
 
 # Fixed, so that the classes (and everything built on them) are reproducible.
 _HASH_SEED = 0x5EED_C0DE
@@ -55,20 +55,41 @@ def identical_sets(owners: Tensor, members: Tensor, count: int, universe: int) -
         >>> identical_sets(torch.tensor([0, 0, 1, 1, 2]), torch.tensor([3, 5, 3, 5, 4]), 4, 6)
         (tensor([0, 0, 1, 2]), tensor([0, 2, 3]))
     """
+    sizes, keys = _set_keys(owners, members, count, _weights(universe, members.device))
+    return _classes(owners, members, count, sizes, keys)
+
+
+def all_distinct(owners: Tensor, members: Tensor, count: int, universe: int) -> bool:
+    """Whether no two owners have the same member set, when their hashes already tell (else ``False``).
+
+    Distinct hashes imply distinct sets, so ``True`` is certain; ``False``
+    means that `identical_sets` must look. Entries may come in any order but
+    must not repeat. O(entries) plus one sort of ``count`` keys.
+    """
+    _, keys = _set_keys(owners, members, count, _weights(universe, members.device))
+    return int(_inverse_of_unique(keys).max()) + 1 == count if count else True
+
+
+def _weights(universe: int, device: torch.device) -> Tensor:
+    """The random 64-bit weight of each possible member, from a fixed seed."""
     generator = torch.Generator().manual_seed(_HASH_SEED)
-    weights = torch.randint(-(2**63), 2**63 - 1, (universe,), generator=generator, dtype=torch.int64)
-    return _classes(owners, members, count, weights.to(members.device))
+    return torch.randint(-(2**63), 2**63 - 1, (universe,), generator=generator, dtype=torch.int64).to(device)
 
 
-def _classes(owners: Tensor, members: Tensor, count: int, weights: Tensor) -> tuple[Tensor, Tensor]:
+def _set_keys(owners: Tensor, members: Tensor, count: int, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Each owner's number of members and the hash key of its set (module docstring)."""
     device = owners.device
     sizes = torch.bincount(owners, minlength=count)
     hashes = torch.zeros(count, dtype=torch.int64, device=device).index_add_(0, owners, weights.index_select(0, members))
     # Fold the size in (an odd multiplier keeps it a bijection per size), and
     # give each empty owner a key of its own; a nonempty owner that happens to
-    # share it fails the exact check below (the sizes differ).
+    # share it fails the exact check of `_classes` (the sizes differ).
     keys = hashes ^ (sizes * -7046029254386353131)
-    keys = torch.where(sizes == 0, -torch.arange(1, count + 1, device=device), keys)
+    return sizes, torch.where(sizes == 0, -torch.arange(1, count + 1, device=device), keys)
+
+
+def _classes(owners: Tensor, members: Tensor, count: int, sizes: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+    device = owners.device
     classes = _inverse_of_unique(keys)
     if count and int(classes.max()) + 1 == count:  # all keys distinct: so are the sets
         first = torch.arange(count, device=device)
