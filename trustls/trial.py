@@ -66,8 +66,8 @@ class Trial:
         self.counters["products"] += step.products
         p, predicted, step_norm, hits_boundary = self.problem.propose(step, radius)
         x_new = state.x + p
-        if bounds is not None:
-            x_new = bounds.strictly_feasible(x_new, rstep=0.0)
+        if bounds is not None:  # rounded to x0's dtype first: rounding after the move could undo it
+            x_new = bounds.strictly_feasible(x_new, rstep=0.0, dtype=state.dtype)
         x_new = round_to(x_new, state.dtype)
         evaluation = method.model.evaluate(self.f, x_new, state.context, keep=self.relinearize)
         decision = trial_decision(
