@@ -180,3 +180,9 @@ def test_strictly_feasible_moves_off_the_bound_in_the_working_dtype(dtype, rstep
     same = box.strictly_feasible(x, rstep)
     assert box.active(same, 0.0).tolist() == [0, 0, 0]
 
+
+def test_jacobi_scale_keeps_its_options_with_bounds():
+    from trustls.scaling import JacobiScale
+
+    controller = TrustRegion(GaussNewtonModel(), x_scale=JacobiScale(uniform_spread=1.0), bounds=(0.0, 1.0))
+    assert controller.scale_policy == JacobiScale(blocks=False, uniform_spread=1.0)

@@ -143,7 +143,7 @@ class TrustRegion:
         self.bounds = bounds
         policy = self.x_scale if self.x_scale is not None else resolve_x_scale(self.solver.default_x_scale)
         if bounds is not None and isinstance(policy, JacobiScale):
-            policy = JacobiScale(blocks=False)  # Coleman-Li scaling multiplies a diagonal T
+            policy = replace(policy, blocks=False)  # Coleman-Li scaling multiplies a diagonal T
         if bounds is not None and not policy.diagonal:
             raise ValueError(
                 f"bounds need a diagonal x_scale (a number, a sequence or 'jac'), got x_scale={self.x_scale!r}"
