@@ -377,3 +377,26 @@ def test_scipy_inputs_on_the_device(device):
         assert res.x.device == device and res.active_mask.tolist() == [0, 1]
         torch.testing.assert_close(res.x.cpu(), reference.x, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(res.standard_errors().cpu(), reference.standard_errors(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(ftol=-1.0), r"ftol must be a finite non-negative number or None, got -1.0"),
+        (dict(x_scale=0.0), r"x_scale must be 'jac', a positive number, .* or None, got 0.0"),
+        (dict(max_nfev=0), r"max_nfev must be a positive int or None, got 0"),
+        (dict(verbose=3), r"verbose must be 0, 1 or 2, got 3"),
+    ],
+)
+def test_bad_options_are_refused_before_jac_is_called(options, match):
+    # The probe that chooses tr_solver by J's kind calls jac at x0: only once every argument is checked.
+    calls = []
+
+    def jac(x):
+        calls.append(1)
+        return torch.eye(2, dtype=x.dtype)
+
+    with pytest.raises(ValueError, match=match):
+        least_squares(lambda x: x - 1.0, torch.zeros(2, dtype=F64), jac, **options)
+    assert calls == []
+

@@ -148,10 +148,11 @@ def least_squares(
       badly scaled problem.)
     * ``loss`` may also be a trustls loss (``"cross_entropy"``, a
       `trustls.losses.Loss`); see `GaussNewtonModel`.
-    * ``callback`` is called after every trial, as scipy calls it: a
-      callback whose only parameter is named ``intermediate_result``
-      receives an `IterationInfo` (it has scipy's ``x``, ``fun``, ``cost``,
-      ``nit``, ``nfev`` fields and item access), any other a copy of x.
+    * ``callback`` is called after every trial (scipy calls it after every
+      iteration), with scipy's calling convention: a callback whose only
+      parameter is named ``intermediate_result`` receives an
+      `IterationInfo` (it has scipy's ``x``, ``fun``, ``cost``, ``nit``,
+      ``nfev`` fields and item access), any other a copy of x.
       `StopIteration` or a true return value stops the solve with status -2.
       (`TrustRegion` always passes the `IterationInfo`.)
 
@@ -197,12 +198,6 @@ def least_squares(
     n = x0.shape[0]
     sparse = jac_sparsity is not None
     chosen = _solver(method, tr_solver, tr_options, solver, n, sparse, model)
-    if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
-        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
-        # All arguments are checked by now; the solve's first linearization reuses this J.
-        J0 = jacobian.probe(x0)
-        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
-            chosen = _solver(method, None, tr_options, None, n, True, model)
     if x_scale is None and not isinstance(chosen, IterativeSchur):
         # scipy's default: 1 for trf, "jac" for lm. The Schur solver, which scipy lacks,
         # keeps its own (Jacobi scaling, its preconditioner).
@@ -212,4 +207,11 @@ def least_squares(
         initial_radius=initial_radius, bounds=None if free else bounds, callback=scipy_callback(callback),
         verbose=verbose,
     )
+    if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
+        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
+        # Every argument is checked by now (jac is called only for a solve that can run); the
+        # solve's first linearization reuses this J. The solver changes, x_scale does not.
+        J0 = jacobian.probe(x0)
+        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
+            controller = controller.replace(solver=_solver(method, None, tr_options, None, n, True, model))
     return controller.solve(residual_function(fun, args, kwargs), x0)
