@@ -400,3 +400,28 @@ def test_bad_options_are_refused_before_jac_is_called(options, match):
         least_squares(lambda x: x - 1.0, torch.zeros(2, dtype=F64), jac, **options)
     assert calls == []
 
+
+def test_solver_by_name_is_the_solver_by_instance():
+    # solver="schur" keeps IterativeSchur's own x_scale (Jacobi), as solver=IterativeSchur() does; the name
+    # used to fall under scipy's default x_scale=1.
+    from trustls.subproblem import IterativeSchur
+
+    cameras, points = 2, 4  # camera k: (a_k, b_k), x[2k:2k+2]; point j: x[4 + j]
+    a, b, p = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), torch.arange(1.0, 5.0, dtype=F64)
+    y = a[:, None] * p[None, :] + b[:, None]
+
+    def fun(x):
+        observed = x[0:4:2, None] * x[None, 4:] + x[1:4:2, None] - y
+        return torch.cat([observed.reshape(-1), x[4:] - p])
+
+    pattern = np.zeros((cameras * points + points, 2 * cameras + points))
+    for k in range(cameras):
+        for j in range(points):
+            pattern[k * points + j, [2 * k, 2 * k + 1, 4 + j]] = 1
+    pattern[cameras * points + np.arange(points), 4 + np.arange(points)] = 1
+    x0 = torch.tensor([1.5, 0.2, 3.0, 0.5, 1.2, 1.8, 3.3, 3.6], dtype=F64)
+    by_name = least_squares(fun, x0, jac_sparsity=pattern, solver="schur")
+    by_instance = least_squares(fun, x0, jac_sparsity=pattern, solver=IterativeSchur())
+    assert by_name.success and by_instance.success
+    assert torch.equal(by_name.x, by_instance.x) and by_name.nfev == by_instance.nfev
+    assert by_name.radius == by_instance.radius

@@ -24,7 +24,7 @@ from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.result import Result
 from trustls.sparsity import find_blocks
-from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver
+from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver, resolve_solver
 from trustls.trust_region import Callback, TrustRegion
 
 __all__ = ["least_squares"]
@@ -48,13 +48,13 @@ def _eliminable(model: GaussNewtonModel) -> bool:
 def _solver(
     method: str, tr_solver: str | None, tr_options: Mapping[str, Any] | None, solver: str | SubproblemSolver | None,
     n: int, sparse: bool, model: GaussNewtonModel,
-) -> str | SubproblemSolver:
+) -> SubproblemSolver:
     if solver is not None:
         if tr_solver is not None:
             raise ValueError(f"pass at most one of solver and tr_solver, got solver={solver!r} and tr_solver={tr_solver!r}")
         if tr_options:
             raise ValueError("tr_options apply to tr_solver; configure a SubproblemSolver instead when passing solver")
-        return solver
+        return resolve_solver(solver)  # a name as its instance: solver="schur" keeps IterativeSchur's x_scale
     if tr_solver is not None and tr_solver not in _TR_SOLVERS:
         raise ValueError(f"tr_solver must be None, 'exact' or 'lsmr', got {tr_solver!r}")
     if method == "lm":
