@@ -421,3 +421,14 @@ def test_cg_normalizes_a_float32_gradient_beyond_the_range_of_its_square():
     assert result.success
     torch.testing.assert_close(result.x, torch.full((16,), 0.5), rtol=0, atol=1e-6)
 
+
+def test_relinearized_checks_the_shape_after_a_step_without_relinearization():
+    # After step(relinearize=False) the state holds no linearization; the point's shape is still the state's x's.
+    method = TrustRegion(GaussNewtonModel(), solver="cg")
+    state = method.step(rosenbrock, method.init(rosenbrock, x0_rosenbrock()), relinearize=False)
+    assert state.linearization is None
+    other = GaussNewtonModel().linearize(lambda x: x - 1.0, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"linearization must be at a point of the state's shape \(2,\), got \(3,\)"):
+        method.relinearized(state, other)
+    good = GaussNewtonModel().linearize(rosenbrock, state.x)
+    assert method.relinearized(state, good).linearization is good

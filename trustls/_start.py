@@ -89,7 +89,7 @@ def check_start_gradient(gradient: Tensor) -> None:
 
 def check_relinearization(state: TrustRegionState, linearization: Linearization) -> None:
     """``linearization`` is at a point of the state's shape, with a finite gradient."""
-    if state.linearization is not None and linearization.x.shape != state.x.shape:
+    if linearization.x.shape != state.x.shape:
         raise ValueError(
             f"linearization must be at a point of the state's shape {tuple(state.x.shape)}, "
             f"got {tuple(linearization.x.shape)}"
