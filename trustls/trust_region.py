@@ -300,9 +300,10 @@ class TrustRegion:
             raise ValueError("state must hold a linearization at x (relinearize it before stepping), got None")
         f = self._function(fun, state.dtype)
         lin = state.linearization
-        if state.dtype in HALF and lin.jacobian_matrix is None:
+        if state.dtype in HALF and lin.jacobian_matrix is None and lin.jacobian.is_matrix_free:
             # Products through a half-precision function overflow float16 for large vectors:
-            # each runs on a vector of unit size, scaled back exactly by a power of two.
+            # each runs on a vector of unit size, scaled back exactly by a power of two. A stored
+            # J (float32 values, a SparseOperator for IterativeSchur) has no such products.
             balanced = PowerOfTwoBalanced(lin.jacobian)
             lin = replace(lin, jacobian=balanced, operator=NormalOperator(balanced))
         problem = subproblem(lin, state.scaling, state.bounds)
