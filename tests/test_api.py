@@ -377,3 +377,51 @@ def test_scipy_inputs_on_the_device(device):
         assert res.x.device == device and res.active_mask.tolist() == [0, 1]
         torch.testing.assert_close(res.x.cpu(), reference.x, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(res.standard_errors().cpu(), reference.standard_errors(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(ftol=-1.0), r"ftol must be a finite non-negative number or None, got -1.0"),
+        (dict(x_scale=0.0), r"x_scale must be 'jac', a positive number, .* or None, got 0.0"),
+        (dict(max_nfev=0), r"max_nfev must be a positive int or None, got 0"),
+        (dict(verbose=3), r"verbose must be 0, 1 or 2, got 3"),
+    ],
+)
+def test_bad_options_are_refused_before_jac_is_called(options, match):
+    # The probe that chooses tr_solver by J's kind calls jac at x0: only once every argument is checked.
+    calls = []
+
+    def jac(x):
+        calls.append(1)
+        return torch.eye(2, dtype=x.dtype)
+
+    with pytest.raises(ValueError, match=match):
+        least_squares(lambda x: x - 1.0, torch.zeros(2, dtype=F64), jac, **options)
+    assert calls == []
+
+
+def test_solver_by_name_is_the_solver_by_instance():
+    # solver="schur" keeps IterativeSchur's own x_scale (Jacobi), as solver=IterativeSchur() does; the name
+    # used to fall under scipy's default x_scale=1.
+    from trustls.subproblem import IterativeSchur
+
+    cameras, points = 2, 4  # camera k: (a_k, b_k), x[2k:2k+2]; point j: x[4 + j]
+    a, b, p = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), torch.arange(1.0, 5.0, dtype=F64)
+    y = a[:, None] * p[None, :] + b[:, None]
+
+    def fun(x):
+        observed = x[0:4:2, None] * x[None, 4:] + x[1:4:2, None] - y
+        return torch.cat([observed.reshape(-1), x[4:] - p])
+
+    pattern = np.zeros((cameras * points + points, 2 * cameras + points))
+    for k in range(cameras):
+        for j in range(points):
+            pattern[k * points + j, [2 * k, 2 * k + 1, 4 + j]] = 1
+    pattern[cameras * points + np.arange(points), 4 + np.arange(points)] = 1
+    x0 = torch.tensor([1.5, 0.2, 3.0, 0.5, 1.2, 1.8, 3.3, 3.6], dtype=F64)
+    by_name = least_squares(fun, x0, jac_sparsity=pattern, solver="schur")
+    by_instance = least_squares(fun, x0, jac_sparsity=pattern, solver=IterativeSchur())
+    assert by_name.success and by_instance.success
+    assert torch.equal(by_name.x, by_instance.x) and by_name.nfev == by_instance.nfev
+    assert by_name.radius == by_instance.radius

@@ -418,3 +418,17 @@ def test_noise_floor_stop_as_single_solves(solver):
         assert batch.statuses[b] in working_precision and single.status in working_precision, f"problem {b}"
         torch.testing.assert_close(batch.x[b], single.x, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(batch.cost[b], torch.tensor(single.cost, dtype=torch.float64), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["cg", "lstsq"])
+def test_gradient_nan_everywhere_but_x0_collapses_the_radius(solver):
+    # As `TrustRegion.solve` (tests/test_trust_region.py): trial points whose gradient is NaN are failed
+    # trials, and the radius that collapses after them is no convergence (it was "xtol", success, at x0).
+    def fun(x):
+        b = torch.where(x == 0.0, 1.0 + x, x - x.detach())
+        return (x - 1.0) + 0.0 * torch.sqrt(b)
+
+    x0 = torch.zeros(2, 1, dtype=torch.float64)
+    batch = TrustRegion(GaussNewtonModel(), solver=solver, x_scale=1.0).solve_batch(fun, x0)
+    assert batch.status.tolist() == [Status.RADIUS_COLLAPSED.value] * 2 and not batch.success.any()
+    assert torch.equal(batch.x, x0)

@@ -138,3 +138,51 @@ def test_bad_bounds(bounds, error, match):
 def test_bounds_need_a_diagonal_scale():
     with pytest.raises(ValueError, match=r"bounds need a diagonal x_scale \(a number, a sequence or 'jac'\)"):
         TrustRegion(GaussNewtonModel(), x_scale=BlockJacobi(((1, 2),)), bounds=(0.0, 1.0))
+
+
+def _rosenbrock_beside_a_bound(x):
+    # x[0] is pulled below its lower bound 1 (g₀ > 0 there, so v₀ = x₀ − 1); x[1:] is Rosenbrock,
+    # whose Gauss-Newton step from (-1.2, 1) is rejected.
+    return torch.stack([x[0] - 0.5, 10 * (x[2] - x[1] ** 2), 1 - x[1]])
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(torch.float32, 1e-5, 1e-3), (torch.float16, 1e-2, 1e-2)])
+@pytest.mark.parametrize("solver", ["lstsq", "cg"])
+def test_reduced_precision_start_on_a_bound_moves_inside_and_converges(solver, dtype, rtol, atol):
+    # Below float64 scipy's offset 1e-10·max(1, |lb|) rounds back onto a bound of 1: x0 stayed on it,
+    # v₀ = 0 made ‖x/d‖ and the initial radius inf, and the first rejected step stopped the solve
+    # with "xtol" (success) at x0, cost 12.2. The offset is now at least one ulp of x0's dtype.
+    bounds = ([1.0, -math.inf, -math.inf], math.inf)
+    x0 = [1.0, -1.2, 1.0]
+    reference = TrustRegion(GaussNewtonModel(), solver=solver, bounds=bounds).solve(
+        _rosenbrock_beside_a_bound, torch.tensor(x0, dtype=F64))
+    infos = []
+    result = TrustRegion(GaussNewtonModel(), solver=solver, bounds=bounds, callback=infos.append).solve(
+        _rosenbrock_beside_a_bound, torch.tensor(x0, dtype=dtype))
+    assert reference.success and reference.cost == pytest.approx(0.125, rel=1e-10)
+    assert result.success and result.nit > 2 and result.x.dtype == dtype
+    assert result.cost == pytest.approx(0.125, rel=rtol)
+    torch.testing.assert_close(result.x.double(), reference.x, rtol=0, atol=atol)
+    assert all(float(info.x[0]) > 1.0 for info in infos)  # strictly inside, from the start
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rstep", [1e-10, 0.0])
+def test_strictly_feasible_moves_off_the_bound_in_the_working_dtype(dtype, rstep):
+    # One ulp at least, in the dtype the values must hold: a half-precision solve iterates in float32 on
+    # float16 values, where the next float32 above a bound rounds back onto it.
+    box = Bounds(torch.tensor([1.0, -math.inf, 0.0], dtype=dtype), torch.tensor([2.0, 3.0, math.inf], dtype=dtype))
+    x = torch.tensor([1.0, 3.0, 0.0], dtype=dtype)
+    inside = box.strictly_feasible(x.float(), rstep, dtype=dtype)
+    assert inside.dtype == torch.float32 and torch.equal(inside.to(dtype).float(), inside)
+    assert box.active(inside.to(dtype), 0.0).tolist() == [0, 0, 0]
+    assert bool((inside.to(dtype) > box.lower).all() & (inside.to(dtype) < box.upper).all())
+    same = box.strictly_feasible(x, rstep)
+    assert box.active(same, 0.0).tolist() == [0, 0, 0]
+
+
+def test_jacobi_scale_keeps_its_options_with_bounds():
+    from trustls.scaling import JacobiScale
+
+    controller = TrustRegion(GaussNewtonModel(), x_scale=JacobiScale(uniform_spread=1.0), bounds=(0.0, 1.0))
+    assert controller.scale_policy == JacobiScale(blocks=False, uniform_spread=1.0)

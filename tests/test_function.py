@@ -74,3 +74,25 @@ def test_in_place_mutation_of_the_argument_is_caught_without_a_copy():
 def test_not_callable():
     with pytest.raises(TypeError, match=r"fun must be callable, got int"):
         CountedFunction(3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_fun_may_return_a_list_of_scalars(dtype):
+    # The list form of `split_outputs` in half precision: its stack is of x0's dtype, as a tensor's
+    # must be, and is refused with the rule when it is not (it used to reach the model unconverted and
+    # fail against the float32 iterate: "must return a tensor of x's dtype torch.float32").
+    from trustls import GaussNewtonModel, TrustRegion
+
+    def listed(x):
+        return [10 * (x[1] - x[0] ** 2), 1 - x[0]]
+
+    def stacked(x):
+        return torch.stack(listed(x))
+
+    x0 = torch.tensor([-1.2, 1.0], dtype=dtype)
+    controller = TrustRegion(GaussNewtonModel(), solver="lstsq", max_nfev=40)
+    result, reference = controller.solve(listed, x0), controller.solve(stacked, x0)
+    assert result.x.dtype == dtype and torch.equal(result.x, reference.x)
+    assert result.cost == reference.cost and result.nfev == reference.nfev and result.status == reference.status
+    with pytest.raises(TypeError, match=rf"fun must return a tensor of x's dtype {dtype}, got torch.float32"):
+        controller.solve(lambda x: [v.float() for v in listed(x)], x0)

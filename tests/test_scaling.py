@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scipy_oracle import scipy_least_squares
-from trustls import GaussNewtonModel, SteihaugCG, TrustRegion
+from trustls import GaussNewtonModel, SteihaugCG, TrustRegion, least_squares
 from trustls.operators import (
     BlockDiagonalOperator,
     NormalOperator,
@@ -189,6 +189,13 @@ def test_user_jacobian_errors():
     model = GaussNewtonModel(jacobian=lambda x: [[1.0]])
     with pytest.raises(TypeError, match=r"jacobian must return a Tensor or a LinearOperator, got list"):
         model.linearize(lambda x: x, torch.ones(1, dtype=F64))
+    # A J of another dtype failed inside the first product ("addmv input tensors must have the same dtype").
+    for J in (torch.eye(2), torch.eye(2).to_sparse(), DenseOperator(torch.eye(2))):
+        model = GaussNewtonModel(jacobian=lambda x, J=J: J)
+        with pytest.raises(TypeError, match=r"jacobian must return J of x's dtype torch.float64, got torch.float32"):
+            model.linearize(lambda x: x, torch.ones(2, dtype=F64))
+    with pytest.raises(TypeError, match=r"jacobian must return J of x's dtype torch.float64, got torch.float32"):
+        least_squares(lambda x: x - 1.0, [0.0, 0.0], jac=lambda x: torch.eye(2))
 
 
 @pytest.mark.parametrize(

@@ -392,3 +392,27 @@ def test_bounded_solve_reaches_the_lstsq_solution(generator):
     assert result.success
     assert result.cost == pytest.approx(reference.cost, rel=1e-10)
     torch.testing.assert_close(result.x, reference.x, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_solve_with_a_sparsity_pattern(dtype):
+    # A half-precision solve balanced every J by powers of two (`PowerOfTwoBalanced`), which hid the
+    # SparseOperator of jac_sparsity: "IterativeSchur needs a sparse Jacobian". A stored J (float32
+    # values) runs no product through the float16 function and is left as it is.
+    a, b, p = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.arange(1.0, 5.0)
+    y = (a[:, None] * p[None, :] + b[:, None]).to(dtype)
+
+    def fun(x):  # cameras (a_k, b_k) at x[2k:2k+2], points at x[4:], each observation meets one of each
+        observed = x[0:4:2, None] * x[None, 4:] + x[1:4:2, None] - y
+        return torch.cat([observed.reshape(-1), x[4:] - p.to(dtype)])
+
+    pattern = torch.zeros(12, 8, dtype=torch.bool)
+    for k in range(2):
+        for j in range(4):
+            pattern[k * 4 + j, [2 * k, 2 * k + 1, 4 + j]] = True
+    pattern[8 + torch.arange(4), 4 + torch.arange(4)] = True
+    x0 = torch.tensor([1.5, 0.2, 3.0, 0.5, 1.2, 1.8, 3.3, 3.4], dtype=dtype)
+    result = TrustRegion(GaussNewtonModel(jac_sparsity=pattern), solver="schur").solve(fun, x0)
+    assert result.success and result.x.dtype == dtype
+    expected = torch.tensor([1.0, 0.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(result.x.float(), expected, rtol=0, atol=2e-2)

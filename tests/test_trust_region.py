@@ -251,6 +251,22 @@ def test_residual_nan_everywhere_but_x0_collapses_the_radius(solver):
     assert result.nfev < 40  # a factor 4 per retry from radius 1 down to eps
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_gradient_nan_everywhere_but_x0_collapses_the_radius(solver):
+    # Every trial point decreases the cost, but its gradient is NaN (0·√b at b = 0 with ∂b/∂x = 1):
+    # each is a failed trial. When the radius collapses that is not convergence: x never moved and the
+    # cost did not decrease (it stopped with "xtol", success, at x0).
+    def fun(x):
+        b = torch.where(x == 0.0, 1.0 + x, x - x.detach())
+        return (x - 1.0) + 0.0 * torch.sqrt(b)
+
+    x0 = torch.zeros(1, dtype=torch.float64)
+    result = solve(fun, x0, solver, x_scale=1.0)
+    assert result.status is Status.RADIUS_COLLAPSED and not result.success
+    assert torch.equal(result.x, x0) and result.cost == 0.5
+    assert result.nfev < 60
+
+
 def test_ratio_with_rounding_noise():
     policy = trustls.RadiusPolicy()
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
@@ -404,3 +420,15 @@ def test_cg_normalizes_a_float32_gradient_beyond_the_range_of_its_square():
     result = TrustRegion(GaussNewtonModel(), solver="cg", gtol=None).solve(fun, x0)
     assert result.success
     torch.testing.assert_close(result.x, torch.full((16,), 0.5), rtol=0, atol=1e-6)
+
+
+def test_relinearized_checks_the_shape_after_a_step_without_relinearization():
+    # After step(relinearize=False) the state holds no linearization; the point's shape is still the state's x's.
+    method = TrustRegion(GaussNewtonModel(), solver="cg")
+    state = method.step(rosenbrock, method.init(rosenbrock, x0_rosenbrock()), relinearize=False)
+    assert state.linearization is None
+    other = GaussNewtonModel().linearize(lambda x: x - 1.0, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"linearization must be at a point of the state's shape \(2,\), got \(3,\)"):
+        method.relinearized(state, other)
+    good = GaussNewtonModel().linearize(rosenbrock, state.x)
+    assert method.relinearized(state, good).linearization is good

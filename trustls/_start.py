@@ -23,7 +23,7 @@ from torch import Tensor
 
 from trustls._validation import as_tensor_x0, check_x0
 from trustls.bounds import Bounds, as_bounds
-from trustls.function import HALF, round_to
+from trustls.function import HALF
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.scaling import ScalePolicy
 from trustls.state import TrustRegionState
@@ -48,7 +48,7 @@ def starting_point(x0: Any, scale_policy: ScalePolicy, bounds: Any) -> tuple[Ten
     x = x0.detach().to(torch.float32) if dtype in HALF else x0.detach().clone()
     if bounds is not None:  # scipy's trf starts strictly inside the box
         bounds = type(bounds)(bounds.lower.to(x.dtype), bounds.upper.to(x.dtype))
-        x = round_to(bounds.strictly_feasible(x), dtype)
+        x = bounds.strictly_feasible(x, dtype=dtype)  # moved on the values x0's dtype holds
     return x, dtype, bounds
 
 
@@ -89,7 +89,7 @@ def check_start_gradient(gradient: Tensor) -> None:
 
 def check_relinearization(state: TrustRegionState, linearization: Linearization) -> None:
     """``linearization`` is at a point of the state's shape, with a finite gradient."""
-    if state.linearization is not None and linearization.x.shape != state.x.shape:
+    if linearization.x.shape != state.x.shape:
         raise ValueError(
             f"linearization must be at a point of the state's shape {tuple(state.x.shape)}, "
             f"got {tuple(linearization.x.shape)}"

@@ -24,7 +24,7 @@ from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.result import Result
 from trustls.sparsity import find_blocks
-from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver
+from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver, resolve_solver
 from trustls.trust_region import Callback, TrustRegion
 
 __all__ = ["least_squares"]
@@ -48,13 +48,13 @@ def _eliminable(model: GaussNewtonModel) -> bool:
 def _solver(
     method: str, tr_solver: str | None, tr_options: Mapping[str, Any] | None, solver: str | SubproblemSolver | None,
     n: int, sparse: bool, model: GaussNewtonModel,
-) -> str | SubproblemSolver:
+) -> SubproblemSolver:
     if solver is not None:
         if tr_solver is not None:
             raise ValueError(f"pass at most one of solver and tr_solver, got solver={solver!r} and tr_solver={tr_solver!r}")
         if tr_options:
             raise ValueError("tr_options apply to tr_solver; configure a SubproblemSolver instead when passing solver")
-        return solver
+        return resolve_solver(solver)  # a name as its instance: solver="schur" keeps IterativeSchur's x_scale
     if tr_solver is not None and tr_solver not in _TR_SOLVERS:
         raise ValueError(f"tr_solver must be None, 'exact' or 'lsmr', got {tr_solver!r}")
     if method == "lm":
@@ -148,10 +148,11 @@ def least_squares(
       badly scaled problem.)
     * ``loss`` may also be a trustls loss (``"cross_entropy"``, a
       `trustls.losses.Loss`); see `GaussNewtonModel`.
-    * ``callback`` is called after every trial, as scipy calls it: a
-      callback whose only parameter is named ``intermediate_result``
-      receives an `IterationInfo` (it has scipy's ``x``, ``fun``, ``cost``,
-      ``nit``, ``nfev`` fields and item access), any other a copy of x.
+    * ``callback`` is called after every trial (scipy calls it after every
+      iteration), with scipy's calling convention: a callback whose only
+      parameter is named ``intermediate_result`` receives an
+      `IterationInfo` (it has scipy's ``x``, ``fun``, ``cost``, ``nit``,
+      ``nfev`` fields and item access), any other a copy of x.
       `StopIteration` or a true return value stops the solve with status -2.
       (`TrustRegion` always passes the `IterationInfo`.)
 
@@ -197,12 +198,6 @@ def least_squares(
     n = x0.shape[0]
     sparse = jac_sparsity is not None
     chosen = _solver(method, tr_solver, tr_options, solver, n, sparse, model)
-    if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
-        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
-        # All arguments are checked by now; the solve's first linearization reuses this J.
-        J0 = jacobian.probe(x0)
-        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
-            chosen = _solver(method, None, tr_options, None, n, True, model)
     if x_scale is None and not isinstance(chosen, IterativeSchur):
         # scipy's default: 1 for trf, "jac" for lm. The Schur solver, which scipy lacks,
         # keeps its own (Jacobi scaling, its preconditioner).
@@ -212,4 +207,11 @@ def least_squares(
         initial_radius=initial_radius, bounds=None if free else bounds, callback=scipy_callback(callback),
         verbose=verbose,
     )
+    if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
+        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
+        # Every argument is checked by now (jac is called only for a solve that can run); the
+        # solve's first linearization reuses this J. The solver changes, x_scale does not.
+        J0 = jacobian.probe(x0)
+        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
+            controller = controller.replace(solver=_solver(method, None, tr_options, None, n, True, model))
     return controller.solve(residual_function(fun, args, kwargs), x0)

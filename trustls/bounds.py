@@ -108,15 +108,25 @@ class Bounds:
                 lower_distance, rtol * torch.clamp(self.upper.abs(), min=1.0)))
         return torch.where(upper, 1, torch.where(lower, -1, 0))
 
-    def strictly_feasible(self, x: Tensor, rstep: float = 1e-10) -> Tensor:
-        """x moved strictly inside the box: off an active bound by rstep·max(1, |bound|), or to the next float."""
+    def strictly_feasible(self, x: Tensor, rstep: float = 1e-10, dtype: torch.dtype | None = None) -> Tensor:
+        """x moved strictly inside the box: off an active bound by rstep·max(1, |bound|), or to the next float.
+
+        The offset is at least one unit in the last place: in float32 (or
+        half precision) rstep·|bound| rounds back onto a bound of magnitude
+        above about 10⁻³ (scipy works in float64, where it never does), and an
+        iterate on a bound has a Coleman-Li scale vᵢ = 0. ``dtype`` is the
+        dtype whose values x must hold (a half-precision solve iterates in
+        float32 on float16 values): x is rounded to it and moved there.
+        """
+        if dtype is not None and dtype != x.dtype:
+            box = Bounds(self.lower.to(dtype), self.upper.to(dtype))
+            return box.strictly_feasible(x.to(dtype), rstep).to(x.dtype)
         active = self.active(x, rstep)
-        if rstep == 0:
-            lower_value = torch.nextafter(self.lower, self.upper)
-            upper_value = torch.nextafter(self.upper, self.lower)
-        else:
-            lower_value = self.lower + rstep * torch.clamp(self.lower.abs(), min=1.0)
-            upper_value = self.upper - rstep * torch.clamp(self.upper.abs(), min=1.0)
+        lower_value = torch.nextafter(self.lower, self.upper)
+        upper_value = torch.nextafter(self.upper, self.lower)
+        if rstep != 0:
+            lower_value = torch.maximum(self.lower + rstep * torch.clamp(self.lower.abs(), min=1.0), lower_value)
+            upper_value = torch.minimum(self.upper - rstep * torch.clamp(self.upper.abs(), min=1.0), upper_value)
         moved = torch.where(active == -1, lower_value, torch.where(active == 1, upper_value, x))
         # Bounds closer than the step: the middle.
         tight = (moved < self.lower) | (moved > self.upper)

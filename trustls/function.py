@@ -119,10 +119,10 @@ class HalfPrecision:
     def __call__(self, x: Tensor) -> Any:
         # fun sees a half-precision copy of x: its in-place changes must be caught on that copy.
         value = call_unmodified(self.fun, x.to(self.dtype))
-        if isinstance(value, Tensor):
-            if value.dtype != self.dtype:
-                raise TypeError(f"fun must return a tensor of x's dtype {self.dtype}, got {value.dtype}")
-            return value.to(torch.float32)
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Tensor):
-            return value[0].to(torch.float32), value[1]
-        return value
+        # Every form of `split_outputs` (a list of scalars stacks to x0's dtype too) is checked and
+        # converted here: the model compares the outputs' dtype with the float32 iterate's.
+        outputs, targets = split_outputs(value)
+        if outputs.dtype != self.dtype:
+            raise TypeError(f"fun must return a tensor of x's dtype {self.dtype}, got {outputs.dtype}")
+        outputs = outputs.to(torch.float32)
+        return outputs if targets is None else (outputs, targets)

@@ -37,12 +37,14 @@ __all__ = ["Outcome", "Trial", "callback_stops"]
 
 @dataclass(frozen=True)
 class Outcome:
-    """One trial's outcome: the record for the callback, a termination status, the new linearization."""
+    """One trial's outcome: the record for the callback, a termination status, the new linearization,
+    and whether the trial point's cost and gradient were finite."""
 
     info: IterationInfo
     status: Status | None
     linearization: Linearization | None
     x_scaled_norm: float
+    finite: bool = True
 
 
 class Trial:
@@ -66,8 +68,8 @@ class Trial:
         self.counters["products"] += step.products
         p, predicted, step_norm, hits_boundary = self.problem.propose(step, radius)
         x_new = state.x + p
-        if bounds is not None:
-            x_new = bounds.strictly_feasible(x_new, rstep=0.0)
+        if bounds is not None:  # rounded to x0's dtype first: rounding after the move could undo it
+            x_new = bounds.strictly_feasible(x_new, rstep=0.0, dtype=state.dtype)
         x_new = round_to(x_new, state.dtype)
         evaluation = method.model.evaluate(self.f, x_new, state.context, keep=self.relinearize)
         inputs = (lin.cost, evaluation.cost, predicted, step_norm, torch.linalg.vector_norm(x_new - state.x),
@@ -82,6 +84,7 @@ class Trial:
         )
         decision, (x_scaled_norm, cost) = decision.read(x_scaled_norm, cost)  # the one read of the trial
         status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
+        finite = math.isfinite(decision.trial_cost)
         if accepted and self.relinearize:
             new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
             self.counters["njev"] += 1
@@ -105,7 +108,7 @@ class Trial:
         if method.verbose == 2:
             reduction = max(decision.actual_reduction, 0.0) if accepted else 0.0
             print_trial(state.nit, info.nfev, cost, reduction, decision.step_norm, float(self.problem.optimality))
-        return Outcome(info, status, new_lin, x_scaled_norm)
+        return Outcome(info, status, new_lin, x_scaled_norm, finite)
 
     def repeat(self, max_nfev: int, max_trials: int | None) -> tuple[float, Status | None, Outcome | None]:
         """Trials from the state's radius until one is accepted, a test stops the solve, or ``max_trials`` ran.
@@ -132,8 +135,8 @@ class Trial:
             if radius <= self.eps * (1.0 + outcome.x_scaled_norm):
                 # No step longer than the rounding of x remains. After a finite
                 # trial that is convergence to working precision (xtol at eps);
-                # after a non-finite one the region around x is unusable.
-                status = Status.XTOL if math.isfinite(outcome.info.trial_cost) else Status.RADIUS_COLLAPSED
+                # after a non-finite one (cost or gradient) the region around x is unusable.
+                status = Status.XTOL if outcome.finite else Status.RADIUS_COLLAPSED
                 break
             if max_trials is not None and trials >= max_trials:
                 break

@@ -143,7 +143,7 @@ class TrustRegion:
         self.bounds = bounds
         policy = self.x_scale if self.x_scale is not None else resolve_x_scale(self.solver.default_x_scale)
         if bounds is not None and isinstance(policy, JacobiScale):
-            policy = JacobiScale(blocks=False)  # Coleman-Li scaling multiplies a diagonal T
+            policy = replace(policy, blocks=False)  # Coleman-Li scaling multiplies a diagonal T
         if bounds is not None and not policy.diagonal:
             raise ValueError(
                 f"bounds need a diagonal x_scale (a number, a sequence or 'jac'), got x_scale={self.x_scale!r}"
@@ -300,9 +300,10 @@ class TrustRegion:
             raise ValueError("state must hold a linearization at x (relinearize it before stepping), got None")
         f = self._function(fun, state.dtype)
         lin = state.linearization
-        if state.dtype in HALF and lin.jacobian_matrix is None:
+        if state.dtype in HALF and lin.jacobian_matrix is None and lin.jacobian.is_matrix_free:
             # Products through a half-precision function overflow float16 for large vectors:
-            # each runs on a vector of unit size, scaled back exactly by a power of two.
+            # each runs on a vector of unit size, scaled back exactly by a power of two. A stored
+            # J (float32 values, a SparseOperator for IterativeSchur) has no such products.
             balanced = PowerOfTwoBalanced(lin.jacobian)
             lin = replace(lin, jacobian=balanced, operator=NormalOperator(balanced))
         problem = subproblem(lin, state.scaling, state.bounds)

@@ -81,8 +81,9 @@ def decide(
         converged = accepted & (code == RUNNING) & (new.gradient.abs().amax(0).double() < controller.gtol)
         code = torch.where(converged, Status.GTOL.value, code)
     # No step longer than the rounding of x remains: converged to working precision
-    # after a finite trial, an unusable region after a non-finite one.
+    # after a finite trial, an unusable region after a non-finite one (cost or gradient).
     collapsed = ~accepted & (code == RUNNING) & (next_radius <= eps * (1.0 + x_scaled_norm))
-    code = torch.where(collapsed, torch.where(finite, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
+    usable = finite & ~failed
+    code = torch.where(collapsed, torch.where(usable, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
     code = torch.where((code == RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
     return accepted, moves, code, next_radius

@@ -245,6 +245,11 @@ class GaussNewtonModel(CurvatureModel):
                 raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
             if J.shape != (m, x.shape[0]):
                 raise ValueError(f"jacobian must return shape {(m, x.shape[0])}, got {J.shape}")
+            # Refused here, by name: a J of another dtype or device failed later inside a product.
+            if J.dtype != x.dtype:
+                raise TypeError(f"jacobian must return J of x's dtype {x.dtype}, got {J.dtype}")
+            if J.device != x.device:
+                raise ValueError(f"jacobian must return J on x's device {x.device}, got {J.device}")
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         context = _Context(tuple(evaluation.outputs.shape)) if context is None else context
         kept = evaluation.kept
