@@ -13,9 +13,9 @@ from trustls.curve_fit import curve_fit
 from trustls.models import CurvatureModel, GaussNewtonModel, Linearization
 from trustls.optim import TrustRegionOptimizer
 from trustls.radius import RadiusPolicy
-from trustls.scaling import BlockJacobi
+from trustls.scaling import BlockJacobi, JacobiScale
 from trustls.result import Result, Status
-from trustls.subproblem import DenseLstsq, SteihaugCG, SubproblemSolver
+from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver
 from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
 
 __version__ = "0.1.0"
@@ -29,6 +29,8 @@ __all__ = [
     "DenseLstsq",
     "GaussNewtonModel",
     "IterationInfo",
+    "IterativeSchur",
+    "JacobiScale",
     "Linearization",
     "RadiusPolicy",
     "Result",
