@@ -463,6 +463,53 @@ def test_state_dict_of_another_network_or_optimizer_is_refused():
         TrustRegionOptimizer(trainable(net), method()).load_state_dict(adam.state_dict())
 
 
+def test_checkpoint_keeps_the_uniform_scale_and_resumes_identically():
+    # A well-scaled J (a linear layer on standard-normal inputs, n = 36 > 32: estimated
+    # column norms) makes "jac" keep T = I (UniformScaling), which JacobiScale tells from
+    # the stride-0 diagonal the optimizer saves; a checkpoint must keep that, or the
+    # resumed run switches to Jacobi's T at its next power-of-two step.
+    generator = torch.Generator().manual_seed(4)
+    X = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    Y = torch.tanh(X[:, :4] - X[:, 4:])
+    batches = [(X[i : i + 32], Y[i : i + 32]) for i in (0, 32)] * 6
+
+    def network():
+        net = torch.nn.Linear(8, 4).double()
+        with torch.no_grad():
+            net.weight.copy_(torch.randn(4, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+            net.bias.zero_()
+        return net
+
+    def make(net):
+        return TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=3)))
+
+    def train(net, opt, steps):
+        for xb, yb in steps:
+            opt.step(lambda: (net(xb) - yb).reshape(-1))
+
+    net = network()
+    opt = make(net)
+    train(net, opt, batches)
+    assert opt.state[net.weight]["scale"].stride() == (0,)  # T = I throughout: the case under test
+
+    resumed_net = network()
+    resumed_opt = make(resumed_net)
+    train(resumed_net, resumed_opt, batches[:3])
+    buffer = io.BytesIO()
+    torch.save({"net": resumed_net.state_dict(), "opt": resumed_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    fresh_net = network()
+    fresh_net.load_state_dict(checkpoint["net"])
+    fresh_opt = make(fresh_net)
+    fresh_opt.load_state_dict(checkpoint["opt"])
+    assert fresh_opt.state[fresh_net.weight]["scale"].stride() == (0,)
+    train(fresh_net, fresh_opt, batches[3:])
+    for a, b in zip(net.parameters(), fresh_net.parameters()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state[fresh_net.weight]["radius"] == opt.state[net.weight]["radius"]
+
+
 def test_half_precision_state_keeps_its_float32_scale_through_a_checkpoint():
     net, opt = trained(dtype=torch.bfloat16)
     state = opt.state_dict()

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls._checkpoint import check_state_dict, restore, save
+from trustls._checkpoint import check_state_dict, restore, save, working_scale
 from trustls._closure import (
     DOCS,
     check_closure_outputs,
@@ -340,4 +340,4 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             # torch casts state tensors to the parameters' dtype; the scale lives in the working dtype.
             first = group["params"][0]
             work = torch.float32 if first.dtype in HALF else first.dtype
-            self.state[first]["scale"] = scale.to(dtype=work, device=first.device)
+            self.state[first]["scale"] = working_scale(scale, work, first.device)
