@@ -260,6 +260,19 @@ def test_closure_output_errors():
     assert opt.state[next(net.parameters())] == {}
 
 
+def test_outputs_and_targets_errors_name_the_closure():
+    # A closure returning (outputs, targets) is checked as the closure it is, not as fun(x).
+    net, (X, _) = Net(), data()
+    y = torch.zeros(40, dtype=torch.long)
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver="cg"))
+    with pytest.raises(TypeError, match=r"^closure must return outputs of the parameters' dtype torch.float64, "
+                                        r"got torch.float32$"):
+        opt.step(lambda: (net(X).float(), y))
+    with pytest.raises(TypeError, match=r"^closure must return floating outputs, got dtype torch.int64$"):
+        opt.step(lambda: (net(X).round().long(), y))
+    assert opt.state[next(net.parameters())] == {}
+
+
 def test_parameter_and_method_errors():
     net = Net()
     with pytest.raises(ValueError, match="empty parameter list"):

@@ -51,7 +51,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from trustls.function import check_outputs
 from trustls.losses import SquaredError
 from trustls.operators.implicit import JacobianProducts
 
@@ -114,8 +113,12 @@ def check_closure_outputs(outputs: Tensor, targets: Tensor | None, like: Tensor,
     """Check what a closure returned at the linearization, for ``model`` (a `GaussNewtonModel`)."""
     if targets is None and isinstance(model.loss, SquaredError):
         check_closure_output(outputs, like)
-    else:
-        check_outputs(outputs, like)
+    elif not outputs.is_floating_point():
+        raise TypeError(f"closure must return floating outputs, got dtype {outputs.dtype}")
+    elif outputs.dtype != like.dtype:
+        raise TypeError(f"closure must return outputs of the parameters' dtype {like.dtype}, got {outputs.dtype}")
+    elif outputs.device != like.device:
+        raise ValueError(f"closure must return outputs on the parameters' device {like.device}, got {outputs.device}")
     model.check_outputs(outputs, targets)
     if not outputs.requires_grad:
         raise ValueError(
