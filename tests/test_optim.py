@@ -309,7 +309,8 @@ def test_repr_and_defaults():
 
 @pytest.mark.parametrize("module", [trustls.optim, trustls._closure, trustls.distributed])
 def test_docstring_examples(module):
-    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # -- lr: an upper bound on the radius, for schedulers (issue 11, item 6) ------
@@ -565,11 +566,10 @@ def test_parameters_are_bitwise_unchanged_after_a_rejected_or_failed_step(max_tr
         opt.step(failing_at_the_trial)
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
     assert opt.state[next(net.parameters())] == {}
-    # Any trial that moves the gain is infinite: the first trial is rejected.
+    # Any trial that moves the gain is infinite: every trial is rejected, however many the step takes.
     opt.step(lambda: (net(X) - Y).reshape(-1) * torch.where(net.gain.detach() != 0.8, math.inf, 1.0))
-    if max_trials == 1:
-        assert not opt.last.accepted
-        assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    assert not opt.last.accepted and opt.last.trial_cost == math.inf
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
 
 
 def test_max_trials_none_budget_is_per_step_and_reported_in_status():
@@ -639,6 +639,28 @@ def test_failed_adjoint_test_falls_back_to_the_full_graph(monkeypatch):
         assert opt._lean is lean_passes
         results.append(flatten(trainable(net)))
     assert torch.equal(results[0], results[1])  # the same products, bit for bit
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_adjoint_test_passes_the_recorded_graph_and_fails_a_wrong_product(dtype):
+    net, (X, Y) = Net(dtype), data(dtype=dtype)
+    work = torch.float32 if dtype == torch.bfloat16 else dtype
+    with torch.enable_grad():
+        outputs = (net(X) - Y).reshape(-1)
+    at = torch.linspace(-1.0, 1.0, outputs.numel(), dtype=work)
+    agree = lambda products: trustls._closure.lean_products_agree(products, torch.Generator().manual_seed(0))
+    assert agree(ClosureProducts(outputs, trainable(net), at=at, dtype=work, lean=True))
+    assert agree(ClosureProducts(outputs, trainable(net), at=at, dtype=work, lean=False))
+    wrong = ClosureProducts(outputs, trainable(net), at=at, dtype=work)
+    jvp = wrong.jvp
+    wrong.jvp = lambda v: jvp(v) * 1.5  # a structural error: beyond the allowance in float64, not in bfloat16's
+    assert agree(wrong) is (dtype == torch.bfloat16)
+    wrong.jvp = lambda v: torch.full_like(jvp(v), math.nan)  # a dropped cotangent that was read
+    assert not agree(wrong)
+    # A NaN Jᵀw is the closure's own derivative, not the recording's fault: the optimizer refuses the gradient.
+    nan_vjp = ClosureProducts(outputs, trainable(net), at=at, dtype=work)
+    nan_vjp.vjp = lambda u: torch.full_like(nan_vjp.gradient, math.nan)
+    assert agree(nan_vjp)
 
 
 def test_released_products_refuse_further_products():

@@ -270,7 +270,9 @@ def lean_products_agree(products: ClosureProducts, generator: torch.Generator) -
 
     The tolerance, √eps of the parameters' dtype relative to
     ‖w‖‖Jv‖ + ‖Jᵀw‖‖v‖, passes rounding and fails a placeholder that was
-    read (NaN) or any structural error. One host read. A non-finite Jᵀw
+    read (NaN) or a structural error beyond it: in float32 and float64 any
+    visible one, in half precision (√eps = 0.03 to 0.09 of a bound that
+    random w, v rarely approach) only gross ones. One host read. A non-finite Jᵀw
     (the closure's own derivative is NaN) passes: it is not the recording's
     fault, and the optimizer refuses the gradient.
     """
