@@ -82,7 +82,7 @@ def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     return views
 
 
-def check_closure_output(residual: object, like: Tensor, expected_size: int | None = None) -> Tensor:
+def check_closure_output(residual: object, like: Tensor) -> Tensor:
     """Check what a closure returned: the 1-D residual vector on the parameters' dtype and device."""
     if not isinstance(residual, Tensor):
         raise TypeError(f"closure must return the residual vector as a torch.Tensor, got {type(residual).__name__}")
@@ -101,11 +101,6 @@ def check_closure_output(residual: object, like: Tensor, expected_size: int | No
         raise TypeError(f"closure must return a tensor of the parameters' dtype {like.dtype}, got {residual.dtype}")
     if residual.device != like.device:
         raise ValueError(f"closure must return a tensor on the parameters' device {like.device}, got {residual.device}")
-    if expected_size is not None and residual.shape[0] != expected_size:
-        raise ValueError(
-            f"closure must return a residual of the same length every time it is called within a step "
-            f"(the same batch), got length {residual.shape[0]} after {expected_size}; {DOCS}"
-        )
     return residual
 
 
