@@ -4,6 +4,7 @@ import copy
 import doctest
 import io
 import math
+import re
 import warnings
 
 import pytest
@@ -294,6 +295,19 @@ def test_parameter_and_method_errors():
     opt = TrustRegionOptimizer([net.frozen], method())
     with pytest.raises(ValueError, match="requires_grad=True at step time"):
         opt.step(lambda: net.frozen)
+
+
+@pytest.mark.parametrize("max_trials", [0, -1, 2.5, "2", True])
+def test_max_trials_edited_in_the_parameter_group_is_checked_at_step_time(max_trials):
+    # param_groups are the user's to edit (as schedulers edit lr): a bad max_trials is refused
+    # before the closure runs, as a bad lr is, rather than taken as some number of trials.
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    opt = TrustRegionOptimizer([w], method(solver="cg"))
+    opt.param_groups[0]["max_trials"] = max_trials
+    calls = []
+    with pytest.raises(ValueError, match=rf"^max_trials must be a positive int or None, got {re.escape(repr(max_trials))}$"):
+        opt.step(lambda: calls.append(None) or torch.sqrt(w) - 1.0)
+    assert calls == [] and torch.equal(w.detach(), torch.tensor([4.0, 9.0], dtype=torch.float64))
 
 
 def test_repr_and_defaults():

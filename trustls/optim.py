@@ -231,6 +231,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 UserWarning, stacklevel=2,
             )
         max_trials = group["max_trials"]
+        check_max_trials(max_trials)
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
