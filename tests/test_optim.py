@@ -310,6 +310,17 @@ def test_max_trials_edited_in_the_parameter_group_is_checked_at_step_time(max_tr
     assert calls == [] and torch.equal(w.detach(), torch.tensor([4.0, 9.0], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("length", [1, 3])
+def test_x_scale_of_another_length_than_the_parameters_is_refused(length):
+    # As TrustRegion.solve refuses it: not a size mismatch from inside torch (length 3), nor a
+    # silent broadcast (length 1).
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    opt = TrustRegionOptimizer([w], method(solver="cg", x_scale=torch.ones(length, dtype=torch.float64)))
+    with pytest.raises(ValueError, match=rf"^x_scale must have x0's shape \(2,\), got shape \({length},\)$"):
+        opt.step(lambda: torch.sqrt(w) - 1.0)
+    assert torch.equal(w.detach(), torch.tensor([4.0, 9.0], dtype=torch.float64)) and opt.state[w] == {}
+
+
 def test_repr_and_defaults():
     net = Net()
     opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="cg"))

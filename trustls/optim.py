@@ -241,6 +241,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         method, model, reducer = self._method, self._method.model, self._reducer
         saved = self.state[group["params"][0]]
         x = flatten(params, work)
+        method.scale_policy.check(x)  # x_scale against the parameters end to end, as TrustRegion.init checks x0
         word = [] if reducer is None else list(fingerprint(x))
         error = loss = products = None
         shape: tuple[int, ...] = ()
