@@ -526,7 +526,7 @@ def test_checkpoint_keeps_the_uniform_scale_and_resumes_identically():
 
     def train(net, opt, steps):
         for xb, yb in steps:
-            opt.step(lambda: (net(xb) - yb).reshape(-1))
+            opt.step(lambda xb=xb, yb=yb: (net(xb) - yb).reshape(-1))
 
     net = network()
     opt = make(net)
