@@ -83,7 +83,7 @@ def _scenarios(rank: int) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=name)
         mine, theirs = opt.state[next(net.parameters())], reference.state[next(reference_net.parameters())]
         assert mine["radius"] == pytest.approx(theirs["radius"], rel=1e-10), name
-        counters = ("nit", "njev", "accepted_steps")
+        counters = ("nit", "nfev", "njev", "inner_iterations", "products", "accepted_steps")
         assert [mine[k] for k in counters] == [theirs[k] for k in counters], name
         assert opt.status == reference.status
 

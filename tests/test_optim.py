@@ -4,6 +4,7 @@ import copy
 import doctest
 import io
 import math
+import re
 import warnings
 
 import pytest
@@ -70,11 +71,13 @@ def test_full_batch_iterates_equal_solve(solver, x_scale, max_trials):
     expected = [info.x for info in infos if info.accepted]
     opt = TrustRegionOptimizer(net.parameters(), method(solver=solver, x_scale=x_scale), max_trials=max_trials)
     iterates = []
-    while len(iterates) < min(len(expected), 12):
+    for _ in range(25):  # solve's max_nfev: a regression that rejects every step fails, rather than loops forever
+        if len(iterates) == min(len(expected), 12):
+            break
         opt.step(lambda: (net(X) - Y).reshape(-1))
         if opt.last.accepted:
             iterates.append(flatten(params))
-    assert len(iterates) >= 8
+    assert len(iterates) == min(len(expected), 12) >= 8
     for got, want in zip(iterates, expected):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert torch.equal(net.frozen, torch.tensor([0.1, -0.2], dtype=torch.float64))
@@ -260,6 +263,19 @@ def test_closure_output_errors():
     assert opt.state[next(net.parameters())] == {}
 
 
+def test_outputs_and_targets_errors_name_the_closure():
+    # A closure returning (outputs, targets) is checked as the closure it is, not as fun(x).
+    net, (X, _) = Net(), data()
+    y = torch.zeros(40, dtype=torch.long)
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver="cg"))
+    with pytest.raises(TypeError, match=r"^closure must return outputs of the parameters' dtype torch.float64, "
+                                        r"got torch.float32$"):
+        opt.step(lambda: (net(X).float(), y))
+    with pytest.raises(TypeError, match=r"^closure must return floating outputs, got dtype torch.int64$"):
+        opt.step(lambda: (net(X).round().long(), y))
+    assert opt.state[next(net.parameters())] == {}
+
+
 def test_parameter_and_method_errors():
     net = Net()
     with pytest.raises(ValueError, match="empty parameter list"):
@@ -283,6 +299,30 @@ def test_parameter_and_method_errors():
         opt.step(lambda: net.frozen)
 
 
+@pytest.mark.parametrize("max_trials", [0, -1, 2.5, "2", True])
+def test_max_trials_edited_in_the_parameter_group_is_checked_at_step_time(max_trials):
+    # param_groups are the user's to edit (as schedulers edit lr): a bad max_trials is refused
+    # before the closure runs, as a bad lr is, rather than taken as some number of trials.
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    opt = TrustRegionOptimizer([w], method(solver="cg"))
+    opt.param_groups[0]["max_trials"] = max_trials
+    calls = []
+    with pytest.raises(ValueError, match=rf"^max_trials must be a positive int or None, got {re.escape(repr(max_trials))}$"):
+        opt.step(lambda: calls.append(None) or torch.sqrt(w) - 1.0)
+    assert calls == [] and torch.equal(w.detach(), torch.tensor([4.0, 9.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("length", [1, 3])
+def test_x_scale_of_another_length_than_the_parameters_is_refused(length):
+    # As TrustRegion.solve refuses it: not a size mismatch from inside torch (length 3), nor a
+    # silent broadcast (length 1).
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    opt = TrustRegionOptimizer([w], method(solver="cg", x_scale=torch.ones(length, dtype=torch.float64)))
+    with pytest.raises(ValueError, match=rf"^x_scale must have x0's shape \(2,\), got shape \({length},\)$"):
+        opt.step(lambda: torch.sqrt(w) - 1.0)
+    assert torch.equal(w.detach(), torch.tensor([4.0, 9.0], dtype=torch.float64)) and opt.state[w] == {}
+
+
 def test_repr_and_defaults():
     net = Net()
     opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="cg"))
@@ -296,7 +336,8 @@ def test_repr_and_defaults():
 
 @pytest.mark.parametrize("module", [trustls.optim, trustls._closure, trustls.distributed])
 def test_docstring_examples(module):
-    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # -- lr: an upper bound on the radius, for schedulers (issue 11, item 6) ------
@@ -463,6 +504,53 @@ def test_state_dict_of_another_network_or_optimizer_is_refused():
         TrustRegionOptimizer(trainable(net), method()).load_state_dict(adam.state_dict())
 
 
+def test_checkpoint_keeps_the_uniform_scale_and_resumes_identically():
+    # A well-scaled J (a linear layer on standard-normal inputs, n = 36 > 32: estimated
+    # column norms) makes "jac" keep T = I (UniformScaling), which JacobiScale tells from
+    # the stride-0 diagonal the optimizer saves; a checkpoint must keep that, or the
+    # resumed run switches to Jacobi's T at its next power-of-two step.
+    generator = torch.Generator().manual_seed(4)
+    X = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    Y = torch.tanh(X[:, :4] - X[:, 4:])
+    batches = [(X[i : i + 32], Y[i : i + 32]) for i in (0, 32)] * 6
+
+    def network():
+        net = torch.nn.Linear(8, 4).double()
+        with torch.no_grad():
+            net.weight.copy_(torch.randn(4, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+            net.bias.zero_()
+        return net
+
+    def make(net):
+        return TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=3)))
+
+    def train(net, opt, steps):
+        for xb, yb in steps:
+            opt.step(lambda xb=xb, yb=yb: (net(xb) - yb).reshape(-1))
+
+    net = network()
+    opt = make(net)
+    train(net, opt, batches)
+    assert opt.state[net.weight]["scale"].stride() == (0,)  # T = I throughout: the case under test
+
+    resumed_net = network()
+    resumed_opt = make(resumed_net)
+    train(resumed_net, resumed_opt, batches[:3])
+    buffer = io.BytesIO()
+    torch.save({"net": resumed_net.state_dict(), "opt": resumed_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    fresh_net = network()
+    fresh_net.load_state_dict(checkpoint["net"])
+    fresh_opt = make(fresh_net)
+    fresh_opt.load_state_dict(checkpoint["opt"])
+    assert fresh_opt.state[fresh_net.weight]["scale"].stride() == (0,)
+    train(fresh_net, fresh_opt, batches[3:])
+    for a, b in zip(net.parameters(), fresh_net.parameters()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state[fresh_net.weight]["radius"] == opt.state[net.weight]["radius"]
+
+
 def test_half_precision_state_keeps_its_float32_scale_through_a_checkpoint():
     net, opt = trained(dtype=torch.bfloat16)
     state = opt.state_dict()
@@ -505,11 +593,10 @@ def test_parameters_are_bitwise_unchanged_after_a_rejected_or_failed_step(max_tr
         opt.step(failing_at_the_trial)
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
     assert opt.state[next(net.parameters())] == {}
-    # Any trial that moves the gain is infinite: the first trial is rejected.
+    # Any trial that moves the gain is infinite: every trial is rejected, however many the step takes.
     opt.step(lambda: (net(X) - Y).reshape(-1) * torch.where(net.gain.detach() != 0.8, math.inf, 1.0))
-    if max_trials == 1:
-        assert not opt.last.accepted
-        assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    assert not opt.last.accepted and opt.last.trial_cost == math.inf
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
 
 
 def test_max_trials_none_budget_is_per_step_and_reported_in_status():
@@ -579,6 +666,28 @@ def test_failed_adjoint_test_falls_back_to_the_full_graph(monkeypatch):
         assert opt._lean is lean_passes
         results.append(flatten(trainable(net)))
     assert torch.equal(results[0], results[1])  # the same products, bit for bit
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_adjoint_test_passes_the_recorded_graph_and_fails_a_wrong_product(dtype):
+    net, (X, Y) = Net(dtype), data(dtype=dtype)
+    work = torch.float32 if dtype == torch.bfloat16 else dtype
+    with torch.enable_grad():
+        outputs = (net(X) - Y).reshape(-1)
+    at = torch.linspace(-1.0, 1.0, outputs.numel(), dtype=work)
+    agree = lambda products: trustls._closure.lean_products_agree(products, torch.Generator().manual_seed(0))
+    assert agree(ClosureProducts(outputs, trainable(net), at=at, dtype=work, lean=True))
+    assert agree(ClosureProducts(outputs, trainable(net), at=at, dtype=work, lean=False))
+    wrong = ClosureProducts(outputs, trainable(net), at=at, dtype=work)
+    jvp = wrong.jvp
+    wrong.jvp = lambda v: jvp(v) * 1.5  # a structural error: beyond the allowance in float64, not in bfloat16's
+    assert agree(wrong) is (dtype == torch.bfloat16)
+    wrong.jvp = lambda v: torch.full_like(jvp(v), math.nan)  # a dropped cotangent that was read
+    assert not agree(wrong)
+    # A NaN Jᵀw is the closure's own derivative, not the recording's fault: the optimizer refuses the gradient.
+    nan_vjp = ClosureProducts(outputs, trainable(net), at=at, dtype=work)
+    nan_vjp.vjp = lambda u: torch.full_like(nan_vjp.gradient, math.nan)
+    assert agree(nan_vjp)
 
 
 def test_released_products_refuse_further_products():

@@ -151,6 +151,8 @@ def test_logistic_regression_matches_sklearn_with_the_optimizer(classes, fit_int
     Xt, yt, loss, outputs = _torch_problem(X, y, classes)
     net = torch.nn.Linear(Xt.shape[1], outputs, bias=fit_intercept).to(F64)
     torch.nn.init.zeros_(net.weight)
+    if fit_intercept:  # from zero, not from torch's unseeded default initialization
+        torch.nn.init.zeros_(net.bias)
     method = TrustRegion(GaussNewtonModel(loss=loss), solver=SteihaugCG(), gtol=1e-12)
     opt = TrustRegionOptimizer(net.parameters(), method, max_trials=None)
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from trustls.models.base import Linearization
     from trustls.trust_region import TrustRegion
 
-__all__ = ["COUNTERS", "STATE_KEYS", "check_state_dict", "restore", "save"]
+__all__ = ["COUNTERS", "STATE_KEYS", "check_state_dict", "restore", "save", "working_scale"]
 
 COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
 STATE_KEYS = frozenset(("radius", "scale", "solver_state", "accepted_steps", "numel", *COUNTERS))
@@ -107,11 +107,20 @@ def check_state_dict(
         raise ValueError(f"state_dict's scale must be None or a floating tensor of shape ({trainable},), got {got}")
     if not bool((torch.isfinite(scale) & (scale > 0)).all()):
         raise ValueError("state_dict's scale must have positive finite entries, got entries that are not")
+    return scale.detach().clone() if scale.stride(0) != 0 else scale.detach()[:1].clone().expand(scale.shape)
+
+
+def working_scale(scale: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The saved scale in the working dtype on the parameters' device, a uniform one kept uniform.
+
+    `JacobiScale` tells its T = I (`UniformScaling`) from the stride-0 diagonal that
+    `save` keeps; a copy (``clone``, ``to`` another dtype) would make it a plain
+    diagonal of ones, and the resumed run would switch to Jacobi's T at its next
+    refresh where the uninterrupted one keeps T = I.
+    """
     if scale.stride(0) == 0:
-        # T = I chosen by JacobiScale (a UniformScaling: ones of stride 0), which the policy
-        # recognizes by that stride: a clone would turn it into a Jacobi T of ones.
-        return scale.detach()[:1].clone().expand(scale.shape)
-    return scale.detach().clone()
+        return scale[:1].to(dtype=dtype, device=device).expand(scale.shape)
+    return scale.to(dtype=dtype, device=device)
 
 
 def restore(method: TrustRegion, saved: dict[str, Any], lin: Linearization, context: Any,

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls._checkpoint import check_state_dict, restore, save
+from trustls._checkpoint import check_state_dict, restore, save, working_scale
 from trustls._closure import (
     DOCS,
     check_closure_outputs,
@@ -231,6 +231,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 UserWarning, stacklevel=2,
             )
         max_trials = group["max_trials"]
+        check_max_trials(max_trials)
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
@@ -240,6 +241,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         method, model, reducer = self._method, self._method.model, self._reducer
         saved = self.state[group["params"][0]]
         x = flatten(params, work)
+        method.scale_policy.check(x)  # x_scale against the parameters end to end, as TrustRegion.init checks x0
         word = [] if reducer is None else list(fingerprint(x))
         error = loss = products = None
         shape: tuple[int, ...] = ()
@@ -340,4 +342,4 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             # torch casts state tensors to the parameters' dtype; the scale lives in the working dtype.
             first = group["params"][0]
             work = torch.float32 if first.dtype in HALF else first.dtype
-            self.state[first]["scale"] = scale.to(dtype=work, device=first.device)
+            self.state[first]["scale"] = working_scale(scale, work, first.device)
