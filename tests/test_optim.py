@@ -697,3 +697,34 @@ def test_released_products_refuse_further_products():
     assert products.released
     with pytest.raises(RuntimeError, match="released"):
         products.jvp(torch.ones(2))
+
+
+def test_rejected_steps_do_not_estimate_the_scale_again(monkeypatch):
+    # The estimated Jacobi scale is refreshed at steps 0, 1, 2, 4, 8, … counted whether or not
+    # they were accepted: steps rejected at the same accepted count must not each pay K VJPs.
+    import trustls.models.gauss_newton as gauss_newton
+
+    estimates = []
+    diluted = gauss_newton.diluted_column_norms
+
+    def counted(*args, **kwargs):
+        estimates.append(1)
+        yield from diluted(*args, **kwargs)
+
+    monkeypatch.setattr(gauss_newton, "diluted_column_norms", counted)
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 4, generator=generator, dtype=torch.float64)
+    Y = torch.sin(3 * X[:, :1]) * X[:, 1:2]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    # A huge first radius: the first steps are rejected (max_trials=1) while the radius shrinks.
+    method = TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=20), initial_radius=1e8,
+                         x_scale=JacobiScale(uniform_spread=1.0))
+    opt = TrustRegionOptimizer(net.parameters(), method, max_trials=1)
+    steps = 12
+    for _ in range(steps):
+        opt.step(lambda: (net(X) - Y).reshape(-1))
+    saved = opt.state_dict()["state"][0]
+    assert saved["accepted_steps"] <= steps - 3  # the case under test: several rejected steps
+    refreshes = 1 + sum(1 for k in range(1, steps) if k & (k - 1) == 0)  # steps 0, 1, 2, 4, 8
+    assert len(estimates) <= refreshes

@@ -142,7 +142,7 @@ def restore(method: TrustRegion, saved: dict[str, Any], lin: Linearization, cont
     )
     if previous.scaling is None:
         previous = dataclasses.replace(previous, scaling=method.scale_policy.scaling(method.model, lin, None, 0))
-    return method.relinearized(previous, lin, iteration=saved["accepted_steps"])
+    return method.relinearized(previous, lin, iteration=saved["nit"])
 
 
 def save(saved: dict[str, Any], state: TrustRegionState) -> None:
