@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from autograd_functions import OnceSquare
 
 from trustls import GaussNewtonModel, TrustRegion
 from trustls.models.dense_jacobian import ROUTES, DenseJacobian
@@ -137,19 +138,6 @@ class DataDependentBackward(torch.autograd.Function):
 
 def custom_function(x):
     return DataDependentBackward.apply(x[0] * torch.exp(-x[1] * T)) - 0.3
-
-
-class OnceSquare(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 def once_differentiable(x):

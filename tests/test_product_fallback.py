@@ -12,9 +12,15 @@ import warnings
 
 import pytest
 import torch
+from autograd_functions import OnceSquare
 
 from trustls import GaussNewtonModel, TrustRegion
-from trustls.operators import DEFAULT_PRODUCT_METHOD, PRODUCT_METHODS, ProductFallback, jacobian_products
+from trustls.operators import (
+    DEFAULT_PRODUCT_METHOD,
+    PRODUCT_METHODS,
+    ProductFallback,
+    jacobian_products,
+)
 
 F64 = torch.float64
 METHODS = sorted(PRODUCT_METHODS)
@@ -46,19 +52,6 @@ class OldStyleSquare(torch.autograd.Function):
         return x * x
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
-
-
-class OnceSquare(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return 2 * x * grad

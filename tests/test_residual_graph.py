@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from autograd_functions import OnceSquare
 
 from trustls.operators import ResidualGraph
 
@@ -15,19 +16,6 @@ def tall(x):
 
 def wide(x):
     return torch.stack([x[:3].prod(), (x**2).sum(), torch.atan(x[4] - x[0])])
-
-
-class OnceSquare(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 @pytest.mark.parametrize("fun, n", [(tall, 3), (wide, 5)])

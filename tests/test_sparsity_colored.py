@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from autograd_functions import OnceSquare
 
 from trustls.operators import SparseOperator
 from trustls.problems.bal import BundleAdjustmentProblem
@@ -249,21 +250,6 @@ class _ShortcutSquare(torch.autograd.Function):
         return 2.0 * x * grad if bool(grad.abs().sum() > 0) else torch.zeros_like(x)
 
 
-class _OnceSquare(torch.autograd.Function):
-    """x², with a backward that cannot be differentiated again."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2.0 * x * grad
-
-
 def shortcut_function(x):
     return _ShortcutSquare.apply(x[:-1]) + x[1:]
 
@@ -284,7 +270,7 @@ def test_the_loop_records_the_backward_at_a_nonzero_cotangent(generator):
 
 def test_a_backward_that_cannot_be_differentiated_raises_rather_than_dropping_its_part(generator):
     def fun(x):
-        return _OnceSquare.apply(x[:-1]) + x[1:]
+        return OnceSquare.apply(x[:-1]) + x[1:]
 
     x = _point(generator)
     with pytest.warns(UserWarning, match=r"autograd\.Function"):
