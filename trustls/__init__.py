@@ -7,14 +7,14 @@ Minimize ½‖r(x)‖² for any PyTorch residual function r::
 """
 
 from trustls.api import least_squares
-from trustls.batched import BatchResult, BatchedJacobianWarning
+from trustls.batched import BatchedJacobianWarning, BatchResult
 from trustls.covariance import CovarianceWarning
 from trustls.curve_fit import curve_fit
 from trustls.models import CurvatureModel, GaussNewtonModel, Linearization
 from trustls.optim import TrustRegionOptimizer
 from trustls.radius import RadiusPolicy
-from trustls.scaling import BlockJacobi, JacobiScale
 from trustls.result import Result, Status
+from trustls.scaling import BlockJacobi, JacobiScale
 from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver
 from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
 

@@ -36,13 +36,19 @@ from torch import Tensor
 from trustls._closure import ClosureProducts
 from trustls.distributed import Reducer, bits_float, float_bits
 from trustls.function import split_outputs
-from trustls.losses import CrossEntropy, Loss, LossLinearization, RobustLoss, SquaredError
+from trustls.losses import (
+    CrossEntropy,
+    Loss,
+    LossLinearization,
+    RobustLoss,
+    SquaredError,
+)
 from trustls.losses.likelihood import _ElementwiseNLL
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
-from trustls.operators.dense import NormalOperator
 from trustls.operators.column_norms import diluted_column_norms
+from trustls.operators.dense import NormalOperator
 from trustls.operators.output import OutputFactor
 from trustls.scaling import DiagonalScaling
 

@@ -17,14 +17,25 @@ from typing import Any
 
 import torch
 
-from trustls._scipy_inputs import UserJacobian, as_pattern, residual_function, scipy_callback
+from trustls._scipy_inputs import (
+    UserJacobian,
+    as_pattern,
+    residual_function,
+    scipy_callback,
+)
 from trustls._validation import as_tensor_x0, check_x0
 from trustls.bounds import as_bounds
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.result import Result
 from trustls.sparsity import find_blocks
-from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver, resolve_solver
+from trustls.subproblem import (
+    DenseLstsq,
+    IterativeSchur,
+    SteihaugCG,
+    SubproblemSolver,
+    resolve_solver,
+)
 from trustls.trust_region import Callback, TrustRegion
 
 __all__ = ["least_squares"]

@@ -180,7 +180,9 @@ class Result(_RecordMapping):
             tensor([[ 0.0112, -0.0048],
                     [-0.0048,  0.0032]], dtype=torch.float64)
         """
-        from trustls.covariance.estimates import covariance_matrix  # lazy: covariance imports the operators
+        from trustls.covariance.estimates import (
+            covariance_matrix,  # lazy: covariance imports the operators
+        )
 
         return covariance_matrix(self.jac, self.cost, absolute_sigma, method, stacklevel=2)
 

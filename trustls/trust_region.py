@@ -42,7 +42,12 @@ from trustls._start import (
     check_start_gradient,
     starting_point,
 )
-from trustls._validation import check_choice, check_positive_int, check_positive_number, check_tolerance
+from trustls._validation import (
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+    check_tolerance,
+)
 from trustls.batched import BatchResult, solve_batch
 from trustls.bounds import subproblem
 from trustls.function import HALF, CountedFunction, HalfPrecision

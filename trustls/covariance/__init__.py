@@ -44,7 +44,12 @@ References:
     W. H. Press et al., Numerical Recipes in C, 2nd ed., Cambridge, 1992, §15.4.
 """
 
-from trustls.covariance.estimates import CovarianceEntries, covariance, covariance_entries, standard_errors
+from trustls.covariance.estimates import (
+    CovarianceEntries,
+    covariance,
+    covariance_entries,
+    standard_errors,
+)
 from trustls.covariance.methods import CovarianceWarning, DenseSVD, MatrixFreeCG
 
 __all__ = [

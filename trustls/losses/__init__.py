@@ -12,8 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trustls.losses.base import REDUCTIONS, Loss, LossLinearization, check_positive
-from trustls.losses.likelihood import BinaryCrossEntropyWithLogits, CrossEntropy, GaussianNLL, PoissonNLL
-from trustls.losses.robust import Arctan, Cauchy, CallableRobustLoss, Huber, RobustLoss, SoftL1, SquaredError
+from trustls.losses.likelihood import (
+    BinaryCrossEntropyWithLogits,
+    CrossEntropy,
+    GaussianNLL,
+    PoissonNLL,
+)
+from trustls.losses.robust import (
+    Arctan,
+    CallableRobustLoss,
+    Cauchy,
+    Huber,
+    RobustLoss,
+    SoftL1,
+    SquaredError,
+)
 
 __all__ = [
     "LOSSES",

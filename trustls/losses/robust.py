@@ -52,7 +52,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from trustls.losses.base import COMPUTE_DTYPE, Loss, LossLinearization, check_outputs, check_positive, check_targets
+from trustls.losses.base import (
+    COMPUTE_DTYPE,
+    Loss,
+    LossLinearization,
+    check_outputs,
+    check_positive,
+    check_targets,
+)
 from trustls.operators.output import DiagonalFactor
 
 __all__ = ["Arctan", "Cauchy", "CallableRobustLoss", "Huber", "RobustLoss", "SoftL1", "SquaredError"]

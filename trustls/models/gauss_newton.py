@@ -65,8 +65,8 @@ from trustls.operators.implicit import (
     ProductFallback,
     jacobian_products,
 )
-from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.output import effective_jacobian, effective_jacobian_matrix
+from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian
 

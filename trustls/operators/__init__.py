@@ -2,16 +2,10 @@
 
 from trustls.operators.base import LinearOperator, PowerOfTwoBalanced, ScaledOperator
 from trustls.operators.dense import DenseOperator, NormalOperator
-from trustls.operators.diagonal import BlockDiagonalOperator, DiagonalOperator, ShiftedOperator
-from trustls.operators.sparse import SparseOperator, SparsityPattern
-from trustls.operators.output import (
-    BlockFactor,
-    DiagonalFactor,
-    EffectiveJacobianOperator,
-    OutputFactor,
-    SoftmaxFactor,
-    effective_jacobian,
-    effective_jacobian_matrix,
+from trustls.operators.diagonal import (
+    BlockDiagonalOperator,
+    DiagonalOperator,
+    ShiftedOperator,
 )
 from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
@@ -21,7 +15,17 @@ from trustls.operators.implicit import (
     ProductFallback,
     jacobian_products,
 )
+from trustls.operators.output import (
+    BlockFactor,
+    DiagonalFactor,
+    EffectiveJacobianOperator,
+    OutputFactor,
+    SoftmaxFactor,
+    effective_jacobian,
+    effective_jacobian_matrix,
+)
 from trustls.operators.residual_graph import ResidualGraph
+from trustls.operators.sparse import SparseOperator, SparsityPattern
 
 __all__ = [
     "BlockDiagonalOperator",

@@ -14,10 +14,23 @@ See docs/sparse.md. The pieces, in the order a solve uses them:
 
 from trustls.sparsity.blocks import BlockPartition, find_blocks, pattern_blocks
 from trustls.sparsity.check import check_sparsity
-from trustls.sparsity.colored import ColoredJacobian, ColoredJacobianResult, VmapDecision, colored_jacobian
+from trustls.sparsity.colored import (
+    ColoredJacobian,
+    ColoredJacobianResult,
+    VmapDecision,
+    colored_jacobian,
+)
 from trustls.sparsity.coloring import ORDERINGS, ColumnColoring, color_columns
-from trustls.sparsity.normal_blocks import block_jacobi_scaling, normal_diagonal_blocks, times_block_diagonal
-from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern, pattern_from_indices
+from trustls.sparsity.normal_blocks import (
+    block_jacobi_scaling,
+    normal_diagonal_blocks,
+    times_block_diagonal,
+)
+from trustls.sparsity.pattern import (
+    JacobianPattern,
+    jacobian_pattern,
+    pattern_from_indices,
+)
 
 __all__ = [
     "ORDERINGS",

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from trustls.operators.sparse import SparseOperator
-
 from trustls.sparsity.pattern import pattern_from_indices
 from trustls.sparsity.twins import all_distinct, identical_sets
 

@@ -51,7 +51,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustls.subproblem.schur_structure import SchurBlocks, inverse_factors, schur_jacobi_blocks
+from trustls.subproblem.schur_structure import (
+    SchurBlocks,
+    inverse_factors,
+    schur_jacobi_blocks,
+)
 
 __all__ = ["DampedStep", "Prepared", "ReducedSolve"]
 

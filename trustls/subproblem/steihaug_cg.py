@@ -111,7 +111,12 @@ import torch
 from torch import Tensor
 
 from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
-from trustls.subproblem.cg_path import DEFAULT_PATH_MEMORY, CGPath, normalizing_factor, step_from_path
+from trustls.subproblem.cg_path import (
+    DEFAULT_PATH_MEMORY,
+    CGPath,
+    normalizing_factor,
+    step_from_path,
+)
 
 __all__ = ["SteihaugCG"]
 

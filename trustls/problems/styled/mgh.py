@@ -17,9 +17,9 @@ from torch import Tensor
 
 from trustls.problems.styled import StyledProblem, make
 from trustls.problems.styled.mgh_variable import (
+    brown_almost_linear,
     broyden_banded,
     broyden_tridiagonal,
-    brown_almost_linear,
     chebyquad_trig,
     discrete_boundary_value,
     discrete_integral_equation,
