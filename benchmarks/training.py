@@ -171,7 +171,7 @@ def steps(repeats: int, device: str) -> None:
     print(f"\n## Time per step: MLP 784-512-512-10 (tanh), batch 256 (a new random batch each step), float32, "
           f"device {device}")
     print(f"\nSteihaugCG(max_iter=10); medians of {repeats} interleaved steps; Jacobi scaling re-estimates its column "
-          "norms at steps 0, 1, 2, 4, 8, …\n")
+          "norms after accepted steps 0, 1, 2, 4, 8, …\n")
     print("| optimizer | ms per step | ratio to Adam | CG iterations (median) |")
     print("|---|---:|---:|---:|")
     for name, values in samples.items():

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["COUNTERS", "STATE_KEYS", "check_state_dict", "restore", "save", "working_scale"]
 
 COUNTERS = ("nit", "nfev", "njev", "inner_iterations", "products")
-STATE_KEYS = frozenset(("radius", "scale", "solver_state", "accepted_steps", "numel", *COUNTERS))
+STATE_KEYS = frozenset(("radius", "scale", "solver_state", "accepted_steps", "scaled_at", "numel", *COUNTERS))
 
 _RULE = "state_dict must come from TrustRegionOptimizer.state_dict()"
 
@@ -88,7 +88,7 @@ def check_state_dict(
     radius = entry["radius"]
     if not _is_number(radius) or not math.isfinite(radius) or not radius > 0:
         raise ValueError(f"state_dict's radius must be a positive finite number, got {radius!r}")
-    for name in (*COUNTERS, "accepted_steps", "numel"):
+    for name in (*COUNTERS, "accepted_steps", "scaled_at", "numel"):
         if not _is_int(entry[name]) or entry[name] < 0:
             raise ValueError(f"state_dict's {name} must be a non-negative int, got {entry[name]!r}")
     reference = entry["solver_state"]
@@ -142,7 +142,11 @@ def restore(method: TrustRegion, saved: dict[str, Any], lin: Linearization, cont
     )
     if previous.scaling is None:
         previous = dataclasses.replace(previous, scaling=method.scale_policy.scaling(method.model, lin, None, 0))
-    return method.relinearized(previous, lin, iteration=saved["nit"])
+    # T is updated once per accepted step, as `TrustRegion.solve` updates it once per accepted
+    # point: a step after a rejected one (a new batch at the same x) keeps it, so that rejected
+    # steps at a count of the refresh schedule do not estimate the column norms again.
+    rescale = saved["accepted_steps"] != saved["scaled_at"]
+    return method.relinearized(previous, lin, iteration=saved["accepted_steps"], rescale=rescale)
 
 
 def save(saved: dict[str, Any], state: TrustRegionState) -> None:
@@ -150,4 +154,5 @@ def save(saved: dict[str, Any], state: TrustRegionState) -> None:
     moved = state.last is not None and state.last.accepted
     saved.update(radius=state.radius, scale=getattr(state.scaling, "diagonal", None), solver_state=state.solver_state,
                  numel=state.x.shape[0], accepted_steps=saved.get("accepted_steps", 0) + moved,
+                 scaled_at=saved.get("accepted_steps", 0),  # the count this step's T was made at
                  **{name: getattr(state, name) for name in COUNTERS})

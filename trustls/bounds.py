@@ -50,7 +50,7 @@ from torch import Tensor
 from trustls.models.base import Linearization
 from trustls.operators.base import LinearOperator
 from trustls.operators.diagonal import ShiftedOperator
-from trustls.scaling import DiagonalScaling, IdentityScaling, Scaling
+from trustls.scale_maps import DiagonalScaling, IdentityScaling, Scaling
 from trustls.subproblem.base import Step
 
 __all__ = ["Bounds", "BoundedSubproblem", "FreeSubproblem", "as_bounds", "subproblem"]

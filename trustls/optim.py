@@ -88,9 +88,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             solver must be matrix-free (``"cg"``, `SteihaugCG`); for training
             cap CG, e.g. ``SteihaugCG(max_iter=10)``. With CG the default
             scaling is Jacobi (``"jac"``), whose estimated column norms cost
-            ``column_norm_probes`` VJPs at steps 0, 1, 2, 4, 8, … (counted
-            whether or not they were accepted), as `TrustRegion.solve` does
-            at its iterations.
+            ``column_norm_probes`` VJPs after accepted steps 0, 1, 2, 4, 8,
+            …, as `TrustRegion.solve` at its accepted points (a step after a
+            rejected one keeps T).
         max_trials: trial steps per call of `step` (``None``: until one is
             accepted or a test stops the step, as in `TrustRegion.solve`; for
             full-batch training). ``method.max_nfev`` bounds the closure calls

@@ -18,6 +18,10 @@ Gould & Toint 2000, §5.1.6). The choices, selected by `TrustRegion`'s
   linearization, the preconditioner of Ceres' iterative solvers (Agarwal et
   al. 2010). The blocks are computed from a dense or sparse Jacobian.
 
+The policies are here; the changes of variables T they return (`Scaling` and
+its kinds) and their interface `ScalePolicy` are in `trustls.scale_maps`,
+`BlockJacobi` in `trustls.block_jacobi`; this module re-exports them.
+
 References:
     J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
     theory", Numerical Analysis, LNM 630, Springer, 1978, pp. 105-116.
@@ -31,18 +35,23 @@ References:
 
 from __future__ import annotations
 
-import abc
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from trustls.models.base import CurvatureModel, Linearization
-from trustls.operators.dense import DenseOperator
-from trustls.operators.diagonal import BlockDiagonalOperator
+from trustls.block_jacobi import BlockJacobi
+from trustls.models.base import Linearization
 from trustls.operators.sparse import SparseOperator
+from trustls.scale_maps import (
+    BlockScaling,
+    DiagonalScaling,
+    IdentityScaling,
+    ScalePolicy,
+    Scaling,
+    UniformScaling,
+)
 from trustls.sparsity.blocks import pattern_blocks
 from trustls.sparsity.normal_blocks import block_jacobi_scaling
 
@@ -58,103 +67,6 @@ __all__ = [
     "UniformScaling",
     "resolve_x_scale",
 ]
-
-# Blocks are materialized from an implicit Jacobian (n JVPs) only up to this n.
-_MAX_IMPLICIT_N = 256
-
-
-class Scaling(abc.ABC):
-    """T, the change of variables p = T z under which the trust region is a sphere in z."""
-
-    @abc.abstractmethod
-    def apply(self, z: Tensor) -> Tensor:
-        """p = T z."""
-
-    @abc.abstractmethod
-    def inverse(self, p: Tensor) -> Tensor:
-        """z = T⁻¹ p."""
-
-    @abc.abstractmethod
-    def transform(self, linearization: Linearization) -> Linearization:
-        """The linearization in the variables z (`Linearization.scaled`)."""
-
-    def norm(self, x: Tensor) -> Tensor:
-        """‖T⁻¹x‖, the length of x in the trust region's norm (a 0-d tensor)."""
-        return torch.linalg.vector_norm(self.inverse(x))
-
-
-class IdentityScaling(Scaling):
-    """T = I: no scaling (``x_scale=1``)."""
-
-    def apply(self, z: Tensor) -> Tensor:
-        return z
-
-    def inverse(self, p: Tensor) -> Tensor:
-        return p
-
-    def transform(self, linearization: Linearization) -> Linearization:
-        return linearization
-
-
-class DiagonalScaling(Scaling):
-    """T = diag(d) for a positive 1-D tensor d.
-
-    Args:
-        diagonal: d.
-        unit: for Jacobi's T = unit/c (`JacobiScale`), the column norm that T
-            maps to 1, kept so that the running maximum of c stays in the
-            same units from point to point; 1 otherwise.
-    """
-
-    def __init__(self, diagonal: Tensor, unit: float = 1.0):
-        self.diagonal = diagonal
-        self.unit = unit
-
-    def apply(self, z: Tensor) -> Tensor:
-        return self.diagonal * z
-
-    def inverse(self, p: Tensor) -> Tensor:
-        return p / self.diagonal
-
-    def transform(self, linearization: Linearization) -> Linearization:
-        return linearization.scaled(self.diagonal)
-
-
-class BlockScaling(Scaling):
-    """T a block-diagonal operator that knows its inverse (block-Jacobi)."""
-
-    def __init__(self, operator: BlockDiagonalOperator):
-        self.operator = operator
-
-    def apply(self, z: Tensor) -> Tensor:
-        return self.operator.matvec(z)
-
-    def inverse(self, p: Tensor) -> Tensor:
-        return self.operator.inverse_matvec(p)
-
-    def transform(self, linearization: Linearization) -> Linearization:
-        return linearization.scaled(self.operator)
-
-
-class ScalePolicy(abc.ABC):
-    """How T is chosen at each linearized point; resolved once from ``x_scale``.
-
-    A policy is frozen configuration. What it carries from point to point (the
-    running maximum of the column norms for ``"jac"``) lives in the `Scaling`
-    it returned last, which the solve's state keeps.
-    """
-
-    #: Whether T is diagonal at every point (box bounds need a diagonal T).
-    diagonal: bool = True
-
-    def check(self, x: Tensor) -> None:
-        """Check the policy against the starting point (shapes, devices); raise ``ValueError``."""
-
-    @abc.abstractmethod
-    def scaling(
-        self, model: CurvatureModel, linearization: Linearization, previous: Scaling | None, iteration: int
-    ) -> Scaling:
-        """T at a new point; ``previous`` is T at the point before (``None`` at the first)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,22 +93,6 @@ class FixedScale(ScalePolicy):
         return IdentityScaling() if self.value == 1.0 else DiagonalScaling(torch.full_like(x, self.value))
 
 
-class UniformScaling(IdentityScaling, DiagonalScaling):
-    """T = I, chosen by `JacobiScale` for a well-scaled J: no product pays for a scale.
-
-    `IdentityScaling`'s products, and a diagonal all the same (of stride 0,
-    no memory), so that it persists like any diagonal T
-    (`TrustRegionOptimizer` keeps ``T.diagonal``) and `JacobiScale` still
-    recognizes it there.
-
-    Examples:
-        >>> T = UniformScaling(torch.zeros(3))
-        >>> T.diagonal.stride(), T.apply(torch.ones(3))
-        ((0,), tensor([1., 1., 1.]))
-    """
-
-    def __init__(self, like: Tensor):
-        super().__init__(torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape))
 
 
 def _is_uniform(scaling: Scaling | None) -> bool:
@@ -326,91 +222,6 @@ def _sparse_blocks_of(linearization: Linearization):
         return None
     partition = pattern_blocks(J)
     return partition if any(group.shape[1] > 1 for group in partition.groups) else None
-
-
-@dataclass(frozen=True)
-class BlockJacobi(ScalePolicy):
-    """Block-Jacobi scaling over a partition of x into contiguous blocks.
-
-    Args:
-        blocks: ``(count, size)`` groups in the order of x: ``((49, 9), (7776, 3))``
-            is 49 blocks of 9 variables followed by 7,776 blocks of 3.
-        damping: each block B_k is factored as B_k + damping·diag(B_k), which
-            keeps blocks that are singular (gauge freedoms, points seen once)
-            factorable without changing well-conditioned ones.
-
-    Examples:
-        >>> BlockJacobi(((2, 3), (4, 1))).n
-        10
-    """
-
-    blocks: tuple[tuple[int, int], ...]
-    damping: float = 1e-10
-
-    def __post_init__(self):
-        blocks = tuple(tuple(group) for group in self.blocks) if isinstance(self.blocks, Sequence) else None
-        if not blocks or any(
-            len(g) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in g) for g in blocks
-        ):
-            raise ValueError(f"blocks must be a non-empty sequence of (count, size) pairs of positive ints, got {self.blocks!r}")
-        object.__setattr__(self, "blocks", blocks)
-        if not isinstance(self.damping, (int, float)) or not 0 <= self.damping < 1:
-            raise ValueError(f"damping must be a number in [0, 1), got {self.damping!r}")
-
-    diagonal = False
-
-    @property
-    def n(self) -> int:
-        """Number of variables the partition covers."""
-        return sum(count * size for count, size in self.blocks)
-
-    def check(self, x: Tensor) -> None:
-        if self.n != x.shape[0]:
-            raise ValueError(f"x_scale=BlockJacobi must cover the {x.shape[0]} variables, its blocks cover {self.n}")
-
-    def partition(self, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
-        """The blocks as groups of column indices, one ``(count, size)`` tensor per group, on ``device`` (CPU).
-
-        Made once per device: the plans of `trustls.sparsity.normal_blocks` are
-        cached on J's pattern under the identity of these tensors, so fresh ones
-        at every point would rebuild the plans and grow the pattern's cache; and
-        they must lie on J's device, where they index J's entries and x.
-        """
-        device = torch.device("cpu" if device is None else device)
-        made = self.__dict__.get("_partitions")
-        if made is None:
-            made = {}
-            object.__setattr__(self, "_partitions", made)
-        groups = made.get(device)
-        if groups is None:
-            groups, offset = [], 0
-            for count, size in self.blocks:
-                groups.append(torch.arange(offset, offset + count * size, device=device).view(count, size))
-                offset += count * size
-            groups = made[device] = tuple(groups)
-        return groups
-
-    def scaling(self, model, linearization, previous, iteration) -> Scaling:
-        J = _sparse_jacobian(linearization)
-        return BlockScaling(block_jacobi_scaling(J, self.partition(J.device), self.damping))
-
-
-def _sparse_jacobian(linearization: Linearization) -> SparseOperator:
-    """J as a `SparseOperator`: as given, or from a dense J (formed from n products up to n = 256)."""
-    J = linearization.jacobian
-    if isinstance(J, SparseOperator):
-        return J
-    n = J.shape[1]
-    if linearization.jacobian_matrix is not None:
-        matrix = linearization.jacobian_matrix
-    elif isinstance(J, DenseOperator) or n <= _MAX_IMPLICIT_N:
-        matrix = J.to_dense()
-    else:
-        raise ValueError(
-            f"x_scale=BlockJacobi needs a dense or sparse Jacobian when n > {_MAX_IMPLICIT_N}: "
-            "pass GaussNewtonModel(jac_sparsity=...) or a jacobian returning a sparse tensor"
-        )
-    return SparseOperator.from_tensor(matrix.to_sparse())
 
 
 def resolve_x_scale(x_scale: object) -> ScalePolicy | None:

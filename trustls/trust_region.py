@@ -263,7 +263,8 @@ class TrustRegion:
                                 bounds, nfev=nfev, status=status)
 
     def relinearized(
-        self, state: TrustRegionState, linearization: Linearization, *, nfev: int = 1, iteration: int | None = None
+        self, state: TrustRegionState, linearization: Linearization, *, nfev: int = 1, iteration: int | None = None,
+        rescale: bool = True,
     ) -> TrustRegionState:
         """``state`` at a new linearization (of a new mini-batch, say), with T updated for it.
 
@@ -271,11 +272,14 @@ class TrustRegion:
         gradient test is not applied (a mini-batch's gradient says little about
         convergence). ``nfev`` counts the calls that built the linearization;
         ``iteration`` is the point's index for the scale's refresh schedule
-        (default ``state.nit``; `TrustRegion.solve` counts accepted points).
+        (default ``state.nit``; `TrustRegion.solve` counts accepted points);
+        ``rescale=False`` keeps T as it is.
         """
         check_relinearization(state, linearization)
         iteration = state.nit if iteration is None else iteration
-        scaling = self.scale_policy.scaling(self.model, linearization, state.scaling, iteration)
+        scaling = state.scaling
+        if rescale:
+            scaling = self.scale_policy.scaling(self.model, linearization, scaling, iteration)
         return replace(
             state, x=linearization.x, linearization=linearization, scaling=scaling, nfev=state.nfev + nfev,
             njev=state.njev + 1, status=None,
