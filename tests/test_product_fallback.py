@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from autograd_functions import OnceSquare
+from autograd_functions import OldStyleSquare, OnceSquare
 
 from trustls import GaussNewtonModel, TrustRegion
 from trustls.operators import (
@@ -41,20 +41,6 @@ def control_flow(x):
     if x[1] > 0:  # a Python branch on a tensor's value
         return x[0] * torch.exp(-x[1] * T) - 0.5
     return x[0] * (1 - x[1] * T) - 0.5
-
-
-class OldStyleSquare(torch.autograd.Function):
-    """forward(ctx, x): no setup_context, so no torch.func transform accepts it."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 def old_style_function(x):

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from autograd_functions import OnceSquare
+from autograd_functions import OldStyleSquare, OnceSquare
 
 from trustls.operators import SparseOperator
 from trustls.problems.bal import BundleAdjustmentProblem
@@ -167,20 +167,6 @@ def test_float32_smoke(generator):
     torch.testing.assert_close(result.jacobian.to_dense(), torch.func.jacrev(fun)(x), rtol=1e-5, atol=1e-5)
 
 
-class _Square(torch.autograd.Function):
-    """x², without setup_context: usable by autograd, not by torch.func."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2.0 * x * grad
-
-
 def seeded_random():
     def fun(x):
         generator = torch.Generator().manual_seed(11)  # the same draws at every call
@@ -200,7 +186,7 @@ def numpy_inside():
 
 def custom_function():
     def fun(x):
-        return _Square.apply(x[:-1]) + x[1:]
+        return OldStyleSquare.apply(x[:-1]) + x[1:]
 
     return fun, _band(N - 1, N, [0, 1]), r"autograd\.Function"
 
