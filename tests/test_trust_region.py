@@ -220,6 +220,18 @@ def test_bad_options_raise_in_constructor(options, error, match):
         TrustRegion(GaussNewtonModel(), solver=solver, **options)
 
 
+def test_numpy_scalars_are_numbers_for_the_options():
+    # scipy users pass numpy scalars; np.float32 is not a Python float.
+    controller = TrustRegion(GaussNewtonModel(), ftol=np.float32(1e-8), xtol=np.float64(1e-8), gtol=np.float32(1e-8),
+                             initial_radius=np.float32(0.5))
+    assert (controller.ftol, controller.initial_radius) == (pytest.approx(1e-8), 0.5)
+    result = controller.solve(lambda x: x**2 - 2, torch.tensor([1.0], dtype=torch.float64))
+    assert result.success and float(result.x) == pytest.approx(math.sqrt(2), rel=1e-8)
+    with pytest.raises(ValueError, match=r"ftol must be a finite non-negative number or None, got np.True_|"
+                                         r"ftol must be a finite non-negative number or None, got True"):
+        TrustRegion(GaussNewtonModel(), ftol=np.True_)
+
+
 def test_bad_model():
     with pytest.raises(TypeError, match=r"model must be a CurvatureModel such as GaussNewtonModel\(\), got str"):
         TrustRegion("gauss-newton")

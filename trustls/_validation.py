@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -53,7 +54,8 @@ def check_x0(x0: object) -> Tensor:
 def check_tolerance(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    # numbers.Real: Python and numpy scalars alike (np.float32 is not a float), bools excluded.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite non-negative number or None, got {value!r}")
     return float(value)
 
@@ -69,7 +71,7 @@ def check_positive_int(name: str, value: object) -> int | None:
 def check_positive_number(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
     return float(value)
 
