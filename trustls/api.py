@@ -146,7 +146,8 @@ def least_squares(
       and unused; another key is a ``TypeError``, as in scipy). ``None``:
       with ``jac_sparsity`` whose columns split into blocks that no row
       shares beside others (the points and the cameras of bundle
-      adjustment), the Schur-complement solver `IterativeSchur`; ``"lsmr"``
+      adjustment), the Schur-complement solver `IterativeSchur` (unless
+      ``tr_options`` are given: they configure ``"lsmr"``); ``"lsmr"``
       when ``jac_sparsity`` is given otherwise or ``jac`` returns a sparse
       matrix or an operator at ``x0`` (scipy's rule); otherwise ``"exact"``
       up to n = 2,000 variables and ``"lsmr"`` beyond. trustls' ``solver=``
