@@ -54,6 +54,7 @@ from trustls.function import check_outputs, split_outputs
 from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.dense_jacobian import DenseJacobian
+from trustls.models.user_jacobian import jacobian_operator
 from trustls.operators.base import LinearOperator
 from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
 from trustls.operators.dense import DenseOperator, NormalOperator
@@ -238,18 +239,7 @@ class GaussNewtonModel(CurvatureModel):
         m = evaluation.outputs.numel()
         if self.jacobian is not None:
             with torch.no_grad():
-                J = self.jacobian(x)
-            if isinstance(J, Tensor):
-                J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
-            if not isinstance(J, LinearOperator):
-                raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
-            if J.shape != (m, x.shape[0]):
-                raise ValueError(f"jacobian must return shape {(m, x.shape[0])}, got {J.shape}")
-            # Refused here, by name: a J of another dtype or device failed later inside a product.
-            if J.dtype != x.dtype:
-                raise TypeError(f"jacobian must return J of x's dtype {x.dtype}, got {J.dtype}")
-            if J.device != x.device:
-                raise ValueError(f"jacobian must return J on x's device {x.device}, got {J.device}")
+                J = jacobian_operator(self.jacobian(x), m, x)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         context = _Context(tuple(evaluation.outputs.shape)) if context is None else context
         kept = evaluation.kept

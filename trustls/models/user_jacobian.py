@@ -1,0 +1,33 @@
+"""A Jacobian the user computes (``GaussNewtonModel(jacobian=...)``, scipy's ``jac=``), as an operator.
+
+``jacobian(x)`` may return a dense tensor, a torch sparse tensor (COO or CSR)
+or any `LinearOperator`; `jacobian_operator` turns it into an (m, n) operator
+and checks it, naming ``jacobian``, before any product runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from trustls.operators.base import LinearOperator
+from trustls.operators.dense import DenseOperator
+from trustls.operators.sparse import SparseOperator
+
+__all__ = ["jacobian_operator"]
+
+
+def jacobian_operator(J: object, m: int, x: Tensor) -> LinearOperator:
+    """What a user's ``jacobian(x)`` returned, as an (m, n) operator on x's dtype and device, or an error
+    naming ``jacobian`` (a J of another dtype or device would fail later inside a product)."""
+    if isinstance(J, Tensor):
+        J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
+    if not isinstance(J, LinearOperator):
+        raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
+    if J.shape != (m, x.shape[0]):
+        raise ValueError(f"jacobian must return shape {(m, x.shape[0])}, got {J.shape}")
+    if J.dtype != x.dtype:
+        raise TypeError(f"jacobian must return J of x's dtype {x.dtype}, got {J.dtype}")
+    if J.device != x.device:
+        raise ValueError(f"jacobian must return J on x's device {x.device}, got {J.device}")
+    return J
