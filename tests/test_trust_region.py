@@ -444,3 +444,17 @@ def test_relinearized_checks_the_shape_after_a_step_without_relinearization():
         method.relinearized(state, other)
     good = GaussNewtonModel().linearize(rosenbrock, state.x)
     assert method.relinearized(state, good).linearization is good
+
+
+@pytest.mark.parametrize("max_nfev", [3, 5, 8])
+def test_nit_counts_only_iterations_that_ran_a_trial(max_nfev):
+    # When the budget leaves no call for a trial and the linearization after it (a torch.func
+    # evaluation keeps no graph: the dense J costs one more call), the step that finds it out
+    # is no iteration.
+    infos = []
+    model = GaussNewtonModel(products="vjp+double-backward")
+    result = TrustRegion(model, solver="lstsq", max_nfev=max_nfev, callback=infos.append).solve(
+        lambda x: torch.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]]), torch.tensor([-1.2, 1.0], dtype=torch.float64)
+    )
+    assert result.status == Status.MAX_NFEV and result.nfev <= max_nfev
+    assert result.nit == max((info.nit for info in infos), default=0)

@@ -324,7 +324,7 @@ class TrustRegion:
         if status is None and nfev >= max_nfev:
             status = Status.MAX_NFEV
         next_state = replace(
-            state, radius=radius, solver_state=self.solver.state(prepared), nfev=nfev, nit=state.nit + 1,
+            state, radius=radius, solver_state=self.solver.state(prepared), nfev=nfev, nit=state.nit + (outcome is not None),
             status=status, last=None if outcome is None else outcome.info, **trial.counters,
         )
         if outcome is not None and outcome.info.accepted:
