@@ -614,6 +614,25 @@ def test_max_trials_none_budget_is_per_step_and_reported_in_status():
     assert opt.last.accepted and opt.status is None and opt.state[w]["nfev"] == 8
 
 
+def test_a_step_that_raises_leaves_no_status_of_the_step_before():
+    w = torch.nn.Parameter(torch.tensor([4.0, 9.0], dtype=torch.float64))
+    w0 = w.detach().clone()
+
+    def closure():  # NaN beyond 1e-3 of w0: the first step spends its budget (MAX_NFEV)
+        return torch.sqrt(w) * torch.where((w.detach() - w0).abs().max() > 1e-3, math.nan, 1.0)
+
+    opt = TrustRegionOptimizer([w], method(solver="cg", initial_radius=1.0, max_nfev=4), max_trials=None)
+    opt.step(closure)
+    assert opt.status == Status.MAX_NFEV
+
+    def broken():
+        raise RuntimeError("the data loader failed")
+
+    with pytest.raises(RuntimeError, match="the data loader failed"):
+        opt.step(broken)
+    assert opt.status is None and opt.last is None
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("loss", ["linear", "cross_entropy"])
 def test_half_precision_accepted_steps_never_raise_the_batch_cost(dtype, loss):

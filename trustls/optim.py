@@ -121,7 +121,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             ratio, radius and next radius, CG iterations, exit reason,
             products), the record ``method.callback`` receives.
         status: the `Status` of the last step when a test stopped it
-            (``GTOL``, ``MAX_NFEV``, ``XTOL``, ``CALLBACK``, …), else ``None``.
+            (``GTOL``, ``MAX_NFEV``, ``XTOL``, ``CALLBACK``, …), else ``None``
+            (also after a step that raised).
 
     Examples:
         >>> import torch
@@ -236,7 +237,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
-        self.last = None  # drop the previous record's vectors before the step allocates
+        self.last, self.status = None, None  # the previous step's (also when this one raises); free its vectors
         dtype = params[0].dtype
         work = torch.float32 if dtype in HALF else dtype
         method, model, reducer = self._method, self._method.model, self._reducer
