@@ -2,9 +2,9 @@
 
 `state_result` assembles `TrustRegion.result` from a `TrustRegionState`: the
 point in the dtype of ``x0``, the cost, residual, gradient and Jacobian of the
-state's linearization, the first-order optimality of the (scaled, and with
-bounds reflected) subproblem, the bounds active within ``xtol``, and the
-counters.
+state's linearization, the first-order optimality (scipy's: ‖g‖∞, or
+‖v ⊙ g‖∞ with bounds, `trustls.bounds.optimality`), the bounds active within
+``xtol``, and the counters.
 
 ``verbose=2`` prints a table with a row per trial, in scipy's
 ``least_squares`` columns (iteration, total nfev, cost, cost reduction, step
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from trustls.bounds import subproblem
+from trustls.bounds import optimality
 from trustls.result import Result, Status
 from trustls.state import TrustRegionState
 from trustls.termination import effective_tolerance
@@ -61,7 +61,7 @@ def state_result(state: TrustRegionState, xtol: float | None) -> Result:
         cost=float(lin.cost),
         fun=lin.residual,
         grad=lin.gradient,
-        optimality=float(subproblem(lin, state.scaling, bounds).optimality),
+        optimality=float(optimality(lin, bounds)),
         jac=matrix if matrix is not None else lin.jacobian,
         active_mask=active,
         nfev=state.nfev,

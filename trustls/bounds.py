@@ -53,7 +53,7 @@ from trustls.operators.diagonal import ShiftedOperator
 from trustls.scale_maps import DiagonalScaling, IdentityScaling, Scaling
 from trustls.subproblem.base import Step
 
-__all__ = ["Bounds", "BoundedSubproblem", "FreeSubproblem", "as_bounds", "subproblem"]
+__all__ = ["Bounds", "BoundedSubproblem", "FreeSubproblem", "as_bounds", "optimality", "subproblem"]
 
 
 def _as_bound(value: Any, name: str, x0: Tensor) -> Tensor:
@@ -179,6 +179,16 @@ def as_bounds(bounds: Any, x0: Tensor) -> Bounds | None:
     return box
 
 
+def optimality(linearization: Linearization, bounds: Bounds | None) -> Tensor:
+    """The first-order optimality measure at a point (a 0-d tensor): ‖g‖∞, or ‖v ⊙ g‖∞ within
+    ``bounds`` (scipy's; module docstring), without posing the subproblem."""
+    g = linearization.gradient
+    if bounds is None:
+        return g.abs().max()
+    v, _ = bounds.scaling_vector(linearization.x, g)
+    return torch.linalg.vector_norm(v * g, ord=math.inf)
+
+
 class _Quadratic:
     """The model q(p̂) = ĝᵀp̂ + ½‖Ĵp̂‖² + ½p̂ᵀCp̂ in the scaled variables, and its minimum along a line."""
 
@@ -234,7 +244,7 @@ class BoundedSubproblem:
         x, g = linearization.x, linearization.gradient
         self.x, self.bounds = x, bounds
         v, dv = bounds.scaling_vector(x, g)
-        self.optimality = torch.linalg.vector_norm(v * g, ord=math.inf)  # before v is rescaled (scipy)
+        self.optimality = torch.linalg.vector_norm(v * g, ord=math.inf)  # `optimality`: before v is rescaled
         # θ keeps the cut step strictly inside; it tends to 1 as the iterate converges.
         self.theta = max(0.995, 1.0 - float(self.optimality))
         v = torch.where(dv != 0, v / scale, v)

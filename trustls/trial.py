@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trustls._report import print_trial
-from trustls.bounds import subproblem
+from trustls.bounds import optimality
 from trustls.decision import host_floats, trial_decision
 from trustls.function import HALF, CountedFunction, round_to
 from trustls.models.base import Linearization
@@ -93,7 +93,7 @@ class Trial:
                 next_radius = method.radius_policy.shrink_factor * decision.step_norm
             elif status is None and method.gtol is not None:
                 if bounds is not None:
-                    gradient_max = float(subproblem(new_lin, state.scaling, bounds).optimality)
+                    gradient_max = float(optimality(new_lin, bounds))
                 if gradient_max < method.gtol:
                     status = Status.GTOL
         info = IterationInfo(
