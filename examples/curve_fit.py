@@ -95,7 +95,7 @@ def main(name: str = "Thurber") -> None:
     if not have_scipy:
         print("(scipy is not installed: pip install scipy to compare with its answers)")
     print("\nRSS = 2 x cost: NIST certifies the residual sum of squares; trustls and scipy report half of it.")
-    print("ms: wall time; the first row also pays torch.func's one-time warm-up.")
+    print("ms: wall time; the first row also pays torch's one-time imports on its first backward pass (about 0.5 s).")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main() -> None:
             )
     row = scipy_row()
     print(row if row is not None else "(scipy is not installed: pip install scipy to compare with its answer)")
-    print("\nms: wall time; the first float64 run of each solver also pays torch.func's one-time warm-up.")
+    print("\nms: wall time; the first run also pays torch's one-time imports on its first backward pass (about 0.5 s).")
 
 
 if __name__ == "__main__":
