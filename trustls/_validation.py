@@ -94,5 +94,4 @@ def check_lr(lr: object) -> float:
 
 def check_max_trials(max_trials: object) -> None:
     """`TrustRegionOptimizer`'s ``max_trials``: a positive int or ``None``."""
-    if max_trials is not None and (isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1):
-        raise ValueError(f"max_trials must be a positive int or None, got {max_trials!r}")
+    check_positive_int("max_trials", max_trials)

@@ -51,7 +51,7 @@ from trustls.models.base import Linearization
 from trustls.operators.base import LinearOperator
 from trustls.operators.diagonal import ShiftedOperator
 from trustls.scale_maps import DiagonalScaling, IdentityScaling, Scaling
-from trustls.subproblem.base import Step
+from trustls.subproblem.base import Step, boundary_step_length
 
 __all__ = ["Bounds", "BoundedSubproblem", "FreeSubproblem", "as_bounds", "optimality", "subproblem"]
 
@@ -224,13 +224,6 @@ def _minimize_1d(a: float, b: float, c: float, low: float, high: float) -> tuple
     return candidates[k], values[k]
 
 
-def _trust_region_exit(p: Tensor, s: Tensor, radius: float) -> float:
-    """The t ≥ 0 with ‖p + t·s‖ = radius."""
-    a, b, c = torch.stack([torch.dot(s, s), torch.dot(p, s), torch.dot(p, p) - radius * radius]).tolist()
-    d = math.sqrt(max(b * b - a * c, 0.0))
-    return (-b + d) / a if b < 0 else -c / (b + d) if b + d != 0 else 0.0
-
-
 class BoundedSubproblem:
     """The Coleman-Li subproblem at one point and the selection of its step (module docstring).
 
@@ -275,7 +268,7 @@ class BoundedSubproblem:
         r_hat = torch.where(hits != 0, -p_hat, p_hat)  # the reflection in the bounds met
         p, p_hat = p * t_bound, p_hat * t_bound
         on_bound = x + p
-        to_trust_region = _trust_region_exit(p_hat, r_hat, radius)
+        to_trust_region = float(boundary_step_length(p_hat, r_hat, radius))
         to_bound = float(box.step_to_bound(on_bound, d * r_hat)[0])
         stride = min(to_bound, to_trust_region)
         r_value, reflected = math.inf, None
@@ -310,7 +303,7 @@ class FreeSubproblem:
     def __init__(self, linearization: Linearization, scaling: Scaling):
         self.scaling = scaling
         self.linearization = scaling.transform(linearization)
-        self.optimality = linearization.gradient.abs().max()
+        self.optimality = optimality(linearization, None)
 
     def norm(self, x: Tensor) -> Tensor:
         return self.scaling.norm(x)

@@ -57,7 +57,7 @@ def boundary_lengths(p: Tensor, d: Tensor, radius: Tensor) -> Tensor:
     dd, pd = dot(d, d), dot(p, d)
     c = torch.clamp(radius * radius - dot(p, p), min=0.0)
     root = torch.sqrt(pd * pd + dd * c)
-    return torch.where(pd >= 0, c / (pd + root), (root - pd) / dd)
+    return torch.where(pd >= 0, c / torch.where(pd + root > 0, pd + root, 1.0), (root - pd) / dd)
 
 
 def _normalizing_factors(largest: Tensor, radius: Tensor, dtype: torch.dtype) -> Tensor:

@@ -98,7 +98,7 @@ class SubproblemSolver(abc.ABC):
 
 
 def boundary_step_length(p: Tensor, d: Tensor, radius: float) -> Tensor:
-    """The τ ≥ 0 with ‖p + τd‖ = radius, for ‖p‖ ≤ radius and d ≠ 0.
+    """The τ ≥ 0 with ‖p + τd‖ = radius, for ‖p‖ ≤ radius and d ≠ 0 (0 on the sphere for a tangent d).
 
     Solves ‖d‖²τ² + 2pᵀd τ + (‖p‖² − Δ²) = 0 for its non-negative root. The
     product of the roots is (‖p‖² − Δ²)/‖d‖² ≤ 0, so the positive root is
@@ -114,5 +114,6 @@ def boundary_step_length(p: Tensor, d: Tensor, radius: float) -> Tensor:
     pd = torch.dot(p, d)
     c = torch.clamp(radius**2 - torch.dot(p, p), min=0.0)
     root = torch.sqrt(pd * pd + dd * c)
-    # pd ≥ 0: -pd + root cancels, use c / (pd + root); pd < 0: no cancellation.
-    return torch.where(pd >= 0, c / (pd + root), (root - pd) / dd)
+    # pd ≥ 0: -pd + root cancels, use c / (pd + root); pd < 0: no cancellation. pd + root = 0
+    # only for p on the sphere with d tangent to it (c = 0): τ = 0.
+    return torch.where(pd >= 0, c / torch.where(pd + root > 0, pd + root, 1.0), (root - pd) / dd)
