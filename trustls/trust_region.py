@@ -14,7 +14,8 @@ taken or a test stops the solve:
    what a linearization there can reuse;
 3. **decide**: the ratio ρ of actual to predicted reduction, the radius
    update (`RadiusPolicy`) and the termination tests (`trustls.termination`),
-   as tensors; the host reads them once per trial.
+   as tensors on an accelerator, read by the host once per trial (on the
+   CPU their inputs are read once and they run in floats: `trustls.decision`).
 
 A trial point whose cost is not finite, or whose gradient is not, is a failed
 trial: the radius shrinks to ¼‖p‖ and the subproblem is solved again (scipy's
