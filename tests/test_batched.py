@@ -433,3 +433,15 @@ def test_gradient_nan_everywhere_but_x0_collapses_the_radius(solver):
     batch = TrustRegion(GaussNewtonModel(), solver=solver, x_scale=1.0).solve_batch(fun, x0)
     assert batch.status.tolist() == [Status.RADIUS_COLLAPSED.value] * 2 and not batch.success.any()
     assert torch.equal(batch.x, x0)
+
+
+def test_nit_of_a_problem_the_budget_stops_at_x0_is_zero_as_in_solve():
+    def rosenbrock(x):
+        return torch.stack([10 * (x[:, 1] - x[:, 0] ** 2), 1 - x[:, 0]], dim=1)
+
+    x0 = torch.tensor([[-1.2, 1.0]], dtype=torch.float64)
+    method = TrustRegion(GaussNewtonModel(), solver="lstsq", max_nfev=1)
+    fit = method.solve_batch(rosenbrock, x0)
+    single = method.solve(lambda x: rosenbrock(x[None])[0], x0[0])
+    assert int(fit.status[0]) == single.status == Status.MAX_NFEV
+    assert int(fit.nit[0]) == single.nit == 0

@@ -227,6 +227,9 @@ def test_numpy_scalars_are_numbers_for_the_options():
     assert (controller.ftol, controller.initial_radius) == (pytest.approx(1e-8), 0.5)
     result = controller.solve(lambda x: x**2 - 2, torch.tensor([1.0], dtype=torch.float64))
     assert result.success and float(result.x) == pytest.approx(math.sqrt(2), rel=1e-8)
+    robust = trustls.least_squares(lambda x: x - 2.0, [0.0], loss="soft_l1", f_scale=np.float32(0.5))
+    assert float(robust.x) == pytest.approx(2.0, rel=1e-8)
+    assert trustls.covariance.DenseSVD(rcond=np.float32(1e-10)).rcond == pytest.approx(1e-10)
     with pytest.raises(ValueError, match=r"ftol must be a finite non-negative number or None, got np.True_|"
                                          r"ftol must be a finite non-negative number or None, got True"):
         TrustRegion(GaussNewtonModel(), ftol=np.True_)

@@ -14,11 +14,10 @@ The scalars follow `SteihaugCG` exactly, with a (K,) tensor where it keeps a
 Python float: the forcing term η = min(η_max, max(ρ, ε/ρ)) with
 ρ = ‖g‖/‖g‖_ref against the largest gradient norm of each problem's solve
 (its state from point to point), η_max = eps^(3/4) up to ``exact_up_to``
-variables; the recurrences for ‖p‖², pᵀd and ‖d‖² (Conn, Gould & Toint
-2000, §7.5.1), with the true ‖p‖² near the sphere; the boundary step from the
-true p and d; the model value along the path; the power-of-two normalization
-of a gradient outside [2⁻ᵏ, 2ᵏ]; and the pull-back of a step that drifted
-outside. A rejected radius reruns CG (the stored path of `SteihaugCG` would
+variables; the true ‖p‖² at every iteration for the boundary test (the
+vectors are small); the boundary step from the true p and d; the model value
+along the path; and the power-of-two normalization of a gradient outside
+[2⁻ᵏ, 2ᵏ]. A rejected radius reruns CG (the stored path of `SteihaugCG` would
 hold one (n, K) iterate per iteration; for the small problems of a batch a
 rerun costs less than the bookkeeping): its first crossing of the smaller
 sphere is the stored path's answer, to rounding.
@@ -144,6 +143,5 @@ def cg_step(
         rr_t = torch.where(running, rr_next_t, rr_t)
         rr = torch.where(running, rr_next, rr)
     p_norm = torch.where(hits, radius, norm(p).double())
-    products = iterations
     p, p_norm, model = p / factor.to(dtype), p_norm / factor, model / (factor * factor)
-    return BatchStep(p, p_norm, -model, hits, iterations, products), reference
+    return BatchStep(p, p_norm, -model, hits, iterations, iterations), reference  # one product per iteration

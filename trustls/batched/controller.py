@@ -162,8 +162,7 @@ def solve_batch(
     if controller.gtol is not None:
         state.status = torch.where(lin.gradient.abs().amax(0).double() < controller.gtol, Status.GTOL.value, RUNNING)
     exhausted = (state.status == RUNNING) & (state.nfev >= max_nfev)
-    state.status = torch.where(exhausted, Status.MAX_NFEV.value, state.status)
-    state.nit += exhausted.to(torch.int64)
+    state.status = torch.where(exhausted, Status.MAX_NFEV.value, state.status)  # no trial ran: nit stays 0
 
     eps = torch.finfo(x0.dtype).eps
     tolerances = effective_tolerance(controller.ftol, eps), effective_tolerance(controller.xtol, eps)

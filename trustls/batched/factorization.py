@@ -53,6 +53,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from trustls.batched.fields import dot
+
 __all__ = ["jacobi_svd", "triangular_factor"]
 
 # Cyclic sweeps converge quadratically; 30 is far beyond what a well-scaled
@@ -107,11 +109,6 @@ def triangular_factor(
     return R[:k, :n].contiguous(), R[:k, n].contiguous()
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_i a_i b_i over the leading dimension (batch-last vectors)."""
-    return (a * b).sum(0)
-
-
 def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One-sided Jacobi SVD of a batch of small matrices: A V = W with orthogonal columns.
 
@@ -142,11 +139,11 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
     pairs = [(p, q) for p in range(n - 1) for q in range(p + 1, n)]
     # ‖a‖², ‖b‖² are carried through the rotations: they become α − tγ and β + tγ
     # (Golub & Van Loan 2013, §8.5.2), two operations instead of two dot products.
-    squares = [_dot(column[:k], column[:k]) for column in columns]
+    squares = [dot(column[:k], column[:k]) for column in columns]
     for _ in range(MAX_SWEEPS if pairs else 0):
         orthogonal = torch.ones(K, dtype=torch.bool, device=A.device)
         for p, q in pairs:
-            gamma = _dot(columns[p][:k], columns[q][:k])
+            gamma = dot(columns[p][:k], columns[q][:k])
             # A matrix with NaN or inf entries never becomes orthogonal: it must not keep the others sweeping.
             orthogonal &= (gamma.abs() <= tolerance * torch.sqrt(squares[p] * squares[q])) | ~torch.isfinite(gamma)
         # One read per sweep: stop when every pair of every matrix is orthogonal.
@@ -154,7 +151,7 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
             break
         for p, q in pairs:
             a, b = columns[p], columns[q]
-            alpha, beta, gamma = squares[p], squares[q], _dot(a[:k], b[:k])
+            alpha, beta, gamma = squares[p], squares[q], dot(a[:k], b[:k])
             # t = 1/(ζ + sign(ζ)√(1 + ζ²)) with ζ = (β − α)/(2γ), written without
             # dividing by γ: 0 for γ = 0, ±1 for α = β.
             difference = beta - alpha

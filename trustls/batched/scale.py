@@ -38,10 +38,6 @@ class BatchScale:
     def __init__(self, fixed: Tensor | None):
         self.fixed = fixed
 
-    @property
-    def jacobi(self) -> bool:
-        return self.fixed is None
-
     def initial(self, column_norms: Tensor) -> Tensor:
         """T at x0 from the column norms ``(n, B)``; a column of zeros is scaled by 1, as in scipy."""
         if self.fixed is not None:
@@ -63,7 +59,7 @@ def resolve_batch_scale(x_scale: object, default: ScalePolicy, x0: Tensor) -> Ba
         >>> x0 = torch.zeros(4, 2, dtype=torch.float64)
         >>> resolve_batch_scale(None, FixedScale(2.0), x0).fixed.shape
         torch.Size([2, 1])
-        >>> resolve_batch_scale("jac", FixedScale(1.0), x0).jacobi
+        >>> resolve_batch_scale("jac", FixedScale(1.0), x0).fixed is None  # Jacobi
         True
     """
     B, n = x0.shape

@@ -20,6 +20,7 @@ the error of each variance (`trustls.covariance.conjugate_gradient`).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ class CovarianceWarning(UserWarning):
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars too
 
 
 @dataclass(frozen=True)

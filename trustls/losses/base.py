@@ -34,6 +34,7 @@ to their range in the loss itself.
 from __future__ import annotations
 
 import abc
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -135,7 +136,7 @@ def check_reduction(reduction: object) -> None:
 
 def check_positive(name: str, value: object) -> None:
     """A positive finite real number (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars too
         raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
     if not 0 < value < float("inf"):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")

@@ -62,7 +62,6 @@ from trustls.operators.implicit import (
     DEFAULT_PRODUCT_METHOD,
     PRODUCT_METHODS,
     JacobianOperator,
-    JacobianProducts,
     ProductFallback,
     jacobian_products,
 )
@@ -263,29 +262,6 @@ class GaussNewtonModel(CurvatureModel):
     def linearization_calls(self, context: Any, *, dense: bool) -> int:
         """One call for a dense J after a ``torch.func`` evaluation (it keeps no autograd graph), else none."""
         return int(dense and self.jacobian is None and self.products != "autograd")
-
-    def from_products(
-        self,
-        products: JacobianProducts,
-        x: Tensor,
-        targets: Tensor | None = None,
-        shape: tuple[int, ...] | None = None,
-        loss: LossLinearization | None = None,
-    ) -> Linearization:
-        """The linearization at ``x`` from JVP/VJP closures built elsewhere.
-
-        `TrustRegionOptimizer` builds them with autograd on a module's
-        parameters rather than with ``torch.func`` on a function of ``x``.
-        ``products.residual`` holds the flattened outputs, of ``shape``;
-        ``loss`` is the loss linearized there, when the caller has it.
-        """
-        outputs = products.residual.detach()
-        outputs = outputs.view(shape) if shape is not None else outputs
-        evaluation = Evaluation(x, outputs, targets, None, products)
-        if loss is None:
-            self.check_outputs(outputs, targets)
-            loss = self.loss.linearize(outputs, targets)
-        return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
 
     def _assemble(
         self, evaluation: Evaluation, loss: LossLinearization, J: LinearOperator, matrix: Tensor | None

@@ -62,9 +62,9 @@ class ShiftedOperator(LinearOperator):
 
     The curvature of a subproblem whose quadratic has a diagonal term beside
     JᵀJ, such as the Coleman-Li subproblem of box bounds (`trustls.bounds`).
-    Solvers that work on J rather than on products read ``operator`` and
-    ``diagonal`` themselves: the exact solver factors [J; diag(c)^½], the
-    Schur solver adds c to its diagonal blocks.
+    CG takes its products; `IterativeSchur` reads ``diagonal`` and adds c to
+    its diagonal blocks; for the exact solver `trustls.bounds` stacks
+    diag(c)^½ under the dense J instead.
     """
 
     is_symmetric = True

@@ -76,13 +76,13 @@ def find_blocks(rows: Tensor, cols: Tensor, m: int, n: int) -> BlockPartition:
         >>> [group.tolist() for group in blocks.groups], blocks.eliminated
         ([[[0, 1, 2], [3, 4, 5]], [[6, 7], [8, 9], [10, 11], [12, 13]]], (1,))
     """
+    device = cols.device  # the pattern is normalized on the CPU; the groups go back to the caller's device
     pattern = pattern_from_indices(rows, cols, (m, n))
     rows, cols = pattern.rows, pattern.cols
     order = pattern.column_order
     blocks, first = identical_sets(cols.index_select(0, order), rows.index_select(0, order), n, m)
     if first.numel() == n:  # no two columns alike: one group of single columns
-        groups = [torch.arange(n, device=cols.device).reshape(n, 1)]
-        return BlockPartition(n, tuple(groups), _eliminable(groups, [rows], m))
+        return _single_columns(rows, m, n, device)
     sizes = torch.bincount(blocks, minlength=first.numel())
     size_of_column = sizes.index_select(0, blocks)
     groups, touched = [], []
@@ -94,7 +94,13 @@ def find_blocks(rows: Tensor, cols: Tensor, m: int, n: int) -> BlockPartition:
         groups.append(columns.index_select(0, by_block).reshape(-1, size))
         in_group = leading & (size_of_column.index_select(0, cols) == size)
         touched.append(rows[in_group])
-    return BlockPartition(n, tuple(groups), _eliminable(groups, touched, m))
+    return BlockPartition(n, tuple(g.to(device) for g in groups), _eliminable(groups, touched, m))
+
+
+def _single_columns(rows: Tensor, m: int, n: int, device: torch.device) -> BlockPartition:
+    """The partition of a pattern whose columns all have different row sets: one group of single columns."""
+    groups = [torch.arange(n, device=rows.device).reshape(n, 1)]
+    return BlockPartition(n, tuple(g.to(device) for g in groups), _eliminable(groups, [rows], m))
 
 
 def _eliminable(groups: list[Tensor], touched: list[Tensor], m: int) -> tuple[int, ...]:
@@ -126,8 +132,7 @@ def pattern_blocks(J: SparseOperator) -> BlockPartition:
         m, n = J.shape
         rows, cols = J.pattern.rows, J.pattern.cols
         if all_distinct(cols, rows, n, m):  # the common case without blocks, without sorting the pattern
-            groups = [torch.arange(n, device=cols.device).reshape(n, 1)]
-            partition = BlockPartition(n, tuple(groups), _eliminable(groups, [rows], m))
+            partition = _single_columns(rows, m, n, cols.device)
         else:
             partition = find_blocks(rows, cols, m, n)
         J.pattern.cache["partition"] = partition

@@ -34,7 +34,7 @@ DEFAULT_PATH_MEMORY = 2**22
 def normalizing_factor(largest: float, radius: float, dtype: torch.dtype) -> float:
     """A power of two c with ‖c·g‖∞ in [½, 1) when ‖g‖∞ lies outside [2⁻ᵏ, 2ᵏ], else 1.
 
-    k is a quarter of the dtype's largest binary exponent (31 in float32, 255
+    k is a quarter of the dtype's largest binary exponent (32 in float32, 256
     in float64), so that ‖g‖² and dᵀBd neither overflow nor underflow. CG's
     iterates scale by c as well and stay within c·Δ, so c is taken only if
     c·Δ also lies in [2⁻ᵏ, 2ᵏ] (or Δ = ∞): with Jacobi scaling (B of unit

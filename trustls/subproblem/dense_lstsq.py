@@ -49,7 +49,7 @@ class _Factorization:
     sf: Tensor  # s_i f_i, the gradient's coordinates in the basis V
     full_rank: bool
     gauss_newton_norm: float
-    moments: tuple[float, float, float] | None = None  # `secular_step`'s radius-free sums
+    moments: tuple[float, float, float, float] | None = None  # `secular_step`'s radius-free sums
     alpha: float = 0.0
 
 
