@@ -284,8 +284,10 @@ class IterativeSchur(SubproblemSolver):
             trial = corrected
         final = solves[-1]
         if probe > self.forcing:
+            before = final.iterations
             final.run(self.forcing)
-            trial = final.step()
+            if final.iterations != before:  # else the probe already met the forcing: same step
+                trial = final.step()
         iterations = sum(s.iterations for s in solves)
         products = sum(s.products for s in solves)
         reason = final.reason

@@ -46,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -114,11 +115,10 @@ class ReducedSolve:
         J_E, J_F = blocks.eliminated_jacobian, blocks.free_jacobian
         # The reduced right-hand side −(g_F − W (C + λI)⁻¹ g_E).
         self.b = J_F.rmatvec(J_E.matvec(self.C_inverse @ prep.eliminated_gradient)) - prep.free_gradient
-        self.b_norm = float(torch.linalg.vector_norm(self.b))
         self.x, self.r = torch.zeros_like(self.b), self.b
         self.z = self.M_inverse @ self.r
         self.d = self.z
-        self.rz = float(torch.dot(self.r, self.z))
+        self.b_norm, self.rz = torch.stack([torch.linalg.vector_norm(self.b), torch.dot(self.r, self.z)]).tolist()
         self.r_norm = self.b_norm
         self.max_iter = 2 * self.b.shape[0] if max_iter is None else max_iter
         self.iterations, self.products, self.reason = 0, 1, "converged"
@@ -140,17 +140,17 @@ class ReducedSolve:
             Sd = self.schur(self.d)
             self.iterations += 1
             self.products += 1
-            kappa = float(torch.dot(self.d, Sd))
-            if not kappa > 0.0:  # S ⪰ λI: only rounding or overflow
+            # The iteration's one read: dᵀSd, and ‖r‖² and rᵀz of the candidate update.
+            kappa_t = torch.dot(self.d, Sd)
+            alpha = self.rz / kappa_t
+            x, r = self.x + alpha * self.d, self.r - alpha * Sd
+            z = self.M_inverse @ r
+            kappa, rr, rz = torch.stack([kappa_t, torch.dot(r, r), torch.dot(r, z)]).tolist()
+            if not kappa > 0.0:  # S ⪰ λI: only rounding or overflow; the candidate is dropped
                 self.stopped, self.reason = True, "negative_curvature"
                 break
-            alpha = self.rz / kappa
-            self.x = self.x + alpha * self.d
-            self.r = self.r - alpha * Sd
-            self.r_norm = float(torch.linalg.vector_norm(self.r))
-            self.z = self.M_inverse @ self.r
-            rz = float(torch.dot(self.r, self.z))
-            self.d = self.z + (rz / self.rz) * self.d
+            self.x, self.r, self.z, self.r_norm = x, r, z, math.sqrt(rr)
+            self.d = z + (rz / self.rz) * self.d
             self.rz = rz
 
     def step(self) -> DampedStep:
