@@ -65,6 +65,7 @@ __all__ = [
     "block_jacobi_scaling",
     "block_slots",
     "cholesky_whitening",
+    "gram_by_block",
     "normal_diagonal_blocks",
     "slot_gram",
     "slot_rows",
@@ -179,12 +180,18 @@ def slot_rows(values: Tensor, slots: BlockSlots) -> Tensor:
 
 def slot_gram(rows: Tensor, slots: BlockSlots) -> Tensor:
     """Σ over each block's slots of J_{i,b}ᵀ J_{i,b}: the ``(count, size, size)`` diagonal blocks of JᵀJ."""
-    count, size = slots.columns.shape
-    if slots.counts is not None:
-        return torch.stack([r.T @ r for r in torch.split(rows, slots.counts)])
-    outer = (rows[:, :, None] * rows[:, None, :]).reshape(slots.n_slots, size * size)
-    blocks = torch.zeros(count, size * size, dtype=rows.dtype, device=rows.device)
-    return blocks.index_add_(0, slots.slot_block, outer).view(count, size, size)
+    return gram_by_block(rows, slots.slot_block, slots.counts, slots.columns.shape[0])
+
+
+def gram_by_block(rows: Tensor, block: Tensor, counts: list[int] | None, count: int) -> Tensor:
+    """Σ rᵀr over the rows of each of ``count`` blocks: ``rows`` ordered by block, ``block`` the block
+    of each row, ``counts`` the rows per block where a loop of products is cheaper (or ``None``)."""
+    size = rows.shape[1]
+    if counts is not None:
+        return torch.stack([r.T @ r for r in torch.split(rows, counts)])
+    outer = (rows[:, :, None] * rows[:, None, :]).reshape(rows.shape[0], size * size)
+    sums = torch.zeros(count, size * size, dtype=rows.dtype, device=rows.device)
+    return sums.index_add_(0, block, outer).view(count, size, size)
 
 
 def normal_diagonal_blocks(J: SparseOperator, columns: BlockPartition | Sequence[Tensor]) -> list[Tensor]:

@@ -56,6 +56,7 @@ from trustls.sparsity.blocks import BlockPartition
 from trustls.sparsity.normal_blocks import (
     block_columns,
     block_slots,
+    gram_by_block,
     slot_gram,
     slot_rows,
     slot_times_blocks,
@@ -194,16 +195,6 @@ def inverse_factors(blocks: Tensor, damping: float = 0.0) -> Tensor:
     return lower_triangular_inverse(regularized_cholesky(blocks, damping))
 
 
-def _gram_by_block(rows: Tensor, block: Tensor, counts: list[int] | None, count: int) -> Tensor:
-    """Σ rᵀr over the rows of each block (rows ordered by block)."""
-    size = rows.shape[1]
-    if counts is not None:
-        return torch.stack([r.T @ r for r in torch.split(rows, counts)])
-    outer = (rows[:, :, None] * rows[:, None, :]).reshape(rows.shape[0], size * size)
-    sums = torch.zeros(count, size * size, dtype=rows.dtype, device=rows.device)
-    return sums.index_add_(0, block, outer).view(count, size, size)
-
-
 def _factor_times(X: Tensor, Wt: Tensor) -> Tensor:
     """X Wᵀ per pair for lower-triangular X (pairs, s, s) and Wᵀ (pairs, s, f)."""
     size = X.shape[-1]
@@ -234,5 +225,5 @@ def schur_jacobi_blocks(blocks: SchurBlocks, factors: list[Tensor], damping: flo
         counts = None if c.pair_counts is None else [k * size for k in c.pair_counts]
         free_block = c.pair_free_block.repeat_interleave(size) if counts is None else c.pair_free_block
         target = result[c.free_group]
-        target -= _gram_by_block(Y.reshape(-1, Y.shape[2]), free_block, counts, target.shape[0])
+        target -= gram_by_block(Y.reshape(-1, Y.shape[2]), free_block, counts, target.shape[0])
     return result
