@@ -105,7 +105,9 @@ def check_closure_output(residual: object, like: Tensor) -> Tensor:
 
 
 def check_closure_outputs(outputs: Tensor, targets: Tensor | None, like: Tensor, model) -> None:
-    """Check what a closure returned at the linearization, for ``model`` (a `GaussNewtonModel`)."""
+    """Check what a closure returned at the linearization, for ``model`` (a `GaussNewtonModel`): least
+    squares without targets takes the 1-D residual vector (`check_closure_output`), any other loss
+    floating outputs on the parameters' dtype and device."""
     if targets is None and isinstance(model.loss, SquaredError):
         check_closure_output(outputs, like)
     elif not outputs.is_floating_point():
@@ -114,7 +116,6 @@ def check_closure_outputs(outputs: Tensor, targets: Tensor | None, like: Tensor,
         raise TypeError(f"closure must return outputs of the parameters' dtype {like.dtype}, got {outputs.dtype}")
     elif outputs.device != like.device:
         raise ValueError(f"closure must return outputs on the parameters' device {like.device}, got {outputs.device}")
-    model.check_outputs(outputs, targets)
     if not outputs.requires_grad:
         raise ValueError(
             "closure must return outputs that depend on the parameters through autograd; got outputs without "

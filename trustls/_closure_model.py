@@ -40,10 +40,8 @@ from trustls.losses import (
     CrossEntropy,
     Loss,
     LossLinearization,
-    RobustLoss,
     SquaredError,
 )
-from trustls.losses.likelihood import _ElementwiseNLL
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
@@ -57,13 +55,9 @@ __all__ = ["ClosureContext", "ClosureJacobian", "ClosureModel", "ScratchScaling"
 
 def loss_terms(loss: Loss, outputs: Tensor) -> tuple[str | None, int]:
     """``(reduction, count)``: how the loss reduces, and over how many terms (for global means across ranks)."""
-    if isinstance(loss, CrossEntropy):
+    if isinstance(loss, CrossEntropy):  # a term per sample, the classes along dim 1
         return loss.reduction, outputs.numel() // outputs.shape[1 if outputs.ndim >= 2 else 0]
-    if isinstance(loss, _ElementwiseNLL):
-        return loss.reduction, outputs.numel()
-    if isinstance(loss, (SquaredError, RobustLoss)):
-        return None, outputs.numel()
-    return getattr(loss, "reduction", None), outputs.numel()
+    return getattr(loss, "reduction", None), outputs.numel()  # elementwise (least squares, robust: no reduction)
 
 
 def status_word(loss: Loss, outputs: Tensor, cost: Tensor, n: int, radius: float) -> list:
@@ -165,8 +159,8 @@ class ClosureModel(CurvatureModel):
     def linearize_outputs(
         self, outputs: Tensor, targets: Tensor | None, params: list[Tensor], dtype: torch.dtype, *, lean: bool
     ) -> tuple[LossLinearization, ClosureProducts]:
-        """This rank's loss linearization and products at the closure's outputs (no communication)."""
-        self.model.check_outputs(outputs, targets)
+        """This rank's loss linearization and products at the closure's outputs (no communication;
+        the outputs were checked by `trustls._closure.check_closure_outputs`)."""
         loss = self.loss.linearize(outputs.detach().to(dtype), targets)
         products = ClosureProducts(outputs, params, at=loss.gradient, dtype=dtype, lean=lean)
         return loss, products
