@@ -53,7 +53,6 @@ from trustls.batched.objective import Linearized, check_loss, linearize
 from trustls.batched.result import BatchResult
 from trustls.batched.scale import resolve_batch_scale
 from trustls.models.gauss_newton import GaussNewtonModel
-from trustls.radius import noise_level
 from trustls.result import Status
 from trustls.subproblem import DenseLstsq, SteihaugCG
 from trustls.termination import effective_tolerance
@@ -133,7 +132,7 @@ def solve_batch(
     if not isinstance(compact, bool):
         raise TypeError(f"compact must be a bool, got {type(compact).__name__}")
     B, n = x0.shape
-    model, solver, policy = controller.model, controller.solver, controller.radius_policy
+    model, solver = controller.model, controller.solver
     scale_rule = resolve_batch_scale(x_scale, controller.scale_policy, x0)
     function = BatchFunction(fun, B, compact=compact, jacobian=model.jacobian)
     everyone = torch.arange(B, device=x0.device)
@@ -166,7 +165,6 @@ def solve_batch(
 
     eps = torch.finfo(x0.dtype).eps
     tolerances = effective_tolerance(controller.ftol, eps), effective_tolerance(controller.xtol, eps)
-    noise_fraction = noise_level(policy.rounding_noise, eps)
     rounds = 0
     while True:
         rows = torch.nonzero(state.status == RUNNING).squeeze(1)  # the round's read
@@ -204,7 +202,6 @@ def solve_batch(
             max_nfev,
             eps,
             tolerances,
-            noise_fraction,
         )
         state.radius.index_copy_(0, rows, next_radius)
         state.status.index_copy_(0, rows, code)

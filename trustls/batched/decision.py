@@ -1,9 +1,9 @@
 """The decide phase of one round of `solve_batch`, elementwise over the K running problems.
 
 `decide` is `TrustRegion.step`'s decision for one trial of each of K
-problems, on (K,) tensors: the ratio test and the radius update
-(`RadiusPolicy`), the termination tests (`trustls.termination.step_termination`,
-the noise floor of `trustls.radius`, ``gtol`` at an accepted point, a radius
+problems, on (K,) tensors: `trustls.decision.trial_decision` (the ratio
+test, the radius update, ftol, xtol and the noise floor), then what the
+single controller decides around it (``gtol`` at an accepted point, a radius
 below the rounding of x, the budget), and the failures (a trial cost or a
 gradient that is not finite), so that the host reads nothing of them.
 """
@@ -17,8 +17,8 @@ from torch import Tensor
 
 from trustls.batched.fields import BatchStep
 from trustls.batched.objective import Linearized
+from trustls.decision import trial_decision
 from trustls.result import Status
-from trustls.termination import step_termination
 
 if TYPE_CHECKING:
     from trustls.trust_region import TrustRegion
@@ -41,7 +41,6 @@ def decide(
     max_nfev: int,
     eps: float,
     tolerances: tuple[float, float],
-    noise_fraction: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`TrustRegion.step`'s decisions for one trial of K problems.
 
@@ -52,25 +51,15 @@ def decide(
     """
     policy = controller.radius_policy
     ftol, xtol = tolerances
-    noise = noise_fraction * cost
-    trial_cost = new.cost
-    finite = torch.isfinite(trial_cost)
-    actual = cost - trial_cost
-    ratio = torch.where(finite, policy.ratio(actual, step.predicted_reduction, noise), 0.0)
-    failed_radius = policy.after_failure(radius, step.norm)
-    next_radius = torch.where(
-        finite,
-        policy.update(radius, ratio=ratio, step_norm=step.norm, hits_boundary=step.hits_boundary),
-        failed_radius,
+    # The single solve's decision (ratio test, radius update, ftol/xtol, the noise floor), elementwise.
+    decision = trial_decision(
+        policy, cost=cost, trial_cost=new.cost, predicted_reduction=step.predicted_reduction, step_norm=step.norm,
+        radius=radius, hits_boundary=step.hits_boundary, x_step_norm=p_norm, x_norm=x_norm, eps=eps,
+        ftol=ftol, xtol=xtol,
     )
-    # Status codes, RUNNING where no test holds (scipy's MAX_NFEV is 0, step_termination's "none").
-    code = step_termination(actual, cost, p_norm, x_norm, ratio, ftol, xtol)
-    code = torch.where(finite & (code != 0), code, RUNNING)
-    # At the noise floor, stop once the step is below eps^(3/4) relative to x (`trustls.radius`).
-    small = p_norm <= eps**0.75 * (eps**0.75 + x_norm)
-    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == RUNNING)
-    code = torch.where(noise_stop, Status.NOISE_FLOOR.value, code)
-    moves = finite & policy.moves(actual, ratio, noise)
+    finite, moves, next_radius = torch.isfinite(new.cost), decision.moves, decision.next_radius
+    code = torch.where(decision.code != 0, decision.code, RUNNING)  # RUNNING where no test holds
+    failed_radius = policy.after_failure(radius, step.norm)
     # A point whose gradient is not finite is a failed trial: shrink and retry from x.
     gradient_finite = torch.isfinite(new.gradient).all(0)
     failed = moves & ~gradient_finite
