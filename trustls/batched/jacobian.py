@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls.function import call_unmodified, split_outputs
+from trustls.function import call_unmodified, check_outputs, split_outputs
 from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = ["BatchFunction", "BatchedJacobianWarning", "Evaluation"]
@@ -118,10 +118,7 @@ class BatchFunction:
         return flat, None if targets is None else targets.reshape(flat.shape)
 
     def _check(self, outputs: Tensor, X: Tensor) -> None:
-        if not outputs.is_floating_point():
-            raise TypeError(f"fun must return a floating tensor, got dtype {outputs.dtype}")
-        if outputs.dtype != X.dtype:
-            raise TypeError(f"fun must return a tensor of x's dtype {X.dtype}, got {outputs.dtype}")
+        check_outputs(outputs, X)  # floating, on x's dtype and device, as for one problem
         if outputs.ndim < 2 or outputs.shape[0] != X.shape[0]:
             raise ValueError(
                 f"fun must return one row of outputs per problem, shape ({X.shape[0]}, m), "
@@ -179,4 +176,6 @@ class BatchFunction:
             raise ValueError(f"jacobian must return shape {expected} (K, m, n), got {tuple(J.shape)}")
         if J.dtype != X.dtype:
             raise TypeError(f"jacobian must return a tensor of x's dtype {X.dtype}, got {J.dtype}")
+        if J.device != X.device:
+            raise ValueError(f"jacobian must return J on x's device {X.device}, got {J.device}")
         return Evaluation(outputs, targets, J.detach().permute(2, 0, 1))
