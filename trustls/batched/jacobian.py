@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from trustls.function import call_unmodified, check_outputs, split_outputs
+from trustls.operators.product_fallback import error_reason
 from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = ["BatchFunction", "BatchedJacobianWarning", "Evaluation"]
@@ -151,7 +152,7 @@ class BatchFunction:
             except RuntimeError as error:
                 self.mode = "reverse"
                 warnings.warn(
-                    f"trustls could not use forward mode ({str(error).splitlines()[0]}); the Jacobians come "
+                    f"trustls could not use forward mode ({error_reason(error)}); the Jacobians come "
                     f"from {m} backward passes per evaluation instead of {n}",
                     BatchedJacobianWarning,
                     stacklevel=4,

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustls.operators.product_fallback import error_reason
 from trustls.operators.residual_graph import ResidualGraph
 
 __all__ = ["ROUTES", "DenseJacobian", "DenseJacobianResult"]
@@ -136,9 +137,9 @@ class DenseJacobian:
         if family == "forward" and "forward-loop" in self.unavailable:
             route, family = "reverse-batched", "reverse"
         if route.endswith("loop"):
-            matrix = self._loop(graph, family, 0)
+            matrix = self._loop(graph, family)
         else:
-            matrix = self._batched(graph, family, 0)
+            matrix = self._batched(graph, family)
             route = route if route not in self.unavailable else f"{family}-loop"
         return DenseJacobianResult(matrix.detach(), graph.residual.detach(), calls, route)
 
@@ -150,34 +151,34 @@ class DenseJacobian:
 
     # -- computing ----------------------------------------------------------
 
-    def _batched(self, graph: ResidualGraph, family: str, start: int) -> Tensor:
-        """Rows (reverse) or columns (forward) ``start:`` of J in one batched pass, else one by one."""
+    def _batched(self, graph: ResidualGraph, family: str) -> Tensor:
+        """The rows (reverse) or columns (forward) of J in one batched pass, else one by one."""
         route = f"{family}-batched"
         if route not in self.unavailable:
-            eye = self._eye(graph, family, start)
+            eye = self._eye(graph, family)
             try:
                 if family == "reverse":
                     return graph.vjp_batched(eye)
                 return graph.jvp_batched(eye).T
             except (RuntimeError, NotImplementedError) as error:
                 self._rule_out((route,), error)
-        return self._loop(graph, family, start)
+        return self._loop(graph, family)
 
-    def _loop(self, graph: ResidualGraph, family: str, start: int, stop: int | None = None) -> Tensor:
-        eye = self._eye(graph, family, start, stop)
+    def _loop(self, graph: ResidualGraph, family: str) -> Tensor:
+        eye = self._eye(graph, family)
         if family == "reverse":
             return torch.stack([graph.vjp(e) for e in eye])
         return torch.stack([graph.jvp(e) for e in eye], dim=1)
 
-    def _eye(self, graph: ResidualGraph, family: str, start: int, stop: int | None = None) -> Tensor:
+    def _eye(self, graph: ResidualGraph, family: str) -> Tensor:
         m, n = graph.shape
         key = (m if family == "reverse" else n, graph.residual.dtype, graph.residual.device)
         if key not in self._eyes:  # made once per solve: torch.eye costs as much as a small backward pass
             self._eyes[key] = torch.eye(key[0], dtype=key[1], device=key[2])
-        return self._eyes[key][start:stop]
+        return self._eyes[key]
 
     def _rule_out(self, routes: tuple[str, ...], error: Exception) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = error_reason(error)
         for route in routes:
             self.unavailable.setdefault(route, reason)
         if self.route in routes:

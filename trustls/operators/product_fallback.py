@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["ProductFallback", "warn_once", "with_fallback"]
+__all__ = ["ProductFallback", "error_reason", "warn_once", "with_fallback"]
 
 
 class ProductFallback:
@@ -50,9 +50,15 @@ class ProductFallback:
         return f"ProductFallback(reason={self.reason!r}, rows_reason={self.rows_reason!r})"
 
 
+def error_reason(error: Exception) -> str:
+    """The first line of torch's error message (its type's name when it has none): what a warning names."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def warn_once(memo: ProductFallback, what: str, error: Exception, instead: str) -> str:
     """Warn that trustls could not do ``what`` (unless this solve warned already); return the reason."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = error_reason(error)
     if not memo.warned:
         memo.warned = True
         warnings.warn(

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustls.operators.product_fallback import error_reason
 from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.coloring import ColumnColoring, color_columns
@@ -181,7 +182,7 @@ class ColoredJacobian:
                     primal, products = torch.func.vmap(_pushforward(fun, x), out_dims=(None, 0))(seeds)
                     batched = True
                 except Exception as error:  # noqa: BLE001 - reported, and the loop retries
-                    decision.failure = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    decision.failure = error_reason(error)
                     warnings.warn(
                         f"jac_sparsity: torch.func.vmap over torch.func.jvp failed on this residual function "
                         f"({type(error).__name__}: {decision.failure}); the {self.n_colors} colored JVPs now "
