@@ -21,6 +21,12 @@ Sections:
     the evaluation included: ``torch.func.jacfwd`` and ``jacrev`` against
     each route of `trustls.models.dense_jacobian` and the route its shape rule takes.
 
+``backward``
+    One backward pass through a kept graph of small styled problems, single
+    and vmapped over the rows of the identity (all of J): through
+    ``torch.autograd.grad`` and ``torch.func.vmap`` against the direct calls
+    of `trustls.operators.backward`.
+
 ``small-products``
     The Gauss-Newton product JᵀJ v on small styled problems, per product
     method of `trustls.operators.implicit`: the linearization with its first
@@ -28,7 +34,7 @@ Sections:
 
 Medians of interleaved repeats. Run from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian,small-products]
+    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian,backward,small-products]
         [--clock cpu]   (process CPU time: robust on a machine shared with other jobs)
 """
 
@@ -46,7 +52,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from trustls import GaussNewtonModel, SteihaugCG  # noqa: E402
 from trustls.models.dense_jacobian import ROUTES, DenseJacobian  # noqa: E402
-from trustls.operators import JacobianOperator, NormalOperator, SparseOperator, jacobian_products  # noqa: E402
+from trustls.operators import JacobianOperator, NormalOperator, ResidualGraph, SparseOperator, jacobian_products  # noqa: E402
 from trustls.problems import bal, styled  # noqa: E402
 from trustls.problems.structured import broyden_tridiagonal  # noqa: E402
 from trustls.scaling import resolve_x_scale  # noqa: E402
@@ -148,6 +154,30 @@ def dense_jacobian(repeats: int) -> None:
         print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
 
 
+def backward(repeats: int) -> None:
+    from trustls.operators.backward import _direct, _direct_batched
+
+    def public(outputs, inputs, cotangent):
+        return torch.autograd.grad(outputs, inputs, cotangent, retain_graph=True, materialize_grads=True)[0]
+
+    print("\n## One backward pass through a kept graph (µs): public functions / direct calls\n")
+    print("| problem | m | n | single | public / direct | vmapped over m rows | public / direct |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in ("exponential_decay", "gaussian_peaks", "chebyquad_trig", "osborne_2_loop", "bard_loop"):
+        problem = styled.get(name)
+        graph = ResidualGraph.evaluate(problem.residual, problem.x0)
+        r, x = graph.residual, graph.x
+        eye = torch.eye(r.shape[0], dtype=r.dtype)
+        t = medians({
+            "public": lambda: public(r, x, eye[0]), "direct": lambda: _direct(r, x, eye[0]),
+            "public vmap": lambda: torch.func.vmap(lambda u: public(r, x, u))(eye),
+            "direct vmap": lambda: _direct_batched(r, x, eye),
+        }, repeats)  # fmt: skip
+        print(f"| {name} | {problem.m} | {problem.n} | {1e6 * t['public']:.0f} / {1e6 * t['direct']:.0f} | "
+              f"{t['public'] / t['direct']:.2f} | {1e6 * t['public vmap']:.0f} / {1e6 * t['direct vmap']:.0f} | "
+              f"{t['public vmap'] / t['direct vmap']:.2f} |")
+
+
 def small_products(repeats: int) -> None:
     methods = ("autograd", "vjp+double-backward")
     print("\n## Gauss-Newton products on small problems (ms): linearization + first product / one product\n")
@@ -172,7 +202,7 @@ def small_products(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian,small-products")
+    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian,backward,small-products")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
@@ -189,6 +219,8 @@ def main() -> None:
         cg(args.repeats)
     if "dense-jacobian" in sections:
         dense_jacobian(args.repeats)
+    if "backward" in sections:
+        backward(args.repeats)
     if "small-products" in sections:
         small_products(args.repeats)
 
