@@ -70,3 +70,26 @@ def test_lstsq_reads_once_per_trial_point_and_secular_iteration():
     trials = result.nfev - 1
     points = result.njev - 1
     assert reads == trials + 2 * points + result.inner_iterations
+
+
+def test_optimizer_step_reads_a_fixed_few_besides_cg():
+    # Per step beyond one read per CG iteration: the closure's outputs are finite, the
+    # gradient is finite (the optimizer's check and the controller's), the cost for the
+    # state, and the trial's decision. The cost the step returns comes from that decision.
+    from trustls import TrustRegionOptimizer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    X = torch.randn(64, 3, dtype=torch.float64)
+    Y = torch.sin(X.sum(1, keepdim=True))
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0))
+
+    def closure():
+        return (net(X) - Y).reshape(-1)
+
+    opt.step(closure)  # the first step also tests the lean graph once
+    for _ in range(4):
+        with counting_reads() as counts:
+            cost = opt.step(closure)
+        assert counts["reads"] == opt.last.inner_iterations + 5
+        assert cost == opt.last.previous_cost

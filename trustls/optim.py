@@ -309,13 +309,14 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 )
             return trial_outputs, trial_targets
 
-        cost_before = float(lin.cost)
         # max_nfev bounds the closure calls of one step, the linearization's
         # included (a budget over a whole run would stop every later step at
         # its first trial).
         nfev = tr.nfev
         tr = method.step(trial, dataclasses.replace(tr, nfev=1), max_trials=max_trials, relinearize=False)
         tr = dataclasses.replace(tr, nfev=nfev + tr.nfev - 1)
+        # The trial's decision read the cost at x already; read it only when no trial ran.
+        cost_before = tr.last.previous_cost if tr.last is not None else float(lin.cost)
         del lin, products
         if tr.x is not x:
             for p, value in zip(params, unflatten(tr.x, params)):
