@@ -244,3 +244,58 @@ def test_scaled_sparse_linearization_scales_the_matrix(generator):
     torch.testing.assert_close(scaled.operator.to_dense(), D @ J.T @ J @ D, rtol=1e-10, atol=RTOL * _size(J) ** 2)
     torch.testing.assert_close(scaled.gradient, lin.gradient * d, rtol=0, atol=0)
     assert torch.equal(lin.jacobian.to_dense(), J)  # the original is untouched
+
+
+# --- small problems: a matrix-free linearization stores J ---------------------------------------
+
+
+def _chain(n: int, m_per: int = 1):
+    def fun(x):
+        rows = [torch.sin(x[i]) * x[(i + 1) % n] - 0.1 * i for i in range(n)]
+        return torch.stack(rows).repeat(m_per)
+
+    return fun
+
+
+@pytest.mark.parametrize(("n", "m_per", "dtype", "stored"), [
+    (32, 1, torch.float64, True), (3, 4, torch.float32, True), (33, 1, torch.float64, False),
+    (32, 2**15 + 1, torch.float64, False),  # m·n above 2²⁰ entries
+    (4, 1, torch.float16, False),
+])  # fmt: skip
+def test_small_matrix_free_linearization_stores_j(n, m_per, dtype, stored):
+    from trustls.function import CountedFunction
+    from trustls.operators import JacobianOperator
+
+    fun = CountedFunction(_chain(n, m_per))
+    x = torch.linspace(0.1, 1.0, n, dtype=torch.float64).to(dtype)
+    model = GaussNewtonModel()
+    lin = model.linearize(fun, model.evaluate(fun, x, keep=True))
+    assert isinstance(lin.jacobian, DenseOperator if stored else JacobianOperator)
+    assert lin.jacobian_matrix is None  # the dense solver's matrix is not set: only the operator changes
+    assert fun.calls == 1  # J came from the kept graph
+    if stored:
+        J = torch.func.jacrev(_chain(n, m_per))(x)
+        torch.testing.assert_close(lin.jacobian.to_dense(), J)
+        assert model.column_norms_are_estimated(lin) == (not stored and n > 32)
+
+
+@pytest.mark.parametrize("name", ["gaussian_peaks", "osborne_2_loop", "chebyquad_trig"])
+def test_stored_small_j_gives_the_matrix_free_solve(name):
+    # The same CG subproblems whether the products come from a stored J or from autograd: the
+    # same answer (the paths may part where rounding tips a decision, as on Chebyquad).
+    from trustls import TrustRegion
+    from trustls.models import gauss_newton
+    from trustls.problems import styled
+
+    problem = styled.get(name)
+    fun, x0 = problem.residual, problem.x0
+    stored = TrustRegion(GaussNewtonModel(), solver="cg", ftol=1e-12, xtol=1e-12, gtol=1e-12).solve(fun, x0)
+    limit = gauss_newton._STORED_UP_TO
+    try:
+        gauss_newton._STORED_UP_TO = 0
+        free = TrustRegion(GaussNewtonModel(), solver="cg", ftol=1e-12, xtol=1e-12, gtol=1e-12).solve(fun, x0)
+    finally:
+        gauss_newton._STORED_UP_TO = limit
+    assert stored.success and free.success
+    assert stored.cost == pytest.approx(free.cost, rel=1e-8, abs=1e-24)
+    torch.testing.assert_close(stored.x, free.x, rtol=1e-6, atol=1e-8)

@@ -39,6 +39,17 @@ How J is obtained (the routes, in the order they are tried):
   (the map u ↦ Jᵀu is linear; its VJP with cotangent v is Jv), so again no
   second call of the residual function, and no ``vmap``, which some
   functions defeat (random draws, custom autograd Functions, sparse ops).
+
+Small problems. Up to 32 variables (and 2²⁰ entries of J, in single or double
+precision) a matrix-free linearization stores J instead, computed from the
+kept graph by the dense route (`trustls.models.dense_jacobian`: one batched
+backward pass) and wrapped as a `DenseOperator`. There `SteihaugCG` solves
+near-exactly, up to 2n iterations of two products each
+(`SteihaugCG.exact_up_to`), and ``x_scale="jac"`` takes exact column norms
+from n JVPs: at least n + 2 passes through the graph per point, against one
+for J, after which every product is a small matrix-vector product. The
+subproblem and its solution are the same; only the products' rounding
+differs.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls.function import check_outputs, split_outputs
+from trustls.function import HALF, check_outputs, split_outputs
 from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.dense_jacobian import DenseJacobian
@@ -75,6 +86,16 @@ __all__ = ["GaussNewtonModel", "half_squared_norm"]
 # Column norms are computed exactly from n JVPs up to this many variables
 # (`GaussNewtonModel.column_norms`).
 _EXACT_COLUMN_NORMS_UP_TO = 32
+# A matrix-free linearization stores J up to this many variables and entries
+# (module docstring, "Small problems").
+_STORED_UP_TO = 32
+_STORED_ENTRIES = 2**20
+
+
+def _stores_small_jacobian(m: int, x: Tensor) -> bool:
+    """Whether a matrix-free linearization stores J instead (module docstring, "Small problems")."""
+    n = x.shape[0]
+    return n <= _STORED_UP_TO and m * n <= _STORED_ENTRIES and x.dtype not in HALF
 
 
 def half_squared_norm(residual: Tensor) -> Tensor:
@@ -112,7 +133,7 @@ class _Outputs:
 
 
 class GaussNewtonModel(CurvatureModel):
-    """Gauss-Newton curvature JᵀJ, matrix-free by default.
+    """Gauss-Newton curvature JᵀJ, matrix-free by default (J stored up to 32 variables: module docstring).
 
     Args:
         products: how the implicit operator computes JVPs and VJPs; one of
@@ -252,10 +273,10 @@ class GaussNewtonModel(CurvatureModel):
             with torch.enable_grad():
                 J = self.colored.from_jvp(kept.jvp, x)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
-        if dense:
+        if dense or (graph is not None and _stores_small_jacobian(m, x)):
             # From the kept graph: no call of fun (a torch.func evaluation has none: one call).
             result = context.dense(_Outputs(fun, x, context.shape), x, graph=graph)
-            return self._assemble(evaluation, loss, DenseOperator(result.matrix), result.matrix)
+            return self._assemble(evaluation, loss, DenseOperator(result.matrix), result.matrix if dense else None)
         products = jacobian_products(fun, x, "autograd", fallback=context.fallback, graph=graph) if graph else kept
         return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
 
