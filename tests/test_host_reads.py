@@ -3,8 +3,8 @@
 On a GPU every read of a tensor's value (``.item()``, ``float()``, ``bool()``,
 ``.tolist()``) waits for the device. The controller reads once per trial (the
 decision), once per accepted point (the gradient test), `SteihaugCG` once per
-CG iteration, `DenseLstsq` once per point and once per secular-equation
-iteration. These tests count the reads on the CPU, where the same code runs, by
+CG iteration, `DenseLstsq` once per point (the secular equation runs on the
+host). These tests count the reads on the CPU, where the same code runs, by
 wrapping the tensor methods that read.
 """
 
@@ -63,13 +63,14 @@ def test_cg_reads_once_per_trial_point_and_cg_iteration(x_scale):
     assert reads >= trials + accepted + result.inner_iterations + checks
 
 
-def test_lstsq_reads_once_per_trial_point_and_secular_iteration():
+def test_lstsq_reads_once_per_trial_and_twice_per_point():
     problem = extended_rosenbrock(100)
     method = TrustRegion(GaussNewtonModel(), solver="lstsq")
     result, reads = solve_counting(method, problem)
     trials = result.nfev - 1
     points = result.njev - 1
-    assert reads == trials + 2 * points + result.inner_iterations
+    assert result.inner_iterations > 0  # secular iterations ran, and read nothing
+    assert reads == trials + 2 * points
 
 
 def test_optimizer_step_reads_a_fixed_few_besides_cg():

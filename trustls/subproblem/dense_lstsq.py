@@ -24,12 +24,21 @@ J is factored once per accepted point and the factors serve every rejected
 radius; α from the previous radius warm-starts the next root search. The
 normal equations are never formed, so the condition number of J, not its
 square, governs the accuracy. The predicted reduction comes from the
-coefficients: gᵀp = Σ s_i f_i c_i... with signs, ‖Jp‖² = Σ (s_i c_i)².
+coefficients: gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)².
+
+Only the SVD and the step p = V c run on J's device. The singular values and
+the gradient's coordinates sf (k = min(m, n) numbers) are read once per point,
+and the rank cutoff, the secular equation and the coefficients are computed
+on the host in float64, whatever J's dtype: no read per secular iteration,
+and none of the dozens of 0-d tensor operations whose dispatch would
+outweigh the arithmetic on a few numbers (the SVD of J costs far more than
+O(k) host work per iteration at any size).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,77 +51,87 @@ __all__ = ["DenseLstsq", "secular_step"]
 
 @dataclass
 class _Factorization:
-    """The SVD of J at one point, what the secular equation needs of it, and its last root."""
+    """The SVD of J at one point as the secular equation needs it, and its last root.
+
+    ``s`` and ``sf`` are host floats in units of ``sigma`` (a power of two near
+    s_max): s/σ and sf/σ², so that squares neither overflow nor underflow; c(α)
+    is unchanged under s → s/σ, sf → sf/σ², α → α/σ² (`secular_step`).
+    """
 
     V: Tensor
-    s: Tensor  # singular values kept (above the rank cutoff)
-    sf: Tensor  # s_i f_i, the gradient's coordinates in the basis V
+    s: list[float]  # singular values kept (above the rank cutoff), over σ
+    sf: list[float]  # s_i f_i, the gradient's coordinates in the basis V, over σ²
+    sigma: float
     full_rank: bool
-    gauss_newton_norm: float
-    moments: tuple[float, float, float, float] | None = None  # `secular_step`'s radius-free sums
-    alpha: float = 0.0
+    gauss_newton_norm: float  # ‖c(0)‖
+    alpha: float = 0.0  # the last root, over σ²
 
 
-def _coefficients(factors: _Factorization, alpha: float) -> Tensor:
-    return -factors.sf / (factors.s**2 + alpha)
+def _scale_of(s: Sequence[float]) -> float:
+    """σ: a power of two near the largest of ``s`` (1 when there is none, or it is 0 or not finite)."""
+    largest = max(s, default=0.0)
+    return math.ldexp(1.0, math.frexp(largest)[1]) if 0.0 < largest < math.inf else 1.0
 
 
-def secular_moments(s: Tensor, sf: Tensor) -> Tensor:
-    """The radius-free sums `secular_step` starts from, unread: σ (a power of two near s_max, as a
-    float64 tensor), ‖sf/σ²‖², and ‖c(0)‖² = Σ sf²/s⁴ and Σ sf²/s⁶ in units of σ (module docstring)."""
-    sigma = torch.exp2(torch.frexp(s[0].double())[1].double())
-    s, sf = s.double() / sigma, sf.double() / (sigma * sigma)
-    s2, sf2 = s * s, sf * sf
-    return torch.stack([sigma, sf2.sum(), (sf2 / (s2 * s2)).sum(), (sf2 / (s2 * s2 * s2)).sum()])
+def _norm_of_c(s2: Sequence[float], sf: Sequence[float], alpha: float) -> tuple[float, float]:
+    """‖c(α)‖² and Σ sf²/(s² + α)³ (the derivative's sum)."""
+    norm2 = slope = 0.0
+    for a, b in zip(s2, sf):
+        q = b / (a + alpha)
+        norm2 += q * q
+        slope += q * q / (a + alpha)
+    return norm2, slope
 
 
 def secular_step(
-    s: Tensor,
-    sf: Tensor,
+    s: Sequence[float] | Tensor,
+    sf: Sequence[float] | Tensor,
     radius: float,
     *,
     full_rank: bool,
     alpha: float = 0.0,
     rtol: float = 1e-3,
     max_iter: int = 30,
-    moments: tuple[float, float, float, float] | None = None,
 ) -> tuple[float, int]:
-    """Root α > 0 of ‖c(α)‖ = radius, c_i(α) = −sf_i / (s_i² + α).
+    """Root α > 0 of ‖c(α)‖ = radius, c_i(α) = −sf_i / (s_i² + α), in host floats.
 
     Moré's iteration: Newton's method on φ(α) = 1/‖c(α)‖ − 1/Δ, whose update
     is α ← α + (‖c‖/Δ − 1)·‖c‖²/‖c‖'² with ‖c‖'² = Σ sf²/(s²+α)³ (Moré 1978,
-    eq. 5.5), kept in a bracket [l, u]. Stops when |‖c‖ − Δ| ≤ rtol·Δ.
+    eq. 5.5), kept in a bracket [l, u] with u = ‖sf‖/Δ and, for full column
+    rank, l = −φ(0)/φ'(0). Stops when |‖c‖ − Δ| ≤ rtol·Δ.
 
     The iteration runs in units where the largest singular value is about 1:
     with σ a power of two near s_max, c is unchanged under s → s/σ,
     sf → sf/σ², α → α/σ², and the squares of sf cannot overflow even when J's
     entries are near the dtype's range (scaling by a power of two is exact).
-    The radius-free sums it starts from (``moments``, `secular_moments`) are
-    read once per point by `DenseLstsq.prepare`; each iteration reads one pair.
 
     Returns:
         ``(alpha, iterations)``.
 
     Examples:
-        >>> import torch
-        >>> s, sf = torch.tensor([2.0, 1.0]), torch.tensor([4.0, 1.0])
-        >>> alpha, _ = secular_step(s, sf, 0.5, full_rank=True)
-        >>> float(torch.linalg.vector_norm(sf / (s**2 + alpha)))  # doctest: +ELLIPSIS
-        0.5...
+        >>> alpha, _ = secular_step([2.0, 1.0], [4.0, 1.0], 0.5, full_rank=True)
+        >>> round(math.hypot(4.0 / (4.0 + alpha), 1.0 / (1.0 + alpha)), 3)
+        0.5
     """
-    if moments is None:
-        moments = secular_moments(s, sf).tolist()
-    sigma, sf_norm2, norm0, derivative0 = moments
-    s = s / sigma
-    sf = sf / (sigma * sigma)
-    alpha = alpha / (sigma * sigma)
-    s2 = s * s
-    sf2 = sf * sf
-    upper = math.sqrt(sf_norm2) / radius
+    s = s.tolist() if isinstance(s, Tensor) else [float(v) for v in s]
+    sf = sf.tolist() if isinstance(sf, Tensor) else [float(v) for v in sf]
+    sigma = _scale_of(s)
+    s2 = [(v / sigma) ** 2 for v in s]
+    sf = [v / (sigma * sigma) for v in sf]
+    alpha, iterations = _secular_root(s2, sf, radius, full_rank, alpha / (sigma * sigma), rtol, max_iter)
+    return alpha * sigma * sigma, iterations
+
+
+def _secular_root(
+    s2: list[float], sf: list[float], radius: float, full_rank: bool, alpha: float, rtol: float, max_iter: int
+) -> tuple[float, int]:
+    """`secular_step` in units of σ: ``s2`` the squared singular values over σ², ``sf`` over σ²."""
+    upper = math.sqrt(math.fsum(v * v for v in sf)) / radius
     if full_rank:
-        # φ(0) / φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
-        norm0 = math.sqrt(norm0)
-        lower = (norm0 - radius) * norm0**2 / (radius * derivative0) if 0 < derivative0 < math.inf else 0.0
+        # φ(0)/φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
+        norm2_0, derivative0 = _norm_of_c(s2, sf, 0.0)
+        norm0 = math.sqrt(norm2_0)
+        lower = (norm0 - radius) * norm2_0 / (radius * derivative0) if 0 < derivative0 < math.inf else 0.0
         lower = min(max(lower, 0.0), upper)
     else:
         lower = 0.0
@@ -120,8 +139,7 @@ def secular_step(
         alpha = max(0.001 * upper, math.sqrt(lower * upper))
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        denominator = s2 + alpha
-        norm2, slope = torch.stack([(sf2 / denominator**2).sum(), (sf2 / denominator**3).sum()]).tolist()
+        norm2, slope = _norm_of_c(s2, sf, alpha)
         norm = math.sqrt(norm2)
         if abs(norm - radius) <= rtol * radius or not 0.0 < slope < math.inf:
             break  # converged, or α so large (radius near underflow) that no Newton step is defined
@@ -134,7 +152,7 @@ def secular_step(
         if not lower <= alpha <= upper:
             # Newton left the bracket: restart from its geometric mean (Moré 1978).
             alpha = max(0.001 * upper, math.sqrt(lower * upper))
-    return alpha * sigma * sigma, iterations
+    return alpha, iterations
 
 
 @dataclass(frozen=True)
@@ -168,62 +186,62 @@ class DenseLstsq(SubproblemSolver):
             raise ValueError("DenseLstsq needs the dense Jacobian; the model did not provide jacobian_matrix")
         m, n = J.shape
         U, s, Vh = torch.linalg.svd(J, full_matrices=False)
-        if s.numel() == 0:
-            return _Factorization(Vh.T, s, s, False, 0.0)
-        keep = s > max(m, n) * torch.finfo(J.dtype).eps * s[0]
         f = linearization.whitened_residual
         g = linearization.gradient
+        cutoff = max(m, n) * torch.finfo(J.dtype).eps
         if f is not None:
             # sf = s·(Uᵀf): its error in the direction of a small singular value s_i
             # is of order eps·s_i‖f‖, where Vᵀg's is eps·s_max‖f‖.
-            sf = s * (U.T @ f)
-            outside_norm = torch.zeros((), dtype=s.dtype, device=s.device)
+            sf = s.double() * (U.T @ f).double()
+            extra = torch.zeros(2, dtype=torch.float64, device=s.device)
         else:
             # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
             # loss may leave the range of J̃ᵀ (a logit whose probability underflows moves the
             # loss but not J̃): that part, g⊥ = g − VVᵀg, is a direction of zero curvature,
             # kept as a zero singular value, along which the model only falls.
+            keep = s > cutoff * s[0] if s.numel() else s > 0
             sf = torch.where(keep, Vh @ g, 0.0)
-            outside_norm = torch.linalg.vector_norm(g - Vh.T @ sf)
-        sf = torch.where(keep, sf, 0.0)
-        safe = torch.where(keep, s, 1.0)
-        # The point's one read: the rank, ‖p(0)‖ and the secular equation's sums.
-        rank, gauss_newton_norm, outside, g_norm, *moments = torch.cat([
-            torch.stack([keep.sum().to(s.dtype), torch.linalg.vector_norm(sf / (safe * safe)), outside_norm,
-                         torch.linalg.vector_norm(g)]).double(),
-            secular_moments(safe, sf),
-        ]).tolist()
-        rank = int(rank)
-        s, V, sf = s[:rank], Vh[:rank].T, sf[:rank]
+            extra = torch.stack([torch.linalg.vector_norm(g - Vh.T @ sf), torch.linalg.vector_norm(g)]).double()
+        # The point's one read: s, sf, and for a loss ‖g⊥‖ and ‖g‖.
+        values = torch.cat([s.double(), sf.double(), extra]).tolist()
+        k = s.numel()
+        s_host, sf_host, (outside, g_norm) = values[:k], values[k : 2 * k], values[2 * k :]
+        # s is sorted: the singular values kept are a prefix (numpy.linalg.lstsq's cutoff).
+        rank = sum(1 for v in s_host if v > cutoff * s_host[0]) if s_host else 0
+        sigma = _scale_of(s_host[:rank])
+        s_host = [v / sigma for v in s_host[:rank]]
+        sf_host = [v / (sigma * sigma) for v in sf_host[:rank]]
+        V = Vh[:rank].T
         if f is not None or outside <= math.sqrt(torch.finfo(g.dtype).eps) * g_norm:
-            return _Factorization(V, s, sf, rank == n, gauss_newton_norm if rank else 0.0, tuple(moments))
-        V = torch.cat([V, ((g - V @ sf) / outside)[:, None]], dim=1)
-        s = torch.cat([s, s.new_zeros(1)])
-        sf = torch.cat([sf, sf.new_full((1,), outside)])
-        return _Factorization(V, s, sf, False, math.inf)
+            gauss_newton_norm = math.sqrt(math.fsum((b / (a * a)) ** 2 for a, b in zip(s_host, sf_host)))
+            return _Factorization(V, s_host, sf_host, sigma, rank == n, gauss_newton_norm)
+        V = torch.cat([V, ((g - V @ sf[:rank].to(V.dtype)) / outside)[:, None]], dim=1)
+        return _Factorization(V, s_host + [0.0], sf_host + [outside / (sigma * sigma)], sigma, False, math.inf)
 
     def solve(self, prepared: _Factorization, radius: float) -> Step:
         factors = prepared
         if factors.gauss_newton_norm == 0.0:  # no gradient in the range of J̃ᵀ, nor outside it
             zero = torch.zeros(factors.V.shape[0], dtype=factors.V.dtype, device=factors.V.device)
             return Step(zero, 0.0, 0.0, False, 0, 0, "zero_gradient")
+        s2 = [v * v for v in factors.s]
         if factors.gauss_newton_norm <= radius:
             alpha, iterations, reason = 0.0, 0, "gauss_newton"
         else:
-            alpha, iterations = secular_step(
-                factors.s, factors.sf, radius, full_rank=factors.full_rank,
-                alpha=factors.alpha, rtol=self.rtol, max_iter=self.max_iter, moments=factors.moments,
+            alpha, iterations = _secular_root(
+                s2, factors.sf, radius, factors.full_rank, factors.alpha, self.rtol, self.max_iter
             )
             factors.alpha = alpha
             reason = "secular"
-        c = _coefficients(factors, alpha)
-        norm = torch.linalg.vector_norm(c)
+        c = [-b / (a + alpha) for a, b in zip(s2, factors.sf)]
+        norm = math.sqrt(math.fsum(v * v for v in c))
         if alpha > 0:
             # The secular tolerance leaves ‖p‖ within rtol·Δ of Δ; a boundary step is put on
             # the boundary exactly, as scipy's solve_lsq_trust_region does (p *= Δ/‖p‖), so
             # that ‖p‖ ≤ Δ holds and a step along one coordinate with Δ = ‖x‖ reaches 0.
-            c = c * (radius / norm)
-            norm = torch.full_like(norm, radius)
-        # m(p) = gᵀp + ½‖Jp‖² with gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)².
-        model = torch.dot(factors.sf, c) + 0.5 * torch.dot(factors.s * c, factors.s * c)
-        return Step(factors.V @ c, norm, -model, alpha > 0, iterations, 0, reason)
+            c = [v * (radius / norm) for v in c]
+            norm = radius
+        # m(p) = gᵀp + ½‖Jp‖² with gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)², in units of σ².
+        sigma2 = factors.sigma * factors.sigma
+        model = sigma2 * math.fsum(b * v + 0.5 * (a * v) ** 2 for a, b, v in zip(factors.s, factors.sf, c))
+        step = factors.V @ torch.tensor(c, dtype=factors.V.dtype, device=factors.V.device)
+        return Step(step, norm, -model, alpha > 0, iterations, 0, reason)
