@@ -101,3 +101,22 @@ def test_a_failing_private_entry_is_detected(monkeypatch):
         module._direct_calls_agree.cache_clear()
     monkeypatch.undo()
     assert module._direct_calls_agree()
+
+
+def test_a_cotangent_of_the_wrong_shape_gets_torch_error():
+    x, r = graph()
+    with pytest.raises(RuntimeError, match="Mismatch in shape"):
+        backward(r, x, torch.ones(2, 3, dtype=F64))
+    with pytest.raises(RuntimeError, match="Mismatch in shape"):
+        backward_batched(r, x, torch.ones(4, 5, dtype=F64))
+
+
+def test_direct_calls_under_a_device_context(monkeypatch):
+    # torch.device(...) as a context is a TorchFunctionMode: plain tensors still take the direct calls.
+    calls = []
+    direct = module._direct
+    monkeypatch.setattr(module, "_direct", lambda *args: calls.append(1) or direct(*args))
+    x, r = graph()
+    with torch.device("cpu"):
+        torch.testing.assert_close(backward(r, x, torch.ones(6, dtype=F64)), public_rows(r, x, torch.eye(6, dtype=F64)).sum(0))
+    assert calls == [1]

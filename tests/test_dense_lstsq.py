@@ -215,6 +215,52 @@ def test_float32_smoke(generator):
     assert float((step.step.double() - expected).norm()) <= STEP_FACTOR * 1e-3 * radius
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e160, 1e300])
+@pytest.mark.parametrize("fraction", [2.0, 0.3, 1e-6])
+@pytest.mark.parametrize("loss_path", [False, True], ids=["residual", "gradient"])
+def test_steps_are_invariant_under_scaling_j(scale, fraction, loss_path, generator):
+    # J → κJ with Δ → Δ/κ: p → p/κ and the same predicted reduction, at every κ whose J
+    # float64 holds (the host arithmetic scales by powers of two: no square leaves the range).
+    J, r = make_problem("tall_graded", generator)
+    radius = fraction * float(minimum_norm_step(J, r).norm())
+
+    def step_of(J, radius):
+        lin = least_squares(J, r)
+        if loss_path:  # the coordinates from g = Jᵀr, as for a loss without a residual
+            lin = Linearization(**{**lin.__dict__, "whitened_residual": None})
+        return DenseLstsq(rtol=1e-12).solve(DenseLstsq(rtol=1e-12).prepare(lin), radius)
+
+    reference, step = step_of(J, radius), step_of(scale * J, radius / scale)
+    assert step.reason == reference.reason
+    torch.testing.assert_close(step.step * scale, reference.step, rtol=1e-9, atol=0)
+    assert step.norm == pytest.approx(reference.norm / scale, rel=1e-9)
+    assert step.predicted_reduction == pytest.approx(reference.predicted_reduction, rel=1e-9)
+
+
+@pytest.mark.parametrize("loss_path", [False, True], ids=["residual", "gradient"])
+def test_coefficients_on_the_device_give_the_hosts_step(loss_path, generator, monkeypatch):
+    # An accelerator computes c(α) on the device from the host's α; the CPU copies the host's c.
+    # Both routes run here on the CPU: the same steps to rounding, radius by radius.
+    from trustls.subproblem import dense_lstsq
+
+    J, r = make_problem("duplicate_columns" if loss_path else "tall_graded", generator)
+    lin = least_squares(J, r)
+    if loss_path:  # a gradient with a part outside the range of Jᵀ (columns 0 and 3 are equal)
+        outside = torch.tensor([0.3, 0.0, 0.0, -0.3, 0.0], dtype=torch.float64)
+        lin = Linearization(**{**lin.__dict__, "whitened_residual": None, "gradient": lin.gradient + outside})
+    radii = [10.0, 0.5, 0.05, 1e-4]
+    host = DenseLstsq().prepare(lin)
+    monkeypatch.setattr(dense_lstsq, "_coefficients_on_device", lambda device: True)
+    device = DenseLstsq().prepare(lin)
+    assert host.s_device is None and device.s_device is not None
+    assert len(host.s) == 4  # rank 4; or rank 3 and the zero singular value of g's outside part
+    assert host.s[-1] == (0.0 if loss_path else host.s[-1])
+    for radius in radii:
+        a, b = DenseLstsq().solve(host, radius), DenseLstsq().solve(device, radius)
+        torch.testing.assert_close(b.step, a.step, rtol=1e-13, atol=1e-15)
+        assert (a.norm, a.predicted_reduction, a.reason) == (b.norm, b.predicted_reduction, b.reason)
+
+
 # --- secular_step ------------------------------------------------------------------------
 
 

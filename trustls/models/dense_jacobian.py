@@ -28,14 +28,21 @@ styled problems (`trustls.problems.styled`) they were slower on every shape
 vmapped call of ``fun`` (random ops inside ``fun`` then fail), and both fail
 on autograd.Functions without functorch support (see ``docs/jacobians.md``).
 
-The rule, by the shape alone, so that a solve is reproducible bit for bit:
+The rule, by the shape, so that a solve is reproducible bit for bit:
 reverse mode (m rows) unless it needs more than 16 times the passes of
 forward mode (n columns and the ``create_graph`` pass), batched. A batched
 pass costs about as much whatever the batch at these sizes; measured on the
 79 small problems of ``benchmarks/small_problems.py``, timing each route at
 the first linearizations and keeping the fastest chose exactly these routes
 (reverse mode on 75, forward mode where m > 16(n + 1)), so the rule loses
-nothing and its results do not depend on the machine's load.
+nothing and its results do not depend on the machine's load. That holds
+while the fixed cost of a pass dominates. A batched pass holds one copy of
+the graph's saved tensors per product, and does that much more arithmetic:
+when the caller measured them (`saved_elements`, counted at the solve's
+first evaluation, `ResidualGraph.evaluate`) and reverse mode's batch would
+hold more than `BATCH_ELEMENTS` of them, the family with fewer products is
+taken (a residual of a few outputs computed through a large intermediate,
+where m rows cost m times a pass and n + 1 columns n + 1 times).
 
 Fallback: when a batched pass fails (a backward formula without a batching
 rule: ``torch.sparse.mm``, some autograd.Functions), the rows or columns are
@@ -70,6 +77,9 @@ ROUTES = ("reverse-batched", "reverse-loop", "forward-batched", "forward-loop")
 
 # Reverse mode unless it needs more than this many times forward mode's passes.
 _FAMILY_PASS_RATIO = 16
+# A batched pass holds one copy of the graph's saved tensors per product: above this many
+# elements (32 MB in float64) the family with fewer products is taken.
+BATCH_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ class DenseJacobian:
             raise ValueError(f"route must be one of {list(ROUTES)} or None, got {route!r}")
         self.route = route
         self.unavailable: dict[str, str] = {}  # route -> first line of the error that ruled it out
+        self.saved_elements: int | None = None  # of fun's graph, when the caller measured it
         self._eyes: dict[tuple, Tensor] = {}
         self._warned = False
 
@@ -143,11 +154,22 @@ class DenseJacobian:
             route = route if route not in self.unavailable else f"{family}-loop"
         return DenseJacobianResult(matrix.detach(), graph.residual.detach(), calls, route)
 
-    @staticmethod
-    def _family(graph: ResidualGraph) -> str:
-        """Reverse mode unless it needs more than 16 times forward mode's passes (module docstring)."""
-        m, n = graph.shape
-        return "reverse" if m <= _FAMILY_PASS_RATIO * (n + 1) else "forward"
+    def _family(self, graph: ResidualGraph) -> str:
+        return self.family(*graph.shape)
+
+    def family(self, m: int, n: int) -> str:
+        """Reverse mode unless it needs more than 16 times forward mode's passes, or the graph is so large
+        that its batch of m rows holds more than `BATCH_ELEMENTS` saved elements (module docstring)."""
+        reverse = m <= _FAMILY_PASS_RATIO * (n + 1)
+        if reverse and m > n + 1 and self.saved_elements is not None and m * self.saved_elements > BATCH_ELEMENTS:
+            reverse = False
+        return "reverse" if reverse else "forward"
+
+    def batch_elements(self, m: int, n: int) -> int | None:
+        """The saved elements that the batched pass of `family` holds (``None`` when not measured)."""
+        if self.saved_elements is None:
+            return None
+        return (m if self.family(m, n) == "reverse" else n + 1) * self.saved_elements
 
     # -- computing ----------------------------------------------------------
 

@@ -40,16 +40,19 @@ How J is obtained (the routes, in the order they are tried):
   second call of the residual function, and no ``vmap``, which some
   functions defeat (random draws, custom autograd Functions, sparse ops).
 
-Small problems. Up to 32 variables (and 2²⁰ entries of J, in single or double
-precision) a matrix-free linearization stores J instead, computed from the
-kept graph by the dense route (`trustls.models.dense_jacobian`: one batched
-backward pass) and wrapped as a `DenseOperator`. There `SteihaugCG` solves
-near-exactly, up to 2n iterations of two products each
-(`SteihaugCG.exact_up_to`), and ``x_scale="jac"`` takes exact column norms
-from n JVPs: at least n + 2 passes through the graph per point, against one
-for J, after which every product is a small matrix-vector product. The
-subproblem and its solution are the same; only the products' rounding
-differs.
+Small problems. Up to 32 variables a matrix-free linearization stores J
+instead, computed from the kept graph by the dense route
+(`trustls.models.dense_jacobian`: one batched backward pass) and wrapped as a
+`DenseOperator`. There `SteihaugCG` solves near-exactly, up to 2n iterations
+of two products each (`SteihaugCG.exact_up_to`), and ``x_scale="jac"`` takes
+exact column norms from n JVPs: at least n + 2 passes through the graph per
+point, against one batched pass for J, after which every product is a small
+matrix-vector product. That holds while the batch is cheap, so J is stored
+only when it has at most 2²⁰ entries and the batched pass holds at most
+`BATCH_ELEMENTS` elements of the graph's saved tensors (counted at the solve's
+first evaluation): a residual of few outputs computed through a large
+intermediate stays matrix-free. The subproblem and its solution are the same;
+only the products' rounding differs.
 """
 
 from __future__ import annotations
@@ -61,10 +64,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trustls.function import HALF, check_outputs, split_outputs
+from trustls.function import check_outputs, split_outputs
 from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
-from trustls.models.dense_jacobian import DenseJacobian
+from trustls.models.dense_jacobian import BATCH_ELEMENTS, DenseJacobian
 from trustls.models.user_jacobian import jacobian_operator
 from trustls.operators.base import LinearOperator
 from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
@@ -92,10 +95,12 @@ _STORED_UP_TO = 32
 _STORED_ENTRIES = 2**20
 
 
-def _stores_small_jacobian(m: int, x: Tensor) -> bool:
+def _stores_small_jacobian(m: int, n: int, dense: DenseJacobian) -> bool:
     """Whether a matrix-free linearization stores J instead (module docstring, "Small problems")."""
-    n = x.shape[0]
-    return n <= _STORED_UP_TO and m * n <= _STORED_ENTRIES and x.dtype not in HALF
+    if n > _STORED_UP_TO or m * n > _STORED_ENTRIES:
+        return False
+    held = dense.batch_elements(m, n)
+    return held is not None and held <= BATCH_ELEMENTS
 
 
 def half_squared_norm(residual: Tensor) -> Tensor:
@@ -107,7 +112,8 @@ def half_squared_norm(residual: Tensor) -> Tensor:
 @dataclass
 class _Context:
     """What a solve learns about its function: the shape of its outputs (fixed at the first call),
-    the dense-Jacobian route's fallbacks, and a ``torch.func`` product method's failure."""
+    the dense-Jacobian route's fallbacks and the size of the graph (measured at the first kept
+    evaluation), and a ``torch.func`` product method's failure."""
 
     shape: tuple[int, ...] | None = None
     dense: DenseJacobian = field(default_factory=DenseJacobian)
@@ -165,7 +171,7 @@ class GaussNewtonModel(CurvatureModel):
         >>> fun = CountedFunction(lambda x: x**2 - 1)
         >>> lin = model.linearize(fun, torch.tensor([2.0, 0.0]))
         >>> float(lin.cost), lin.gradient, fun.calls
-        (5.0, tensor([12., -0.]), 1)
+        (5.0, tensor([12.,  0.]), 1)
     """
 
     def __init__(
@@ -231,7 +237,10 @@ class GaussNewtonModel(CurvatureModel):
         if keep and self.jacobian is None:
             split = _Outputs(fun, x, context.shape)
             if self.products == "autograd":
-                kept = ResidualGraph.evaluate(split, x)
+                measure = context.dense.saved_elements is None
+                kept = ResidualGraph.evaluate(split, x, measure=measure)
+                if measure:
+                    context.dense.saved_elements = kept.saved_elements
                 outputs = kept.residual.detach()
             else:
                 kept = jacobian_products(split, x, self.products, fallback=context.fallback)
@@ -266,6 +275,8 @@ class GaussNewtonModel(CurvatureModel):
         if kept is None:  # evaluated without its graph: record it now (one more call of fun)
             kept = self.evaluate(fun, x, context, keep=True).kept
         graph = kept if isinstance(kept, ResidualGraph) else None
+        if graph is not None and context.dense.saved_elements is None:  # evaluated in another context
+            context.dense.saved_elements = graph.saved_elements
         if self.colored is not None:
             if self.colored.shape != (m, x.shape[0]):
                 raise ValueError(f"jac_sparsity must have shape {(m, x.shape[0])} (outputs, variables), "
@@ -273,7 +284,7 @@ class GaussNewtonModel(CurvatureModel):
             with torch.enable_grad():
                 J = self.colored.from_jvp(kept.jvp, x)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
-        if dense or (graph is not None and _stores_small_jacobian(m, x)):
+        if dense or (graph is not None and _stores_small_jacobian(m, x.shape[0], context.dense)):
             # From the kept graph: no call of fun (a torch.func evaluation has none: one call).
             result = context.dense(_Outputs(fun, x, context.shape), x, graph=graph)
             return self._assemble(evaluation, loss, DenseOperator(result.matrix), result.matrix if dense else None)

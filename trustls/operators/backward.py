@@ -25,9 +25,10 @@ different values, or any error (a torch version whose private signatures
 differ), and this process uses ``torch.autograd.grad`` and
 ``torch.func.vmap`` instead. The checks that the public functions make and
 these calls skip are checks of arguments that trustls builds itself (one
-output, one input, a cotangent of the output's shape and dtype); tensor
-subclasses with ``__torch_function__`` overrides always take the public
-functions, which dispatch them.
+output, one input, a cotangent of the output's dtype); tensor subclasses
+(whose ``__torch_function__`` overrides the public functions dispatch) and a
+cotangent of another shape than the output (for the public error message)
+take the public functions.
 
 Reference:
     R. Zou, H. He et al., "functorch: JAX-like composable function transforms
@@ -41,7 +42,6 @@ import functools
 
 import torch
 from torch import Tensor
-from torch.overrides import has_torch_function
 
 __all__ = ["backward", "backward_batched"]
 
@@ -93,6 +93,9 @@ def _direct_calls_agree() -> bool:
         with torch.enable_grad():
             r = torch.stack([x[0] * x[1], x[2].exp(), x.sum()])
         eye = torch.eye(3, dtype=torch.float64)
+        # The public vmap runs first on purpose: its first call also loads functorch's
+        # decompositions (batching rules written in Python), which the direct calls use
+        # but do not load themselves.
         expected = torch.func.vmap(functools.partial(_public, r, x))(eye)
         return bool(
             torch.equal(_direct_batched(r, x, eye), expected)
@@ -103,8 +106,13 @@ def _direct_calls_agree() -> bool:
         return False
 
 
-def _use_public(outputs: Tensor, inputs: Tensor, cotangent: Tensor) -> bool:
-    return has_torch_function((outputs, inputs, cotangent)) or not _direct_calls_agree()
+def _use_public(outputs: Tensor, inputs: Tensor, cotangents: Tensor, batched: bool) -> bool:
+    """Whether to take the public functions: tensor subclasses (whose overrides they dispatch), a
+    cotangent of another shape than the outputs (for their error message), or a torch without the
+    direct calls."""
+    plain = type(outputs) is Tensor and type(inputs) is Tensor and type(cotangents) is Tensor
+    shape = cotangents.shape[1:] if batched else cotangents.shape
+    return not plain or shape != outputs.shape or not _direct_calls_agree()
 
 
 def backward(outputs: Tensor, inputs: Tensor, cotangent: Tensor) -> Tensor:
@@ -116,7 +124,7 @@ def backward(outputs: Tensor, inputs: Tensor, cotangent: Tensor) -> Tensor:
         >>> backward(x**2, x, torch.tensor([1.0, 1.0]))
         tensor([2., 4.])
     """
-    if _use_public(outputs, inputs, cotangent):
+    if _use_public(outputs, inputs, cotangent, batched=False):
         return _public(outputs, inputs, cotangent)
     return _direct(outputs, inputs, cotangent)
 
@@ -135,6 +143,6 @@ def backward_batched(outputs: Tensor, inputs: Tensor, cotangents: Tensor) -> Ten
         tensor([[2., 0.],
                 [0., 4.]])
     """
-    if _use_public(outputs, inputs, cotangents):
+    if _use_public(outputs, inputs, cotangents, batched=True):
         return torch.func.vmap(functools.partial(_public, outputs, inputs))(cotangents)
     return _direct_batched(outputs, inputs, cotangents)

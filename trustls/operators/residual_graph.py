@@ -59,19 +59,39 @@ class ResidualGraph:
         (tensor([2., 6.]), tensor([2., 0.]))
     """
 
-    def __init__(self, x: Tensor, residual: Tensor):
+    def __init__(self, x: Tensor, residual: Tensor, saved_elements: int | None = None):
         self.x = x
         self.residual = residual
+        self.saved_elements = saved_elements  # the graph's saved tensors' elements, when measured
         self._tangent: Tensor | None = None  # the leaf u of the double-backward graph
         self._pullback: Tensor | None = None  # Jᵀu, recorded with create_graph=True
 
     @classmethod
-    def evaluate(cls, fun: Callable[[Tensor], Tensor], x: Tensor) -> ResidualGraph:
-        """Call ``fun`` once at a detached copy of ``x`` that requires grad (x is not modified)."""
+    def evaluate(cls, fun: Callable[[Tensor], Tensor], x: Tensor, *, measure: bool = False) -> ResidualGraph:
+        """Call ``fun`` once at a detached copy of ``x`` that requires grad (x is not modified).
+
+        With ``measure=True`` the elements of the tensors the graph saves for
+        its backward are counted (`saved_elements`): a batched pass through the
+        graph holds one copy of them per product, so they bound what a batch
+        may cost (`trustls.models.dense_jacobian`). They are counted by
+        ``torch.autograd.graph.saved_tensors_hooks`` whose pack hook returns
+        the tensor detached (autograd restores its history on unpacking, so
+        double backward is unchanged); inside ``fun`` a hook pair of the
+        user's own takes precedence, and those tensors are not counted.
+        """
         leaf = x.detach().requires_grad_()
         with torch.enable_grad():
-            residual = fun(leaf)
-        return cls(leaf, residual)
+            if not measure:
+                return cls(leaf, fun(leaf))
+            count = [0]
+
+            def pack(tensor: Tensor) -> Tensor:
+                count[0] += tensor.numel()
+                return tensor.detach()
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                residual = fun(leaf)
+        return cls(leaf, residual, count[0])
 
     @property
     def shape(self) -> tuple[int, int]:

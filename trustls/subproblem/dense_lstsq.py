@@ -26,13 +26,19 @@ normal equations are never formed, so the condition number of J, not its
 square, governs the accuracy. The predicted reduction comes from the
 coefficients: gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)².
 
-Only the SVD and the step p = V c run on J's device. The singular values and
-the gradient's coordinates sf (k = min(m, n) numbers) are read once per point,
-and the rank cutoff, the secular equation and the coefficients are computed
-on the host in float64, whatever J's dtype: no read per secular iteration,
-and none of the dozens of 0-d tensor operations whose dispatch would
-outweigh the arithmetic on a few numbers (the SVD of J costs far more than
-O(k) host work per iteration at any size).
+Only the SVD and the step p = V c run on J's device. The rank, the singular
+values and the gradient's coordinates sf (k = min(m, n) numbers) are read
+once per point; the secular equation, the step's length and the model value
+are computed on the host in float64, whatever J's dtype; on an accelerator
+the coefficients c(α) of the step are computed on the device from the same
+α (a copy from the host would wait for the device). No read per secular
+iteration, and none of the dozens of 0-d tensor operations whose dispatch
+would outweigh the arithmetic on a few numbers (the SVD of J costs far more
+than O(k) host work per iteration at any size). The host arithmetic is
+written so that it never raises: squares by multiplication, sums by ``sum``,
+a division by zero by its IEEE value (`_divide`). Overflow gives inf and a
+non-finite step, which the controller rejects, as it rejected the tensors'
+inf and NaN before.
 """
 
 from __future__ import annotations
@@ -48,38 +54,58 @@ from trustls.subproblem.base import Step, SubproblemSolver
 
 __all__ = ["DenseLstsq", "secular_step"]
 
+_SMALLEST_NORMAL = 2.0**-1022
+
 
 @dataclass
 class _Factorization:
     """The SVD of J at one point as the secular equation needs it, and its last root.
 
-    ``s`` and ``sf`` are host floats in units of ``sigma`` (a power of two near
-    s_max): s/σ and sf/σ², so that squares neither overflow nor underflow; c(α)
-    is unchanged under s → s/σ, sf → sf/σ², α → α/σ² (`secular_step`).
+    Singular values and gradient coordinates are kept in units of σ, a power
+    of two near s_max: s/σ and sf/σ², on the host (for the secular equation)
+    and, on an accelerator, on J's device (for the coefficients of the step);
+    c(α) is unchanged under s → s/σ, sf → sf/σ², α → α/σ² (`secular_step`).
     """
 
     V: Tensor
     s: list[float]  # singular values kept (above the rank cutoff), over σ
     sf: list[float]  # s_i f_i, the gradient's coordinates in the basis V, over σ²
+    s_device: Tensor | None  # the same two, float64, on an accelerator (None on the CPU)
+    sf_device: Tensor | None
     sigma: float
     full_rank: bool
     gauss_newton_norm: float  # ‖c(0)‖
     alpha: float = 0.0  # the last root, over σ²
 
 
-def _scale_of(s: Sequence[float]) -> float:
-    """σ: a power of two near the largest of ``s`` (1 when there is none, or it is 0 or not finite)."""
-    largest = max(s, default=0.0)
-    return math.ldexp(1.0, math.frexp(largest)[1]) if 0.0 < largest < math.inf else 1.0
+def _coefficients_on_device(device: torch.device) -> bool:
+    """Whether the step's coefficients are computed on J's device (an accelerator) or copied from the host."""
+    return device.type != "cpu"
+
+
+def _unit_of(largest: float) -> float:
+    """σ, a power of two with s_max/σ in [1, 2), for a normal positive finite ``largest``.
+
+    2^(e−1) rather than 2^e (frexp's exponent) so that σ stays finite for
+    s_max up to float64's largest; 1/σ is finite down to its smallest normal.
+    """
+    return math.ldexp(1.0, math.frexp(largest)[1] - 1)
+
+
+def _divide(a: float, b: float) -> float:
+    """a/b with IEEE semantics for b = 0 (±inf, or NaN for 0/0), as a tensor division gives."""
+    if b != 0.0:
+        return a / b
+    return math.copysign(math.inf, a) * math.copysign(1.0, b) if a != 0.0 and a == a else math.nan
 
 
 def _norm_of_c(s2: Sequence[float], sf: Sequence[float], alpha: float) -> tuple[float, float]:
     """‖c(α)‖² and Σ sf²/(s² + α)³ (the derivative's sum)."""
     norm2 = slope = 0.0
     for a, b in zip(s2, sf):
-        q = b / (a + alpha)
+        q = _divide(b, a + alpha)
         norm2 += q * q
-        slope += q * q / (a + alpha)
+        slope += _divide(q * q, a + alpha)
     return norm2, slope
 
 
@@ -115,24 +141,35 @@ def secular_step(
     """
     s = s.tolist() if isinstance(s, Tensor) else [float(v) for v in s]
     sf = sf.tolist() if isinstance(sf, Tensor) else [float(v) for v in sf]
-    sigma = _scale_of(s)
-    s2 = [(v / sigma) ** 2 for v in s]
-    sf = [v / (sigma * sigma) for v in sf]
-    alpha, iterations = _secular_root(s2, sf, radius, full_rank, alpha / (sigma * sigma), rtol, max_iter)
-    return alpha * sigma * sigma, iterations
+    largest = max(s, default=0.0)
+    sigma = _unit_of(largest) if _SMALLEST_NORMAL <= largest < math.inf else 1.0
+    inverse = 1.0 / sigma
+    s2 = [(v * inverse) * (v * inverse) for v in s]
+    sf = [v * inverse * inverse for v in sf]
+    alpha, iterations = _secular_root(s2, sf, radius, full_rank, alpha * inverse * inverse, rtol, max_iter)
+    return sigma * (sigma * alpha), iterations
 
 
 def _secular_root(
     s2: list[float], sf: list[float], radius: float, full_rank: bool, alpha: float, rtol: float, max_iter: int
 ) -> tuple[float, int]:
-    """`secular_step` in units of σ: ``s2`` the squared singular values over σ², ``sf`` over σ²."""
-    upper = math.sqrt(math.fsum(v * v for v in sf)) / radius
+    """`secular_step` in units of σ: ``s2`` the squared singular values over σ², ``sf`` over σ².
+
+    c(α) is linear in sf, so sf and Δ are first divided by τ, a power of two
+    near max |sf|: the squares of the sums then neither underflow nor overflow,
+    and the root α is the same.
+    """
+    largest = max((abs(v) for v in sf), default=0.0)
+    if _SMALLEST_NORMAL <= largest < math.inf:
+        inverse = 1.0 / _unit_of(largest)
+        sf, radius = [v * inverse for v in sf], radius * inverse
+    upper = math.hypot(*sf) / radius
     if full_rank:
         # φ(0)/φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
         norm2_0, derivative0 = _norm_of_c(s2, sf, 0.0)
         norm0 = math.sqrt(norm2_0)
         lower = (norm0 - radius) * norm2_0 / (radius * derivative0) if 0 < derivative0 < math.inf else 0.0
-        lower = min(max(lower, 0.0), upper)
+        lower = min(max(lower, 0.0), upper) if lower == lower else 0.0
     else:
         lower = 0.0
     if not lower < alpha < upper:
@@ -188,35 +225,52 @@ class DenseLstsq(SubproblemSolver):
         U, s, Vh = torch.linalg.svd(J, full_matrices=False)
         f = linearization.whitened_residual
         g = linearization.gradient
-        cutoff = max(m, n) * torch.finfo(J.dtype).eps
+        cutoff = max(m, n) * torch.finfo(J.dtype).eps  # numpy.linalg.lstsq's, relative to s_max
         if f is not None:
             # sf = s·(Uᵀf): its error in the direction of a small singular value s_i
             # is of order eps·s_i‖f‖, where Vᵀg's is eps·s_max‖f‖.
             sf = s.double() * (U.T @ f).double()
-            extra = torch.zeros(2, dtype=torch.float64, device=s.device)
+            # The point's one read: s and sf. The singular values kept are a prefix of s.
+            values = torch.cat([s.double(), sf]).tolist()
+            k = s.numel()
+            rank = sum(1 for v in values[:k] if v > cutoff * values[0])
+            outside = g_norm = 0.0
         else:
             # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
             # loss may leave the range of J̃ᵀ (a logit whose probability underflows moves the
             # loss but not J̃): that part, g⊥ = g − VVᵀg, is a direction of zero curvature,
-            # kept as a zero singular value, along which the model only falls.
+            # kept as a zero singular value, along which the model only falls. The rank that
+            # masks sf here is the rank read (one decision).
             keep = s > cutoff * s[0] if s.numel() else s > 0
             sf = torch.where(keep, Vh @ g, 0.0)
-            extra = torch.stack([torch.linalg.vector_norm(g - Vh.T @ sf), torch.linalg.vector_norm(g)]).double()
-        # The point's one read: s, sf, and for a loss ‖g⊥‖ and ‖g‖.
-        values = torch.cat([s.double(), sf.double(), extra]).tolist()
-        k = s.numel()
-        s_host, sf_host, (outside, g_norm) = values[:k], values[k : 2 * k], values[2 * k :]
-        # s is sorted: the singular values kept are a prefix (numpy.linalg.lstsq's cutoff).
-        rank = sum(1 for v in s_host if v > cutoff * s_host[0]) if s_host else 0
-        sigma = _scale_of(s_host[:rank])
-        s_host = [v / sigma for v in s_host[:rank]]
-        sf_host = [v / (sigma * sigma) for v in sf_host[:rank]]
+            extra = torch.stack([keep.sum().to(g.dtype), torch.linalg.vector_norm(g - Vh.T @ sf),
+                                 torch.linalg.vector_norm(g)]).double()
+            sf = sf.double()
+            # The point's one read: s, sf, the rank, ‖g⊥‖ and ‖g‖.
+            values = torch.cat([s.double(), sf, extra]).tolist()
+            k = s.numel()
+            rank, outside, g_norm = int(values[2 * k]), values[2 * k + 1], values[2 * k + 2]
+        if rank and not values[0] >= _SMALLEST_NORMAL:  # s_max subnormal: J is 0 to float64
+            rank = 0
+        sigma = _unit_of(values[0]) if rank else 1.0
+        inverse = 1.0 / sigma
+        s_host = [v * inverse for v in values[:rank]]
+        sf_host = [v * inverse * inverse for v in values[k : k + rank]]
         V = Vh[:rank].T
+        # An accelerator computes c from the same α on the device (a copy from the host would wait
+        # for the device); the CPU copies the host's c.
+        on_device = _coefficients_on_device(J.device)
+        s_device = s[:rank].double() * inverse if on_device else None
+        sf_device = sf[:rank] * (inverse * inverse) if on_device else None
         if f is not None or outside <= math.sqrt(torch.finfo(g.dtype).eps) * g_norm:
-            gauss_newton_norm = math.sqrt(math.fsum((b / (a * a)) ** 2 for a, b in zip(s_host, sf_host)))
-            return _Factorization(V, s_host, sf_host, sigma, rank == n, gauss_newton_norm)
+            gauss_newton_norm = math.hypot(*(_divide(b, a * a) for a, b in zip(s_host, sf_host)))  # ‖c(0)‖
+            return _Factorization(V, s_host, sf_host, s_device, sf_device, sigma, rank == n, gauss_newton_norm)
         V = torch.cat([V, ((g - V @ sf[:rank].to(V.dtype)) / outside)[:, None]], dim=1)
-        return _Factorization(V, s_host + [0.0], sf_host + [outside / (sigma * sigma)], sigma, False, math.inf)
+        along = outside * inverse * inverse
+        if on_device:
+            s_device = torch.cat([s_device, s_device.new_zeros(1)])
+            sf_device = torch.cat([sf_device, sf_device.new_full((1,), along)])
+        return _Factorization(V, s_host + [0.0], sf_host + [along], s_device, sf_device, sigma, False, math.inf)
 
     def solve(self, prepared: _Factorization, radius: float) -> Step:
         factors = prepared
@@ -232,16 +286,23 @@ class DenseLstsq(SubproblemSolver):
             )
             factors.alpha = alpha
             reason = "secular"
-        c = [-b / (a + alpha) for a, b in zip(s2, factors.sf)]
-        norm = math.sqrt(math.fsum(v * v for v in c))
+        c = [-_divide(b, a + alpha) for a, b in zip(s2, factors.sf)]
+        norm = math.hypot(*c)
+        shrink = 1.0
         if alpha > 0:
             # The secular tolerance leaves ‖p‖ within rtol·Δ of Δ; a boundary step is put on
             # the boundary exactly, as scipy's solve_lsq_trust_region does (p *= Δ/‖p‖), so
             # that ‖p‖ ≤ Δ holds and a step along one coordinate with Δ = ‖x‖ reaches 0.
-            c = [v * (radius / norm) for v in c]
-            norm = radius
-        # m(p) = gᵀp + ½‖Jp‖² with gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)², in units of σ².
-        sigma2 = factors.sigma * factors.sigma
-        model = sigma2 * math.fsum(b * v + 0.5 * (a * v) ** 2 for a, b, v in zip(factors.s, factors.sf, c))
-        step = factors.V @ torch.tensor(c, dtype=factors.V.dtype, device=factors.V.device)
-        return Step(step, norm, -model, alpha > 0, iterations, 0, reason)
+            shrink = _divide(radius, norm)
+            c, norm = [v * shrink for v in c], radius
+        # m(p) = gᵀp + ½‖Jp‖² with gᵀp = Σ sf_i c_i and ‖Jp‖² = Σ (s_i c_i)², each term formed
+        # from the scaled s/σ and sf/σ² as (σ·sf/σ²)(σ·c) and (σ·(s/σ)·c)²: finite where the term is.
+        sigma = factors.sigma
+        model = sum((sigma * b) * (sigma * v) + 0.5 * (sigma * (a * v)) * (sigma * (a * v))
+                    for a, b, v in zip(factors.s, factors.sf, c))
+        V = factors.V
+        if factors.s_device is None:
+            c_step = torch.tensor(c, dtype=V.dtype)
+        else:  # the same coefficients on the device, from the same α (no copy from the host)
+            c_step = (-factors.sf_device / (factors.s_device * factors.s_device + alpha) * shrink).to(V.dtype)
+        return Step(V @ c_step, norm, -model, alpha > 0, iterations, 0, reason)
