@@ -13,6 +13,10 @@ Jacobian for scipy. Solvers, all with ``ftol = xtol = gtol = --tol``
   problems, where x_scale=1 runs lsmr into its iteration caps;
 * trustls sparse J (the two MGH problems): ``GaussNewtonModel(jacobian=...)``
   returning the analytic J as a `SparseOperator`, ``solver="cg"``;
+* trustls with J's pattern only (the two MGH problems):
+  ``GaussNewtonModel(jac_sparsity=P)``, scipy's argument, the pattern colored
+  when the model is made and J from one JVP per color (the model's
+  construction is timed with the solve);
 * trustls matrix-free: ``TrustRegion(GaussNewtonModel(), solver="cg")``, the
   route a user takes with no Jacobian: products by automatic differentiation,
   the default ``x_scale`` (`JacobiScale`);
@@ -89,8 +93,19 @@ def sparse_model(structured) -> GaussNewtonModel:
     return GaussNewtonModel(jacobian=jacobian)
 
 
-def run_trustls(problem, tol, *, sparse=False, x_scale=None) -> dict:
+def pattern_model(structured) -> GaussNewtonModel:
+    """The plain residual with scipy's ``jac_sparsity``: J's pattern only, colored here (timed)."""
+    rows, cols, _ = structured.jacobian_coo(structured.x0)
+    ones = torch.ones(rows.shape[0], dtype=torch.float64)
+    pattern = torch.sparse_coo_tensor(torch.stack([rows, cols]), ones, (structured.m, structured.n),
+                                      check_invariants=True)
+    return GaussNewtonModel(jac_sparsity=pattern)
+
+
+def run_trustls(problem, tol, *, sparse=False, pattern=False, x_scale=None) -> dict:
     model = sparse_model(problem.structured) if sparse else GaussNewtonModel()
+    if pattern:
+        model = pattern_model(problem.structured)
     controller = TrustRegion(model, solver="cg", ftol=tol, xtol=tol, gtol=tol, x_scale=x_scale)
     result = controller.solve(problem.residual, problem.x0)
     return {"cost": result.cost, "nfev": result.nfev, "inner": result.inner_iterations, "status": result.status.code}
@@ -110,6 +125,7 @@ def routes(name: str, problem, tol: float) -> dict:
     rows = {"scipy trf+lsmr": lambda: run_scipy(problem, tol, x_scale)}
     if hasattr(problem, "structured"):
         rows["trustls cg, sparse J"] = lambda: run_trustls(problem, tol, sparse=True)
+        rows["trustls cg, jac_sparsity (pattern only)"] = lambda: run_trustls(problem, tol, pattern=True)
     rows["trustls cg, matrix-free (default)"] = lambda: run_trustls(problem, tol)
     if name not in BADLY_SCALED:
         rows["trustls cg, matrix-free, x_scale=1"] = lambda: run_trustls(problem, tol, x_scale=1.0)
