@@ -222,3 +222,56 @@ def test_forced_route_that_cannot_run_falls_back():
         result = jacobian(once_differentiable, torch.tensor([1.0, 0.5], dtype=F64))
     assert result.route.startswith("reverse")
     assert_jacobian(result.matrix, classic_jacobian(once_differentiable, torch.tensor([1.0, 0.5], dtype=F64)))
+
+
+def cdist_residual(x):
+    # cdist's backward (this compute mode) has no derivative of its own: no double backward, so no
+    # forward mode, and prepare_jvp cannot tell (the backward is recorded, not marked).
+    points = torch.linspace(0, 1, 12, dtype=x.dtype).reshape(4, 3)
+    return torch.cdist(points * x[:3], points + x[3], compute_mode="donot_use_mm_for_euclid_dist").reshape(-1)
+
+
+@pytest.mark.parametrize("route", ["forward-batched", "forward-loop"])
+def test_forward_mode_that_fails_in_its_passes_falls_back_to_reverse(route):
+    x = torch.tensor([1.0, 0.8, 1.2, 0.1], dtype=F64)
+    jacobian = DenseJacobian(route)
+    with pytest.warns(UserWarning, match="could not"):
+        result = jacobian(cdist_residual, x)
+    assert result.route.startswith("reverse")
+    assert_jacobian(result.matrix, classic_jacobian(cdist_residual, x))
+    assert jacobian.family(16, 4) == "reverse"  # and the solve's later points go straight to reverse mode
+
+
+def test_a_large_graph_takes_forward_mode_and_a_failing_one_reverse():
+    # 64 outputs through a large intermediate: reverse mode's 64-row batch would hold more than
+    # BATCH_ELEMENTS saved elements, so forward mode's 5 products are taken, unless they fail.
+    from trustls.models.dense_jacobian import BATCH_ELEMENTS
+    from trustls.operators import ResidualGraph
+
+    A = torch.randn(200_000, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def heavy(x):
+        return torch.tanh(A @ x).reshape(64, -1).sum(1)
+
+    x = torch.tensor([0.1, -0.2, 0.3, 0.05], dtype=F64)
+    graph = ResidualGraph.evaluate(heavy, x, measure=True)
+    assert 64 * graph.saved_elements > BATCH_ELEMENTS
+    jacobian = DenseJacobian()
+    jacobian.saved_elements = graph.saved_elements
+    result = jacobian(heavy, x, graph=graph)
+    assert result.route == "forward-batched"
+    assert_jacobian(result.matrix, classic_jacobian(heavy, x))
+
+
+def test_a_wrong_batching_rule_is_caught_by_one_single_pass():
+    # torch's vmapped backward of this cdist gives a wrong J; one single VJP exposes it.
+    x = torch.tensor([1.0, 0.8, 1.2, 0.1], dtype=F64)
+    jacobian = DenseJacobian("reverse-batched")
+    with pytest.warns(UserWarning, match="disagreed with a single pass"):
+        result = jacobian(cdist_residual, x)
+    assert result.route == "reverse-loop"
+    assert_jacobian(result.matrix, classic_jacobian(cdist_residual, x))
+    # A correct batching rule passes the check: no warning, the batched route kept.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DenseJacobian()(random_data, torch.tensor([1.0, 0.5], dtype=F64)).route == "reverse-batched"

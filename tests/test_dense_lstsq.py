@@ -218,9 +218,14 @@ def test_float32_smoke(generator):
 @pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e160, 1e300])
 @pytest.mark.parametrize("fraction", [2.0, 0.3, 1e-6])
 @pytest.mark.parametrize("loss_path", [False, True], ids=["residual", "gradient"])
-def test_steps_are_invariant_under_scaling_j(scale, fraction, loss_path, generator):
+@pytest.mark.parametrize("on_device", [False, True], ids=["host_c", "device_c"])
+def test_steps_are_invariant_under_scaling_j(scale, fraction, loss_path, on_device, generator, monkeypatch):
     # J → κJ with Δ → Δ/κ: p → p/κ and the same predicted reduction, at every κ whose J
-    # float64 holds (the host arithmetic scales by powers of two: no square leaves the range).
+    # float64 holds (the host arithmetic scales by powers of two: no square leaves the range),
+    # with the step's coefficients from the host (CPU) or computed on the device (accelerators).
+    from trustls.subproblem import dense_lstsq
+
+    monkeypatch.setattr(dense_lstsq, "_coefficients_on_device", lambda device: on_device)
     J, r = make_problem("tall_graded", generator)
     radius = fraction * float(minimum_norm_step(J, r).norm())
 
@@ -259,6 +264,30 @@ def test_coefficients_on_the_device_give_the_hosts_step(loss_path, generator, mo
         a, b = DenseLstsq().solve(host, radius), DenseLstsq().solve(device, radius)
         torch.testing.assert_close(b.step, a.step, rtol=1e-13, atol=1e-15)
         assert (a.norm, a.predicted_reduction, a.reason) == (b.norm, b.predicted_reduction, b.reason)
+
+
+@pytest.mark.parametrize("tiny", [1e-310, 1e-155])
+def test_a_tiny_j_with_a_gradient_outside_its_range(tiny):
+    # A loss path whose J is tiny: with s_max subnormal J is 0 to float64 and all of g is the
+    # appended zero-curvature direction, a unit vector; with s_max ~ 1e-155 and ‖g⊥‖ ~ 1 the
+    # appended coordinate ‖g⊥‖/σ² must not overflow. Either way the step runs down −g to the
+    # boundary, and the model's decrease is −gᵀp (the curvature term is below rounding).
+    J = tiny * torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # outside the row space of J
+    lin = Linearization(
+        x=torch.zeros(3, dtype=torch.float64), residual=torch.zeros(2, dtype=torch.float64), cost=1.0,
+        gradient=g, operator=NormalOperator(J), jacobian=DenseOperator(J), jacobian_matrix=J,
+        whitened_residual=None,
+    )
+    step = DenseLstsq().solve(DenseLstsq().prepare(lin), 0.5)
+    torch.testing.assert_close(step.step, torch.tensor([0.0, 0.0, -0.5], dtype=torch.float64))
+    assert step.norm == 0.5 and step.hits_boundary
+    assert step.predicted_reduction == pytest.approx(0.5, rel=1e-12)
+
+
+def test_secular_step_at_radius_zero_does_not_raise():
+    alpha, _ = secular_step([2.0, 1.0], [4.0, 1.0], 0.0, full_rank=True)
+    assert alpha == math.inf or alpha != alpha or alpha > 1e300
 
 
 # --- secular_step ------------------------------------------------------------------------

@@ -71,3 +71,44 @@ def test_float32_smoke(generator):
     J = torch.func.jacrev(tall)(x)
     assert graph.jvp_batched(torch.eye(3)).dtype == torch.float32
     torch.testing.assert_close(graph.jvp_batched(torch.eye(3)).T, J, rtol=1e-5, atol=1e-5)
+
+
+# --- measuring the graph (saved_elements) ------------------------------------------------------
+
+
+def modifies_a_saved_tensor(x):
+    y = x * 2
+    r = y.sin()  # sin saves y
+    y.add_(1.0)  # so its backward would read the wrong y
+    return r
+
+
+def test_measuring_keeps_autograd_in_place_check():
+    x = torch.tensor([0.3, 0.7], dtype=F64)
+    for measure in (False, True):
+        graph = ResidualGraph.evaluate(modifies_a_saved_tensor, x, measure=measure)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            graph.vjp(torch.ones(2, dtype=F64))
+
+
+def test_measuring_changes_no_product(generator):
+    x = torch.randn(3, generator=generator, dtype=F64)
+    plain, measured = ResidualGraph.evaluate(tall, x), ResidualGraph.evaluate(tall, x, measure=True)
+    assert plain.saved_elements is None and measured.saved_elements > 0
+    eye = torch.eye(3, dtype=F64)
+    assert torch.equal(plain.jvp_batched(eye), measured.jvp_batched(eye))
+    assert torch.equal(plain.vjp(plain.residual.detach()), measured.vjp(measured.residual.detach()))
+
+
+def test_the_callers_hooks_take_precedence():
+    packed = []
+
+    def pack(tensor):
+        packed.append(tensor.numel())
+        return tensor
+
+    x = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        graph = ResidualGraph.evaluate(tall, x, measure=True)
+    assert graph.saved_elements is None and packed  # not measured: the caller's hooks ran
+    torch.testing.assert_close(graph.vjp_batched(torch.eye(7, dtype=F64)), torch.func.jacrev(tall)(x))

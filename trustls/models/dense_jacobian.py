@@ -51,6 +51,16 @@ dropped and reverse mode used. Either way the result is exact, and one
 ``UserWarning`` per solve names the first reason (the first line of torch's
 error). Errors of single products are never caught: they are errors of ``fun``.
 
+A batching rule can also be wrong rather than missing (torch 2.13's rule for
+the backward of ``torch.cdist`` with ``compute_mode="donot_use_mm_for_euclid_dist"``
+returns a wrong J, silently). So the first batched pass of each route in a
+solve is checked against one single pass: uᵀJ for a random u against the VJP
+with cotangent u (reverse), J v against the JVP (forward). A difference above
+2⁻⁶ of the sum of the terms' magnitudes (far above rounding, even of a
+function computed in half precision, and far below the errors of a wrong
+rule) rules the batched route out, with the same warning, and the product is
+computed one by one. It costs one pass per route and solve.
+
 Calls: a J built from a graph the caller passes costs no call of ``fun``;
 otherwise one (the evaluation that records the graph). `DenseJacobianResult`
 reports the count so that nfev can include it.
@@ -127,6 +137,7 @@ class DenseJacobian:
         self.saved_elements: int | None = None  # of fun's graph, when the caller measured it
         self._eyes: dict[tuple, Tensor] = {}
         self._warned = False
+        self._checked: set[str] = set()  # batched routes checked against a single pass in this solve
 
     def __repr__(self) -> str:
         return f"DenseJacobian(route={self.route!r}, unavailable={sorted(self.unavailable)})"
@@ -152,6 +163,8 @@ class DenseJacobian:
         else:
             matrix = self._batched(graph, family)
             route = route if route not in self.unavailable else f"{family}-loop"
+        if family == "forward" and "forward-loop" in self.unavailable:  # forward mode failed in the passes
+            route = "reverse-loop" if "reverse-batched" in self.unavailable else "reverse-batched"
         return DenseJacobianResult(matrix.detach(), graph.residual.detach(), calls, route)
 
     def _family(self, graph: ResidualGraph) -> str:
@@ -163,6 +176,8 @@ class DenseJacobian:
         reverse = m <= _FAMILY_PASS_RATIO * (n + 1)
         if reverse and m > n + 1 and self.saved_elements is not None and m * self.saved_elements > BATCH_ELEMENTS:
             reverse = False
+        if "forward-loop" in self.unavailable:  # ruled out in this solve: no double backward here
+            reverse = True
         return "reverse" if reverse else "forward"
 
     def batch_elements(self, m: int, n: int) -> int | None:
@@ -179,18 +194,46 @@ class DenseJacobian:
         if route not in self.unavailable:
             eye = self._eye(graph, family)
             try:
-                if family == "reverse":
-                    return graph.vjp_batched(eye)
-                return graph.jvp_batched(eye).T
+                matrix = graph.vjp_batched(eye) if family == "reverse" else graph.jvp_batched(eye).T
             except (RuntimeError, NotImplementedError) as error:
                 self._rule_out((route,), error)
+            else:
+                if route in self._checked or self._agrees_with_a_single_pass(graph, family, matrix):
+                    return matrix
+                self._rule_out((route,), RuntimeError(
+                    "the batched pass disagreed with a single pass (a wrong batching rule in torch)"))
         return self._loop(graph, family)
+
+    def _agrees_with_a_single_pass(self, graph: ResidualGraph, family: str, matrix: Tensor) -> bool:
+        """Whether uᵀJ (reverse) or J v (forward) from ``matrix`` equals one single pass, to rounding."""
+        self._checked.add(f"{family}-batched")
+        m, n = graph.shape
+        size = m if family == "reverse" else n
+        generator = torch.Generator(device=matrix.device).manual_seed(0)
+        probe = torch.rand(size, generator=generator, dtype=matrix.dtype, device=matrix.device) + 0.5
+        if family == "reverse":
+            single, batched, terms = graph.vjp(probe), probe @ matrix, probe.abs() @ matrix.abs()
+        else:
+            single, batched, terms = graph.jvp(probe), matrix @ probe, matrix.abs() @ probe.abs()
+        # A wrong rule is wrong at the first digits; the two passes may round differently, by far
+        # more than a dot product's k·eps when fun computes in half precision inside a float32
+        # graph: 2⁻⁶ of the terms' sum is far from both. Where J is not finite (a fault the
+        # controller handles) there is nothing to compare.
+        allowed = 2.0**-6 * terms + torch.finfo(matrix.dtype).tiny
+        compared = torch.isfinite(terms) & torch.isfinite(single) & torch.isfinite(batched)
+        return bool(((single - batched).abs() <= allowed).logical_or_(~compared).all())
 
     def _loop(self, graph: ResidualGraph, family: str) -> Tensor:
         eye = self._eye(graph, family)
         if family == "reverse":
             return torch.stack([graph.vjp(e) for e in eye])
-        return torch.stack([graph.jvp(e) for e in eye], dim=1)
+        try:
+            return torch.stack([graph.jvp(e) for e in eye], dim=1)
+        except (RuntimeError, NotImplementedError) as error:
+            # A double backward that the backward of fun does not support (an op without a
+            # second derivative): reverse mode needs none.
+            self._rule_out(("forward-batched", "forward-loop"), error)
+            return self._batched(graph, "reverse")
 
     def _eye(self, graph: ResidualGraph, family: str) -> Tensor:
         m, n = graph.shape

@@ -74,22 +74,35 @@ class ResidualGraph:
         its backward are counted (`saved_elements`): a batched pass through the
         graph holds one copy of them per product, so they bound what a batch
         may cost (`trustls.models.dense_jacobian`). They are counted by
-        ``torch.autograd.graph.saved_tensors_hooks`` whose pack hook returns
-        the tensor detached (autograd restores its history on unpacking, so
-        double backward is unchanged); inside ``fun`` a hook pair of the
-        user's own takes precedence, and those tensors are not counted.
+        ``torch.autograd.graph.saved_tensors_hooks``. The pack hook keeps the
+        tensor detached (autograd restores its history on unpacking, so double
+        backward is unchanged) with its version, and the unpack hook raises
+        autograd's own error when ``fun`` modified it in place afterwards: with
+        hooks, autograd leaves that check to them. Where hooks of the caller's
+        are active (``save_on_cpu``, say) or hooks are disabled, nothing is
+        measured (`saved_elements` stays ``None``), so that theirs apply.
         """
         leaf = x.detach().requires_grad_()
         with torch.enable_grad():
-            if not measure:
+            if not (measure and _hooks_free()):
                 return cls(leaf, fun(leaf))
             count = [0]
 
-            def pack(tensor: Tensor) -> Tensor:
+            def pack(tensor: Tensor) -> tuple[Tensor, int]:
                 count[0] += tensor.numel()
-                return tensor.detach()
+                return tensor.detach(), tensor._version
 
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            def unpack(packed: tuple[Tensor, int]) -> Tensor:
+                tensor, version = packed
+                if tensor._version != version:  # the detached tensor shares the version counter
+                    raise RuntimeError(
+                        "one of the variables needed for gradient computation has been modified by an inplace "
+                        f"operation: a tensor of shape {list(tensor.shape)} saved for backward is at version "
+                        f"{tensor._version}; expected version {version} instead"
+                    )
+                return tensor
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
                 residual = fun(leaf)
         return cls(leaf, residual, count[0])
 
@@ -161,6 +174,19 @@ class ResidualGraph:
         if not self.depends_on_x:
             return torch.zeros(V.shape[0], self.residual.shape[0], dtype=self.x.dtype, device=self.x.device)
         return self._backward(self._pullback, self._tangent, V, batched=True)
+
+
+def _hooks_free() -> bool:
+    """Whether saved-tensor hooks are enabled and none are active (False when torch cannot say)."""
+    autograd = torch._C._autograd
+    enabled = getattr(autograd, "_saved_tensors_hooks_is_enabled", None)
+    top = getattr(autograd, "_top_saved_tensors_default_hooks", None)
+    if enabled is None or top is None:  # pragma: no cover - torch versions without these queries
+        return False
+    try:
+        return bool(enabled()) and top(False) is None
+    except (RuntimeError, TypeError):  # pragma: no cover - another signature
+        return False
 
 
 def _marked_once_differentiable(tensor: Tensor) -> bool:

@@ -163,17 +163,17 @@ def _secular_root(
     if _SMALLEST_NORMAL <= largest < math.inf:
         inverse = 1.0 / _unit_of(largest)
         sf, radius = [v * inverse for v in sf], radius * inverse
-    upper = math.hypot(*sf) / radius
+    upper = _divide(math.hypot(*sf), radius)
     if full_rank:
         # φ(0)/φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
         norm2_0, derivative0 = _norm_of_c(s2, sf, 0.0)
         norm0 = math.sqrt(norm2_0)
-        lower = (norm0 - radius) * norm2_0 / (radius * derivative0) if 0 < derivative0 < math.inf else 0.0
+        lower = _divide((norm0 - radius) * norm2_0, radius * derivative0) if 0 < derivative0 < math.inf else 0.0
         lower = min(max(lower, 0.0), upper) if lower == lower else 0.0
     else:
         lower = 0.0
     if not lower < alpha < upper:
-        alpha = max(0.001 * upper, math.sqrt(lower * upper))
+        alpha = max(0.001 * upper, math.sqrt(lower) * math.sqrt(upper))
     iterations = 0
     for iterations in range(1, max_iter + 1):
         norm2, slope = _norm_of_c(s2, sf, alpha)
@@ -185,10 +185,10 @@ def _secular_root(
         else:
             lower = alpha
         # Newton on 1/‖c‖ − 1/Δ: d‖c‖/dα = −slope/‖c‖.
-        alpha += (norm - radius) / radius * norm2 / slope
+        alpha += _divide(norm - radius, radius) * norm2 / slope
         if not lower <= alpha <= upper:
             # Newton left the bracket: restart from its geometric mean (Moré 1978).
-            alpha = max(0.001 * upper, math.sqrt(lower * upper))
+            alpha = max(0.001 * upper, math.sqrt(lower) * math.sqrt(upper))
     return alpha, iterations
 
 
@@ -251,8 +251,11 @@ class DenseLstsq(SubproblemSolver):
             k = s.numel()
             rank, outside, g_norm = int(values[2 * k]), values[2 * k + 1], values[2 * k + 2]
         if rank and not values[0] >= _SMALLEST_NORMAL:  # s_max subnormal: J is 0 to float64
-            rank = 0
-        sigma = _unit_of(values[0]) if rank else 1.0
+            rank, outside = 0, g_norm  # and on the loss path all of g lies outside its range
+        appended = f is None and outside > math.sqrt(torch.finfo(g.dtype).eps) * g_norm
+        # σ near s_max, or near √‖g⊥‖ if larger: the appended direction's sf/σ² = ‖g⊥‖/σ² stays finite.
+        largest = max(values[0] if rank else 0.0, math.sqrt(outside) if appended else 0.0)
+        sigma = _unit_of(largest) if _SMALLEST_NORMAL <= largest < math.inf else 1.0
         inverse = 1.0 / sigma
         s_host = [v * inverse for v in values[:rank]]
         sf_host = [v * inverse * inverse for v in values[k : k + rank]]
@@ -261,8 +264,8 @@ class DenseLstsq(SubproblemSolver):
         # for the device); the CPU copies the host's c.
         on_device = _coefficients_on_device(J.device)
         s_device = s[:rank].double() * inverse if on_device else None
-        sf_device = sf[:rank] * (inverse * inverse) if on_device else None
-        if f is not None or outside <= math.sqrt(torch.finfo(g.dtype).eps) * g_norm:
+        sf_device = sf[:rank] * inverse * inverse if on_device else None  # σ⁻² could overflow
+        if not appended:
             gauss_newton_norm = math.hypot(*(_divide(b, a * a) for a, b in zip(s_host, sf_host)))  # ‖c(0)‖
             return _Factorization(V, s_host, sf_host, s_device, sf_device, sigma, rank == n, gauss_newton_norm)
         V = torch.cat([V, ((g - V @ sf[:rank].to(V.dtype)) / outside)[:, None]], dim=1)
