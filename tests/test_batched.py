@@ -237,6 +237,24 @@ def test_backward_without_double_backward_falls_back_to_reverse_mode():
     torch.testing.assert_close(batch.x, reference.x, rtol=1e-12, atol=1e-14)
 
 
+def test_a_backward_without_second_derivative_found_in_the_passes_falls_back_to_reverse_mode():
+    # cdist's backward (this compute mode) has no derivative and is not marked: forward mode fails
+    # only inside its passes.
+    anchors = torch.linspace(0, 5, 20, dtype=torch.float64).reshape(20, 1)
+
+    def fun(x):  # (K, 3) → (K, 20): a x_2 · distance of each anchor to x_1, plus x_3
+        d = torch.cdist(anchors.expand(x.shape[0], 20, 1), x[:, None, 1:2],
+                        compute_mode="donot_use_mm_for_euclid_dist")[..., 0]
+        return x[:, :1] * d + x[:, 2:] - 1.0
+
+    x0 = torch.tensor([[1.0, 7.0, 0.5], [2.0, 8.0, 0.1]], dtype=torch.float64)
+    with pytest.warns(BatchedJacobianWarning, match="could not use forward mode .*from 20 backward passes"):
+        batch = TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(fun, x0)
+    for b in range(2):
+        single = TrustRegion(GaussNewtonModel(), solver="lstsq").solve(lambda x: fun(x[None])[0], x0[b])
+        torch.testing.assert_close(batch.x[b], single.x, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_x_scale_per_problem_and_jacobi(solver):
     data, x0 = exponential_fits(4, seed=7)

@@ -146,10 +146,14 @@ class BatchFunction:
         n = X.shape[1]
         if self.mode is None:
             self.mode = "forward" if n <= m else "reverse"
+        columns = None
         if self.mode == "forward":
             try:
                 graph.prepare_jvp()
-            except RuntimeError as error:
+                eye = torch.eye(n, dtype=X.dtype, device=X.device)
+                columns = torch.stack([graph.jvp(eye[j].expand(K, n)) for j in range(n)])  # (n, K, m)
+            except (RuntimeError, NotImplementedError) as error:
+                # A backward that autograd cannot differentiate, marked or found in the passes.
                 self.mode = "reverse"
                 warnings.warn(
                     f"trustls could not use forward mode ({error_reason(error)}); the Jacobians come "
@@ -157,10 +161,7 @@ class BatchFunction:
                     BatchedJacobianWarning,
                     stacklevel=4,
                 )
-        if self.mode == "forward":
-            eye = torch.eye(n, dtype=X.dtype, device=X.device)
-            columns = torch.stack([graph.jvp(eye[j].expand(K, n)) for j in range(n)])  # (n, K, m)
-        else:
+        if columns is None:
             eye = torch.eye(m, dtype=X.dtype, device=X.device)
             rows_of_J = torch.stack([graph.vjp(eye[i].expand(K, m)) for i in range(m)])  # (m, K, n)
             columns = rows_of_J.permute(2, 1, 0)
