@@ -65,17 +65,13 @@ clock = time.perf_counter  # set from --clock
 
 def best_of(run, repeats):
     """(result, best seconds) of ``repeats`` timed runs after one untimed warm run."""
-    result = run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = clock()
-        result = run()
-        best = min(best, clock() - start)
-    return result, best
+    results, times = interleaved_best({"run": run}, repeats)
+    return results["run"], times["run"]
 
 
 def interleaved_best(runs, repeats):
-    """``best_of`` for several runs, round-robin, so that a change of the machine's load hits all alike."""
+    """(results, best seconds) of several runs after a warm run each, timed round-robin so that a change
+    of the machine's load hits all alike."""
     results = {label: run() for label, run in runs.items()}
     times = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):

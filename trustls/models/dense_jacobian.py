@@ -149,7 +149,7 @@ class DenseJacobian:
         calls = 0
         if graph is None:
             graph, calls = ResidualGraph.evaluate(fun, x), 1
-        route = self.route or f"{self._family(graph)}-batched"
+        route = self.route or f"{self.family(*graph.shape)}-batched"
         family = route.split("-")[0]
         if family == "forward" and "forward-loop" not in self.unavailable:
             try:
@@ -166,9 +166,6 @@ class DenseJacobian:
         if family == "forward" and "forward-loop" in self.unavailable:  # forward mode failed in the passes
             route = "reverse-loop" if "reverse-batched" in self.unavailable else "reverse-batched"
         return DenseJacobianResult(matrix.detach(), graph.residual.detach(), calls, route)
-
-    def _family(self, graph: ResidualGraph) -> str:
-        return self.family(*graph.shape)
 
     def family(self, m: int, n: int) -> str:
         """Reverse mode unless it needs more than 16 times forward mode's passes, or the graph is so large

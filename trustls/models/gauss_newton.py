@@ -237,10 +237,8 @@ class GaussNewtonModel(CurvatureModel):
         if keep and self.jacobian is None:
             split = _Outputs(fun, x, context.shape)
             if self.products == "autograd":
-                measure = context.dense.saved_elements is None
-                kept = ResidualGraph.evaluate(split, x, measure=measure)
-                if measure:
-                    context.dense.saved_elements = kept.saved_elements
+                # The graph's size is measured until a linearization has taken it (`linearize`).
+                kept = ResidualGraph.evaluate(split, x, measure=context.dense.saved_elements is None)
                 outputs = kept.residual.detach()
             else:
                 kept = jacobian_products(split, x, self.products, fallback=context.fallback)
@@ -275,7 +273,7 @@ class GaussNewtonModel(CurvatureModel):
         if kept is None:  # evaluated without its graph: record it now (one more call of fun)
             kept = self.evaluate(fun, x, context, keep=True).kept
         graph = kept if isinstance(kept, ResidualGraph) else None
-        if graph is not None and context.dense.saved_elements is None:  # evaluated in another context
+        if graph is not None and context.dense.saved_elements is None:  # the first measured graph
             context.dense.saved_elements = graph.saved_elements
         if self.colored is not None:
             if self.colored.shape != (m, x.shape[0]):

@@ -84,11 +84,13 @@ def _coefficients_on_device(device: torch.device) -> bool:
 
 
 def _unit_of(largest: float) -> float:
-    """σ, a power of two with s_max/σ in [1, 2), for a normal positive finite ``largest``.
+    """σ, a power of two with ``largest``/σ in [1, 2); 1 when ``largest`` is not a normal positive finite float.
 
     2^(e−1) rather than 2^e (frexp's exponent) so that σ stays finite for
     s_max up to float64's largest; 1/σ is finite down to its smallest normal.
     """
+    if not _SMALLEST_NORMAL <= largest < math.inf:
+        return 1.0
     return math.ldexp(1.0, math.frexp(largest)[1] - 1)
 
 
@@ -142,7 +144,7 @@ def secular_step(
     s = s.tolist() if isinstance(s, Tensor) else [float(v) for v in s]
     sf = sf.tolist() if isinstance(sf, Tensor) else [float(v) for v in sf]
     largest = max(s, default=0.0)
-    sigma = _unit_of(largest) if _SMALLEST_NORMAL <= largest < math.inf else 1.0
+    sigma = _unit_of(largest)
     inverse = 1.0 / sigma
     s2 = [(v * inverse) * (v * inverse) for v in s]
     sf = [v * inverse * inverse for v in sf]
@@ -159,10 +161,8 @@ def _secular_root(
     near max |sf|: the squares of the sums then neither underflow nor overflow,
     and the root α is the same.
     """
-    largest = max((abs(v) for v in sf), default=0.0)
-    if _SMALLEST_NORMAL <= largest < math.inf:
-        inverse = 1.0 / _unit_of(largest)
-        sf, radius = [v * inverse for v in sf], radius * inverse
+    inverse = 1.0 / _unit_of(max((abs(v) for v in sf), default=0.0))
+    sf, radius = [v * inverse for v in sf], radius * inverse
     upper = _divide(math.hypot(*sf), radius)
     if full_rank:
         # φ(0)/φ'(0) for the lower bound: ‖c(0)‖ and Σ sf²/s⁶.
@@ -255,7 +255,7 @@ class DenseLstsq(SubproblemSolver):
         appended = f is None and outside > math.sqrt(torch.finfo(g.dtype).eps) * g_norm
         # σ near s_max, or near √‖g⊥‖ if larger: the appended direction's sf/σ² = ‖g⊥‖/σ² stays finite.
         largest = max(values[0] if rank else 0.0, math.sqrt(outside) if appended else 0.0)
-        sigma = _unit_of(largest) if _SMALLEST_NORMAL <= largest < math.inf else 1.0
+        sigma = _unit_of(largest)
         inverse = 1.0 / sigma
         s_host = [v * inverse for v in values[:rank]]
         sf_host = [v * inverse * inverse for v in values[k : k + rank]]
