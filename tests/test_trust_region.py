@@ -298,6 +298,42 @@ def test_ratio_with_rounding_noise():
     assert float(policy.ratio(t(0.0), t(0.0))) == 1.0 and float(policy.ratio(t(1.0), t(0.0))) == 0.0
 
 
+@pytest.mark.parametrize("solver", ["lstsq", "cg"])
+def test_float32_noise_floor_steps_do_not_cycle(solver):
+    # In float32 the Gauss-Newton steps near this minimizer wander in a flat valley: from two
+    # points within δ of each other each step led back to the other, every other one uphill,
+    # until max_nfev (400 evaluations, success=False). An uphill step at the noise floor is now
+    # taken only if it is shorter than the last one, so the solve ends as in float64.
+    M = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, -1.0, 2.0]])
+    target = torch.tensor([3.0, -1.0])
+
+    def fun(x):
+        u = M.to(x.dtype) @ x
+        return u**2 - target.to(x.dtype) + 0.1 * u
+
+    x0 = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    reference = solve(fun, x0.double(), solver)
+    steps: list[tuple[bool, float, float]] = []
+    result = TrustRegion(GaussNewtonModel(), solver=solver,
+                         callback=lambda info: steps.append((info.accepted, info.previous_cost, info.cost))).solve(fun, x0)
+    assert result.success and result.status is not Status.MAX_NFEV and result.nfev <= 60
+    assert result.cost == pytest.approx(reference.cost, rel=1e-5)
+    assert sum(accepted and cost > previous for accepted, previous, cost in steps) <= 10
+    rows = lambda x: (x @ M.T) ** 2 - target + 0.1 * (x @ M.T)  # noqa: E731 - fun of a batch of rows
+    batch = TrustRegion(GaussNewtonModel(), solver=solver).solve_batch(rows, x0[None])
+    assert bool(batch.success[0]) and int(batch.nfev[0]) <= 60
+
+
+@pytest.mark.parametrize("name", ["jennrich_sampson", "brown_dennis", "penalty_1"])
+def test_float32_registry_problems_converge_without_cycling(name):
+    from trustls.problems import registry
+
+    problem = registry.get(name)
+    result = solve(problem.residual, problem.x0.float(), "lstsq")
+    assert result.success and result.status is not Status.MAX_NFEV and result.nfev <= 80
+    assert result.cost == pytest.approx(problem.reference_cost, rel=1e-5)
+
+
 def test_steps_within_rounding_are_taken_until_they_vanish():
     # Start at the minimizer of a nonzero-residual problem, nudged by 1e-9: the
     # predicted decreases (~1e-18 and below) are below eps·cost, so the cost

@@ -42,6 +42,7 @@ class Decision:
         step_norm: the step's length in the trust region's norm.
         code: the `Status` code a termination test gives (0: none).
         moves: whether the trial point is taken.
+        noise_step: the bound on the next uphill step at the noise floor (`trial_decision`).
     """
 
     trial_cost: Tensor | float
@@ -52,6 +53,7 @@ class Decision:
     step_norm: Tensor | float
     code: Tensor | float
     moves: Tensor | float
+    noise_step: Tensor | float
 
     def read(self, *extra: Tensor) -> tuple[Decision, list[float]]:
         """The host's copy, in one read, with ``extra`` 0-d tensors read alongside."""
@@ -100,6 +102,7 @@ def trial_decision(
     ftol: float,
     xtol: float,
     strict: bool = False,
+    noise_step: float | Tensor = math.inf,
 ) -> Decision:
     """The outcome of a trial (module docstring).
 
@@ -116,6 +119,10 @@ def trial_decision(
             noise floor's step test ‖p‖ ≤ eps^(3/4)·(eps^(3/4) + ‖x‖)).
         ftol, xtol: the effective tolerances (0 disables).
         strict: take only decreases, never a step at the noise floor (half precision).
+        noise_step: ‖p‖ in x of the last uphill step taken at the noise floor since the
+            last measurable decrease (inf: none). An uphill step at the noise floor is
+            taken only if it is shorter than that (`trustls.radius`); the returned
+            `Decision.noise_step` is the bound for the next trial.
     """
     finite = isfinite(trial_cost)
     trial_cost = where(finite, trial_cost, math.inf)
@@ -133,8 +140,14 @@ def trial_decision(
     )
     code = where(finite, step_termination(actual, cost, x_step_norm, x_norm, ratio, ftol, xtol), 0)
     # At the noise floor, stop once the step is also below eps^(3/4) relative to x (`trustls.radius`).
+    at_floor = finite & policy.at_noise_floor(actual, ratio, noise)
     small = x_step_norm <= eps**0.75 * (eps**0.75 + x_norm)
-    noise_stop = finite & policy.at_noise_floor(actual, ratio, noise) & small & (code == 0)
-    code = where(noise_stop, Status.NOISE_FLOOR.value, code)
-    moves = finite & policy.moves(actual, ratio, noise, strict=strict)
-    return Decision(trial_cost, actual, predicted, ratio, next_radius, step_norm, code, moves)
+    code = where(at_floor & small & (code == 0), Status.NOISE_FLOOR.value, code)
+    # Uphill steps at the noise floor are taken while they contract (`trustls.radius`); one
+    # that does not is not taken, and the region shrinks to ¼ of it as after a poor ratio.
+    contracts = x_step_norm < noise_step
+    moves = finite & policy.moves(actual, ratio, noise, strict=strict, contracts=contracts)
+    stalled = at_floor & ((x_step_norm >= noise_step) | strict)
+    next_radius = where(stalled, policy.shrink_factor * step_norm, next_radius)
+    noise_step = where(at_floor & moves, x_step_norm, where(actual > noise, math.inf, noise_step))
+    return Decision(trial_cost, actual, predicted, ratio, next_radius, step_norm, code, moves, noise_step)

@@ -21,7 +21,16 @@ measurable by comparing costs. In float32 and float64 the trial point is then
 taken, the Gauss-Newton step being a better estimate of the minimizer than a
 comparison of two costs within their rounding error (Roszman1's last step
 predicts 4.8e-19 on a cost of 2.5e-4); the computed cost may then exceed the
-previous one by at most δ. The controller stops there (status
+previous one by at most δ. Such an uphill step is taken only if it is shorter
+(in x) than the last uphill step taken at the noise floor since the last
+decrease larger than δ: Gauss-Newton steps refining a solution contract, while
+steps that wander in a flat valley, driven by the rounding of J and r, need
+not, and taking them went back and forth between two points within δ of each
+other until ``max_nfev`` on float32 problems (the step from a point is the same
+every time it is visited, so a cycle repeats an uphill step of the same
+length). One that is not shorter is not taken and the radius shrinks to ¼ of
+it, as after a poor ratio. On the NIST StRD self-check this leaves every
+float64 result unchanged. The controller stops there (status
 ``NOISE_FLOOR``) once the step is also below eps^(3/4) relative to x (the
 level of `SteihaugCG`'s near-exact solves): a cost resolved to δ ≈ eps·f
 certifies only about half the digits of x, and the Gauss-Newton steps inside
@@ -30,7 +39,7 @@ the first noise-floor step gave a mean of 9.5 correct digits, stopping once
 the step is below √eps 9.6–9.7, below eps^(3/4) 10.2, for about 6 % more
 evaluations. In float16 and bfloat16 (``strict``), whose allowance is a sizeable
 fraction of the cost, only a decrease is ever taken, so the accepted costs
-decrease monotonically. δ = min(``rounding_noise``·eps, √eps/2)·f with
+decrease monotonically; a step at the noise floor shrinks the radius. δ = min(``rounding_noise``·eps, √eps/2)·f with
 eps the machine epsilon of x's dtype and f the cost: 1000·eps·f in float64 and
 float32, and a few per cent of f at most in float16 and bfloat16, whose eps
 (2⁻¹⁰, 2⁻⁷) would otherwise make 1000·eps exceed the cost itself.
@@ -107,11 +116,21 @@ class RadiusPolicy:
         both_zero = (predicted_reduction == 0) & (actual_reduction == 0)
         return where(predicts_decrease, (actual_reduction + noise) / safe, where(both_zero, 1.0, 0.0))
 
-    def moves(self, actual_reduction: Tensor, ratio: Tensor, noise: Tensor | float, *, strict: bool = False) -> Tensor:
-        """Whether the trial point is taken: the cost decreased, or (unless ``strict``) it is at the noise floor."""
+    def moves(
+        self,
+        actual_reduction: Tensor,
+        ratio: Tensor,
+        noise: Tensor | float,
+        *,
+        strict: bool = False,
+        contracts: Tensor | bool = True,
+    ) -> Tensor:
+        """Whether the trial point is taken: the cost decreased, or (unless ``strict``) it is at the
+        noise floor and the step ``contracts`` (is shorter than the last uphill step taken there:
+        module docstring)."""
         if strict:
             return actual_reduction > 0
-        return (actual_reduction > 0) | self.at_noise_floor(actual_reduction, ratio, noise)
+        return (actual_reduction > 0) | (self.at_noise_floor(actual_reduction, ratio, noise) & contracts)
 
     def at_noise_floor(self, actual_reduction: Tensor, ratio: Tensor, noise: Tensor | float) -> Tensor:
         """No decrease, but a change within ±δ that the model predicted well: nothing more is measurable."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ class TrustRegionState:
         nfev, njev, nit, inner_iterations, products: counters (`Result`).
         status: the `Status` that stopped the solve, ``None`` while running.
         last: the `IterationInfo` of the last trial.
+        noise_step: the bound on the next uphill step at the noise floor
+            (`trustls.decision.trial_decision`; inf while none was taken).
     """
 
     x: Tensor
@@ -54,3 +57,4 @@ class TrustRegionState:
     products: int = 0
     status: Status | None = None
     last: IterationInfo | None = None
+    noise_step: float = math.inf

@@ -37,13 +37,14 @@ __all__ = ["Outcome", "Trial", "callback_stops"]
 @dataclass(frozen=True)
 class Outcome:
     """One trial's outcome: the record for the callback, a termination status, the new linearization,
-    and whether the trial point's cost and gradient were finite."""
+    whether the trial point's cost and gradient were finite, and the noise floor's step bound after it."""
 
     info: IterationInfo
     status: Status | None
     linearization: Linearization | None
     x_scaled_norm: float
     finite: bool = True
+    noise_step: float = math.inf
 
 
 class Trial:
@@ -60,7 +61,7 @@ class Trial:
         self.x_scaled_norm = problem.norm(state.x)
         self.counters = dict(inner_iterations=state.inner_iterations, products=state.products, njev=state.njev)
 
-    def run(self, radius: float) -> Outcome:
+    def run(self, radius: float, noise_step: float = math.inf) -> Outcome:
         method, state, lin, bounds = self.method, self.state, self.state.linearization, self.state.bounds
         step = method.solver.solve(self.prepared, radius)
         self.counters["inner_iterations"] += step.iterations
@@ -80,6 +81,7 @@ class Trial:
             method.radius_policy, cost=cost, trial_cost=trial_cost, predicted_reduction=predicted,
             step_norm=step_norm, radius=radius, hits_boundary=hits_boundary, x_step_norm=x_step_norm,
             x_norm=x_norm, eps=self.eps, ftol=self.ftol, xtol=self.xtol, strict=state.dtype in HALF,
+            noise_step=noise_step,
         )
         decision, (x_scaled_norm, cost) = decision.read(x_scaled_norm, cost)  # the one read of the trial
         status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
@@ -107,7 +109,7 @@ class Trial:
         if method.verbose == 2:
             reduction = max(decision.actual_reduction, 0.0) if accepted else 0.0
             print_trial(state.nit, info.nfev, cost, reduction, decision.step_norm, float(self.problem.optimality))
-        return Outcome(info, status, new_lin, x_scaled_norm, finite)
+        return Outcome(info, status, new_lin, x_scaled_norm, finite, decision.noise_step if accepted else noise_step)
 
     def repeat(self, max_nfev: int, max_trials: int | None) -> tuple[float, Status | None, Outcome | None]:
         """Trials from the state's radius until one is accepted, a test stops the solve, or ``max_trials`` ran.
@@ -124,7 +126,7 @@ class Trial:
             if state.nfev + f.calls + reserve > max_nfev:
                 status = Status.MAX_NFEV
                 break
-            outcome = self.run(radius)
+            outcome = self.run(radius, state.noise_step if outcome is None else outcome.noise_step)
             trials += 1
             status, radius = outcome.status, outcome.info.next_radius
             if method.callback is not None and callback_stops(method.callback, outcome.info):

@@ -328,6 +328,8 @@ class TrustRegion:
             state, radius=radius, solver_state=self.solver.state(prepared), nfev=nfev, nit=state.nit + (outcome is not None),
             status=status, last=None if outcome is None else outcome.info, **trial.counters,
         )
+        if outcome is not None:
+            next_state = replace(next_state, noise_step=outcome.noise_step)
         if outcome is not None and outcome.info.accepted:
             next_state = replace(next_state, x=outcome.info.x, linearization=outcome.linearization)
             # T serves the next subproblem only: after a stop, its column norms

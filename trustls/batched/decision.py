@@ -41,13 +41,15 @@ def decide(
     max_nfev: int,
     eps: float,
     tolerances: tuple[float, float],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    noise_step: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """`TrustRegion.step`'s decisions for one trial of K problems.
 
-    Returns ``(accepted, linearized, status, radius)``: the trials taken, those
-    linearized (taken, or failed for a non-finite gradient: `njev` counts
-    them), the status codes (``RUNNING`` where the problem goes on) and the
-    next radii.
+    Returns ``(accepted, linearized, status, radius, noise_step)``: the trials
+    taken, those linearized (taken, or failed for a non-finite gradient:
+    `njev` counts them), the status codes (``RUNNING`` where the problem goes
+    on), the next radii and the noise floor's step bounds
+    (`trustls.decision.trial_decision`).
     """
     policy = controller.radius_policy
     ftol, xtol = tolerances
@@ -55,7 +57,7 @@ def decide(
     decision = trial_decision(
         policy, cost=cost, trial_cost=new.cost, predicted_reduction=step.predicted_reduction, step_norm=step.norm,
         radius=radius, hits_boundary=step.hits_boundary, x_step_norm=p_norm, x_norm=x_norm, eps=eps,
-        ftol=ftol, xtol=xtol,
+        ftol=ftol, xtol=xtol, noise_step=noise_step,
     )
     finite, moves, next_radius = torch.isfinite(new.cost), decision.moves, decision.next_radius
     code = torch.where(decision.code != 0, decision.code, RUNNING)  # RUNNING where no test holds
@@ -75,4 +77,4 @@ def decide(
     usable = finite & ~failed
     code = torch.where(collapsed, torch.where(usable, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
     code = torch.where((code == RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
-    return accepted, moves, code, next_radius
+    return accepted, moves, code, next_radius, torch.where(accepted, decision.noise_step, noise_step)
