@@ -39,7 +39,6 @@ differentiation does), and a callback is not supported.
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING, Any
 
 import torch
