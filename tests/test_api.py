@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.optimize
 import torch
 from scipy.optimize import Bounds
 from scipy_oracle import scipy_least_squares
@@ -425,3 +426,77 @@ def test_solver_by_name_is_the_solver_by_instance():
     assert by_name.success and by_instance.success
     assert torch.equal(by_name.x, by_instance.x) and by_name.nfev == by_instance.nfev
     assert by_name.radius == by_instance.radius
+
+
+# -- scipy users' code, found by a bug hunt ----------------------------------------------------
+
+T20 = torch.linspace(0.0, 1.0, 20, dtype=F64)
+Y20 = 2.0 * torch.exp(-1.5 * T20) + 0.3
+DECAY_X0 = torch.tensor([1.0, 1.0, 0.0], dtype=F64)
+DECAY_SOLUTION = torch.tensor([2.0, 1.5, 0.3], dtype=F64)
+
+
+def decay(x):
+    return x[0] * torch.exp(-x[1] * T20) + x[2] - Y20
+
+
+def jacobian_by_functional(x):  # torch.autograd.functional differentiates fun: it needs grad mode
+    return torch.autograd.functional.jacobian(decay, x)
+
+
+def jacobian_by_rows(x):  # the hand-rolled form: one torch.autograd.grad per residual
+    x = x.detach().requires_grad_()
+    r = decay(x)
+    return torch.stack([torch.autograd.grad(r[i], x, retain_graph=True)[0] for i in range(r.numel())])
+
+
+@pytest.mark.parametrize("jac", [jacobian_by_functional, jacobian_by_rows], ids=["functional", "rows"])
+def test_a_jac_that_differentiates_fun_with_autograd_works(jac):
+    # It ran under no_grad and failed ("element 0 of tensors does not require grad").
+    res = least_squares(decay, DECAY_X0, jac=jac, **TIGHT)
+    assert res.success and not res.jac.requires_grad
+    torch.testing.assert_close(res.x, DECAY_SOLUTION, rtol=0, atol=1e-10)
+    model = trustls.GaussNewtonModel(jacobian=jac)
+    res = trustls.TrustRegion(model, solver="lstsq", **TIGHT).solve(decay, DECAY_X0)
+    torch.testing.assert_close(res.x, DECAY_SOLUTION, rtol=0, atol=1e-10)
+
+
+def test_a_numpy_fun_with_a_jac_is_read_as_scipy_reads_it():
+    t, y = T20.numpy(), Y20.numpy()
+
+    def fun(x):  # np.asarray: the same code serves scipy, which passes an ndarray
+        x = np.asarray(x)
+        return x[0] * np.exp(-x[1] * t) + x[2] - y
+
+    def jac(x):
+        x = np.asarray(x)
+        e = np.exp(-x[1] * t)
+        return np.stack([e, -x[0] * t * e, np.ones_like(e)], axis=1)
+
+    res = least_squares(fun, DECAY_X0, jac=jac, **TIGHT)
+    reference = scipy.optimize.least_squares(fun, DECAY_X0.numpy(), jac=jac, **TIGHT)
+    assert isinstance(res.fun, torch.Tensor) and res.fun.dtype == F64
+    torch.testing.assert_close(res.x, torch.as_tensor(reference.x), rtol=0, atol=1e-10)
+
+
+def test_numpy_integers_and_verbose_true_are_taken_as_scipy_takes_them(capsys):
+    # max_nfev = 100 * arr.size is an np.int64; verbose=True is 1 for scipy's `in (0, 1, 2)`.
+    res = least_squares(decay, DECAY_X0, max_nfev=np.int64(3), verbose=True)
+    assert res.status == Status.MAX_NFEV and res.nfev == 3
+    assert "The maximum number of function evaluations is exceeded." in capsys.readouterr().out
+    res = least_squares(decay, DECAY_X0, max_nfev=np.int32(50), verbose=np.int64(0))
+    assert res.success and capsys.readouterr().out == ""
+    for bad in (np.float64(3.0), True):
+        with pytest.raises(ValueError, match=r"max_nfev must be a positive int or None"):
+            least_squares(decay, DECAY_X0, max_nfev=bad)
+
+
+def test_a_one_dimensional_array_pattern_is_one_residual_row():
+    # np.atleast_2d, as scipy reads jac_sparsity: a 1-D array is the row of a single residual.
+    def fun(x):
+        return torch.exp(x[0]) + 2.0 * x[1] - 3.0
+
+    for pattern in (np.array([1, 1]), torch.tensor([True, True])):
+        assert as_pattern(pattern).shape == (1, 2)
+        res = least_squares(fun, torch.tensor([3.0, 3.0], dtype=F64), jac_sparsity=pattern)
+        assert res.success and res.fun.shape == (1,) and res.cost < 1e-20

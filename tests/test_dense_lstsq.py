@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from trustls import GaussNewtonModel, TrustRegion
 from trustls.models import Linearization
 from trustls.operators import DenseOperator, NormalOperator
 from trustls.subproblem import DenseLstsq, SteihaugCG, secular_step
@@ -385,3 +386,17 @@ def test_solver_declares_it_needs_the_jacobian():
     assert DenseLstsq.requires_jacobian and not SteihaugCG.requires_jacobian
     assert DenseLstsq() == DenseLstsq(rtol=1e-3, max_iter=30)
     assert repr(DenseLstsq(rtol=0.01, max_iter=5)) == "DenseLstsq(rtol=0.01, max_iter=5)"
+
+
+@pytest.mark.parametrize("name", ["misra1a_start1", "kirby2_start1"])
+def test_float32_rank_is_decided_in_unit_columns(name):
+    """Found by a bug hunt: in float32 the rank cutoff max(m, n)·eps·s_max dropped a singular value
+    that was small only by the variables' units (Misra1a: 1.3e-3 against 7.6e5), so b₁ never moved
+    and the solve stopped with xtol at cost 9.76 (Kirby2: 15.2). Decided where J's columns have unit
+    norm, the rank is the problem's, and both reach the certified cost to float32's noise floor."""
+    from trustls.problems import registry
+
+    problem = registry.get(name)
+    result = TrustRegion(GaussNewtonModel(), "lstsq").solve(problem.residual, problem.x0.float())
+    assert result.x.dtype == torch.float32
+    assert math.isclose(result.cost, problem.reference_cost, rel_tol=1e-4)

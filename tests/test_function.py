@@ -1,9 +1,13 @@
 """How trustls calls the user's function: counted calls, in-place mutation caught, outputs split and checked."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
+from trustls import GaussNewtonModel, TrustRegion
 from trustls.function import CountedFunction, check_outputs, split_outputs
 
 
@@ -96,3 +100,66 @@ def test_half_precision_fun_may_return_a_list_of_scalars(dtype):
     assert result.cost == reference.cost and result.nfev == reference.nfev and result.status == reference.status
     with pytest.raises(TypeError, match=rf"fun must return a tensor of x's dtype {dtype}, got torch.float32"):
         controller.solve(lambda x: [v.float() for v in listed(x)], x0)
+
+
+# -- a user's residual as users write it (found by a bug hunt) ------------------------------
+
+T = torch.linspace(0.0, 1.0, 20, dtype=torch.float64)
+Y = 2.0 * torch.exp(-1.5 * T) + 0.3
+X0 = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+
+
+def decay(x):
+    return x[0] * torch.exp(-x[1] * T) + x[2] - Y
+
+
+def frozen_by_float(x):  # float() of x[1] enters the residual: autograd cannot follow it
+    return x[0] * torch.exp(-float(x[1]) * T) + x[2] - Y
+
+
+def branch_by_item(x):  # .item() only picks a branch: J is right
+    return decay(x) if x[0].item() > 0 else -decay(x)
+
+
+def host_read_warnings(fun, solver):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = TrustRegion(GaussNewtonModel(), solver).solve(fun, X0)
+    return result, [str(w.message) for w in caught if "as a Python number" in str(w.message)]
+
+
+@pytest.mark.parametrize("solver", ["lstsq", "cg"])
+def test_a_python_number_read_from_x_in_the_residual_warns_once_naming_the_frozen_variable(solver):
+    result, messages = host_read_warnings(frozen_by_float, solver)
+    assert len(messages) == 1, messages  # one per solve, at x0, not one per step
+    assert re.search(r"\(float\(\) at .*test_function\.py:\d+\), and J at x0 is zero in the columns of x\[1\]:",
+                     messages[0])
+    assert result.x[1] == X0[1]  # what the warning predicts: x[1] never moves
+
+
+@pytest.mark.parametrize("solver", ["lstsq", "cg"])
+def test_a_python_number_read_for_control_flow_is_silent_and_solves(solver):
+    result, messages = host_read_warnings(branch_by_item, solver)
+    assert messages == [] and result.success
+    torch.testing.assert_close(result.x, torch.tensor([2.0, 1.5, 0.3], dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", ["lstsq", "cg"])
+def test_an_in_place_write_into_the_differentiated_x_is_the_documented_error(solver):
+    def fun(x):
+        x[2] = 0.0  # torch refuses this write into the leaf that autograd differentiates
+        return decay(x)
+
+    with pytest.raises(ValueError, match=r"^fun must not modify its argument in place \(torch refused an in-place "
+                                         r"write into x\): compute on a copy, e\.g\. x = x\.clone\(\)") as caught:
+        TrustRegion(GaussNewtonModel(), solver).solve(fun, X0)
+    assert isinstance(caught.value.__cause__, RuntimeError)  # torch's own error, chained
+
+
+def test_a_numpy_residual_without_a_jacobian_is_a_type_error_naming_the_remedy():
+    def fun(x):
+        return np.exp(-x[1] * T.numpy()) * x[0] + x[2] - Y.numpy()
+
+    with pytest.raises(TypeError, match=r"fun must compute with torch operations on its tensor argument, got a "
+                                        r"conversion to numpy .* or pass a Jacobian \(least_squares' jac="):
+        TrustRegion(GaussNewtonModel(), "lstsq").solve(fun, X0)

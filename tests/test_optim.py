@@ -410,12 +410,24 @@ def test_a_scheduler_on_an_infinite_lr_warns_once_and_an_unusable_lr_is_refused(
         opt.step(closure)
     scheduler.step(), scheduler.step()  # interpolating from inf: inf - inf is nan
     before = flatten(trainable(opt_net(opt)))
-    with pytest.raises(ValueError, match=r"lr must be a positive number or inf .* got nan"):
+    with pytest.raises(ValueError, match=r"lr must be a non-negative number or inf .* got nan; a scheduler"):
         opt.step(closure)
     assert torch.equal(flatten(trainable(opt_net(opt))), before)
-    for lr in (0.0, -1.0, math.nan, "1", True):
-        with pytest.raises(ValueError, match="lr must be a positive number or inf"):
+    for lr in (-1.0, math.nan, "1", True, torch.tensor([1.0, 2.0])):
+        with pytest.raises(ValueError, match="lr must be a non-negative number or inf"):
             scheduled(lr=lr)
+
+
+def test_lr_zero_moves_nothing_and_keeps_the_radius_for_a_later_lr():
+    # A warm-up from 0 (LinearLR(start_factor=0) or LambdaLR) reaches lr = 0: torch.optim takes it.
+    # Found by a bug hunt: it raised, and a radius clamped to 0 would have stayed 0 for good.
+    _, opt, closure = scheduled(lr=0.0)
+    before = flatten(trainable(opt_net(opt)))
+    cost = opt.step(closure)
+    assert torch.equal(flatten(trainable(opt_net(opt))), before) and opt.status is None
+    opt.param_groups[0]["lr"] = torch.tensor(1.0)  # a 0-d tensor lr, as some schedulers leave it
+    costs = [opt.step(closure) for _ in range(3)]
+    assert costs[0] == cost and costs[-1] < cost
 
 
 # -- checkpoints: validated at load time ---------------------------------------

@@ -61,6 +61,15 @@ def test_stored_zeros_are_structural():
     assert jacobian_pattern(scipy.sparse.coo_matrix(([0.0, 0.0], ([0, 1], [1, 0])), shape=(2, 2))).nnz == 2
 
 
+def test_dense_nonzero_values_are_structural_as_in_scipy():
+    """A Jacobian computed at one point is its own pattern (scipy: ``A != 0``); found by a bug hunt."""
+    J = torch.tensor([[2.5, 0.0, -1e-300, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 7.0, 0.0, 0.0]], dtype=torch.float64)
+    for form in (J, J.numpy()):
+        assert torch.equal(jacobian_pattern(form).to_dense(), J != 0)
+    # and with scipy, whose coloring reads the same structure
+    assert jacobian_pattern(J).nnz == scipy.sparse.csr_matrix(J.numpy()).nnz
+
+
 def test_empty_rows_and_columns_are_valid():
     pattern = jacobian_pattern(DENSE)
     assert pattern.row_counts().tolist() == [2, 0, 2]
@@ -96,11 +105,9 @@ class _FakeCoo:
         (torch.ones(3, dtype=torch.bool), ValueError, r"jac_sparsity must be 2-D .* got shape \(3,\)"),
         (torch.ones(2, 2, 2), ValueError, r"jac_sparsity must be 2-D .* got shape \(2, 2, 2\)"),
         (torch.ones(0, 3), ValueError, r"at least one row and one column, got shape \(0, 3\)"),
-        (torch.tensor([[1, 2], [0, 1]]), ValueError, r"only 0 and 1 \(or be bool\), got 2 at \(0, 1\)"),
-        (torch.tensor([[1.0, 0.5]]), ValueError, r"only 0 and 1 .* got 0\.5 at \(0, 1\)"),
-        (torch.tensor([[float("nan"), 1.0]]), ValueError, r"only 0 and 1 .* got nan at \(0, 0\)"),
+        (torch.tensor([[float("nan"), 1.0]]), ValueError, r"structure by nonzero entries, got nan at \(0, 0\)"),
         (torch.ones(2, 2, dtype=torch.complex64), TypeError, r"bool or real numeric, got torch\.complex64"),
-        (np.array([[1, 2]]), ValueError, r"only 0 and 1"),
+        (np.array([[1.0, np.nan]]), ValueError, r"structure by nonzero entries, got nan at \(0, 1\)"),
         (np.array([["a"]]), TypeError, r"numpy array must be bool or numeric, got dtype <U1"),
         ([[1, 0]], TypeError, r"jac_sparsity must be a torch sparse tensor, .*; got list"),
         ("dense", TypeError, r"got str"),

@@ -3,14 +3,17 @@
 scipy reads what a user's functions return through numpy: ``fun``'s value by
 ``np.atleast_1d`` (a scalar is one residual), ``jac``'s by ``np.atleast_2d``
 (a 1-D array is the one row of a single residual) unless it is a scipy sparse
-matrix or ``LinearOperator``; ``jac_sparsity`` by ``np.atleast_2d``; and it
-calls ``callback(intermediate_result=...)`` when the callback's only
-parameter has that name, ``callback(x)`` otherwise (``_wrap_callback`` in
+matrix or ``LinearOperator``; ``jac_sparsity`` by ``np.atleast_2d`` (its
+nonzero structure, whatever the values); and it calls
+``callback(intermediate_result=...)`` when the callback's only parameter has
+that name, ``callback(x)`` otherwise (``_wrap_callback`` in
 ``scipy/optimize/_optimize.py``). The wrappers here apply the same rules to
 torch values, so that code written for scipy runs unchanged once ``fun``
-computes with torch. scipy itself is never imported: its types are recognized
-by their methods (``tocoo`` for a sparse matrix; ``matvec`` and ``rmatvec``
-for a ``LinearOperator``).
+computes with torch. With a callable ``jac`` trustls never differentiates
+``fun``, so there ``fun`` may return what scipy reads (a numpy array, a list,
+a number): it is converted to x's dtype and device. scipy itself is never
+imported: its types are recognized by their methods (``tocoo`` for a sparse
+matrix; ``matvec`` and ``rmatvec`` for a ``LinearOperator``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,25 @@ from trustls.result import IterationInfo
 __all__ = ["UserJacobian", "as_pattern", "residual_function", "scipy_callback"]
 
 
-def residual_function(fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> Callable[[Tensor], Any]:
-    """``x ↦ fun(x, *args, **kwargs)``, with a 0-d tensor read as one residual (scipy's ``atleast_1d``)."""
+def residual_function(
+    fun: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], *, convert: bool = False
+) -> Callable[[Tensor], Any]:
+    """``x ↦ fun(x, *args, **kwargs)``, with a 0-d tensor read as one residual (scipy's ``atleast_1d``).
+
+    With ``convert`` (a callable ``jac`` was given, so ``fun`` is never
+    differentiated) a value other than a tensor (a numpy array, a list, a
+    number) becomes a tensor of x's dtype on x's device; one that
+    ``torch.as_tensor`` cannot read is left for `trustls.function.split_outputs`
+    to refuse, with its message.
+    """
 
     def residual(x: Tensor) -> Any:
         value = fun(x, *args, **kwargs)
+        if convert and not isinstance(value, (Tensor, tuple)):
+            try:
+                value = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+            except (TypeError, ValueError, RuntimeError):
+                pass  # refused with the reason by split_outputs
         return value.reshape(1) if isinstance(value, Tensor) and value.ndim == 0 else value
 
     return residual
@@ -78,8 +95,11 @@ class UserJacobian:
         self._probed: tuple[Tensor, Tensor | LinearOperator] | None = None
 
     def probe(self, x0: Tensor) -> Tensor | LinearOperator:
-        with torch.no_grad():
+        # With grad enabled, as `GaussNewtonModel.linearize` calls jacobian: a jac may differentiate
+        # fun itself (torch.autograd.grad row by row); J is data, so it is detached.
+        with torch.enable_grad():
             J = self(x0)
+        J = J.detach() if isinstance(J, Tensor) else J
         self._probed = (x0.clone(), J)
         return J
 
@@ -120,10 +140,16 @@ class UserJacobian:
 
 
 def as_pattern(jac_sparsity: Any) -> Any:
-    """scipy's ``jac_sparsity``: a list or tuple is read as an array, with numpy's ``atleast_2d``."""
+    """scipy's ``jac_sparsity``: a list or tuple is read as an array, and an array or a dense tensor
+    of fewer than 2 dimensions is one residual's row (numpy's ``atleast_2d``). Its nonzero entries
+    are the structure, whatever their values (`trustls.sparsity.jacobian_pattern`)."""
     if isinstance(jac_sparsity, (list, tuple)):
-        pattern = torch.as_tensor(jac_sparsity)
-        return pattern.reshape(1, -1) if pattern.ndim < 2 else pattern
+        jac_sparsity = torch.as_tensor(jac_sparsity)
+    dense = (
+        isinstance(jac_sparsity, Tensor) and jac_sparsity.layout == torch.strided
+    ) or type(jac_sparsity).__module__ == "numpy"
+    if dense and jac_sparsity.ndim < 2:
+        return jac_sparsity.reshape(1, -1)
     return jac_sparsity
 
 

@@ -61,11 +61,13 @@ def check_tolerance(name: str, value: object) -> float | None:
 
 
 def check_positive_int(name: str, value: object) -> int | None:
+    """``value`` as a Python int: any integer (numbers.Integral, so numpy's np.int64 too, which
+    ``max_nfev = 100 * arr.size`` produces and scipy takes), bools excluded, or ``None``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_positive_number(name: str, value: object) -> float | None:
@@ -77,19 +79,39 @@ def check_positive_number(name: str, value: object) -> float | None:
 
 
 def check_choice(name: str, value: object, choices: tuple) -> object:
-    if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{name} must be {', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}, got {value!r}")
-    return value
+    """The one of ``choices`` that ``value`` equals, as that choice: scipy compares with ``in``, so
+    ``verbose=True`` is 1 and ``np.int64(2)`` is 2 there, and here they come back as the ints."""
+    try:
+        index = choices.index(value)
+    except (ValueError, TypeError, RuntimeError):  # RuntimeError: a tensor of several elements
+        raise ValueError(
+            f"{name} must be {', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}, got {value!r}"
+        ) from None
+    return choices[index]
 
 
 def check_lr(lr: object) -> float:
-    """`TrustRegionOptimizer`'s ``lr``: an upper bound on the trust radius, positive or inf."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or math.isnan(lr) or not lr > 0:
+    """`TrustRegionOptimizer`'s ``lr`` as a float: an upper bound on the trust radius, ≥ 0 or inf.
+
+    As in ``torch.optim``, 0 is valid (schedulers reach it: a warm-up from 0,
+    ``CosineAnnealingLR`` at ``T_max``; the step then moves nothing) and a
+    0-d real tensor is taken as its value. NaN is refused: it is what a
+    scheduler that interpolates from ``lr=inf`` computes (inf − inf).
+    """
+    value = lr
+    if isinstance(lr, Tensor) and lr.ndim == 0 and not lr.is_complex() and lr.dtype != torch.bool:
+        value = lr.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        hint = ""
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value):
+            hint = (
+                "; a scheduler that computes lr from differences of lr (CosineAnnealingLR, SWALR) needs a finite lr "
+                "to start from"
+            )
         raise ValueError(
-            f"lr must be a positive number or inf (an upper bound on the trust radius), got {lr!r}; a scheduler that "
-            "computes lr from differences of lr (CosineAnnealingLR, SWALR) needs a finite lr to start from"
+            f"lr must be a non-negative number or inf (an upper bound on the trust radius), got {lr!r}{hint}"
         )
-    return float(lr)
+    return float(value)
 
 
 def check_max_trials(max_trials: object) -> None:

@@ -124,7 +124,10 @@ def least_squares(
     Arguments mean what they mean in scipy; the differences:
 
     * ``fun`` must compute with torch and return a tensor of ``x0``'s dtype;
-      a 0-d value is one residual (scipy's ``atleast_1d``).
+      a 0-d value is one residual (scipy's ``atleast_1d``). With a callable
+      ``jac`` it is not differentiated, so it may also return a numpy array,
+      a list or a number (converted to ``x0``'s dtype and device), as for
+      scipy.
     * ``jac``: ``"2-point"``, ``"3-point"``, ``"cs"`` (scipy's finite
       differences) all mean automatic differentiation of ``fun``, exact;
       ``diff_step`` and ``workers`` are accepted and unused. A callable
@@ -226,4 +229,4 @@ def least_squares(
         J0 = jacobian.probe(x0)
         if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
             controller = controller.replace(solver=_solver(method, None, tr_options, None, n, True, model))
-    return controller.solve(residual_function(fun, args, kwargs), x0)
+    return controller.solve(residual_function(fun, args, kwargs, convert=jacobian is not None), x0)

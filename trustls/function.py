@@ -9,7 +9,26 @@
   version counter (bumped by every in-place operation, also under
   ``torch.no_grad()``) is compared before and after the call, at no copy;
   otherwise the iterate, which is the argument, would silently move away
-  from the point whose cost was measured;
+  from the point whose cost was measured. Where x is the leaf that autograd
+  differentiates, torch refuses the write itself, inside ``fun``; that error
+  is raised again as the same ``ValueError``, chained to torch's;
+* a ``fun`` written with numpy, which autograd cannot differentiate, gets a
+  trustls ``TypeError`` in place of torch's "Can't call numpy() on Tensor
+  that requires grad. Use tensor.detach().numpy() instead": that advice
+  would cut x out of J;
+* the first call, at x0, watches for values computed from x that ``fun``
+  reads as Python numbers (``.item()``, ``float()``, ``int()``,
+  ``.tolist()``), through a ``torch.overrides.TorchFunctionMode``. Autograd
+  cannot follow such a number: where it enters the residual, J misses its
+  dependence on x, and a variable reached only that way has a zero column,
+  so it never moves while the solve reports convergence. For control flow
+  (``if x[0].item() > 0``) the read is harmless. So when a read was seen,
+  one VJP with a seeded Gaussian cotangent u finds the zero columns
+  ((Jᵀu)_j = Σ_i u_i J_ij is zero for a nonzero column with probability 0),
+  and a ``UserWarning`` names the read and those variables. Later calls run
+  without the mode, at no cost; a value that enters the residual beside a
+  differentiable path to the same variable leaves a nonzero but wrong column,
+  which this test cannot see;
 * the value is split into outputs and optional targets (`split_outputs`):
   a tensor, a list of tensors (stacked), or a tuple ``(outputs, targets)``
   for models whose loss compares outputs with targets.
@@ -17,11 +36,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["HALF", "CountedFunction", "HalfPrecision", "call_unmodified", "check_outputs", "round_to", "split_outputs"]
 
@@ -80,29 +103,133 @@ class CountedFunction:
         (tensor([2., 2.]), 1)
     """
 
-    def __init__(self, fun: Callable[..., Any], args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        watch: bool = False,
+    ):
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {type(fun).__name__}")
         self.fun = fun
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
         self.calls = 0
+        self.watch = watch  # watch the first call for host reads: a solve's first evaluation, at x0
 
     def __call__(self, x: Tensor) -> Any:
         self.calls += 1  # a call that raises was still made
-        return call_unmodified(self.fun, x, *self.args, **self.kwargs)
+        if self.calls > 1 or not self.watch:
+            return call_unmodified(self.fun, x, *self.args, **self.kwargs)
+        reads = _HostReads()  # the first call of a solve only (module docstring)
+        with reads:
+            value = call_unmodified(self.fun, x, *self.args, **self.kwargs)
+        if reads.read is not None:
+            _warn_frozen(value, x, *reads.read)
+        return value
+
+
+_IN_PLACE = "fun must not modify its argument in place"
+_HOW_IN_PLACE = "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
+# torch's messages (torch/csrc/autograd), for a write into the leaf x or a view of it, and for numpy().
+_LEAF_WRITE = "leaf Variable that requires grad is being used in an in-place operation"
+_NUMPY_READ = "Can't call numpy() on Tensor that requires grad"
 
 
 def call_unmodified(fun: Callable[..., Any], x: Tensor, *args: Any, **kwargs: Any) -> Any:
-    """``fun(x, ...)``, refused if it modified ``x`` in place (its version counter moved)."""
+    """``fun(x, ...)``, refused if it modified ``x`` in place (its version counter moved, or torch
+    refused the write into x, the leaf autograd differentiates), or converted x to numpy."""
     version = x._version
-    value = fun(x, *args, **kwargs)
+    try:
+        value = fun(x, *args, **kwargs)
+    except RuntimeError as error:
+        if x.requires_grad and x.is_leaf and _LEAF_WRITE in str(error):
+            raise ValueError(f"{_IN_PLACE} (torch refused an in-place write into x): {_HOW_IN_PLACE}") from error
+        if x.requires_grad and _NUMPY_READ in str(error):
+            raise TypeError(
+                "fun must compute with torch operations on its tensor argument, got a conversion to numpy of a "
+                "tensor computed from x (x.numpy(), np.asarray, or a numpy function such as np.exp applied to "
+                "it), which autograd cannot differentiate (detaching it would cut x out of J): write fun with "
+                "torch operations (torch.exp rather than numpy.exp), or pass a Jacobian (least_squares' jac=, "
+                "GaussNewtonModel(jacobian=...)), with which fun is not differentiated and may use numpy"
+            ) from error
+        raise
     if x._version != version:
-        raise ValueError(
-            "fun must not modify its argument in place (x was changed during the call): "
-            "compute on a copy, e.g. x = x.clone(), or with out-of-place operations"
-        )
+        raise ValueError(f"{_IN_PLACE} (x was changed during the call): {_HOW_IN_PLACE}")
     return value
+
+
+# The reads of a tensor's value as Python numbers, by the name a warning gives them. numpy() is not
+# among them: on a tensor that requires grad torch refuses it (`call_unmodified`).
+_HOST_READS = {
+    Tensor.item: "Tensor.item()",
+    Tensor.__float__: "float()",
+    Tensor.__int__: "int()",
+    Tensor.tolist: "Tensor.tolist()",
+}
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class _HostReads(TorchFunctionMode):
+    """Notes the first read, as Python numbers, of a tensor that requires grad (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: tuple[str, str] | None = None  # (the call, where in fun)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if self.read is None and func in _HOST_READS and args and getattr(args[0], "requires_grad", False):
+            self.read = (_HOST_READS[func], _caller())
+        return func(*args, **(kwargs or {}))
+
+
+def _caller() -> str:
+    """``file:line`` of the innermost frame outside torch and this module: the read in ``fun``."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return "an unknown line" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _frozen_variables(value: object, x: Tensor) -> list[int]:
+    """The variables whose column of J at x is exactly zero: those (Jᵀu)_j = 0 for a seeded Gaussian u.
+
+    Only for x the autograd leaf of the call (not under a ``torch.func``
+    transform, where x is a wrapper) and outputs that reach it; otherwise none.
+    """
+    if not (x.requires_grad and x.is_leaf) or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return []
+    try:
+        outputs, _ = split_outputs(value)
+    except TypeError:  # refused with the reason where the outputs are read
+        return []
+    if not (outputs.requires_grad and outputs.is_floating_point()):
+        return []
+    generator = torch.Generator(device=outputs.device).manual_seed(0)
+    u = torch.randn(outputs.shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
+    (column_sums,) = torch.autograd.grad(outputs, x, u, retain_graph=True, allow_unused=True)
+    if column_sums is None:  # no path to x at all: refused at the first evaluation
+        return []
+    return (column_sums == 0).nonzero().reshape(-1).tolist()
+
+
+def _warn_frozen(value: object, x: Tensor, call: str, where: str) -> None:
+    """One `UserWarning` when ``fun`` read a value as a Python number and J has zero columns."""
+    frozen = _frozen_variables(value, x)
+    if not frozen:
+        return
+    shown = ", ".join(f"x[{j}]" for j in frozen[:8]) + (f" and {len(frozen) - 8} more" if len(frozen) > 8 else "")
+    warnings.warn(
+        f"fun read a value computed from x as a Python number ({call} at {where}), and J at x0 is zero in the "
+        f"columns of {shown}: autograd cannot differentiate through a Python number, so where that value "
+        "enters the residual J misses its dependence on x, and those variables will not move. A read for "
+        "control flow (if x[0].item() > 0: ...) is fine; in the residual, use the tensor itself (x[0] rather "
+        "than x[0].item() or float(x[0]))",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def round_to(x: Tensor, dtype: torch.dtype) -> Tensor:

@@ -101,6 +101,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             then anneal the largest step; those that interpolate from it
             (``CosineAnnealingLR``, ``SWALR``) need a finite ``lr``.
             ``OneCycleLR`` needs ``cycle_momentum=False``: there is no momentum.
+            As in ``torch.optim``, ``lr = 0`` is valid (a warm-up from 0): the
+            step evaluates the closure and returns the cost, and nothing moves;
+            a 0-d tensor ``lr`` is read as its value.
         data_parallel: a `trustls.distributed.DataParallel` (or ``True`` for
             the default process group) to sum the cost, gradient and every
             curvature product over the ranks, each evaluating its shard of the
@@ -281,6 +284,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 "closure must return outputs with a finite derivative at the current parameters, got a gradient of "
                 "the cost with NaN or inf entries (e.g. sqrt at 0, or a torch.where branch whose gradient is NaN)"
             )
+        if lr == 0.0:  # as torch.optim at lr = 0: nothing moves, and the radius is kept for a later lr
+            return float(lin.cost)
         tr = restore(self._method, saved, lin, context, dtype)
         tr = dataclasses.replace(tr, radius=min(tr.radius, lr))
         if type(tr.scaling) is DiagonalScaling:  # the step may scale the gradient in place

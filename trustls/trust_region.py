@@ -225,7 +225,7 @@ class TrustRegion:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {type(fun).__name__}")
         x, dtype, bounds = starting_point(x0, self.scale_policy, self.bounds)
-        f = self._function(fun, dtype)
+        f = self._function(fun, dtype, watch=True)
         dense = self.solver.requires_jacobian
         context = self.model.start(f, x, dense=dense)
         evaluation = self.model.evaluate(f, x, context, keep=True)
@@ -346,5 +346,5 @@ class TrustRegion:
     # -- helpers ----------------------------------------------------------
 
     @staticmethod
-    def _function(fun: ResidualFunction, dtype: torch.dtype) -> CountedFunction:
-        return CountedFunction(HalfPrecision(fun, dtype) if dtype in HALF else fun)
+    def _function(fun: ResidualFunction, dtype: torch.dtype, watch: bool = False) -> CountedFunction:
+        return CountedFunction(HalfPrecision(fun, dtype) if dtype in HALF else fun, watch=watch)

@@ -157,7 +157,7 @@ class GaussNewtonModel(CurvatureModel):
             `LinearOperator`; replaces automatic differentiation (see the
             module docstring).
         jac_sparsity: optional ``(m, n)`` sparsity pattern of J (a torch
-            sparse or 0/1 tensor, a numpy array, a scipy sparse matrix, or a
+            sparse or dense tensor, a numpy array, a scipy sparse matrix, or a
             `trustls.sparsity.ColoredJacobian`); J is then the exact
             `SparseOperator` from one product per color, colored here, once.
         column_norm_probes: K, the VJPs (row classes) of the column-norm
@@ -265,8 +265,11 @@ class GaussNewtonModel(CurvatureModel):
         loss = self.loss.linearize(evaluation.outputs, evaluation.targets)
         m = evaluation.outputs.numel()
         if self.jacobian is not None:
-            with torch.no_grad():
-                J = jacobian_operator(self.jacobian(x), m, x)
+            # With grad enabled: a jacobian may differentiate fun itself (torch.autograd.grad per
+            # row, on a copy of x that requires grad). J is data: detached (jacobian_operator).
+            with torch.enable_grad():
+                J = self.jacobian(x)
+            J = jacobian_operator(J, m, x)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         context = _Context(tuple(evaluation.outputs.shape)) if context is None else context
         kept = evaluation.kept

@@ -2,7 +2,10 @@
 
 ``jacobian(x)`` may return a dense tensor, a torch sparse tensor (COO or CSR)
 or any `LinearOperator`; `jacobian_operator` turns it into an (m, n) operator
-and checks it, naming ``jacobian``, before any product runs.
+and checks it, naming ``jacobian``, before any product runs. ``jacobian`` is
+called with grad enabled (a hand-written Jacobian may run
+``torch.autograd.grad`` through ``fun``), so a tensor J is detached here: it is
+data, and a graph kept with it would hold its memory across the solve.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ def jacobian_operator(J: object, m: int, x: Tensor) -> LinearOperator:
     """What a user's ``jacobian(x)`` returned, as an (m, n) operator on x's dtype and device, or an error
     naming ``jacobian`` (a J of another dtype or device would fail later inside a product)."""
     if isinstance(J, Tensor):
-        J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J.detach())
+        J = J.detach()
+        J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J)
     if not isinstance(J, LinearOperator):
         raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
     if J.shape != (m, x.shape[0]):

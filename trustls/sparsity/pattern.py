@@ -9,7 +9,10 @@ to hold it:
   structural, whatever its value, so an explicitly stored zero still marks
   a possible nonzero (the structure, not the values, is what a sparse
   format records; scipy's coloring reads it the same way);
-* a dense torch tensor, bool or numeric with values in {0, 1};
+* a dense torch tensor, bool or numeric: its nonzero entries are structural,
+  whatever their values, as scipy reads a dense ``jac_sparsity`` (``A != 0``
+  in ``group_columns``), so a Jacobian computed at one point serves as its
+  own pattern; NaN is refused, as a statement about neither;
 * a numpy array, under the same rule as a dense tensor;
 * any object with a ``tocoo()`` method returning ``row``, ``col`` and
   ``shape`` (scipy's sparse matrices and arrays, duck-typed: trustls never
@@ -124,7 +127,7 @@ def jacobian_pattern(jac_sparsity: object) -> JacobianPattern:
     Raises:
         TypeError: for an unsupported type, or dense values that are neither bool nor numeric.
         ValueError: for a pattern that is not 2-D, has a zero dimension, has
-            indices outside its shape, or dense values other than 0 and 1.
+            indices outside its shape, or dense NaN values.
 
     Examples:
         >>> import torch
@@ -154,11 +157,11 @@ def _from_dense(dense: Tensor) -> JacobianPattern:
     if dense.dtype != torch.bool:
         if dense.is_complex():
             raise TypeError(f"jac_sparsity as a dense tensor must be bool or real numeric, got {dense.dtype}")
-        bad = (dense != 0) & (dense != 1)
-        if bool(bad.any()):
+        bad = dense.isnan() if dense.is_floating_point() else None
+        if bad is not None and bool(bad.any()):
             i, j = (int(k) for k in bad.nonzero()[0])
-            raise ValueError(f"jac_sparsity as a dense tensor must hold only 0 and 1 (or be bool), "
-                             f"got {dense[i, j].item()!r} at ({i}, {j})")
+            raise ValueError(f"jac_sparsity as a dense tensor must mark structure by nonzero entries, "
+                             f"got nan at ({i}, {j})")
     rows, cols = (dense != 0).nonzero(as_tuple=True)  # row-major, unique
     return JacobianPattern(rows.to("cpu", torch.int64), cols.to("cpu", torch.int64), tuple(dense.shape))
 

@@ -9,8 +9,9 @@ and the exact solution of the trust-region subproblem (Moré 1978; Moré &
 Sorensen 1983; Nocedal & Wright 2006, §4.3) is
 
 * the Gauss-Newton step p(0) (minimum-norm, singular values below
-  ``max(m, n)·eps·s_max`` dropped, as ``numpy.linalg.lstsq``) when it lies
-  inside the region, and otherwise
+  ``max(m, n)·eps·s_max`` dropped, as ``numpy.linalg.lstsq``, unless J with
+  unit columns keeps them: `_rank_in_unit_columns`) when it lies inside the
+  region, and otherwise
 * p(α*) with α* > 0 the root of the secular equation ‖p(α)‖ = Δ.
 
 Because B = JᵀJ is positive semidefinite and g = Jᵀr lies in the range of
@@ -92,6 +93,26 @@ def _unit_of(largest: float) -> float:
     if not _SMALLEST_NORMAL <= largest < math.inf:
         return 1.0
     return math.ldexp(1.0, math.frexp(largest)[1] - 1)
+
+
+def _rank_in_unit_columns(J: Tensor, cutoff: float) -> int:
+    """The numerical rank of J with its columns scaled to unit norm: singular values above ``cutoff``·s_max.
+
+    The rank cutoff relative to s_max is right for singular values whose
+    smallness is J's, not its units': a variable measured in units 10⁶ times too
+    small makes J's column and one singular value 10⁶ times smaller, and in
+    float32 (eps·max(m, n) ≈ 10⁻⁶) that singular value fell below the cutoff
+    although it was computed to full accuracy (NIST Misra1a: s = 7.6·10⁵ and
+    1.3·10⁻³; the step then never moved b₁ and stopped with ``xtol``). The rank
+    is invariant under a change of units of the variables in exact arithmetic,
+    so it is decided where all columns have unit norm (van der Sluis 1969);
+    the step itself still uses J's singular values, which the ratio test
+    checks.
+    """
+    norms = torch.linalg.vector_norm(J, dim=0)
+    scaled = J * torch.where(norms > 0, 1.0 / norms, 0.0)
+    values = torch.linalg.svdvals(scaled)
+    return int((values > cutoff * values[0]).sum()) if values.numel() else 0
 
 
 def _divide(a: float, b: float) -> float:
@@ -234,6 +255,8 @@ class DenseLstsq(SubproblemSolver):
             values = torch.cat([s.double(), sf]).tolist()
             k = s.numel()
             rank = sum(1 for v in values[:k] if v > cutoff * values[0])
+            if rank < k:  # a singular value below the cutoff: numerically zero, or small by J's units only?
+                rank = max(rank, min(_rank_in_unit_columns(J, cutoff), sum(1 for v in values[:k] if v > 0.0)))
             outside = g_norm = 0.0
         else:
             # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
@@ -242,13 +265,16 @@ class DenseLstsq(SubproblemSolver):
             # kept as a zero singular value, along which the model only falls. The rank that
             # masks sf here is the rank read (one decision).
             keep = s > cutoff * s[0] if s.numel() else s > 0
+            k = s.numel()
+            if k and not bool(keep[-1]):  # as above; one more read, only for a J of low numerical rank
+                unit_rank = min(_rank_in_unit_columns(J, cutoff), int((s > 0).sum()))
+                keep = keep | (torch.arange(k, device=s.device) < unit_rank)
             sf = torch.where(keep, Vh @ g, 0.0)
             extra = torch.stack([keep.sum().to(g.dtype), torch.linalg.vector_norm(g - Vh.T @ sf),
                                  torch.linalg.vector_norm(g)]).double()
             sf = sf.double()
             # The point's one read: s, sf, the rank, ‖g⊥‖ and ‖g‖.
             values = torch.cat([s.double(), sf, extra]).tolist()
-            k = s.numel()
             rank, outside, g_norm = int(values[2 * k]), values[2 * k + 1], values[2 * k + 2]
         if rank and not values[0] >= _SMALLEST_NORMAL:  # s_max subnormal: J is 0 to float64
             rank, outside = 0, g_norm  # and on the loss path all of g lies outside its range
