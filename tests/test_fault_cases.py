@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -434,3 +435,61 @@ def test_validate_exits_nonzero_below_the_certification_threshold(capsys):
     status = validate.main(["--solver", "lstsq", "--problem", "Misra1a", "--max-nfev", "2"])
     assert "Misra1a" in capsys.readouterr().out
     assert status != 0
+
+
+# -- found by a bug hunt: the edge of a region of non-finite derivatives --------------------
+
+
+def where_trap(x):
+    """Rosenbrock whose first residual is a − 1 written with the torch.where trap: for a > 0.5 the
+    branch not taken is NaN, so the reverse-mode derivative is NaN there while the value is finite."""
+    a, b = x[..., 0], x[..., 1]
+    first = torch.where(a > 0.5, a - 1.0, 0.0 * torch.sqrt(0.5 - a) + a - 1.0)
+    return torch.stack([first, 10 * (b - a**2)], -1)
+
+
+def clamp_trap(x):
+    """The same with 0·√clamp(0.5 − a, 0): a NaN derivative for a > 0.5 in both modes (0·∞)."""
+    a, b = x[..., 0], x[..., 1]
+    return torch.stack([a - 1.0 + 0.0 * torch.sqrt(torch.clamp(0.5 - a, min=0.0)), 10 * (b - a**2)], -1)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_solve_stopped_at_the_edge_of_nan_derivatives_is_not_a_success(solver):
+    """It stopped with ftol/xtol success at a = 0.5, cost 0.125: the radius was short because every
+    step beyond failed, not because x converged. Now the steps cut that way do not stop the solve, and
+    it ends honestly when the radius collapses; the user is told why, once per place."""
+    with pytest.warns(UserWarning, match=r"fun's derivative is not finite \(NaN or inf\) at a trial point where its "
+                                         r"value is finite"):
+        result = TrustRegion(GaussNewtonModel(), solver).solve(where_trap, x0_rosenbrock())
+    assert not result.success and result.status in (Status.RADIUS_COLLAPSED, Status.MAX_NFEV)
+    assert float(result.x[0]) <= 0.5 and result.cost > 0.12
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_batched_solve_stopped_at_the_edge_of_nan_derivatives_is_not_a_success(solver):
+    X0 = torch.stack([x0_rosenbrock(), torch.tensor([0.1, 0.0], dtype=torch.float64)])
+    result = TrustRegion(GaussNewtonModel(), solver).solve_batch(clamp_trap, X0)
+    assert result.status.tolist() == [Status.RADIUS_COLLAPSED.value] * 2
+    assert bool((result.x[:, 0] <= 0.5).all()) and bool((result.cost > 0.12).all())
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_failure_far_from_the_minimizer_does_not_keep_ftol_from_stopping(solver):
+    """The cut ends with the first step inside the region: a band of NaN derivatives (1 < a < 1.5) met
+    on the way to the minimizer a = 3 leaves the usual convergence intact."""
+
+    def fun(x):
+        a = x[0]
+        first = torch.exp(0.5 * a) - math.exp(1.5)
+        inside = (a > 1.0) & (a < 1.5)  # the branch not taken there is NaN: so is the derivative
+        first = torch.where(inside, first, first + 0.0 * torch.sqrt((a - 1.0) * (a - 1.5)))
+        return torch.stack([first, 0.1 * (a - 3.0)])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method = TrustRegion(GaussNewtonModel(), solver, initial_radius=1.2, x_scale=1.0)
+        result = method.solve(fun, torch.zeros(1, dtype=torch.float64))
+    assert any("derivative is not finite" in str(w.message) for w in caught)  # the band was met
+    assert result.success
+    torch.testing.assert_close(result.x, torch.full((1,), 3.0, dtype=torch.float64), rtol=0, atol=1e-6)

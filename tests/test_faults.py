@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
 import torch
 from fault_contract import check_resumable, check_solve, fault_settings
 from hypothesis import given
@@ -213,6 +214,7 @@ RESUME_STRATEGIES = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:fun's derivative is not finite:UserWarning")  # faults inject such points
 @fault_settings(150)
 @given(**SOLVE_STRATEGIES)
 def test_solve_keeps_the_contract(problem, dtype, solver, fault, max_nfev, entry, initial_radius):

@@ -276,7 +276,8 @@ def test_gradient_nan_everywhere_but_x0_collapses_the_radius(solver):
         return (x - 1.0) + 0.0 * torch.sqrt(b)
 
     x0 = torch.zeros(1, dtype=torch.float64)
-    result = solve(fun, x0, solver, x_scale=1.0)
+    with pytest.warns(UserWarning, match="fun's derivative is not finite"):
+        result = solve(fun, x0, solver, x_scale=1.0)
     assert result.status is Status.RADIUS_COLLAPSED and not result.success
     assert torch.equal(result.x, x0) and result.cost == 0.5
     assert result.nfev < 60

@@ -56,12 +56,11 @@ class Decision:
     noise_step: Tensor | float
 
     def read(self, *extra: Tensor) -> tuple[Decision, list[float]]:
-        """The host's copy, in one read, with ``extra`` 0-d tensors read alongside."""
+        """The host's copy, in one read, with ``extra`` 0-d tensors (or Python numbers) read alongside."""
         if not isinstance(self.trial_cost, Tensor):  # decided in floats
             return self, host_floats(*extra)
-        values = torch.stack([getattr(self, f.name).to(torch.float64) for f in fields(self)]
-                             + [t.to(torch.float64) for t in extra]).tolist()
         k = len(fields(self))
+        values = host_floats(*(getattr(self, f.name) for f in fields(self)), *extra)
         return Decision(*values[:k]), values[k:]
 
     @property

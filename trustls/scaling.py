@@ -133,10 +133,27 @@ class JacobiScale(ScalePolicy):
     With ``blocks`` (the default for ``"jac"``) and a sparse J whose columns
     fall into blocks of identical row sets (a camera's nine parameters, a
     point's three: `trustls.sparsity.find_blocks`, found once per pattern), T
-    is block-Jacobi over those blocks instead, T = L⁻ᵀ with LLᵀ the diagonal
-    blocks of JᵀJ (Agarwal et al. 2010): the same preconditioner for blocks of
-    one column, a far better one for larger blocks (`docs/sparse.md`). It is
-    recomputed at every point, without a running maximum.
+    is block-Jacobi over those blocks instead, T = L⁻ᵀ with LLᵀ = B_k + μ·D_k
+    for each diagonal block B_k of JᵀJ and D_k its diagonal (Agarwal et al.
+    2010): the same preconditioner for blocks of one column, a far better one
+    for larger blocks (`docs/sparse.md`). It is recomputed at every point,
+    without a running maximum.
+
+    The floor μ = 10⁻² (``BLOCK_FLOOR``). The region ‖T⁻¹p‖ ≤ Δ is, within a
+    block, the model's own curvature norm (pᵀB_k p)^½. A trust region in the
+    curvature norm of its model loses what makes it a trust region: its
+    solutions −(B + λB)⁻¹g are all multiples of the Gauss-Newton step, with
+    no turn towards −g, so along a nearly singular block's near-null
+    direction (two nearly collinear columns: close rates in a sum of
+    exponentials) the steps are Gauss-Newton's, long where the linear model
+    is poor, and ``ftol`` stopped such a fit 1 % above its minimum, reporting
+    success. With Jacobi's D_k as the reference, the floor bounds the
+    region's elongation along any direction to 1/√μ = 10 times Jacobi's,
+    uniformly in the point, as the scaled trust-region theory asks of its
+    scalings (bounded with bounded inverses; Moré 1983), while a block
+    whose Jacobi-normalized eigenvalues lie well above μ keeps its factor
+    almost unchanged. (`BlockJacobi`, chosen explicitly, keeps its own
+    ``damping``.)
 
     Args:
         blocks: block-Jacobi over the column blocks of a sparse J.
@@ -169,7 +186,7 @@ class JacobiScale(ScalePolicy):
         if self.blocks:
             partition = _sparse_blocks_of(linearization)
             if partition is not None:
-                return BlockScaling(block_jacobi_scaling(linearization.jacobian, partition))
+                return BlockScaling(block_jacobi_scaling(linearization.jacobian, partition, BLOCK_FLOOR))
         if isinstance(previous, BlockScaling):
             previous = None
         if not model.column_norms_are_estimated(linearization):
@@ -191,6 +208,9 @@ class JacobiScale(ScalePolicy):
             scale = largest / norms
             return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0), unit=largest)
         return _running_jacobi(norms, None)
+
+
+BLOCK_FLOOR = 1e-2  # μ of JacobiScale's automatic block-Jacobi scaling (its docstring)
 
 
 def _refresh(iteration: int, uniform: bool) -> bool:

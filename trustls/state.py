@@ -39,6 +39,9 @@ class TrustRegionState:
         last: the `IterationInfo` of the last trial.
         noise_step: the bound on the next uphill step at the noise floor
             (`trustls.decision.trial_decision`; inf while none was taken).
+        cut: a non-finite trial cut the radius and no interior step has been
+            taken since: ``ftol`` and ``xtol`` do not stop boundary steps
+            (`trustls.trial`).
     """
 
     x: Tensor
@@ -58,3 +61,4 @@ class TrustRegionState:
     status: Status | None = None
     last: IterationInfo | None = None
     noise_step: float = math.inf
+    cut: bool = False

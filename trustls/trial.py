@@ -4,15 +4,28 @@
 preparation, maps the step back to x (`trustls.bounds` selects a strictly
 feasible step when there are bounds), evaluates the model there, and decides
 (`trustls.decision`), reading the decision once; an accepted point is
-linearized, and a non-finite gradient there turns the trial into a failure.
-`Trial.repeat` runs trials, each at the radius the last one left, until one
-is accepted or a test stops the solve: the budget of calls, the callback, or
-a radius below the rounding of x.
+linearized, and a non-finite gradient there turns the trial into a failure
+(with a `UserWarning`: a finite cost whose derivative is NaN or inf is the
+user's function to fix, e.g. a ``torch.where`` whose other branch has a NaN
+gradient). `Trial.repeat` runs trials, each at the radius the last one left,
+until one is accepted or a test stops the solve: the budget of calls, the
+callback, or a radius below the rounding of x.
+
+After a non-finite trial the radius is cut back by the failure, not by the
+model: the steps accepted after it are short because the region beyond is
+unusable, and ``ftol`` and ``xtol`` would read that as convergence (a solve
+stopped at the edge of a region of NaN derivatives reported success there).
+So while the radius is cut (``cut``: from a non-finite trial until a step
+is accepted inside the region, where the model rather than the radius
+limits it) those two tests do not stop a step on the boundary; the solve
+goes on, and if every step near that edge fails the same way the radius
+collapses (``RADIUS_COLLAPSED``) or the budget ends it, honestly.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +46,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "Trial", "callback_stops"]
 
+# The tests on the step's length and the cost's change, which a radius cut by a failure fools.
+_STEP_TESTS = (Status.FTOL, Status.XTOL, Status.FTOL_XTOL)
+_NONFINITE_DERIVATIVE = (
+    "fun's derivative is not finite (NaN or inf) at a trial point where its value is finite (e.g. sqrt at 0, or a "
+    "torch.where whose other branch has a NaN gradient there): the step was refused and the radius shrunk; a solve "
+    "that cannot get past such points ends without success (RADIUS_COLLAPSED or MAX_NFEV)"
+)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -45,6 +66,7 @@ class Outcome:
     x_scaled_norm: float
     finite: bool = True
     noise_step: float = math.inf
+    cut: bool = False
 
 
 class Trial:
@@ -61,7 +83,7 @@ class Trial:
         self.x_scaled_norm = problem.norm(state.x)
         self.counters = dict(inner_iterations=state.inner_iterations, products=state.products, njev=state.njev)
 
-    def run(self, radius: float, noise_step: float = math.inf) -> Outcome:
+    def run(self, radius: float, noise_step: float = math.inf, cut: bool = False) -> Outcome:
         method, state, lin, bounds = self.method, self.state, self.state.linearization, self.state.bounds
         step = method.solver.solve(self.prepared, radius)
         self.counters["inner_iterations"] += step.iterations
@@ -83,7 +105,7 @@ class Trial:
             x_norm=x_norm, eps=self.eps, ftol=self.ftol, xtol=self.xtol, strict=state.dtype in HALF,
             noise_step=noise_step,
         )
-        decision, (x_scaled_norm, cost) = decision.read(x_scaled_norm, cost)  # the one read of the trial
+        decision, (x_scaled_norm, cost, hits_boundary) = decision.read(x_scaled_norm, cost, hits_boundary)  # one read
         status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
         finite = math.isfinite(decision.trial_cost)
         if accepted and self.relinearize:
@@ -91,6 +113,7 @@ class Trial:
             self.counters["njev"] += 1
             gradient_max, finite = gradient_test(new_lin.gradient)
             if not finite:  # a failed trial: shrink and try again from x
+                warnings.warn(_NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
                 accepted, new_lin, status = False, None, None
                 next_radius = method.radius_policy.shrink_factor * decision.step_norm
             elif status is None and method.gtol is not None:
@@ -98,6 +121,9 @@ class Trial:
                     gradient_max = float(optimality(new_lin, bounds))
                 if gradient_max < method.gtol:
                     status = Status.GTOL
+        if accepted and cut and hits_boundary and status in _STEP_TESTS:
+            status = None  # short because a failure cut the radius, not converged (module docstring)
+        cut = (cut or not finite) and not (accepted and not hits_boundary)
         info = IterationInfo(
             nit=state.nit + 1, nfev=state.nfev + self.f.calls, x=x_new if accepted else state.x,
             fun=evaluation.outputs if accepted else lin.residual, cost=decision.trial_cost if accepted else cost,
@@ -109,7 +135,8 @@ class Trial:
         if method.verbose == 2:
             reduction = max(decision.actual_reduction, 0.0) if accepted else 0.0
             print_trial(state.nit, info.nfev, cost, reduction, decision.step_norm, float(self.problem.optimality))
-        return Outcome(info, status, new_lin, x_scaled_norm, finite, decision.noise_step if accepted else noise_step)
+        noise_step = decision.noise_step if accepted else noise_step
+        return Outcome(info, status, new_lin, x_scaled_norm, finite, noise_step, cut)
 
     def repeat(self, max_nfev: int, max_trials: int | None) -> tuple[float, Status | None, Outcome | None]:
         """Trials from the state's radius until one is accepted, a test stops the solve, or ``max_trials`` ran.
@@ -126,7 +153,8 @@ class Trial:
             if state.nfev + f.calls + reserve > max_nfev:
                 status = Status.MAX_NFEV
                 break
-            outcome = self.run(radius, state.noise_step if outcome is None else outcome.noise_step)
+            carried = state if outcome is None else outcome
+            outcome = self.run(radius, carried.noise_step, carried.cut)
             trials += 1
             status, radius = outcome.status, outcome.info.next_radius
             if method.callback is not None and callback_stops(method.callback, outcome.info):

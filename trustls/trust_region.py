@@ -329,7 +329,7 @@ class TrustRegion:
             status=status, last=None if outcome is None else outcome.info, **trial.counters,
         )
         if outcome is not None:
-            next_state = replace(next_state, noise_step=outcome.noise_step)
+            next_state = replace(next_state, noise_step=outcome.noise_step, cut=outcome.cut)
         if outcome is not None and outcome.info.accepted:
             next_state = replace(next_state, x=outcome.info.x, linearization=outcome.linearization)
             # T serves the next subproblem only: after a stop, its column norms

@@ -117,6 +117,7 @@ class _Batch:
         self.inner_iterations, self.products = counter.clone(), counter.clone()
         self.status = torch.full_like(counter, RUNNING)
         self.noise_step = torch.full_like(radius, math.inf)  # `trustls.decision.trial_decision`
+        self.cut = torch.zeros_like(counter, dtype=torch.bool)  # a non-finite trial cut the radius (`trustls.trial`)
         # Buffers reused at every round for the accepted points' Jacobians and their QR:
         # fresh ones would be mapped (page-faulted) anew each time.
         n, m = jacobians.shape[1:]
@@ -191,7 +192,7 @@ def solve_batch(
             outputs, columns = evaluation.outputs.index_select(0, rows), evaluation.columns.index_select(1, rows)
             targets = None if evaluation.targets is None else evaluation.targets.index_select(0, rows)
         new = linearize(model.loss, outputs, targets, columns)
-        accepted, moves, code, next_radius, noise_step = decide(
+        accepted, moves, code, next_radius, noise_step, cut = decide(
             controller,
             _running(state.cost, 0, rows, everyone_runs),
             new,
@@ -205,9 +206,11 @@ def solve_batch(
             eps,
             tolerances,
             _running(state.noise_step, 0, rows, everyone_runs),
+            _running(state.cut, 0, rows, everyone_runs),
         )
         state.radius.index_copy_(0, rows, next_radius)
         state.noise_step.index_copy_(0, rows, noise_step)
+        state.cut.index_copy_(0, rows, cut)
         state.status.index_copy_(0, rows, code)
         state.nfev.index_add_(0, rows, torch.ones_like(code))
         state.njev.index_add_(0, rows, moves.to(torch.int64))

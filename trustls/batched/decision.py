@@ -42,14 +42,17 @@ def decide(
     eps: float,
     tolerances: tuple[float, float],
     noise_step: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    cut: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """`TrustRegion.step`'s decisions for one trial of K problems.
 
-    Returns ``(accepted, linearized, status, radius, noise_step)``: the trials
-    taken, those linearized (taken, or failed for a non-finite gradient:
-    `njev` counts them), the status codes (``RUNNING`` where the problem goes
-    on), the next radii and the noise floor's step bounds
-    (`trustls.decision.trial_decision`).
+    Returns ``(accepted, linearized, status, radius, noise_step, cut)``: the
+    trials taken, those linearized (taken, or failed for a non-finite
+    gradient: `njev` counts them), the status codes (``RUNNING`` where the
+    problem goes on), the next radii, the noise floor's step bounds
+    (`trustls.decision.trial_decision`) and where a non-finite trial cut the
+    radius (``ftol`` and ``xtol`` then do not stop a boundary step:
+    `trustls.trial`).
     """
     policy = controller.radius_policy
     ftol, xtol = tolerances
@@ -67,6 +70,9 @@ def decide(
     failed = moves & ~gradient_finite
     accepted = moves & gradient_finite
     code = torch.where(failed, RUNNING, code)
+    step_test = (code == Status.FTOL.value) | (code == Status.XTOL.value) | (code == Status.FTOL_XTOL.value)
+    code = torch.where(accepted & cut & step.hits_boundary & step_test, RUNNING, code)
+    cut = (cut | ~finite | failed) & ~(accepted & ~step.hits_boundary)
     next_radius = torch.where(failed, failed_radius, next_radius)
     if controller.gtol is not None:
         converged = accepted & (code == RUNNING) & (new.gradient.abs().amax(0).double() < controller.gtol)
@@ -77,4 +83,4 @@ def decide(
     usable = finite & ~failed
     code = torch.where(collapsed, torch.where(usable, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
     code = torch.where((code == RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
-    return accepted, moves, code, next_radius, torch.where(accepted, decision.noise_step, noise_step)
+    return accepted, moves, code, next_radius, torch.where(accepted, decision.noise_step, noise_step), cut
