@@ -205,6 +205,43 @@ def test_binary_cross_entropy_with_huge_logits_is_finite():
     torch.testing.assert_close(lin.factor.diagonal, torch.tensor([0.0, 0.0, 0.0, 0.5]), rtol=1e-7, atol=0)
 
 
+def test_binary_cross_entropy_of_infinite_logits_is_its_limit_not_nan():
+    """Like CrossEntropy's masked logits: a logit of ±inf costs 0 where the target agrees, inf where not."""
+    z = torch.tensor([-math.inf, -math.inf, math.inf, math.inf, -math.inf, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 0.0], dtype=F64)
+    loss = BinaryCrossEntropyWithLogits(reduction="sum")
+    agree = loss.linearize(z[[0, 2, 5]], t[[0, 2, 5]])
+    assert agree.value == math.log(2)
+    assert torch.equal(agree.gradient, torch.tensor([0.0, 0.0, 0.5], dtype=F64))
+    assert torch.equal(agree.factor.diagonal, torch.tensor([0.0, 0.0, 0.5], dtype=F64))
+    assert loss.value(z, t) == math.inf
+    for i in (1, 3, 4):
+        assert loss.value(z[i : i + 1], t[i : i + 1]) == math.inf
+
+
+def test_binary_cross_entropy_keeps_the_cost_of_a_good_fit_without_cancellation():
+    z, t = torch.tensor([40.0, -40.0], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)
+    value = BinaryCrossEntropyWithLogits(reduction="sum").value(z, t)
+    torch.testing.assert_close(value, 2 * torch.log1p(torch.exp(torch.tensor(-40.0, dtype=F64))), rtol=1e-15, atol=0)
+    assert value > 0  # softplus(z) − tz rounds to 0 in float64
+
+
+def test_poisson_counts_may_be_integers_and_a_zero_rate_for_a_zero_count_costs_nothing():
+    z = torch.tensor([0.3, -1.0, 2.0, -math.inf], dtype=F64)
+    counts = torch.tensor([1, 0, 7, 0])
+    for full in (False, True):
+        loss = PoissonNLL(full=full, reduction="sum")
+        integer, floating = loss.linearize(z[:3], counts[:3]), loss.linearize(z[:3], counts[:3].to(F64))
+        assert integer.value == floating.value and torch.equal(integer.gradient, floating.gradient)
+        torch.testing.assert_close(
+            integer.value, F.poisson_nll_loss(z[:3], counts[:3].to(F64), full=full, reduction="sum"), rtol=1e-15,
+            atol=0,
+        )
+        lin = loss.linearize(z, counts)
+        assert lin.value == integer.value and lin.gradient[3] == 0 and lin.factor.diagonal[3] == 0
+    assert PoissonNLL().value(z[3:], torch.tensor([1])) == math.inf
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["ce", "bce", "gaussian", "poisson", "cauchy", "linear"])
 def test_half_precision_outputs(name, dtype, generator):
@@ -400,6 +437,22 @@ ERRORS = [
      "targets of BinaryCrossEntropyWithLogits must be a floating tensor, got dtype torch.int64"),
     (lambda: PoissonNLL().value(torch.zeros(3)), ValueError,
      "PoissonNLL needs targets: pass them, or make fun return (outputs, targets)"),
+    (lambda: BinaryCrossEntropyWithLogits().value(torch.zeros(3), torch.tensor([0.0, 1.0, 2.0])), ValueError,
+     "targets of BinaryCrossEntropyWithLogits must lie in [0, 1] (probabilities), got values from 0.0 to 2.0 "
+     "(1 outside)"),
+    (lambda: BinaryCrossEntropyWithLogits().linearize(torch.zeros(3), torch.tensor([-0.5, 1.0, 1.5])), ValueError,
+     "targets of BinaryCrossEntropyWithLogits must lie in [0, 1] (probabilities), got values from -0.5 to 1.5 "
+     "(2 outside)"),
+    (lambda: PoissonNLL().value(torch.zeros(3), torch.tensor([0.0, 1.0, -1.0])), ValueError,
+     "targets of PoissonNLL must be non-negative counts, got a minimum of -1.0 (1 entries below 0 or NaN)"),
+    (lambda: PoissonNLL().linearize(torch.zeros(2), torch.tensor([2, -3])), ValueError,
+     "targets of PoissonNLL must be non-negative counts, got a minimum of -3.0 (1 entries below 0 or NaN)"),
+    (lambda: PoissonNLL().value(torch.zeros(2), torch.tensor([1.0, math.nan])), ValueError,
+     "targets of PoissonNLL must be non-negative counts, got a minimum of nan (1 entries below 0 or NaN)"),
+    (lambda: PoissonNLL().value(torch.zeros(2), torch.tensor([True, False])), TypeError,
+     "targets of PoissonNLL must be a floating tensor, got dtype torch.bool"),
+    (lambda: PoissonNLL().value(torch.zeros(2), torch.tensor([1, 2, 3])), ValueError,
+     "targets of PoissonNLL must have the outputs' shape (2,), got (3,)"),
     (lambda: SquaredError().value(torch.zeros(3), torch.zeros(3, 1)), ValueError,
      "targets of SquaredError must have the outputs' shape (3,), got (3, 1)"),
     (lambda: GaussianNLL(0.0), ValueError, "variance must be a positive finite number, got 0.0"),

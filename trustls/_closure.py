@@ -42,15 +42,28 @@ optimizer falls back to saving everything if it ever fails.
 `ClosureProducts.release` drops both graphs once no product will be asked
 for, so that a trial evaluation (a forward pass of its own) does not run
 while the linearization's activations are still held.
+
+What a closure may not do, each refused with a message that names the
+closure (`closure_outputs`, `watch_backward`, `check_closure_outputs`,
+`check_fresh_outputs`): return a reduced (0-d) loss, a list of
+non-scalar tensors, outputs kept from an earlier call, or call
+``backward()`` itself. Sparse gradients (``torch.nn.Embedding(sparse=True)``)
+are made dense where they are gathered into a flat vector: x is dense
+anyway. A module compiled by ``torch.compile`` with an AOT-autograd backend
+(the default ``"inductor"``, ``"aot_eager"``) has a backward pass that
+cannot itself be differentiated, and ``J v`` is exactly that derivative:
+`ClosureProducts` re-raises torch's error with what to do instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from trustls.function import split_outputs
 from trustls.losses import SquaredError
 from trustls.operators.implicit import JacobianProducts
 
@@ -58,18 +71,31 @@ __all__ = [
     "ClosureProducts",
     "check_closure_output",
     "check_closure_outputs",
+    "check_fresh_outputs",
+    "closure_outputs",
     "flatten",
     "lean_products_agree",
     "parameter_products",
     "unflatten",
+    "watch_backward",
 ]
 
 DOCS = "see the closure section of TrustRegionOptimizer's docstring and docs/training.md"
 
+# The words of torch's RuntimeError when a backward pass recorded by torch.compile's AOT autograd
+# is differentiated (read in torch 2.13: "torch.compile with aot_autograd does not currently
+# support double backward").
+_COMPILED_DOUBLE_BACKWARD = "does not currently support double backward"
+
+
+def _dense(t: Tensor) -> Tensor:
+    # A sparse gradient (torch.nn.Embedding(sparse=True)) in a flat vector: x is dense anyway.
+    return t if t.layout == torch.strided else t.to_dense()
+
 
 def flatten(tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> Tensor:
-    """One detached vector holding ``tensors`` one after another (in ``dtype``, default theirs)."""
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    """One detached dense vector holding ``tensors`` one after another (in ``dtype``, default theirs)."""
+    flat = torch.cat([_dense(t.detach()).reshape(-1) for t in tensors])
     return flat if dtype is None or flat.dtype == dtype else flat.to(dtype)
 
 
@@ -107,9 +133,17 @@ def check_closure_output(residual: object, like: Tensor) -> Tensor:
 def check_closure_outputs(outputs: Tensor, targets: Tensor | None, like: Tensor, model) -> None:
     """Check what a closure returned at the linearization, for ``model`` (a `GaussNewtonModel`): least
     squares without targets takes the 1-D residual vector (`check_closure_output`), any other loss
-    floating outputs on the parameters' dtype and device."""
+    floating outputs of at least one dimension (never a reduced loss) on the parameters' dtype and device."""
     if targets is None and isinstance(model.loss, SquaredError):
         check_closure_output(outputs, like)
+    elif outputs.ndim == 0:
+        what, example = ("the residual vector r", "(net(X) - Y).reshape(-1)") if targets is None else (
+            "the outputs", "(net(X), y)")
+        raise ValueError(
+            f"closure must return {what} that the loss {model.loss!r} reduces (one entry per sample or element), "
+            f"got a 0-d tensor: return them before any reduction to a scalar loss, e.g. {example}, and reshape a "
+            f"single output to shape (1,); {DOCS}"
+        )
     elif not outputs.is_floating_point():
         raise TypeError(f"closure must return floating outputs, got dtype {outputs.dtype}")
     elif outputs.dtype != like.dtype:
@@ -123,6 +157,78 @@ def check_closure_outputs(outputs: Tensor, targets: Tensor | None, like: Tensor,
         )
     if not bool(torch.isfinite(outputs).all()):
         raise ValueError("closure must return finite outputs at the current parameters, got NaN or inf")
+
+
+def closure_outputs(value: object) -> tuple[Tensor, Tensor | None]:
+    """``(outputs, targets)`` from what a closure returned: a tensor, a pair ``(outputs, targets)``, or a
+    list of one-element tensors, stacked into the residual vector as `trustls.function.split_outputs`
+    does for ``fun``; a list of other tensors is refused (how to join them is the closure's choice)."""
+    if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
+        if any(v.numel() != 1 for v in value):
+            shapes = ", ".join(str(tuple(v.shape)) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+            raise TypeError(
+                f"closure must return one tensor (the residual vector) or a pair (outputs, targets), got a list of "
+                f"{len(value)} tensors of shapes [{shapes}]: join them into one vector, e.g. "
+                f"torch.cat([r.reshape(-1) for r in parts]); {DOCS}"
+            )
+    return split_outputs(value, "closure")
+
+
+@contextlib.contextmanager
+def watch_backward(params: Sequence[Tensor]) -> Iterator[None]:
+    """Raise ``ValueError`` after the block if a backward pass accumulated into ``.grad`` of ``params``.
+
+    The torch.optim habit ``loss.backward()`` inside a closure frees the
+    closure's graph (which the products need) and writes ``.grad``; without
+    this check the step would fail later in autograd ("Trying to backward
+    through the graph a second time"). ``torch.autograd.grad``, which the
+    optimizer uses, accumulates into no ``.grad`` and runs no such hook.
+    """
+    called: list[bool] = []
+
+    def hook(_: Tensor) -> None:
+        called.append(True)
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    if called:
+        raise ValueError(
+            "closure must return its outputs (or residual vector) without calling backward(): it ran a backward "
+            "pass into the parameters' .grad, which also frees the graph the optimizer differentiates; remove "
+            f"loss.backward() (and zero_grad()) from the closure, the optimizer neither reads nor writes .grad; {DOCS}"
+        )
+
+
+def check_fresh_outputs(outputs: Tensor, previous: Tensor) -> None:
+    """Refuse trial outputs held in the storage of the linearization's outputs ``previous`` (kept alive by
+    the caller, so that its address cannot have been reused): outputs cached across calls, or written
+    into one buffer, do not depend on the trial parameters. No host read."""
+    if outputs.untyped_storage().data_ptr() == previous.untyped_storage().data_ptr():
+        raise ValueError(
+            "closure must compute its outputs anew at every call, got at the trial point the tensor (or a view of "
+            "the storage) it returned at the current parameters: outputs cached from an earlier call, or written "
+            f"into one buffer, do not depend on the parameters being tried; {DOCS}"
+        )
+
+
+def _differentiate(outputs, inputs, grad_outputs, **options) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad`` for the recording pass and J v, with torch.compile's refusal explained."""
+    try:
+        return torch.autograd.grad(outputs, inputs, grad_outputs, **options)
+    except RuntimeError as error:
+        if _COMPILED_DOUBLE_BACKWARD not in str(error):
+            raise
+        raise ValueError(
+            "closure must run a model whose backward pass can be differentiated again: J v, the product CG needs, "
+            "is the derivative of a backward pass (double backward), which a module compiled by torch.compile with "
+            "an AOT-autograd backend (the default 'inductor', 'aot_eager') does not support; run the model "
+            "uncompiled where the closure computes with a graph (torch.is_grad_enabled(); the trial evaluations run "
+            "without one and may use the compiled module), or compile with backend='eager'; see docs/training.md"
+        ) from error
 
 
 def _grad(outputs, inputs, grad_outputs, **options) -> tuple[Tensor, ...]:
@@ -159,6 +265,9 @@ class _DropCotangents:
         self.dummy, self.memo = None, {}
 
     def pack(self, tensor: Tensor):
+        if tensor.layout != torch.strided:
+            # A sparse gradient's backward (to_dense's) reads its sparsity pattern: keep it (nnz-sized).
+            return tensor
         if tensor is self.dummy or (tensor.grad_fn is not None and self._depends(tensor.grad_fn)):
             return (tensor.shape, tensor.dtype, tensor.device)
         return tensor
@@ -209,14 +318,12 @@ class ClosureProducts:
             if lean:
                 hooks = _DropCotangents(dummy)
                 with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
-                    pulled = torch.autograd.grad(
-                        self._outputs, self._params, dummy, create_graph=True, allow_unused=True
-                    )
+                    pulled = _differentiate(self._outputs, self._params, dummy, create_graph=True, allow_unused=True)
                 # Every saved tensor keeps the hooks: dropping their references to
                 # the graph breaks a cycle that Python's collector cannot see.
                 hooks.release()
             else:
-                pulled = torch.autograd.grad(self._outputs, self._params, dummy, create_graph=True, allow_unused=True)
+                pulled = _differentiate(self._outputs, self._params, dummy, create_graph=True, allow_unused=True)
             if all(t is None for t in pulled):
                 raise ValueError(
                     "closure must return outputs that depend on the optimizer's parameters, got outputs that none "
@@ -225,7 +332,7 @@ class ClosureProducts:
             # cat saves no input for its backward: the per-parameter tensors are
             # freed and one flat vector remains, Jᵀu₀ and the graph's root.
             root = torch.cat([
-                (t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(pulled, self._params)
+                (_dense(t) if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(pulled, self._params)
             ])
         del pulled
         self._dummy, self._root = dummy, root
@@ -251,7 +358,7 @@ class ClosureProducts:
         if not self._root.requires_grad:  # only unused parameters: J = 0
             return torch.zeros_like(self.residual)
         with torch.enable_grad():
-            Jv = torch.autograd.grad(self._root, self._dummy, v.to(self.param_dtype), retain_graph=True)[0]
+            Jv = _differentiate(self._root, self._dummy, v.to(self.param_dtype), retain_graph=True)[0]
         return Jv.to(self.dtype)
 
     def vjp(self, u: Tensor) -> Tensor:

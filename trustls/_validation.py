@@ -108,6 +108,8 @@ def check_lr(lr: object) -> float:
                 "; a scheduler that computes lr from differences of lr (CosineAnnealingLR, SWALR) needs a finite lr "
                 "to start from"
             )
+        elif isinstance(lr, Tensor) and lr.ndim != 0:
+            hint = f"; a tensor lr must be 0-d (one number), got shape {tuple(lr.shape)}"
         raise ValueError(
             f"lr must be a non-negative number or inf (an upper bound on the trust radius), got {lr!r}{hint}"
         )

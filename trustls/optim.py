@@ -38,6 +38,17 @@ infinite by default, so that learning-rate schedulers, which multiply
 ``lr``, anneal the largest step the optimizer may take. With
 ``data_parallel`` the terms are summed over the ranks of a process group
 (`trustls.distributed`).
+
+A scheduler on an infinite ``lr`` changes nothing. The schedulers built on
+``LRScheduler.__init__`` leave ``initial_lr`` in the parameter group, and the
+first step then warns; ``ReduceLROnPlateau`` leaves no mark on the optimizer
+(no ``initial_lr``, no wrapped ``step``), so with it nothing can tell, and
+the docs say to give it a finite ``lr``.
+
+The trainable parameters (``requires_grad``) are fixed by the first step: x,
+the radius, the scale and the solver's state are all of that set laid end
+to end, and a later step whose set differs is refused (a new optimizer
+starts afresh on the new set).
 """
 
 from __future__ import annotations
@@ -55,9 +66,12 @@ from trustls._checkpoint import check_state_dict, restore, save, working_scale
 from trustls._closure import (
     DOCS,
     check_closure_outputs,
+    check_fresh_outputs,
+    closure_outputs,
     flatten,
     lean_products_agree,
     unflatten,
+    watch_backward,
 )
 from trustls._closure_model import (
     ClosureContext,
@@ -67,7 +81,7 @@ from trustls._closure_model import (
 )
 from trustls._validation import check_lr, check_max_trials
 from trustls.distributed import DataParallel, agree_on_linearization, fingerprint
-from trustls.function import HALF, split_outputs
+from trustls.function import HALF
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.result import IterationInfo, Status
 from trustls.scaling import DiagonalScaling
@@ -76,12 +90,19 @@ from trustls.trust_region import TrustRegion
 
 __all__ = ["TrustRegionOptimizer"]
 
+
 class TrustRegionOptimizer(torch.optim.Optimizer):
     """One trust-region Gauss-Newton step per call of `step`, for any ``torch.nn`` network.
 
     Args:
-        params: the tensors to optimize (any shapes), or one parameter-group
-            dict. Tensors with ``requires_grad=False`` at a step are left alone.
+        params: the tensors to optimize (any shapes, dense), or one
+            parameter-group dict whose ``"params"`` is an iterable of them
+            (a generator such as ``net.parameters()`` included) or a single
+            tensor, as in ``torch.optim``. Tensors with
+            ``requires_grad=False`` at the first step are left alone; which
+            tensors are trainable is fixed by that step (changing
+            ``requires_grad`` later is refused at the next step: build a new
+            optimizer for the new set).
         method: the `TrustRegion` whose model (a `GaussNewtonModel`, whose
             ``loss`` is the objective), solver, radius policy,
             ``initial_radius``, ``x_scale`` and ``callback`` are used. The
@@ -103,7 +124,11 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             ``OneCycleLR`` needs ``cycle_momentum=False``: there is no momentum.
             As in ``torch.optim``, ``lr = 0`` is valid (a warm-up from 0): the
             step evaluates the closure and returns the cost, and nothing moves;
-            a 0-d tensor ``lr`` is read as its value.
+            a 0-d tensor ``lr`` is read as its value (a tensor of another
+            shape is refused). A scheduler attached to ``lr = inf`` changes
+            nothing; the first step warns once where the scheduler left
+            ``initial_lr`` (all but ``ReduceLROnPlateau``, which leaves no
+            trace).
         data_parallel: a `trustls.distributed.DataParallel` (or ``True`` for
             the default process group) to sum the cost, gradient and every
             curvature product over the ranks, each evaluating its shard of the
@@ -115,9 +140,17 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         ½‖r‖² is minimized, e.g. ``(net(X) - Y).reshape(-1)``, or **the pair
         ``(outputs, targets)``** for the model's loss, e.g. ``(net(X), y)``
         with ``GaussNewtonModel(loss="cross_entropy")`` — **not a scalar loss,
-        and without calling ``backward``**. It is called once with a graph and
-        once per trial at the trial point without, and must evaluate the same
-        batch each time. ``.grad`` is neither read nor written.
+        and without calling ``backward``** (a closure that runs a backward pass
+        into the parameters' ``.grad`` is refused). It is called once with a
+        graph and once per trial at the trial point without, and must evaluate
+        the same batch each time, computing its outputs anew (outputs returned
+        again from an earlier call are refused). ``.grad`` is neither read nor
+        written. A list of one-element tensors is stacked into r; other lists
+        are refused. Sparse gradients (``Embedding(sparse=True)``) work, made
+        dense in the flat vectors. A model compiled by ``torch.compile`` must
+        run uncompiled (or with ``backend="eager"``) where the closure runs
+        with a graph: the curvature products differentiate its backward pass
+        (docs/training.md).
 
     Attributes:
         last: the `IterationInfo` of the last trial (cost before and after,
@@ -169,8 +202,12 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             data_parallel = DataParallel()
         if data_parallel is not None and data_parallel is not False and not isinstance(data_parallel, DataParallel):
             raise TypeError(f"data_parallel must be a DataParallel, True or None, got {type(data_parallel).__name__}")
+        if isinstance(params, (Tensor, dict)):
+            # torch.optim refuses a bare tensor too; a dict alone is one group.
+            kind = "a Tensor (pass [tensor])" if isinstance(params, Tensor) else "a dict (pass [group])"
+            raise TypeError(f"params must be an iterable of tensors or a list of one parameter-group dict, got {kind}")
         params = list(params)
-        if not params or (isinstance(params[0], dict) and not list(params[0].get("params", []))):
+        if not params:
             raise ValueError("params must hold at least one tensor, got an empty parameter list")
         self.method = method
         self.last: IterationInfo | None = None
@@ -179,6 +216,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         # (trustls._closure), after one adjoint test on the first step.
         self._lean, self._lean_checked = True, False
         self._warned_lr = False
+        # Which tensors of the group were trainable when the state was saved (None: no state yet).
+        self._trainable: tuple[bool, ...] | None = None
         super().__init__(params, {"max_trials": max_trials, "lr": float(lr)})
         first = self.param_groups[0]["params"][0]
         self._reducer = data_parallel.reducer(first.device) if data_parallel else None
@@ -191,10 +230,25 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
             raise ValueError("TrustRegionOptimizer takes a single parameter group (x is all parameters end to end)")
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            got = sorted(param_group) if isinstance(param_group, dict) else type(param_group).__name__
+            raise TypeError(f"a parameter group must be a dict with a 'params' entry, got {got}")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate")
+            # torch reads "params" once: a generator, or a single tensor, becomes a list.
             super().add_param_group(param_group)
         params = self.param_groups[0]["params"]
+        if not params:
+            self.param_groups.clear()
+            raise ValueError("params must hold at least one tensor, got an empty parameter list")
+        sparse = [i for i, p in enumerate(params) if p.layout != torch.strided]
+        if sparse:
+            layout = params[sparse[0]].layout
+            self.param_groups.clear()
+            raise ValueError(
+                f"params must be dense (strided) tensors, got {layout} tensors at positions {sparse} "
+                "(sparse gradients of dense parameters, as from torch.nn.Embedding(sparse=True), are fine)"
+            )
         if len({id(p) for p in params}) != len(params):
             self.param_groups.clear()
             raise ValueError("params must not contain the same tensor twice, got duplicates")
@@ -237,6 +291,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             )
         max_trials = group["max_trials"]
         check_max_trials(max_trials)
+        trainable = tuple(p.requires_grad for p in group["params"])
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
             raise ValueError("params must include a tensor with requires_grad=True at step time, got none")
@@ -245,16 +300,22 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         work = torch.float32 if dtype in HALF else dtype
         method, model, reducer = self._method, self._method.model, self._reducer
         saved = self.state[group["params"][0]]
+        self._check_trainable(trainable, saved)
         x = flatten(params, work)
         method.scale_policy.check(x)  # x_scale against the parameters end to end, as TrustRegion.init checks x0
         word = [] if reducer is None else list(fingerprint(x))
-        error = loss = products = None
+        error = loss = products = linearized = None
         shape: tuple[int, ...] = ()
         try:
             with torch.enable_grad():
-                outputs, targets = split_outputs(closure(), "closure")
-                check_closure_outputs(outputs, targets, params[0], self.method.model)
+                with watch_backward(params):
+                    value = closure()
+                outputs, targets = closure_outputs(value)  # a list is stacked with its graph
+            del value
+            check_closure_outputs(outputs, targets, params[0], self.method.model)
             shape = tuple(outputs.shape)
+            # Its storage, kept through the trials so that a trial's outputs can be told from it.
+            linearized = outputs.detach()
             loss, products = model.linearize_outputs(outputs, targets, params, work, lean=self._lean)
             if self._lean and not self._lean_checked:
                 self._lean_checked = True
@@ -305,13 +366,14 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             finally:
                 for p, original in zip(params, originals):
                     p.data = original
-            trial_outputs, trial_targets = split_outputs(value, "closure")
+            trial_outputs, trial_targets = closure_outputs(value)
             if tuple(trial_outputs.shape) != shape or trial_outputs.dtype != dtype:
                 raise ValueError(
                     f"closure must return outputs of the same shape and dtype every time it is called within a step "
                     f"(the same batch), got {tuple(trial_outputs.shape)} {trial_outputs.dtype} after {shape} {dtype}; "
                     f"{DOCS}"
                 )
+            check_fresh_outputs(trial_outputs, linearized)
             return trial_outputs, trial_targets
 
         # max_nfev bounds the closure calls of one step, the linearization's
@@ -323,6 +385,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         # The trial's decision read the cost at x already; read it only when no trial ran.
         cost_before = tr.last.previous_cost if tr.last is not None else float(lin.cost)
         del lin, products
+        linearized = None  # the trials are over
         if tr.x is not x:
             for p, value in zip(params, unflatten(tr.x, params)):
                 p.copy_(value)
@@ -330,8 +393,24 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         # A step's budget spent on its last, accepted, trial stopped nothing.
         self.status = None if tr.status == Status.MAX_NFEV and accepted else tr.status
         save(saved, tr)
+        self._trainable = trainable
         self.last = tr.last
         return cost_before
+
+    def _check_trainable(self, trainable: tuple[bool, ...], saved: dict[str, Any]) -> None:
+        """Refuse a step whose trainable tensors differ from those the saved state belongs to."""
+        if self._trainable is None or "radius" not in saved or trainable == self._trainable:
+            return
+        frozen = [i for i, (was, now) in enumerate(zip(self._trainable, trainable)) if was and not now]
+        unfrozen = [i for i, (was, now) in enumerate(zip(self._trainable, trainable)) if now and not was]
+        changes = "; ".join(
+            f"{what} at positions {where}" for what, where in (("frozen", frozen), ("unfrozen", unfrozen)) if where
+        )
+        raise ValueError(
+            "params' requires_grad must stay as it was at the first step (the radius, the scale and the solver's "
+            f"state belong to the trainable tensors laid end to end), got tensors {changes} since: build a new "
+            "TrustRegionOptimizer over the parameters to train now (its state starts afresh)"
+        )
 
     # -- checkpoints ----------------------------------------------------------
 
@@ -346,6 +425,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         trainable = sum(p.numel() for p in group["params"] if p.requires_grad)
         scale = check_state_dict(state_dict, len(group["params"]), trainable)
         super().load_state_dict(state_dict)
+        # The checkpoint fixes the number of trainable entries; the next step fixes which tensors.
+        self._trainable = None
         if scale is not None:
             # torch casts state tensors to the parameters' dtype; the scale lives in the working dtype.
             first = group["params"][0]

@@ -16,21 +16,29 @@ probabilities y ≥ 0 with mass μ = Σₖyₖ; μ = 1 for indices):
     a = exp(½ log p + ½ log wμ), so large logits neither overflow nor turn
     p into 0/0, and a stays representable where p underflows.
 `BinaryCrossEntropyWithLogits` (y ∈ [0, 1] of z's shape):
-    L = w(softplus(z) − yz),  ∇L = w(σ(z) − y),  H = diag(wσ(z)σ(−z)),
-    S = diag(√w exp(½(log σ(z) + log σ(−z)))).
+    L = w(softplus(z) − yz) = w(y softplus(−z) + (1 − y) softplus(z)),
+    ∇L = w(σ(z) − y),  H = diag(wσ(z)σ(−z)),
+    S = diag(√w exp(½(log σ(z) + log σ(−z)))). The second form of L, each
+    term dropped where its weight y or 1 − y is 0, is the limit at an
+    infinite logit (0 where the target agrees, inf where it does not) rather
+    than inf − inf = NaN, and has no cancellation where the fit is good.
 `GaussianNLL` (fixed variance v, targets optional):
     L = ½w(log v + (z − t)²/v) [+ ½w log 2π],  ∇L = w(z − t)/v,
     S = diag(√(w/v)),  f̃ = √(w/v)(z − t): with ``reduction="sum"`` and
     v = 1, the least-squares cost ½‖z − t‖².
-`PoissonNLL` (log-rate inputs z, counts y ≥ 0):
+`PoissonNLL` (log-rate inputs z, counts y ≥ 0, floating or integer):
     L = w(eᶻ − yz) [+ Stirling's y log y − y + ½ log 2πy for y > 1],
-    ∇L = w(eᶻ − y),  S = diag(√w e^{z/2}).
+    ∇L = w(eᶻ − y),  S = diag(√w e^{z/2}); yz is 0 where y = 0, so that a
+    rate of 0 (z = −inf) for a count of 0 costs 0, its limit.
 
 Conventions follow ``torch.nn.functional`` (``cross_entropy``,
 ``binary_cross_entropy_with_logits``, ``gaussian_nll_loss``,
 ``poisson_nll_loss``): the class dimension is 1 (0 for 1-D outputs),
 ``reduction="mean"`` by default averages over samples (cross-entropy) or
-elements. Not supported: class weights, ``ignore_index``, ``label_smoothing``
+elements. Targets outside a loss's range (y ∉ [0, 1] for binary
+cross-entropy, y < 0 for Poisson, NaN for either) are refused with a
+``ValueError``, at the cost of one host read per evaluation, as
+`CrossEntropy` reads its targets' range. Not supported: class weights, ``ignore_index``, ``label_smoothing``
 (pass smoothed probabilities instead), ``pos_weight``, and torch's clamp of
 the variance at ``eps``. Only GaussianNLL has a residual f̃: for the others
 f̃ = S⁺ᵀ∇L divides by a curvature that vanishes where the fit is worst.
@@ -154,13 +162,23 @@ class _ElementwiseNLL(Loss):
     def __post_init__(self):
         check_reduction(self.reduction)
 
+    # Whether integer targets (counts) are taken, converted to the compute dtype.
+    integer_targets: ClassVar[bool] = False
+
     def _inputs(self, outputs: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
         z = check_outputs(outputs)
         if targets is None and not self.requires_targets:
             t = torch.zeros((), dtype=COMPUTE_DTYPE, device=z.device)
         else:
+            integer = isinstance(targets, Tensor) and not targets.is_floating_point() and not targets.is_complex()
+            if self.integer_targets and integer and targets.dtype != torch.bool:
+                targets = targets.to(COMPUTE_DTYPE)  # exact for counts below 2⁵³
             t = check_targets(targets, z, type(self).__name__).to(COMPUTE_DTYPE)
+            self._check_range(t)
         return z, z.to(COMPUTE_DTYPE), t, _weight(self.reduction, z.numel())
+
+    def _check_range(self, t: Tensor) -> None:
+        """Raise ``ValueError`` for targets outside the loss's domain (none by default)."""
 
     def value(self, outputs: Tensor, targets: Tensor | None = None) -> Tensor:
         _, z, t, w = self._inputs(outputs, targets)
@@ -190,8 +208,17 @@ class BinaryCrossEntropyWithLogits(_ElementwiseNLL):
         tensor(0.6931, dtype=torch.float64)
     """
 
+    def _check_range(self, t: Tensor) -> None:
+        outside = ~((t >= 0) & (t <= 1))  # NaN included
+        if bool(outside.any()):
+            raise ValueError(
+                "targets of BinaryCrossEntropyWithLogits must lie in [0, 1] (probabilities), got values from "
+                f"{float(t.min())} to {float(t.max())} ({int(outside.sum())} outside)"
+            )
+
     def _terms(self, z: Tensor, t: Tensor) -> Tensor:
-        return F.softplus(z) - t * z
+        # softplus(z) − tz as a sum of non-negative terms, each dropped where its weight is 0 (module docstring).
+        return torch.where(t > 0, t * F.softplus(-z), 0.0) + torch.where(t < 1, (1 - t) * F.softplus(z), 0.0)
 
     def _derivatives(self, z: Tensor, t: Tensor, w: float):
         scale = math.sqrt(w) * torch.exp(0.5 * (F.logsigmoid(z) + F.logsigmoid(-z)))
@@ -206,6 +233,9 @@ class PoissonNLL(_ElementwiseNLL):
         full: add Stirling's approximation of log y! for counts y > 1 (torch's ``full``).
         reduction: ``"mean"`` (over elements) or ``"sum"``.
 
+    Targets are non-negative counts of the outputs' shape, floating or integer
+    (``int64`` counts are converted, exactly below 2⁵³).
+
     Examples:
         >>> import torch
         >>> PoissonNLL().linearize(torch.tensor([0.0]), torch.tensor([2.0])).gradient
@@ -213,9 +243,18 @@ class PoissonNLL(_ElementwiseNLL):
     """
 
     full: bool = False
+    integer_targets: ClassVar[bool] = True
+
+    def _check_range(self, t: Tensor) -> None:
+        negative = ~(t >= 0)  # NaN included
+        if bool(negative.any()):
+            raise ValueError(
+                f"targets of PoissonNLL must be non-negative counts, got a minimum of {float(t.min())} "
+                f"({int(negative.sum())} entries below 0 or NaN)"
+            )
 
     def _terms(self, z: Tensor, t: Tensor) -> Tensor:
-        terms = torch.exp(z) - t * z
+        terms = torch.exp(z) - torch.where(t > 0, t * z, 0.0)  # 0·(−inf) is 0 here: a rate of 0 for a count of 0
         if self.full:
             safe = torch.where(t > 1, t, 1.0)
             stirling = safe * torch.log(safe) - safe + 0.5 * torch.log(2 * math.pi * safe)
