@@ -3,10 +3,12 @@
 import doctest
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from trustls import (
     BatchedJacobianWarning,
@@ -299,6 +301,88 @@ def test_vmap_over_solve_does_not_work():
     solver = TrustRegion(GaussNewtonModel())
     with pytest.raises(RuntimeError, match="data-dependent control flow"):
         torch.func.vmap(lambda start: solver.solve(lambda x: x[0] * torch.exp(-x[1] * T) - 1, start).x)(x0)
+
+
+def _badly_scaled_rows(x, big):
+    """Row b: zero residual at (1, 2, 3, 4) with the columns of x₀ and x₃ in J equal to ``big[b]``."""
+    b = big[:, None]
+    return torch.cat(
+        [b * (x[:, :1] - 1), x[:, 1:2] * x[:, 2:3] - 6, x[:, 2:3] - 3, b * (x[:, 3:] - 4)], dim=1
+    )
+
+
+@pytest.mark.parametrize(("dtype", "big"), [(torch.float64, 1e100), (torch.float32, 1e12)])
+def test_cg_unscaled_badly_scaled_rows_reach_the_minimizer(dtype, big):
+    # x_scale=1.0: sᵀBs overflows float64/float32 in the rows with `big` columns (before:
+    # RADIUS_COLLAPSED or a false XTOL at x0); the well-scaled row alongside is unaffected.
+    scales = torch.tensor([big, 1.0], dtype=dtype)
+    x0 = torch.tensor([[1.5, 1.0, 1.0, 3.0]] * 2, dtype=dtype)
+    fit = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0).solve_batch(
+        lambda x: _badly_scaled_rows(x, scales), x0
+    )
+    assert fit.success.tolist() == [True, True], fit.status.tolist()
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fit.x, torch.tensor([[1.0, 2.0, 3.0, 4.0]] * 2, dtype=dtype), rtol=tol, atol=tol)
+
+
+def test_cg_curvature_beyond_every_factor_is_a_radius_collapse_not_a_false_xtol():
+    # J = diag(10¹⁶⁰, 1) in float64 (and 10¹⁵ in float32) with x_scale=1.0: no factor fits CG's
+    # curvature. Each row used to end with XTOL (success) at x0; it fails honestly now.
+    for dtype, big, x0 in [(torch.float64, 1e160, [1e-170, 5.0]), (torch.float32, 1e15, [1.5, 0.0])]:
+        start = torch.tensor([x0, x0], dtype=dtype)
+        fit = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0).solve_batch(
+            lambda x, big=big: torch.stack([big * (x[:, 0] - (0 if big > 1e100 else 1)), x[:, 1] - 2], 1), start
+        )
+        assert fit.status.tolist() == [Status.RADIUS_COLLAPSED.code] * 2 and not bool(fit.success.any())
+        assert torch.equal(fit.x, start)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize(
+    "x0",
+    [
+        torch.tensor([[1, 1], [2, 1], [1, 2]]),
+        torch.tensor([[1, 1], [2, 1], [1, 2]], dtype=torch.int32),
+        [[1, 1], [2, 1], [1, 2]],
+        ((1, 1), (2, 1), (1, 2)),
+        np.array([[1, 1], [2, 1], [1, 2]]),
+        np.array([[1.0, 1.0], [2.0, 1.0], [1.0, 2.0]], dtype=np.float32),
+    ],
+    ids=["int64 tensor", "int32 tensor", "nested list", "nested tuple", "numpy int", "numpy float32"],
+)
+def test_integer_and_non_tensor_x0_read_as_solve_reads_them(x0, solver):
+    # As `solve` (`as_tensor_x0`): numbers, sequences and numpy arrays become float64, as
+    # scipy reads them, and so does an integer tensor (solve_batch refused the tensor, TypeError).
+    truth = torch.tensor([[2.0, 1.0], [3.0, 0.5], [1.5, 2.0]], dtype=torch.float64)
+    data = truth[:, :1] * torch.exp(-truth[:, 1:] * T)
+    method = TrustRegion(GaussNewtonModel(), solver=solver)
+    fit = method.solve_batch(lambda x: x[:, :1] * torch.exp(-x[:, 1:] * T) - data, x0)
+    assert fit.x.dtype == torch.float64 and fit.success.all()
+    torch.testing.assert_close(fit.x, truth, rtol=1e-8, atol=1e-10)
+    for b in range(3):
+        single = method.solve(lambda x, b=b: x[:1] * torch.exp(-x[1:] * T) - data[b], x0[b])
+        assert single.x.dtype == fit.x.dtype
+        torch.testing.assert_close(fit.x[b], single.x, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("x0", "error", "message"),
+    [
+        (None, TypeError, "x0 must be a tensor, a number or a sequence of numbers, got NoneType"),
+        ("1", TypeError, "x0 must be a tensor, a number or a sequence of numbers, got str"),
+        (torch.ones(2, 2, dtype=torch.bool), TypeError, "x0 must have a real dtype, got torch.bool"),
+        (torch.ones(2, 2, dtype=torch.complex128), TypeError, "x0 must have a real dtype, got torch.complex128"),
+        ([[1, 2], [3]], TypeError, "x0 must be a tensor, a number or a sequence of numbers, got list"),
+        (torch.ones(2, 2, device="meta"), ValueError, r"x0 must be on a device that holds data \(cpu, cuda, ...\)"),
+    ],
+)
+def test_x0_errors_are_solves(x0, error, message):
+    # The same errors as `solve` for the same inputs.
+    method = TrustRegion(GaussNewtonModel())
+    with pytest.raises(error, match=message):
+        method.solve(lambda x: x, x0 if not isinstance(x0, Tensor) or x0.ndim < 2 else x0[0])
+    with pytest.raises(error, match=message):
+        method.solve_batch(lambda x: x, x0)
 
 
 def test_input_errors():

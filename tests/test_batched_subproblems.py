@@ -141,6 +141,43 @@ def test_cg_zero_gradient_and_normalized_gradient():
     assert torch.isfinite(step.predicted_reduction).all()
 
 
+@pytest.mark.parametrize(("dtype", "big", "tolerance"), [(torch.float64, 1e100, 1e-9), (torch.float32, 1e11, 1e-4)])
+def test_cg_overflowing_curvature_restarts_as_steihaug_cg(dtype, big, tolerance, generator):
+    """Unscaled (T = 1) with two columns of J near ``big``: sᵀBs overflows at c = 1 (α = 0 gave a
+    zero step). Problem 0 restarts at its smallest factor, in the same loop, and agrees with
+    `SteihaugCG`; problem 1 (B = diag(big², 1, 1, 1), ‖g‖ ≫ Δ = 1) overflows at every factor: a NaN step, as
+    `SteihaugCG`'s; problem 2, well scaled, is the step of a batch without the others."""
+    J = torch.randn(3, 9, 4, generator=generator, dtype=torch.float64)
+    f = torch.randn(3, 9, generator=generator, dtype=torch.float64)
+    J[0, :, :2] *= big
+    J[1] = torch.zeros(9, 4, dtype=torch.float64)
+    J[1, 0, 0], J[1, 1, 1], J[1, 2, 2], J[1, 3, 3] = big, 1.0, 1.0, 1.0
+    f[1] = 0.0
+    f[1, 0], f[1, 1] = 1e110 if dtype == torch.float64 else 1e17, 1.0  # κ ≈ big²·‖c·g‖² beyond the range
+    J, f = J.to(dtype), f.to(dtype)
+    scale = torch.ones(4, 3, dtype=dtype)
+    R, _ = triangular_factor(J.transpose(1, 2))
+    gradient = torch.einsum("bmn,bm->nb", J, f)
+    radius = torch.tensor([1.0, 1.0, 0.5], dtype=torch.float64)
+    solver = SteihaugCG()
+    step, _ = cg_step(solver, CGFactors(R, torch.zeros(3, dtype=torch.float64)), gradient, scale, radius)
+    alone, _ = cg_step(solver, CGFactors(R[..., 2:], torch.zeros(1, dtype=torch.float64)), gradient[:, 2:],
+                       scale[:, 2:], radius[2:])
+    for b in range(2):
+        single = solver.solve(solver.prepare(single_linearization(J[b], f[b], scale[:, b])), float(radius[b]))
+        if b == 0:
+            assert single.reason != "overflow" and bool(torch.isfinite(step.step[:, 0]).all())
+            assert float((step.step[:, 0] - single.step).norm()) <= tolerance * float(single.step.norm())
+            assert float(step.norm[0]) == pytest.approx(float(single.norm), rel=tolerance)
+            assert float(step.predicted_reduction[0]) == pytest.approx(float(single.predicted_reduction), rel=tolerance)
+            assert int(step.products[0]) > int(step.iterations[0]) == single.iterations
+        else:
+            assert single.reason == "overflow" and bool(torch.isnan(step.step[:, 1]).all())
+            assert math.isnan(float(step.norm[1])) and math.isnan(float(step.predicted_reduction[1]))
+    torch.testing.assert_close(step.step[:, 2:], alone.step, rtol=0, atol=0)
+    assert torch.equal(step.iterations[2:], alone.iterations) and torch.equal(step.products[2:], alone.iterations)
+
+
 def test_boundary_lengths_match_single(generator):
     p = torch.randn(3, 5, generator=generator, dtype=torch.float64) * 0.1
     d = torch.randn(3, 5, generator=generator, dtype=torch.float64)

@@ -17,6 +17,8 @@ import pytest
 import torch
 from torch import Tensor
 
+import trustls
+from trustls import GaussNewtonModel, Status, TrustRegion
 from trustls.models import Linearization
 from trustls.operators import DenseOperator, LinearOperator, NormalOperator
 from trustls.subproblem import (
@@ -28,6 +30,7 @@ from trustls.subproblem import (
     boundary_step_length,
     resolve_solver,
 )
+from trustls.subproblem.cg_path import smallest_factor
 
 # ‖p‖ ≤ Δ holds to the rounding of one boundary intersection.
 BOUNDARY_RTOL = 1e-12
@@ -464,6 +467,127 @@ def test_gradient_is_left_unchanged(kind, generator):
     for radius in (1e-2, 1e6):
         run(SteihaugCG(forcing=1e-10, exact_up_to=0), B, g, radius)
     assert torch.equal(g, before)
+
+
+# --- the range: curvatures that overflow or underflow ------------------------------------------
+
+
+def badly_scaled(dtype: torch.dtype, big: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(J, r): a seeded 9×6 Gauss-Newton problem whose first two columns are multiplied by ``big``."""
+    J = torch.randn(9, 6, generator=generator, dtype=torch.float64)
+    J[:, :2] *= big
+    return J.to(dtype), torch.randn(9, generator=generator, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("radius", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize(("dtype", "big"), [(torch.float64, 1e100), (torch.float32, 1e11)])
+def test_overflowing_curvature_restarts_at_the_smallest_factor(dtype, big, radius, generator):
+    # sᵀBs = ‖Jg‖² ≈ big⁴ overflows at c = 1 (it gave α = 0: a zero step, taken for
+    # convergence). CG restarts on c·g in the sphere c·Δ at c = smallest_factor, which
+    # is exact: the step is that of the scaled-down problem, scaled back, bit for bit.
+    J, r = badly_scaled(dtype, big, generator)
+    lin = least_squares(J, r)
+    g = lin.gradient
+    assert math.isinf(float(torch.dot(J @ g, J @ g)))
+    c = smallest_factor(float(g.abs().max()), radius, dtype)
+    solver = SteihaugCG(path_memory=0)
+    step = solver.solve(solver.prepare(lin), radius)
+    scaled = solver.solve(solver.prepare(least_squares(J, r * c)), radius * c)  # g·c: J is linear in r
+    assert step.reason == scaled.reason != "overflow" and step.iterations == scaled.iterations
+    torch.testing.assert_close(step.step * c, scaled.step, rtol=0, atol=0)
+    assert step.norm * c == pytest.approx(scaled.norm, rel=1e-6) and step.norm > 0
+    assert float(step.predicted_reduction) * c * c == pytest.approx(float(scaled.predicted_reduction), rel=1e-12)
+    assert step.products > step.iterations  # the abandoned run's products are counted
+    # The invariants, in the scaled units (m(c·p; c·g) = c²·m(p; g)), with B = JᵀJ in float64.
+    B, gc, p = (J.T @ J).double(), (g * c).double(), scaled.step.double()
+    assert float(torch.linalg.vector_norm(p)) <= radius * c * (1 + BOUNDARY_RTOL)
+    cauchy = cauchy_point(B, gc, radius * c)
+    assert model(B, gc, p) <= model(B, gc, cauchy) * (1 - 1e-6) + 0.0
+
+
+@pytest.mark.parametrize(("dtype", "big"), [(torch.float64, 1e160), (torch.float32, 1e20)])
+def test_curvature_beyond_every_factor_gives_no_step(dtype, big):
+    # B = diag(big², 1) and g = (big·r₀, 1) far beyond Δ = 1: at the smallest factor, which
+    # the radius sets, c²·gᵀBg still overflows: a NaN step, whose trial fails (before: a
+    # zero or NaN-model step, and a false XTOL convergence).
+    J = torch.diag(torch.tensor([big, 1.0], dtype=dtype))
+    lin = least_squares(J, torch.tensor([1e-10 if dtype == torch.float64 else 1.0, 1.0], dtype=dtype))
+    solver = SteihaugCG()
+    step = solver.solve(solver.prepare(lin), 1.0)
+    assert step.reason == "overflow" and step.hits_boundary
+    assert bool(torch.isnan(step.step).all()) and math.isnan(step.norm) and math.isnan(step.predicted_reduction)
+    assert step.products == 2  # one product in each of the two runs
+
+
+def test_smallest_factor_is_the_smallest_that_keeps_the_squares_normal():
+    for dtype in (torch.float64, torch.float32):
+        finfo = torch.finfo(dtype)
+        tiny, eps = finfo.tiny, finfo.eps
+        for largest, radius in [(1.0, 1.0), (1e30, 1.5), (1e-30, 1e3), (3.0, math.inf), (1e-20, 1e-20)]:
+            c = smallest_factor(largest, radius, dtype)
+            assert math.frexp(c)[0] == 0.5  # a power of two
+            # (c·Δ)² and (ε·c·‖g‖∞)² are normal; at c/2 one of them is not (or c is the smallest normal).
+            fits = lambda f: (f * radius) ** 2 >= tiny and (eps * f * largest) ** 2 >= tiny  # noqa: E731
+            assert fits(c) and (not fits(c / 2) or c == tiny)
+
+
+def test_underflowing_curvature_steps_to_the_boundary():
+    # B = 10⁻³¹⁰·I and ‖g‖ = 3·10⁻¹⁰: gᵀBg = 9·10⁻³³⁰ underflows to 0, so κ = 0 takes the
+    # negative-curvature exit. Right: the minimizer along −g lies at α = ‖g‖²/gᵀBg = 10³¹⁰,
+    # far past the sphere, and the step to the boundary along −g is the Cauchy point.
+    g = 1e-10 * torch.tensor([1.0, -2.0, 2.0], dtype=torch.float64)
+    B = 1e-310 * torch.eye(3, dtype=torch.float64)
+    assert float(g @ (B @ g)) == 0.0
+    solver = SteihaugCG()
+    step = solver.solve(solver.prepare(quadratic(B, g)), 1.0)
+    assert step.reason == "negative_curvature" and step.hits_boundary and step.norm == 1.0
+    torch.testing.assert_close(step.step, -g / torch.linalg.vector_norm(g), rtol=1e-15, atol=0)
+    assert float(step.predicted_reduction) == pytest.approx(float(torch.linalg.vector_norm(g)), rel=1e-15)
+
+
+def _columns_residual(big: float):
+    """Zero residual at (1, 2, 3, 4); the columns of x₀ and x₃ in J are ``big``."""
+
+    def fun(x):
+        return torch.stack([big * (x[0] - 1), x[1] * x[2] - 6, x[2] - 3, big * (x[3] - 4)])
+
+    return fun
+
+
+@pytest.mark.parametrize(("dtype", "big"), [(torch.float64, 1e100), (torch.float64, 1.0), (torch.float32, 1e12)])
+@pytest.mark.parametrize("entry", ["TrustRegion", "least_squares"])
+def test_unscaled_solves_of_badly_scaled_problems_reach_the_minimizer(entry, dtype, big):
+    # x_scale=1.0: sᵀBs overflows at the start (RADIUS_COLLAPSED before, x unmoved).
+    # big = 1 is the well-scaled problem: the same minimizer.
+    fun = _columns_residual(big)
+    x0 = torch.tensor([1.5, 1.0, 1.0, 3.0], dtype=dtype)
+    if entry == "TrustRegion":
+        result = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0).solve(fun, x0)
+    else:
+        result = trustls.least_squares(fun, x0, tr_solver="lsmr", x_scale=1.0)
+    assert result.success, result.message
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(result.x, torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dtype), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("entry", ["TrustRegion", "least_squares"])
+@pytest.mark.parametrize("x_scale", [1.0, None])
+def test_no_factor_fits_ends_in_radius_collapse_not_false_convergence(entry, x_scale):
+    # J = diag(10¹⁶⁰, 1): with x_scale=1.0 no factor fits; the solve used to end with
+    # XTOL (success) at x0 after steps whose model was NaN. With Jacobi scaling (TrustRegion's
+    # default) it converges; least_squares' default x_scale is 1.0, as scipy's.
+    fun = lambda x: torch.stack([1e160 * x[0], x[1] - 2])  # noqa: E731
+    x0 = torch.tensor([1e-170, 5.0], dtype=torch.float64)
+    kwargs = {} if x_scale is None else {"x_scale": x_scale}
+    if entry == "TrustRegion":
+        result = TrustRegion(GaussNewtonModel(), solver="cg", **kwargs).solve(fun, x0)
+    else:
+        result = trustls.least_squares(fun, x0, tr_solver="lsmr", **kwargs)
+    if x_scale is None and entry == "TrustRegion":
+        assert result.success and float(result.x[1]) == pytest.approx(2.0, rel=1e-12)
+    else:
+        assert result.status == Status.RADIUS_COLLAPSED and not result.success
+        assert torch.equal(result.x, x0)
 
 
 # --- float32, arguments, structure -------------------------------------------------------

@@ -425,17 +425,17 @@ def test_sparse_jacobian_solve_on_device(device):
 
 
 def test_an_overflowed_gradient_norm_is_not_kept_as_the_forcing_reference():
-    # Unscaled float64 with every entry of g = Jᵀr at 10¹⁶⁰ (finite): ‖g‖
-    # overflows to inf even in float64 (the radius is too small for CG to
-    # normalize g). Kept as the maximum, that inf would pin ρ to 0 for the
-    # rest of the solve (and in a TrustRegionOptimizer checkpoint).
+    # Unscaled float64 with every entry of g = Jᵀr at 10¹⁶⁰ (finite): ‖g‖²
+    # overflows float64, but CG takes ‖g‖ at a smaller power-of-two scale
+    # (`smallest_factor`). An infinite norm, kept as the maximum, would pin ρ
+    # to 0 for the rest of the solve (and in a TrustRegionOptimizer checkpoint).
     fun = lambda x: 1e80 * (x - 0.5)  # noqa: E731
     method = TrustRegion(GaussNewtonModel(), solver="cg", x_scale=1.0)
     state = method.init(fun, torch.full((16,), 1.5, dtype=torch.float64))
     assert bool(torch.isfinite(state.linearization.gradient).all())
     assert math.isinf(float(torch.linalg.vector_norm(state.linearization.gradient)))
     state = method.step(fun, state)
-    assert state.solver_state is None
+    assert state.solver_state == pytest.approx(4e160, rel=1e-12)
 
 
 @pytest.mark.parametrize("initial_radius", [None, 1e19])

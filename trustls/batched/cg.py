@@ -16,8 +16,11 @@ Python float: the forcing term η = min(η_max, max(ρ, ε/ρ)) with
 (its state from point to point), η_max = eps^(3/4) up to ``exact_up_to``
 variables; the true ‖p‖² at every iteration for the boundary test (the
 vectors are small); the boundary step from the true p and d; the model value
-along the path; and the power-of-two normalization of a gradient outside
-[2⁻ᵏ, 2ᵏ]. A rejected radius reruns CG (the stored path of `SteihaugCG` would
+along the path; the power-of-two normalization of a gradient outside
+[2⁻ᵏ, 2ᵏ]; and the restart at `smallest_factor` of a problem whose sᵀBs
+(or ‖g‖²) leaves the range, with a NaN step where no factor fits
+(`SteihaugCG`'s module docstring, "Range"). The pending restarts are read with
+the running problems, in the iteration's one read. A rejected radius reruns CG (the stored path of `SteihaugCG` would
 hold one (n, K) iterate per iteration; for the small problems of a batch a
 rerun costs less than the bookkeeping): its first crossing of the smaller
 sphere is the stored path's answer, to rounding.
@@ -32,6 +35,7 @@ import torch
 from torch import Tensor
 
 from trustls.batched.fields import BatchFields, BatchStep, dot, norm
+from trustls.subproblem.cg_path import range_exponents
 from trustls.subproblem.steihaug_cg import SteihaugCG
 
 __all__ = ["CGFactors", "boundary_lengths", "cg_step"]
@@ -69,10 +73,24 @@ def _normalizing_factors(largest: Tensor, radius: Tensor, dtype: torch.dtype) ->
     return torch.where(outside & fits, factor, 1.0)
 
 
+def _smallest_factors(largest: Tensor, radius: Tensor, dtype: torch.dtype) -> Tensor:
+    """`smallest_factor` per problem: the power of two that CG restarts with when sᵀBs overflows."""
+    half, digits = range_exponents(dtype)
+    one = torch.ones_like(largest)
+    factor = torch.ldexp(one, digits + 1 - half - torch.frexp(largest).exponent)
+    by_radius = torch.ldexp(one, 2 - half - torch.frexp(torch.where(torch.isinf(radius), 1.0, radius)).exponent)
+    factor = torch.where(torch.isinf(radius), factor, torch.maximum(factor, by_radius))
+    return torch.clamp(factor, min=torch.finfo(dtype).tiny)
+
+
 def cg_step(
     solver: SteihaugCG, factors: CGFactors, gradient: Tensor, scale: Tensor, radius: Tensor
 ) -> tuple[BatchStep, Tensor]:
     """Steihaug-Toint steps for K problems: the steps, and the updated references ``(K,)``.
+
+    A problem whose curvature sᵀBs (or product Bs) is not finite restarts, in
+    the same loop, at its `smallest_factor`, and one for which no factor fits
+    gets a NaN step, as `SteihaugCG` does (its module docstring, "Range").
 
     Args:
         solver: the configuration (``max_iter``, ``forcing``, ``exact_up_to``).
@@ -91,32 +109,58 @@ def cg_step(
     def curvature(v: Tensor) -> Tensor:  # Tᵀ Rᵀ R T v, without JᵀJ
         return (R * (R * v[None]).sum(1, keepdim=True)).sum(0)
 
-    g = gradient * scale
+    unscaled = gradient * scale
     radius = radius.double()
-    largest = g.abs().amax(0).double()
+    largest = unscaled.abs().amax(0).double()
+    smallest = _smallest_factors(largest, radius, dtype)
     factor = _normalizing_factors(largest, radius, dtype)
-    g, radius = g * factor.to(dtype), radius * factor
+    g = unscaled * factor.to(dtype)
     rr_t = dot(g, g)
+    # ‖g‖² overflows where no normalization fits the radius: the smallest factor may.
+    refit = ~torch.isfinite(rr_t) & (smallest < factor)
+    factor = torch.where(refit, smallest, factor)
+    g = torch.where(refit, unscaled * factor.to(dtype), g)
+    rr_t = torch.where(refit, dot(g, g), rr_t)
     rr = rr_t.double()
     g_norm = torch.sqrt(rr)
     # ρ compares the true ‖g‖ (before normalization) with the reference.
     true_norm = g_norm / factor
-    true_norm = torch.where(torch.isinf(true_norm), norm(g.double()) / factor, true_norm)
+    true_norm = torch.where(torch.isinf(true_norm), norm(unscaled.double()), true_norm)
     reference = torch.where(torch.isfinite(true_norm), torch.maximum(factors.reference, true_norm), factors.reference)
     rho = torch.where(reference > true_norm, true_norm / reference, 1.0)
     floor = torch.where(rho > 0, eps / rho, math.inf)
-    tolerance = torch.clamp(torch.maximum(rho, floor), max=eta_max) * g_norm
+    eta = torch.clamp(torch.maximum(rho, floor), max=eta_max)
+    tolerance = eta * g_norm
+    scaled_radius = radius * factor
 
     p, r, s = torch.zeros_like(g), g, g  # s = −d
     model = torch.zeros_like(rr)
-    running = g_norm != 0
+    overflowed = ~torch.isfinite(rr)  # at every factor: no step
+    running = (g_norm != 0) & ~overflowed
     hits = torch.zeros_like(running)
     iterations = torch.zeros(K, dtype=torch.int64, device=g.device)
-    radius_t = radius.to(dtype)
-    for iteration in range(1, max_iter + 1):
-        if not bool(running.any()):  # the one read of the iteration
+    products = torch.zeros_like(iterations)
+    radius_t = scaled_radius.to(dtype)
+    pending = torch.zeros_like(running)  # to restart at their smallest factor
+    # A problem restarts at most once, the pass after its κ overflowed: 2·max_iter + 1 passes hold any.
+    for _ in range(2 * max_iter + 1):
+        any_running, any_pending = torch.stack([running.any(), pending.any()]).tolist()  # the iteration's one read
+        if any_pending:  # CG from p = 0 on c·g in the sphere of radius c·Δ, c the smallest factor
+            ratio = torch.where(pending, smallest / factor, 1.0)
+            factor = torch.where(pending, smallest, factor)
+            g = torch.where(pending, unscaled * factor.to(dtype), g)
+            p, model = torch.where(pending, 0.0, p), torch.where(pending, 0.0, model)
+            r, s = torch.where(pending, g, r), torch.where(pending, g, s)
+            rr_t = torch.where(pending, dot(g, g), rr_t)
+            rr = torch.where(pending, rr_t.double(), rr)
+            tolerance, scaled_radius = tolerance * ratio, scaled_radius * ratio
+            radius_t = scaled_radius.to(dtype)
+            iterations = torch.where(pending, 0, iterations)
+            running, pending = running | pending, torch.zeros_like(pending)
+        elif not any_running:
             break
-        iterations = torch.where(running, iteration, iterations)
+        iterations = torch.where(running, iterations + 1, iterations)
+        products = torch.where(running, products + 1, products)
         Bs = curvature(s)
         kappa_t = dot(s, Bs)
         alpha_t = rr_t / kappa_t
@@ -124,10 +168,16 @@ def cg_step(
         r_next = r - alpha_t * Bs
         rr_next_t = dot(r_next, r_next)
         kappa, rr_next = kappa_t.double(), rr_next_t.double()
-        negative = ~(kappa > 0)  # also NaN: no descent can be trusted along s
+        # κ, or Bs (whose inf entries make it inf or NaN), overflowed: α = ‖r‖²/κ would give a
+        # zero step. Restart at the smallest factor, or, where that is no smaller, no step.
+        blown = running & ~torch.isfinite(kappa)
+        pending = blown & (smallest < factor)
+        overflowed |= blown & ~pending
+        running = running & ~blown
+        negative = ~(kappa > 0)  # also a κ that underflows to 0 (SteihaugCG's module docstring)
         alpha = rr / kappa
         # The boundary test on the true norm, as SteihaugCG's.
-        hit = running & (negative | (dot(p_next, p_next).double() >= radius * radius))
+        hit = running & (negative | (dot(p_next, p_next).double() >= scaled_radius * scaled_radius))
         tau = torch.where(hit, boundary_lengths(p, -s, radius_t).double(), alpha)
         p_hit = p - tau.to(dtype) * s
         model_next = model + (-tau * rr + 0.5 * tau * tau * kappa)
@@ -136,12 +186,18 @@ def cg_step(
         hits |= hit
         going = running & ~hit
         converged = going & (torch.sqrt(rr_next) <= tolerance)
-        running = going & ~converged
+        running = going & ~converged & (iterations < max_iter)
         r = torch.where(going, r_next, r)
         beta = rr_next / rr
         s = torch.where(running, r + beta.to(dtype) * s, s)
         rr_t = torch.where(running, rr_next_t, rr_t)
         rr = torch.where(running, rr_next, rr)
-    p_norm = torch.where(hits, radius, norm(p).double())
-    p, p_norm, model = p / factor.to(dtype), p_norm / factor, model / (factor * factor)
-    return BatchStep(p, p_norm, -model, hits, iterations, iterations), reference  # one product per iteration
+    # The norm of the step in its own units: far inside a sphere put at the bottom of the
+    # range, ‖c·p‖² may be subnormal (exact otherwise: c is a power of two).
+    p, model = p / factor.to(dtype), model / (factor * factor)
+    p_norm = torch.where(hits, scaled_radius / factor, norm(p).double())
+    # A problem that overflowed at every factor: a NaN step, whose trial fails (the radius shrinks).
+    p = torch.where(overflowed, math.nan, p)
+    p_norm, model = torch.where(overflowed, math.nan, p_norm), torch.where(overflowed, math.nan, model)
+    hits = hits | overflowed
+    return BatchStep(p, p_norm, -model, hits, iterations, products), reference

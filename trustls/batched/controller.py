@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from trustls._validation import as_tensor_x0
 from trustls.batched.cg import CGFactors, cg_step
 from trustls.batched.decision import RUNNING, decide
 from trustls.batched.factorization import triangular_factor
@@ -64,12 +65,15 @@ if TYPE_CHECKING:
 __all__ = ["solve_batch"]
 
 def _check_x0(x0: object) -> Tensor:
-    if not isinstance(x0, Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    """``x0`` read as `TrustRegion.solve` reads it (`as_tensor_x0`: a tensor keeps its floating dtype and
+    device; a number, a sequence, a numpy array or an integer tensor becomes float64), then checked."""
+    x0 = as_tensor_x0(x0)
     if x0.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"x0 must have dtype float32 or float64 for solve_batch, got {x0.dtype}")
     if x0.ndim != 2 or x0.numel() == 0:
         raise ValueError(f"x0 must be a non-empty 2-D tensor (B problems, n variables), got shape {tuple(x0.shape)}")
+    if x0.device.type == "meta":
+        raise ValueError("x0 must be on a device that holds data (cpu, cuda, ...), got a tensor on the meta device")
     bad = ~torch.isfinite(x0).all(1)
     if bool(bad.any()):
         raise ValueError(f"x0 must be finite, got NaN or inf entries in problems {_some(bad)}")

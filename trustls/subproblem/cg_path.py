@@ -12,7 +12,8 @@ more); for a stored matrix a product costs about as much memory traffic as
 keeping an iterate, so rerunning CG after a rejection is as fast.
 
 `normalizing_factor` is the power of two that keeps CG's squared norms of a
-float32 gradient within range (`trustls.subproblem.steihaug_cg`).
+float32 gradient within range, and `smallest_factor` the one that CG restarts
+with when a curvature sᵀBs leaves the range (`trustls.subproblem.steihaug_cg`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import Tensor
 
 from trustls.subproblem.base import Step, boundary_step_length
 
-__all__ = ["DEFAULT_PATH_MEMORY", "CGPath", "normalizing_factor", "step_from_path"]
+__all__ = ["DEFAULT_PATH_MEMORY", "CGPath", "normalizing_factor", "range_exponents", "smallest_factor",
+           "step_from_path"]
 
 # Elements of the stored CG path for matrix-free operators (32 MiB in float64).
 DEFAULT_PATH_MEMORY = 2**22
@@ -57,6 +59,57 @@ def normalizing_factor(largest: float, radius: float, dtype: torch.dtype) -> flo
         return 1.0
     factor = 2.0 ** -math.frexp(largest)[1]
     return factor if math.isinf(radius) or 1.0 / limit <= factor * radius <= limit else 1.0
+
+
+def smallest_factor(largest: float, radius: float, dtype: torch.dtype) -> float:
+    """The smallest power of two c with which CG on c·g in the sphere of radius c·Δ loses nothing to underflow.
+
+    CG's iterates are homogeneous of degree one in (g, Δ): on c·g and c·Δ the
+    vectors p, r, s and Bs scale by c and the scalars ‖r‖², ‖p‖², Δ² and sᵀBs
+    by c², while the step lengths α, β and τ do not change. A curvature sᵀBs
+    or a product Bs that overflows therefore comes back into range for a small
+    enough c, unless c would push the small quantities out of it. With E the
+    dtype's largest binary exponent (1024 in float64, 128 in float32) and p
+    its mantissa digits (53, 24), c is the smallest power of two with
+
+    * c·Δ ≥ 2^(1−E/2): (c·Δ)², the boundary test's threshold, is a normal
+      number (≥ 2^(2−E), ``finfo.tiny``);
+    * c·‖g‖∞ ≥ 2^(p−E/2): ‖r‖² stays normal while CG reduces ‖r‖ down to
+      ε‖g‖ (ε = 2^(1−p)), below any forcing tolerance that ``forcing`` and
+      ``exact_up_to`` ask for but the tiniest.
+
+    Scaling by a power of two is exact in normal arithmetic, so CG on c·g
+    computes the iterates of the unscaled one, times c, wherever those are
+    finite. If sᵀBs overflows even at this c, it overflows at every c that
+    keeps Δ² or ‖r‖² in range: no factor fits. A Δ = ∞ sets no bound, and c
+    is not taken below the smallest normal number (a subnormal c would round
+    g; that c keeps the small quantities in range all the more).
+
+    Args:
+        largest: ‖g‖∞ (finite, positive).
+        radius: Δ.
+        dtype: g's dtype.
+
+    Examples:
+        >>> smallest_factor(1.0, 1.0, torch.float64) == 2.0**-459
+        True
+        >>> smallest_factor(1.0, 1.0, torch.float32) == 2.0**-40
+        True
+        >>> smallest_factor(1e200, 1.5, torch.float64) == 2.0**-511  # the radius binds
+        True
+    """
+    finfo = torch.finfo(dtype)
+    half, digits = range_exponents(dtype)
+    factor = 2.0 ** (digits + 1 - half - math.frexp(largest)[1])  # c·‖g‖∞ ∈ [2^(p−E/2), 2^(p+1−E/2))
+    if math.isfinite(radius):
+        factor = max(factor, 2.0 ** (2 - half - math.frexp(radius)[1]))  # c·Δ ∈ [2^(1−E/2), 2^(2−E/2))
+    return max(factor, finfo.tiny)  # a subnormal c would round g
+
+
+def range_exponents(dtype: torch.dtype) -> tuple[int, int]:
+    """(E/2, p): half the dtype's largest binary exponent E and its mantissa digits p (512, 53 in float64)."""
+    finfo = torch.finfo(dtype)
+    return math.frexp(finfo.max)[1] // 2, 2 - math.frexp(finfo.eps)[1]  # eps = 2^(1−p) = ½·2^(2−p)
 
 
 @dataclass

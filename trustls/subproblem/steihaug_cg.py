@@ -65,14 +65,38 @@ rounding; the Steihaug-Toint and GLTR recurrences for ‖p‖² (Conn, Gould &
 Toint 2000, §7.5.1) would save the dot but drift as the residuals lose
 orthogonality, and a dot is cheap beside a product.
 
-CG's scalars are squared norms, which leave float32's range once the
-gradient's entries pass about 2³¹ (or fall below 2⁻³¹). Such a g is first
-multiplied by a power of two c that brings ‖c·g‖∞ into [½, 1), with the
-radius scaled alike, and the step is scaled back (`normalizing_factor`):
-exact, so that ordinary solves are unchanged bit for bit. With Jacobi scaling
-B has a unit diagonal and the iterates are then of moderate size; without
-it, B itself may leave the range, and no single factor helps: the step is
-then not finite, and the controller shrinks the radius.
+**Range.** CG's iterates are homogeneous of degree one in (g, Δ): on c·g
+in the sphere of radius c·Δ, p, r, s and Bs scale by c, the scalars ‖r‖²,
+‖p‖², Δ² and κ = sᵀBs by c², and the step lengths α, β and τ not at all;
+for a power of two c the scaling is exact. CG's scalars are squared norms,
+which leave float32's range once the gradient's entries pass about 2³¹ (or
+fall below 2⁻³¹). Such a g is first multiplied by the c that brings ‖c·g‖∞
+into [½, 1), with the radius scaled alike, and the step is scaled back
+(`normalizing_factor`), so that ordinary solves are unchanged bit for bit.
+With Jacobi scaling B has a unit diagonal and the iterates are then of
+moderate size. Without it (``x_scale=1.0`` on a badly scaled problem, J with
+columns near 10¹⁰⁰ in float64 or 10¹² in float32) κ or Bs may overflow while
+‖r‖² does not, and α = ‖r‖²/κ would be 0: a zero step, which the controller
+would take for convergence. CG then restarts at `smallest_factor`, the
+smallest c that keeps Δ² and ‖r‖² (down to ε‖g‖) normal, where κ has the
+most room; so does a ‖g‖² that overflows where no normalization fits the
+radius. If ‖g‖² or κ still overflows there, it overflows at every factor
+that keeps Δ² and ‖r‖² normal (as for ‖g‖ far beyond Δ while B is large
+along g): no factor fits, the step is then not finite, its trial fails, and
+the controller shrinks the radius, to ``RADIUS_COLLAPSED`` if no smaller
+region fits either. At the smallest factor an interior step far inside the
+sphere may have a subnormal ‖c·p‖²; its norm is then taken again, in its own
+units. A restart costs the products of the abandoned run, counted with the
+step, and no read: its need is in the values each iteration reads.
+
+A κ that underflows to 0 takes the negative-curvature exit, as a κ of exactly
+0 (B vanishing along s) does in Nocedal & Wright's Alg. 7.2 (dᵀBd ≤ 0), and
+as the boundary test would for the infinite α: the true κ is below half the
+smallest subnormal, so the minimizer along s lies at α = ‖r‖²/κ >
+2^(E+p−2)·‖r‖² (E, p: the dtype's largest binary exponent and mantissa
+digits; 2¹⁰⁷⁵‖r‖² in float64), and the step along s meets the sphere, at
+τ ≤ 2Δ/‖s‖, first whenever ‖r‖²‖s‖ ≥ 2^(3−E−p)·Δ: for every radius whose
+square is finite once ‖r‖²‖s‖ ≥ 2^(3−p−E/2) (10⁻¹⁶⁹ in float64).
 
 Because the iterates do not depend on the radius until they reach the
 boundary, `SteihaugCG` answers a smaller radius after a rejected step from
@@ -104,7 +128,7 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -115,6 +139,7 @@ from trustls.subproblem.cg_path import (
     DEFAULT_PATH_MEMORY,
     CGPath,
     normalizing_factor,
+    smallest_factor,
     step_from_path,
 )
 
@@ -219,19 +244,26 @@ class SteihaugCG(SubproblemSolver):
         return self._run(path, radius)
 
     def _run(self, path: CGPath, radius: float) -> Step:
-        step = self._cg(path, radius, factor=1.0)
-        if step is None:  # g's squared norms leave the dtype's range: again, normalized
-            step = self._cg(path, radius, factor=path.factor)
+        # At most three runs: unscaled, normalized (g's squared norms leave the
+        # range), then at `smallest_factor` (a curvature leaves it); the products
+        # of an abandoned run are counted with the step.
+        factor, spent = 1.0, 0
+        while not isinstance(step := self._cg(path, radius, factor), Step):
+            factor, spent = path.factor, spent + step
+        if spent:
+            step = replace(step, products=step.products + spent)
         path.last = step
         return step
 
-    def _cg(self, path: CGPath, radius: float, factor: float) -> Step | None:
-        """CG on c·g in the sphere of radius c·Δ (c = ``factor``); ``None`` when it must restart normalized.
+    def _cg(self, path: CGPath, radius: float, factor: float) -> Step | int:
+        """CG on c·g in the sphere of radius c·Δ (c = ``factor``), or, when it must restart at the
+        factor it leaves in ``path.factor``, the number of products it spent.
 
-        c is a power of two (`normalizing_factor`) that keeps the squared norms
-        of a float32 g from overflowing or underflowing; p, ‖p‖ and m are
-        scaled back at the end. Its need is read with the first iteration's
-        values, so a solve that needs none reads nothing more.
+        c is a power of two: `normalizing_factor` keeps the squared norms of a
+        float32 g from overflowing or underflowing, and `smallest_factor`
+        brings back a curvature sᵀBs or a product Bs that overflowed; p, ‖p‖
+        and m are scaled back at the end. The need for either is read with an
+        iteration's values, so a solve that needs none reads nothing more.
         """
         lin = path.linearization
         g = lin.gradient
@@ -283,15 +315,22 @@ class SteihaugCG(SubproblemSolver):
                 rr, largest = values[3:]
                 if factor == 1.0:
                     path.factor = normalizing_factor(largest, radius, g.dtype)
-                    if path.factor != 1.0 or not math.isfinite(rr):
-                        return None if path.factor != 1.0 else self._overflowed(path, g, largest)
+                    if path.factor != 1.0:
+                        return products
+                if not math.isfinite(rr):  # no normalization fits Δ: the smallest factor may
+                    return self._rescale(path, largest / factor, factor, iterations, products)
                 g_norm = math.sqrt(rr)
                 if g_norm == 0.0:
                     return Step(torch.zeros_like(g), 0.0, 0.0, False, 0, products, "zero_gradient")
                 # ρ compares the true ‖g‖ (before normalization) with the reference.
                 self._remember(path, g_norm / factor)
                 tolerance = self._forcing_term(path, g, g_norm / factor) * g_norm
-            if not kappa > 0.0:  # also NaN: no descent can be trusted along s
+            if not math.isfinite(kappa):
+                # sᵀBs, or Bs (whose inf entries make it inf or NaN), overflowed: its sign is
+                # unknown and α = ‖r‖²/κ would be 0, a zero step. Restart smaller, or report.
+                return self._rescale(path, largest / factor, factor, iterations, products)
+            if not kappa > 0.0:
+                # Also a κ that underflows to 0: α = ‖r‖²/κ lies past the sphere (module docstring).
                 reason, hits_boundary = "negative_curvature", True
             elif pp_next >= radius * radius:
                 reason, hits_boundary = "boundary", True
@@ -326,14 +365,35 @@ class SteihaugCG(SubproblemSolver):
         # A path that overflowed (non-finite norms) answers no smaller radius.
         path.complete = keep and math.isfinite(p_norm)
         if factor != 1.0:
-            p, p_norm, model = p / factor, p_norm / factor, model / (factor * factor)
+            p, model = p / factor, model / (factor * factor)
+            if not hits_boundary and p_norm * p_norm < torch.finfo(g.dtype).tiny:
+                # Far inside a sphere put at the bottom of the range (`smallest_factor`), ‖c·p‖²
+                # is subnormal: the norm is taken again, in the step's own units (off the common path).
+                p_norm = float(torch.linalg.vector_norm(p))
+            else:
+                p_norm = p_norm / factor
         return Step(p, p_norm, -model, hits_boundary, iterations, products, reason)
 
-    def _overflowed(self, path: CGPath, g: Tensor, largest: float) -> Step:
-        """No step for a g whose squared norm leaves the range when no factor can bring it back
-        (the radius does not scale with it): a non-finite one, from which the controller shrinks
-        the radius. A float32 norm is still kept, taken in float64, as the forcing reference."""
+    def _rescale(self, path: CGPath, largest: float, factor: float, iterations: int, products: int) -> Step | int:
+        """Restart at `smallest_factor` (the products spent) if it lies below ``factor``, else no step.
+
+        ``largest`` is the true ‖g‖∞. At the smallest factor the quantities that
+        shrink with c are at the bottom of the range, so a curvature that
+        overflows there overflows at every admissible factor.
+        """
+        smallest = smallest_factor(largest, path.radius, path.linearization.gradient.dtype)
+        if smallest < factor:
+            path.factor = smallest
+            return products
+        path.factor = 1.0
+        return self._overflowed(path, path.linearization.gradient, iterations, products)
+
+    def _overflowed(self, path: CGPath, g: Tensor, iterations: int = 1, products: int = 1) -> Step:
+        """No step when no factor brings CG's scalars within range (‖g‖² or sᵀBs overflows at
+        every power of two that keeps Δ² and ‖r‖² normal): a non-finite one, from which the
+        controller shrinks the radius, and whose trial (NaN cost) is a failure, never a
+        convergence. A float32 norm is still kept, taken in float64, as the forcing reference."""
         if g.dtype != torch.float64:
             self._remember(path, float(torch.linalg.vector_norm(g, dtype=torch.float64)))
         nan = torch.full_like(g, math.nan)
-        return Step(nan, math.nan, math.nan, True, 1, 1, "overflow")
+        return Step(nan, math.nan, math.nan, True, iterations, products, "overflow")
