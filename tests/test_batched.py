@@ -547,3 +547,20 @@ def test_nit_of_a_problem_the_budget_stops_at_x0_is_zero_as_in_solve():
     single = method.solve(lambda x: rosenbrock(x[None])[0], x0[0])
     assert int(fit.status[0]) == single.status == Status.MAX_NFEV
     assert int(fit.nit[0]) == single.nit == 0
+
+
+def test_a_jacobian_that_differentiates_fun_row_by_row_works_in_solve_batch():
+    """Found in review: solve_batch called a user's jacobian under no_grad (solve had been fixed)."""
+    t = torch.linspace(0, 1, 8, dtype=torch.float64)
+
+    def fun(X):
+        return X[:, :1] * torch.exp(-X[:, 1:2] * t) - 2 * torch.exp(-1.5 * t)
+
+    def jacobian(X):  # differentiates fun itself: one torch.autograd.grad per residual
+        X = X.detach().requires_grad_()
+        r = fun(X).sum(0)  # rows are independent: the sum's gradient is each problem's row
+        return torch.stack([torch.autograd.grad(r[i], X, retain_graph=True)[0] for i in range(t.numel())], 1)
+
+    result = TrustRegion(GaussNewtonModel(jacobian=jacobian), "lstsq").solve_batch(fun, torch.ones(3, 2, dtype=torch.float64))
+    assert result.success.all()
+    torch.testing.assert_close(result.x, torch.tensor([[2.0, 1.5]] * 3, dtype=torch.float64), rtol=0, atol=1e-8)

@@ -151,7 +151,8 @@ def test_an_in_place_write_into_the_differentiated_x_is_the_documented_error(sol
         return decay(x)
 
     with pytest.raises(ValueError, match=r"^fun must not modify its argument in place \(torch refused an in-place "
-                                         r"write into x\): compute on a copy, e\.g\. x = x\.clone\(\)") as caught:
+                                         r"write into a leaf tensor that requires grad: x, or a tensor of fun's own\): "
+                                         r"compute on a copy, e\.g\. x = x\.clone\(\)") as caught:
         TrustRegion(GaussNewtonModel(), solver).solve(fun, X0)
     assert isinstance(caught.value.__cause__, RuntimeError)  # torch's own error, chained
 

@@ -11,7 +11,8 @@
   otherwise the iterate, which is the argument, would silently move away
   from the point whose cost was measured. Where x is the leaf that autograd
   differentiates, torch refuses the write itself, inside ``fun``; that error
-  is raised again as the same ``ValueError``, chained to torch's;
+  (which does not say which leaf: x, or a tensor of fun's own that requires
+  grad) is raised again as the same ``ValueError``, chained to torch's;
 * a ``fun`` written with numpy, which autograd cannot differentiate, gets a
   trustls ``TypeError`` in place of torch's "Can't call numpy() on Tensor
   that requires grad. Use tensor.detach().numpy() instead": that advice
@@ -146,12 +147,15 @@ def call_unmodified(fun: Callable[..., Any], x: Tensor, *args: Any, **kwargs: An
         value = fun(x, *args, **kwargs)
     except RuntimeError as error:
         if x.requires_grad and x.is_leaf and _LEAF_WRITE in str(error):
-            raise ValueError(f"{_IN_PLACE} (torch refused an in-place write into x): {_HOW_IN_PLACE}") from error
+            raise ValueError(
+                f"{_IN_PLACE} (torch refused an in-place write into a leaf tensor that requires grad: x, or a "
+                f"tensor of fun's own): {_HOW_IN_PLACE}"
+            ) from error
         if x.requires_grad and _NUMPY_READ in str(error):
             raise TypeError(
                 "fun must compute with torch operations on its tensor argument, got a conversion to numpy of a "
-                "tensor computed from x (x.numpy(), np.asarray, or a numpy function such as np.exp applied to "
-                "it), which autograd cannot differentiate (detaching it would cut x out of J): write fun with "
+                "tensor that requires grad (x or one computed from it, e.g. by x.numpy(), np.asarray, or a numpy "
+                "function such as np.exp applied to it), which autograd cannot differentiate (detaching it would cut x out of J): write fun with "
                 "torch operations (torch.exp rather than numpy.exp), or pass a Jacobian (least_squares' jac=, "
                 "GaussNewtonModel(jacobian=...)), with which fun is not differentiated and may use numpy"
             ) from error

@@ -95,8 +95,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     """One trust-region Gauss-Newton step per call of `step`, for any ``torch.nn`` network.
 
     Args:
-        params: the tensors to optimize (any shapes, dense), or one
-            parameter-group dict whose ``"params"`` is an iterable of them
+        params: the tensors to optimize (any shapes, dense), or a list of
+            one parameter-group dict whose ``"params"`` is an iterable of them
             (a generator such as ``net.parameters()`` included) or a single
             tensor, as in ``torch.optim``. Tensors with
             ``requires_grad=False`` at the first step are left alone; which

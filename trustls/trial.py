@@ -15,9 +15,10 @@ After a non-finite trial the radius is cut back by the failure, not by the
 model: the steps accepted after it are short because the region beyond is
 unusable, and ``ftol`` and ``xtol`` would read that as convergence (a solve
 stopped at the edge of a region of NaN derivatives reported success there).
-So while the radius is cut (``cut``: from a non-finite trial until a step
-is accepted inside the region, where the model rather than the radius
-limits it) those two tests do not stop a step on the boundary; the solve
+So while the radius is cut (``cut``: from a non-finite trial until the
+model limits the step again, by a step accepted inside the region or a
+finite trial that the ratio test refuses) those two tests do not stop a
+step on the boundary; the solve
 goes on, and if every step near that edge fails the same way the radius
 collapses (``RADIUS_COLLAPSED``) or the budget ends it, honestly.
 """
@@ -123,7 +124,9 @@ class Trial:
                     status = Status.GTOL
         if accepted and cut and hits_boundary and status in _STEP_TESTS:
             status = None  # short because a failure cut the radius, not converged (module docstring)
-        cut = (cut or not finite) and not (accepted and not hits_boundary)
+        # Set by a non-finite trial; cleared once the model limits the step again: a step taken
+        # inside the region, or a finite trial that the ratio test refused.
+        cut = (cut or not finite) and not (accepted and not hits_boundary) and not (finite and not accepted)
         info = IterationInfo(
             nit=state.nit + 1, nfev=state.nfev + self.f.calls, x=x_new if accepted else state.x,
             fun=evaluation.outputs if accepted else lin.residual, cost=decision.trial_cost if accepted else cost,

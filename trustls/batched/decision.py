@@ -72,7 +72,7 @@ def decide(
     code = torch.where(failed, RUNNING, code)
     step_test = (code == Status.FTOL.value) | (code == Status.XTOL.value) | (code == Status.FTOL_XTOL.value)
     code = torch.where(accepted & cut & step.hits_boundary & step_test, RUNNING, code)
-    cut = (cut | ~finite | failed) & ~(accepted & ~step.hits_boundary)
+    cut = (cut | ~finite | failed) & ~(accepted & ~step.hits_boundary) & ~(finite & ~moves)  # as `trustls.trial`
     next_radius = torch.where(failed, failed_radius, next_radius)
     if controller.gtol is not None:
         converged = accepted & (code == RUNNING) & (new.gradient.abs().amax(0).double() < controller.gtol)

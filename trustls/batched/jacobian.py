@@ -170,7 +170,11 @@ class BatchFunction:
     def _explicit(self, X: Tensor, rows: Tensor) -> Evaluation:
         with torch.no_grad():
             outputs, targets = self(X, rows)
+        # With grad enabled, as `GaussNewtonModel.linearize` calls it: a jacobian may differentiate fun
+        # itself (torch.autograd.grad row by row); J is data, and detached.
+        with torch.enable_grad():
             J = self.jacobian(X, rows) if self.compact else self.jacobian(X)
+        J = J.detach() if isinstance(J, Tensor) else J
         if not isinstance(J, Tensor) or J.layout != torch.strided:
             raise TypeError(f"jacobian must return a dense torch.Tensor in solve_batch, got {type(J).__name__}")
         expected = (X.shape[0], outputs.shape[1], X.shape[1])

@@ -261,21 +261,21 @@ class DenseLstsq(SubproblemSolver):
         else:
             # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
             # loss may leave the range of J̃ᵀ (a logit whose probability underflows moves the
-            # loss but not J̃): that part, g⊥ = g − VVᵀg, is a direction of zero curvature,
-            # kept as a zero singular value, along which the model only falls. The rank that
-            # masks sf here is the rank read (one decision).
-            keep = s > cutoff * s[0] if s.numel() else s > 0
+            # loss but not J̃): that part, g⊥ = g − V_r V_rᵀg for the rank r, is a direction of
+            # zero curvature, kept as a zero singular value, along which the model only falls.
+            # With c = Vᵀg over all k columns, ‖g⊥‖² = ‖g − Vc‖² + Σ_{i≥r} c_i² (orthogonal
+            # parts), so one read serves every r, and the rank is decided on the host.
+            c = Vh @ g
+            extra = torch.stack([torch.linalg.vector_norm(g - Vh.T @ c), torch.linalg.vector_norm(g)]).double()
+            # The point's one read: s, c, ‖g − Vc‖ and ‖g‖.
+            values = torch.cat([s.double(), c.double(), extra]).tolist()
             k = s.numel()
-            if k and not bool(keep[-1]):  # as above; one more read, only for a J of low numerical rank
-                unit_rank = min(_rank_in_unit_columns(J, cutoff), int((s > 0).sum()))
-                keep = keep | (torch.arange(k, device=s.device) < unit_rank)
-            sf = torch.where(keep, Vh @ g, 0.0)
-            extra = torch.stack([keep.sum().to(g.dtype), torch.linalg.vector_norm(g - Vh.T @ sf),
-                                 torch.linalg.vector_norm(g)]).double()
-            sf = sf.double()
-            # The point's one read: s, sf, the rank, ‖g⊥‖ and ‖g‖.
-            values = torch.cat([s.double(), sf, extra]).tolist()
-            rank, outside, g_norm = int(values[2 * k]), values[2 * k + 1], values[2 * k + 2]
+            rank = sum(1 for v in values[:k] if v > cutoff * values[0])
+            if rank < k:  # as above
+                rank = max(rank, min(_rank_in_unit_columns(J, cutoff), sum(1 for v in values[:k] if v > 0.0)))
+            perpendicular, g_norm = values[2 * k], values[2 * k + 1]
+            outside = math.hypot(perpendicular, *values[k + rank : 2 * k])  # without overflow
+            sf = c.double()  # only its first `rank` entries are used
         if rank and not values[0] >= _SMALLEST_NORMAL:  # s_max subnormal: J is 0 to float64
             rank, outside = 0, g_norm  # and on the loss path all of g lies outside its range
         appended = f is None and outside > math.sqrt(torch.finfo(g.dtype).eps) * g_norm
