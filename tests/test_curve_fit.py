@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.optimize
 import torch
 from scipy_oracle import scipy_curve_fit
 
@@ -287,7 +288,7 @@ def test_full_output(decay_data):
     torch.testing.assert_close(infodict["fvec"], residual(popt), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(infodict["jac"], torch.func.jacfwd(residual)(popt), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(pcov, covariance(infodict["jac"], 0.5 * float(infodict["fvec"].square().sum())))
-    direct = trustls.least_squares(residual, torch.ones(3, dtype=F64), solver="lstsq", x_scale="jac")
+    direct = trustls.least_squares(residual, torch.ones(3, dtype=F64), method="lm")
     assert (infodict["nfev"], infodict["njev"], infodict["nit"]) == (direct.nfev, direct.njev, direct.nit)
     assert mesg == direct.message and ier == direct.status.code and ier in (1, 2, 3, 4, 5)
 
@@ -298,8 +299,8 @@ def test_methods_map_to_the_exact_solver(decay_data):
         popt, _ = curve_fit(decay, x, y, method=method, **TIGHT)
         torch.testing.assert_close(popt, curve_fit(decay, x, y, **TIGHT)[0], rtol=1e-8, atol=0)
     options = fit_module._solver_options
-    assert options(None, False, 50, 3, {}) == {"solver": "lstsq", "x_scale": "jac"}
-    assert options("lm", False, 50, 3, {}) == {"solver": "lstsq", "x_scale": "jac"}
+    assert options(None, False, 50, 3, {}) == {"solver": "lstsq", "x_scale": "jac", "method": "lm"}
+    assert options("lm", False, 50, 3, {}) == {"solver": "lstsq", "x_scale": "jac", "method": "lm"}
     assert options("trf", False, 50, 3, {}) == {"solver": "lstsq"}
     assert options(None, True, 50, 3, {}) == {"solver": "lstsq"}
     assert options("dogbox", True, 50, 3, {"tr_solver": "exact"}) == {"method": "dogbox", "tr_solver": "exact"}
@@ -544,8 +545,8 @@ def test_model_and_option_errors():
         curve_fit(lambda x, a: a * x, x, y, maxfev=5, max_nfev=5)
     with pytest.raises(TypeError, match="jac must be callable, a string or None, got int"):
         curve_fit(lambda x, a: a * x, x, y, jac=1)
-    with pytest.raises(ValueError, match=r"p0 must be 1-D and floating, got shape \(1,\) and dtype torch.int64"):
-        curve_fit(lambda x, a: a * x, x, y, p0=torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"p0 must be 1-D and floating, got shape \(1,\) and dtype torch.bool"):
+        curve_fit(lambda x, a: a * x, x, y, p0=torch.tensor([True]))
     with pytest.raises(ValueError, match="p0 must be finite"):
         curve_fit(lambda x, a: a * x, x, y, p0=[math.nan])
 
@@ -589,3 +590,62 @@ def test_curve_fit_emits_no_warning_on_a_regular_fit(decay_data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CovarianceWarning)
         curve_fit(decay, x, y)
+
+
+# -- MINPACK's lmder, as scipy's default curve_fit runs it (found by a bug hunt) ----------
+
+
+def small_current(scale):
+    """An exponential decay measured in units where the data are ~scale (a current in amperes)."""
+    generator = torch.Generator().manual_seed(3)
+    t = torch.linspace(0, 4, 40, dtype=F64)
+    y = scale * (2.5 * torch.exp(-1.3 * t) + 0.3) + 0.01 * scale * torch.randn(40, generator=generator, dtype=F64)
+    return t, y
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-5, 1e-10])
+def test_the_default_fit_does_not_depend_on_the_units_of_the_data(scale):
+    """It stopped at p0 with "gtol" success for data of size 1e-10: ‖Jᵀr‖∞ < 1e-8 there at any point.
+    MINPACK's test (scipy's gtol for "lm") is on the cosines between J's columns and r."""
+    t, y = small_current(scale)
+    p0 = [scale, 1.0, 0.0]
+    popt, pcov = curve_fit(lambda x, a, b, c: a * torch.exp(-b * x) + c, t, y, p0=p0)
+    reference, reference_cov = scipy.optimize.curve_fit(
+        lambda x, a, b, c: a * np.exp(-b * x) + c, t.numpy(), y.numpy(), p0=p0
+    )
+    torch.testing.assert_close(popt, torch.as_tensor(reference), rtol=1e-6, atol=1e-6 * scale)
+    torch.testing.assert_close(pcov, torch.as_tensor(reference_cov), rtol=1e-4, atol=0)
+
+
+def test_lm_starts_with_minpacks_radius_and_reaches_scipys_fit():
+    """From p0 = ones on counts of 30–280, Δ₀ = ‖D p0‖ led "lm" to a = −2.4·10⁷ and an ftol stop at
+    322 times the minimum cost; MINPACK (scipy) starts at 100‖D p0‖ and converges."""
+    generator = torch.Generator().manual_seed(1)
+    t = torch.linspace(0, 4, 30, dtype=F64)
+    y = 250 * torch.exp(-1.3 * t) + 30 + torch.randn(30, generator=generator, dtype=F64)
+    popt, _ = curve_fit(lambda x, a, b, c: a * torch.exp(-b * x) + c, t, y)
+    with np.errstate(over="ignore"):  # scipy's finite differences overflow exp on the way, harmlessly
+        reference, _ = scipy.optimize.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, t.numpy(), y.numpy())
+    torch.testing.assert_close(popt, torch.as_tensor(reference), rtol=1e-6, atol=0)
+
+
+def test_leastsq_keywords_are_read_as_minpack_means_them(decay_data):
+    x, y, _, _ = decay_data
+    plain, _ = curve_fit(decay, x, y, **TIGHT)
+    same, _ = curve_fit(decay, x, y, epsfcn=1e-8, factor=100, col_deriv=0, **TIGHT)
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)
+    scaled, _ = curve_fit(decay, x, y, diag=[1.0, 2.0, 4.0], **TIGHT)  # x_scale = 1/diag
+    torch.testing.assert_close(scaled, plain, rtol=1e-8, atol=0)
+    with pytest.raises(ValueError, match=r"factor must be 100 \(MINPACK's default, which method='lm' uses\), got 1"):
+        curve_fit(decay, x, y, factor=1)
+    with pytest.raises(ValueError, match=r"col_deriv=True is not supported"):
+        curve_fit(decay, x, y, col_deriv=1)
+    with pytest.raises(ValueError, match=r"diag and x_scale must not both be given"):
+        curve_fit(decay, x, y, diag=[1.0, 1.0, 1.0], x_scale=1.0)
+
+
+def test_an_integer_p0_is_read_as_float64(decay_data):
+    x, y, _, _ = decay_data
+    popt, _ = curve_fit(decay, x, y, p0=torch.tensor([1, 1, 1]), **TIGHT)
+    assert popt.dtype == F64
+    torch.testing.assert_close(popt, curve_fit(decay, x, y, p0=[1.0, 1.0, 1.0], **TIGHT)[0], rtol=0, atol=0)

@@ -410,6 +410,10 @@ ERRORS = [
      "f_scale applies to scipy's robust losses and callables only, got f_scale=2.0 with a Huber object"),
     (lambda: Cauchy(f_scale=-1.0), ValueError, "f_scale must be a positive finite number, got -1.0"),
     (lambda: CallableRobustLoss(3), TypeError, "function must be callable, got int"),
+    (lambda: CallableRobustLoss(lambda z: np.empty((3, z.size))).value(torch.ones(4, dtype=F64)), TypeError,
+     "loss callable failed on its torch.Tensor argument z ('builtin_function_or_method' object cannot be interpreted "
+     "as an integer); a loss written for scipy with numpy starts with z = np.asarray(z), or compute with torch "
+     "operations (docs/losses.md)"),
     (lambda: CallableRobustLoss(lambda z: np.vstack([z, z])).value(torch.ones(4, dtype=F64)), ValueError,
      "loss callable must return an array of shape (3, 4) (ρ, ρ′, ρ″), got (2, 4)"),
     (lambda: CrossEntropy(reduction="none"), ValueError, "reduction must be one of ['mean', 'sum'], got 'none'"),

@@ -295,9 +295,10 @@ class BaseMixin:
         assert_allclose(a(res.grad), 0, atol=1e-2)
         assert_allclose(res.optimality, 0, atol=1e-2)
         assert_equal(a(res.active_mask), 0)
+        # scipy's bounds: nfev < 25 for "lm" (MINPACK's factor=100 overshoots here), < 10 otherwise.
         # scipy's "lm" reports njev=None; trustls counts linearizations for every method.
-        assert res.nfev < 10
-        assert res.njev < 10
+        assert res.nfev < (25 if self.method == "lm" else 10)
+        assert res.njev < (25 if self.method == "lm" else 10)
         assert res.status > 0
         assert res.success
 

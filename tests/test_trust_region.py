@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import trustls
-from trustls import DenseLstsq, GaussNewtonModel, SteihaugCG, Status, TrustRegion
+from trustls import DenseLstsq, GaussNewtonModel, RadiusPolicy, SteihaugCG, Status, TrustRegion
 
 SOLVERS = ["cg", "lstsq"]
 
@@ -498,3 +498,24 @@ def test_nit_counts_only_iterations_that_ran_a_trial(max_nfev):
     )
     assert result.status == Status.MAX_NFEV and result.nfev <= max_nfev
     assert result.nit == max((info.nit for info in infos), default=0)
+
+
+def test_initial_factor_and_the_cosine_gradient_test():
+    """MINPACK's Δ₀ = factor·‖D x0‖ and its gradient test, which `least_squares(method="lm")` uses."""
+    fun = lambda x: 1e-10 * torch.stack([x[0] - 2.0, 10 * (x[1] - x[0] ** 2)])  # noqa: E731
+    x0 = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    plain = TrustRegion(GaussNewtonModel(), "lstsq", x_scale=2.0)
+    wide = TrustRegion(GaussNewtonModel(), "lstsq", x_scale=2.0, radius_policy=RadiusPolicy(initial_factor=100.0))
+    assert plain.init(fun, x0).radius == pytest.approx(math.sqrt(0.5))
+    assert wide.init(fun, x0).radius == pytest.approx(100 * math.sqrt(0.5))
+    # ‖g‖∞ ≈ 1e-20 < gtol at x0 whatever the fit; the cosines are not small there.
+    assert plain.init(fun, x0).status is Status.GTOL
+    cosine = TrustRegion(GaussNewtonModel(), "lstsq", gtol_test="cosine")
+    result = cosine.solve(fun, x0)
+    assert result.success and result.cost < 1e-40
+    with pytest.raises(ValueError, match=r"initial_factor must be a finite positive number, got 0"):
+        RadiusPolicy(initial_factor=0)
+    with pytest.raises(ValueError, match=r"gtol_test must be 'max' or 'cosine', got 'l2'"):
+        TrustRegion(GaussNewtonModel(), gtol_test="l2")
+    with pytest.raises(ValueError, match=r"gtol_test='cosine' \(MINPACK's, for unbounded problems\) does not take bounds"):
+        TrustRegion(GaussNewtonModel(), gtol_test="cosine", bounds=(0.0, 1.0))

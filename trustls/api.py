@@ -27,6 +27,7 @@ from trustls._validation import as_tensor_x0, check_x0
 from trustls.bounds import as_bounds
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
+from trustls.radius import RadiusPolicy
 from trustls.result import Result
 from trustls.sparsity import find_blocks
 from trustls.subproblem import (
@@ -41,6 +42,9 @@ from trustls.trust_region import Callback, TrustRegion
 __all__ = ["least_squares"]
 
 _FINITE_DIFFERENCES = ("2-point", "3-point", "cs")
+# method="lm" as MINPACK's lmder, which scipy calls: Δ₀ = 100·‖D x0‖ (scipy's factor=100) and the
+# gradient test on the cosines between J's columns and r (scipy's documented gtol for "lm").
+_MINPACK = {"radius_policy": RadiusPolicy(initial_factor=100.0), "gtol_test": "cosine"}
 _TR_SOLVERS = {"exact": "lstsq", "lsmr": "cg"}
 # scipy's lsmr options that a Steihaug-CG step can honour (module `_lsmr_options`).
 _LSMR_OPTIONS = ("maxiter", "atol", "btol", "regularize", "damp", "conlim", "show")
@@ -220,7 +224,7 @@ def least_squares(
     controller = TrustRegion(
         model, solver=chosen, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
         initial_radius=initial_radius, bounds=None if free else bounds, callback=scipy_callback(callback),
-        verbose=verbose,
+        verbose=verbose, **(_MINPACK if method == "lm" else {}),
     )
     if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
         # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.

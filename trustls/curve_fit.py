@@ -18,7 +18,9 @@ with bounds. MINPACK's ``lmder`` is Moré's (1978) trust-region method with the
 subproblem solved exactly and the variables scaled by the column norms of J; trustls'
 ``solver="lstsq"`` solves the same subproblem exactly from an SVD, and
 ``x_scale="jac"`` is the same scaling. So ``method=None`` (unbounded) and ``"lm"``
-run ``solver="lstsq", x_scale="jac"``; ``"trf"`` (and ``method=None`` with bounds)
+run ``least_squares(method="lm")`` with ``solver="lstsq", x_scale="jac"``, which also
+takes MINPACK's initial radius and its gradient test (on the cosines between J's
+columns and r, whatever the units of the data); ``"trf"`` (and ``method=None`` with bounds)
 runs ``solver="lstsq"`` with least_squares' default scaling. The exact dense solver
 is the right default here: curve fits have few parameters, where one SVD per
 iteration costs less than an iterative solve. Any of these can be overridden through
@@ -135,8 +137,36 @@ def _solver_options(method: object, bounded: bool, m: int, n: int, kwargs: dict)
     if "solver" not in options and "tr_solver" not in options:
         options["solver"] = "lstsq"
     if method in (None, "lm") and not bounded:
+        _leastsq_keywords(options)
         options.setdefault("x_scale", "jac")
+        if "solver" not in kwargs and "tr_solver" not in kwargs:
+            options["method"] = "lm"  # MINPACK's lmder: its initial radius and its gradient test
     return options
+
+
+def _leastsq_keywords(options: dict) -> None:
+    """scipy's ``leastsq`` keywords, which its ``curve_fit`` passes on for "lm", read as trustls can.
+
+    ``epsfcn`` sets a finite-difference step: J is exact here, so it is
+    accepted and unused, as ``diff_step`` is. ``diag`` is MINPACK's variable
+    scaling D: ``x_scale = 1/diag`` (scipy's own mapping in ``least_squares``).
+    ``factor`` sets Δ₀ = factor·‖D x0‖: only MINPACK's default 100, which
+    ``method="lm"`` uses, is taken. ``col_deriv`` transposes a ``Dfun``'s
+    result: only its default (rows are data points) is taken.
+    """
+    options.pop("epsfcn", None)
+    if options.pop("col_deriv", False):
+        raise ValueError("col_deriv=True is not supported: jac must return J with one row per data point (m, n)")
+    factor = options.pop("factor", 100)
+    if factor != 100:
+        raise ValueError(f"factor must be 100 (MINPACK's default, which method='lm' uses), got {factor!r}")
+    if "diag" in options:
+        if "x_scale" in options:
+            raise ValueError("diag and x_scale must not both be given: diag is MINPACK's scaling, 1/x_scale")
+        diag = torch.as_tensor(options.pop("diag"), dtype=torch.float64)
+        if diag.ndim != 1 or not bool((diag > 0).all()) or not bool(torch.isfinite(diag).all()):
+            raise ValueError(f"diag must be a 1-D sequence of positive finite numbers, got {diag.tolist()!r}")
+        options["x_scale"] = 1.0 / diag
 
 
 def curve_fit(
@@ -248,6 +278,8 @@ def curve_fit(
         dtype = ydata.dtype if ydata.is_floating_point() else torch.float64
     else:
         p0 = torch.atleast_1d(data.as_float_tensor("p0", p0, device))
+        if p0.ndim == 1 and not p0.is_floating_point() and not p0.is_complex() and p0.dtype != torch.bool:
+            p0 = p0.to(torch.float64)  # integer starts, as scipy and least_squares read them
         if p0.ndim != 1 or not p0.is_floating_point():
             raise ValueError(f"p0 must be 1-D and floating, got shape {tuple(p0.shape)} and dtype {p0.dtype}")
         if not bool(torch.isfinite(p0).all()):

@@ -74,7 +74,12 @@ def noise_level(rounding_noise: float, eps: float) -> float:
 
 @dataclass(frozen=True)
 class RadiusPolicy:
-    """Constants of the ratio test (see the module docstring for their source).
+    """Constants of the ratio test (see the module docstring for their source), and the initial radius.
+
+    ``initial_factor`` sets Δ₀ = factor·‖x0 / x_scale‖ (factor itself when that
+    is 0) unless `TrustRegion`'s ``initial_radius`` is given: MINPACK's
+    ``factor`` (Moré, Garbow & Hillstrom 1980), 100 in scipy's ``"lm"``, which
+    `trustls.least_squares` passes for ``method="lm"``; 1 by default.
 
     Examples:
         >>> import torch
@@ -89,6 +94,7 @@ class RadiusPolicy:
     expand_factor: float = 2.0
     boundary_fraction: float = 0.95
     rounding_noise: float = 1000.0
+    initial_factor: float = 1.0
 
     def __post_init__(self):
         for name in ("shrink_below", "shrink_factor", "expand_above", "boundary_fraction"):
@@ -107,6 +113,10 @@ class RadiusPolicy:
             0 <= self.rounding_noise < math.inf
         ):
             raise ValueError(f"rounding_noise must be a finite non-negative number, got {self.rounding_noise!r}")
+        if isinstance(self.initial_factor, bool) or not isinstance(self.initial_factor, (int, float)) or not (
+            0 < self.initial_factor < math.inf
+        ):
+            raise ValueError(f"initial_factor must be a finite positive number, got {self.initial_factor!r}")
 
     @staticmethod
     def ratio(actual_reduction: Tensor, predicted_reduction: Tensor, noise: Tensor | float = 0.0) -> Tensor:

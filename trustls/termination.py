@@ -1,6 +1,11 @@
 """Convergence tests, as in scipy's ``least_squares`` and MINPACK (Moré et al. 1980).
 
-* gtol: ‖g‖∞ < gtol, tested at every linearized point;
+* gtol: ‖g‖∞ < gtol, tested at every linearized point (scipy's ``"trf"``);
+  or, with ``gtol_test="cosine"`` (MINPACK's ``lmder``, scipy's ``"lm"``),
+  max_j |J_jᵀr| / (‖J_j‖·‖r‖) < gtol, the largest cosine between a column of
+  J and r (0 where either vanishes), which the units of x and of r leave
+  unchanged: ‖g‖∞ scales with them, so that data of size 10⁻¹⁰ meet an
+  absolute gtol = 10⁻⁸ at any point, x0 included (`cosine_optimality`);
 * ftol: 0 < dF < ftol·F and ρ > ¼ (the model agreed with a small relative
   decrease; scipy's ratio is not shifted by the rounding allowance, so its
   test holds only after a decrease, and neither does this one otherwise);
@@ -20,7 +25,7 @@ from torch import Tensor
 
 from trustls._elementwise import as_int, where
 
-__all__ = ["effective_tolerance", "gradient_test", "step_termination"]
+__all__ = ["cosine_optimality", "effective_tolerance", "gradient_test", "step_termination"]
 
 
 def effective_tolerance(tol: float | None, eps: float) -> float:
@@ -45,7 +50,34 @@ def step_termination(
     return where(code == 5, 4, code)
 
 
-def gradient_test(gradient: Tensor) -> tuple[float, bool]:
-    """‖g‖∞ (for gtol) and whether g is finite, in one read."""
-    largest, finite = torch.stack([gradient.abs().max().double(), torch.isfinite(gradient).all().double()]).tolist()
+def gradient_test(gradient: Tensor, measure: Tensor | None = None) -> tuple[float, bool]:
+    """‖g‖∞ (for gtol), or the 0-d ``measure`` given instead (`cosine_optimality`), and whether g is
+    finite, in one read."""
+    tested = gradient.abs().max() if measure is None else measure
+    largest, finite = torch.stack([tested.double(), torch.isfinite(gradient).all().double()]).tolist()
     return largest, finite > 0
+
+
+def cosine_optimality(linearization, model) -> Tensor:
+    """MINPACK's gradient measure, max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖), a 0-d tensor (module docstring).
+
+    ‖r‖ = √(2·cost), and J's column norms are exact from a stored J (the
+    model's otherwise, `GaussNewtonModel.column_norms`); columns of norm 0
+    and r = 0 count as 0, as in ``lmder`` (Moré, Garbow & Hillstrom 1980).
+
+    Examples:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> J = torch.tensor([[1e-10, 0.0], [0.0, 2e-10]], dtype=torch.float64)
+        >>> r = torch.tensor([3e-10, 0.0], dtype=torch.float64)
+        >>> lin = SimpleNamespace(jacobian_matrix=J, gradient=J.T @ r, cost=0.5 * r.square().sum())
+        >>> float(cosine_optimality(lin, None))  # J's first column is parallel to r
+        1.0
+    """
+    J = linearization.jacobian_matrix
+    norms = torch.linalg.vector_norm(J, dim=0) if J is not None else model.column_norms(linearization)
+    g = linearization.gradient.abs()
+    r_norm = torch.sqrt(2.0 * torch.as_tensor(linearization.cost, dtype=g.dtype, device=g.device))
+    cosines = torch.where(norms > 0, g / torch.where(norms > 0, norms, 1.0), 0.0)
+    largest = cosines.max() if cosines.numel() else g.new_zeros(())
+    return torch.where(r_norm > 0, largest / torch.where(r_norm > 0, r_norm, 1.0), 0.0)

@@ -40,7 +40,7 @@ from trustls.function import HALF, CountedFunction, round_to
 from trustls.models.base import Linearization
 from trustls.result import IterationInfo, Status
 from trustls.state import TrustRegionState
-from trustls.termination import effective_tolerance, gradient_test
+from trustls.termination import cosine_optimality, effective_tolerance, gradient_test
 
 if TYPE_CHECKING:
     from trustls.trust_region import TrustRegion
@@ -112,7 +112,10 @@ class Trial:
         if accepted and self.relinearize:
             new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
             self.counters["njev"] += 1
-            gradient_max, finite = gradient_test(new_lin.gradient)
+            cosine = method.gtol_test == "cosine" and method.gtol is not None
+            gradient_max, finite = gradient_test(
+                new_lin.gradient, cosine_optimality(new_lin, method.model) if cosine else None
+            )
             if not finite:  # a failed trial: shrink and try again from x
                 warnings.warn(_NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
                 accepted, new_lin, status = False, None, None

@@ -60,6 +60,7 @@ from trustls.result import IterationInfo, Result, Status
 from trustls.scaling import JacobiScale, resolve_x_scale
 from trustls.state import TrustRegionState
 from trustls.subproblem import SubproblemSolver, resolve_solver
+from trustls.termination import cosine_optimality
 from trustls.trial import Trial
 
 __all__ = ["Callback", "IterationInfo", "ResidualFunction", "TrustRegion", "TrustRegionState"]
@@ -75,7 +76,11 @@ class TrustRegion:
         ftol: stop when the relative cost decrease is below ``ftol`` at a
             step the model predicted well (ρ > ¼). ``None`` disables.
         xtol: stop when ‖dx‖ < xtol·(xtol + ‖x‖). ``None`` disables.
-        gtol: stop when ‖g‖∞ < gtol. ``None`` disables.
+        gtol: stop when ‖g‖∞ < gtol (``gtol_test="max"``, scipy's ``"trf"``),
+            or when every column of J makes an angle with r whose cosine is
+            below gtol (``gtol_test="cosine"``: MINPACK's test, scipy's
+            ``"lm"``, independent of the units of x and r;
+            `trustls.termination`). ``None`` disables.
         x_scale: characteristic scale of each variable: the trust region is
             ‖p / x_scale‖ ≤ Δ. A number, a 1-D sequence of length n (tensor,
             list or numpy array), or ``"jac"`` (inverse column norms of J, never
@@ -86,7 +91,8 @@ class TrustRegion:
             Ceres' default scaling).
         max_nfev: budget of calls of the residual function, all of them
             (``None``: 100·n, scipy's).
-        initial_radius: Δ₀ (``None``: ‖x0 / x_scale‖, or 1 when that is 0).
+        initial_radius: Δ₀ (``None``: ``radius_policy.initial_factor`` times
+            ‖x0 / x_scale‖, or that factor when the norm is 0).
         bounds: box bounds ``(lb, ub)`` on x: scalars or sequences of length n
             (tensors, lists, numpy arrays), ±inf where a side is free, or
             anything with ``lb`` and ``ub`` attributes (scipy's ``Bounds``);
@@ -97,7 +103,8 @@ class TrustRegion:
             a true value or raising `StopIteration` stops the solve with
             status ``CALLBACK``.
         verbose: 0 silent, 1 a summary at the end, 2 a line per trial.
-        radius_policy: the ratio-test constants.
+        radius_policy: the ratio-test constants and the initial radius's factor.
+        gtol_test: ``"max"`` (default) or ``"cosine"``: see ``gtol``.
 
     Attributes:
         scale_policy: the resolved ``x_scale`` (`trustls.scaling.ScalePolicy`):
@@ -129,12 +136,14 @@ class TrustRegion:
         callback: Callback | None = None,
         verbose: int = 0,
         radius_policy: RadiusPolicy = RadiusPolicy(),
+        gtol_test: str = "max",
     ):
         if not isinstance(model, CurvatureModel):
             raise TypeError(f"model must be a CurvatureModel such as GaussNewtonModel(), got {type(model).__name__}")
         self._options = dict(
             model=model, solver=solver, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
             initial_radius=initial_radius, bounds=bounds, callback=callback, verbose=verbose, radius_policy=radius_policy,
+            gtol_test=gtol_test,
         )
         self.model = model
         self.solver = resolve_solver(solver)
@@ -162,6 +171,9 @@ class TrustRegion:
         if not isinstance(radius_policy, RadiusPolicy):
             raise TypeError(f"radius_policy must be a RadiusPolicy, got {type(radius_policy).__name__}")
         self.radius_policy = radius_policy
+        self.gtol_test = check_choice("gtol_test", gtol_test, ("max", "cosine"))
+        if self.gtol_test == "cosine" and bounds is not None:
+            raise ValueError("gtol_test='cosine' (MINPACK's, for unbounded problems) does not take bounds, got bounds")
 
     def __repr__(self) -> str:
         return (
@@ -254,8 +266,10 @@ class TrustRegion:
         check_start_gradient(linearization.gradient)
         scaling = self.scale_policy.scaling(self.model, linearization, None, 0)
         problem = subproblem(linearization, scaling, bounds)
-        x_scaled_norm, optimality = torch.stack([problem.norm(x).double(), problem.optimality.double()]).tolist()
-        radius = self.initial_radius or (x_scaled_norm if x_scaled_norm > 0 else 1.0)
+        measure = problem.optimality if self.gtol_test == "max" else cosine_optimality(linearization, self.model)
+        x_scaled_norm, optimality = torch.stack([problem.norm(x).double(), measure.double()]).tolist()
+        factor = self.radius_policy.initial_factor
+        radius = self.initial_radius or factor * (x_scaled_norm if x_scaled_norm > 0 else 1.0)
         # A radius below the resolution of x moves nothing: start at that resolution at least.
         radius = max(radius, torch.finfo(dtype or x.dtype).eps * (1.0 + x_scaled_norm))
         status = Status.GTOL if self.gtol is not None and optimality < self.gtol else None

@@ -248,7 +248,13 @@ class CallableRobustLoss(RobustLoss):
 
     def rho(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         m = z.numel()
-        result = self.function(z.reshape(-1))
+        try:
+            result = self.function(z.reshape(-1))
+        except TypeError as error:  # numpy code on a tensor (np.empty((3, z.size)): size is a method)
+            raise TypeError(
+                f"loss callable failed on its torch.Tensor argument z ({error}); a loss written for scipy with "
+                "numpy starts with z = np.asarray(z), or compute with torch operations (docs/losses.md)"
+            ) from error
         if isinstance(result, (tuple, list)) and len(result) == 3:
             result = torch.stack([torch.as_tensor(r, dtype=z.dtype, device=z.device) for r in result])
         result = torch.as_tensor(result, dtype=z.dtype, device=z.device)
