@@ -564,3 +564,65 @@ def test_a_jacobian_that_differentiates_fun_row_by_row_works_in_solve_batch():
     result = TrustRegion(GaussNewtonModel(jacobian=jacobian), "lstsq").solve_batch(fun, torch.ones(3, 2, dtype=torch.float64))
     assert result.success.all()
     torch.testing.assert_close(result.x, torch.tensor([[2.0, 1.5]] * 3, dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+# -- found by a bug hunt of solve_batch -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, size", [(torch.float64, 1e200), (torch.float64, 1e-200), (torch.float32, 1e25)])
+def test_jacobi_svd_of_matrices_whose_squares_leave_the_range(dtype, size, generator):
+    """‖a‖² overflowed (or underflowed): every pair tested orthogonal, no rotation ran, and the column
+    norms came back as singular values ([1.414, 1.414] for [1.732, 1.0]). Each matrix is now factored
+    in units of its largest entry (a power of two), beside a neighbour of moderate size."""
+    A = torch.randn(3, 3, 2, generator=generator, dtype=torch.float64)
+    A[:, :, 0] *= size
+    sigma, V, W = factorization.jacobi_svd(A.to(dtype))
+    for b in range(2):
+        expected = torch.linalg.svdvals(A[:, :, b])
+        torch.testing.assert_close(sigma[:, b].double(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for b in range(2):  # W = A V, to rounding relative to A's size
+        AV = A[:, :, b].to(dtype).double() @ V[:, :, b].double()
+        torch.testing.assert_close(W[:, :, b].double(), AV, rtol=0, atol=rtol * float(A[:, :, b].abs().max()))
+
+
+@pytest.mark.parametrize("name", ["misra1a_start1", "kirby2_start1"])
+def test_float32_lstsq_rank_is_decided_in_unit_columns_as_in_solve(name):
+    """The batched cutoff lacked DenseLstsq's unit-column rank: float32 Misra1a stopped with xtol
+    success at cost 9.76 (solve: 0.0623), Kirby2 at 15.2 (solve: 1.95)."""
+    from trustls.problems import registry
+
+    problem = registry.get(name)
+    x0 = torch.stack([problem.x0, problem.x0 * 1.1]).float()
+    fun = lambda X: torch.stack([problem.residual(x) for x in X])  # noqa: E731
+    result = TrustRegion(GaussNewtonModel(), "lstsq").solve_batch(fun, x0)
+    for cost in result.cost.tolist():
+        assert cost == pytest.approx(problem.reference_cost, rel=1e-4)
+
+
+def test_solve_batch_refuses_what_it_cannot_honour():
+    model = GaussNewtonModel()
+    x0 = torch.ones(2, 2, dtype=torch.float64)
+    fun = lambda X: X - 2.0  # noqa: E731
+    with pytest.raises(ValueError, match=r"bounds are not supported by solve_batch"):
+        TrustRegion(model, "lstsq", bounds=([0.0, 0.0], [1.0, 1.0])).solve_batch(fun, x0)
+    with pytest.raises(ValueError, match=r"gtol_test='cosine' is not supported by solve_batch"):
+        TrustRegion(model, "lstsq", gtol_test="cosine").solve_batch(fun, x0)
+    with pytest.raises(ValueError, match=r"fun must compute its outputs from x with torch operations that autograd "
+                                         r"can differentiate, got outputs with no autograd path to x"):
+        TrustRegion(model, "lstsq").solve_batch(lambda X: X.detach() ** 2 - 2.0, x0)
+
+
+def test_a_tiny_initial_radius_and_integer_problem_indices_as_in_solve():
+    fun = lambda X: torch.stack([X[:, 0] - 1.0, 10 * (X[:, 1] - X[:, 0] ** 2)], 1)  # noqa: E731
+    x0 = torch.tensor([[-1.2, 1.0], [0.5, 0.5]], dtype=torch.float64)
+    method = TrustRegion(GaussNewtonModel(), "lstsq", initial_radius=1e-300)
+    batch = method.solve_batch(fun, x0)
+    for b in range(2):
+        single = method.solve(lambda x: fun(x[None])[0], x0[b])
+        assert batch.statuses[b] == single.status and int(batch.nfev[b]) == single.nfev
+        torch.testing.assert_close(batch.x[b], single.x, rtol=0, atol=1e-12)
+    for index in (np.int64(1), torch.tensor(1), batch.cost.argmax()):
+        assert batch.problem(index).cost == float(batch.cost[int(index)])
+    with pytest.raises(IndexError, match=r"index must be an int in \[-2, 2\), got 1.0"):
+        batch.problem(1.0)

@@ -52,16 +52,19 @@ def starting_point(x0: Any, scale_policy: ScalePolicy, bounds: Any) -> tuple[Ten
     return x, dtype, bounds
 
 
+NO_AUTOGRAD_PATH = (
+    "fun must compute its outputs from x with torch operations that autograd can differentiate, got "
+    "outputs with no autograd path to x (computed under torch.no_grad(), detached, or rebuilt from "
+    "Python numbers, e.g. torch.tensor(x.tolist()))"
+)
+
+
 def check_first_evaluation(model: CurvatureModel, evaluation: Evaluation) -> None:
     """The outputs at ``x0`` are finite and depend on x through autograd, and so is the cost."""
     if not bool(torch.isfinite(evaluation.outputs).all()):
         raise ValueError("fun(x0) must be finite, got a residual with NaN or inf entries")
     if not model.depends_on_x(evaluation):
-        raise ValueError(
-            "fun must compute its outputs from x with torch operations that autograd can differentiate, got "
-            "outputs with no autograd path to x (computed under torch.no_grad(), detached, or rebuilt from "
-            "Python numbers, e.g. torch.tensor(x.tolist()))"
-        )
+        raise ValueError(NO_AUTOGRAD_PATH)
     if not bool(torch.isfinite(evaluation.cost)):
         raise ValueError(
             "the cost at x0 must be finite, got one that overflows float64 (residual entries near 1e154 or "

@@ -93,6 +93,11 @@ def _check_configuration(controller: TrustRegion) -> None:
     check_loss(controller.model.loss)
     if not isinstance(controller.solver, (DenseLstsq, SteihaugCG)):
         raise TypeError(f"solve_batch supports the solvers 'lstsq' and 'cg', got {type(controller.solver).__name__}")
+    if controller.bounds is not None:
+        raise ValueError("bounds are not supported by solve_batch: pass TrustRegion(..., bounds=None), or solve "
+                         "each bounded problem with solve")
+    if controller.gtol_test != "max":
+        raise ValueError(f"gtol_test={controller.gtol_test!r} is not supported by solve_batch: pass gtol_test='max'")
 
 
 class _Batch:
@@ -161,7 +166,9 @@ def solve_batch(
     if controller.initial_radius is not None:
         radius = torch.full_like(x_scaled_norm, controller.initial_radius)
     else:
-        radius = torch.where(x_scaled_norm > 0, x_scaled_norm, 1.0)
+        radius = controller.radius_policy.initial_factor * torch.where(x_scaled_norm > 0, x_scaled_norm, 1.0)
+    # A radius below the resolution of x moves nothing: start at that resolution at least (as `TrustRegion.start`).
+    radius = torch.maximum(radius, torch.finfo(x0.dtype).eps * (1.0 + x_scaled_norm))
     factors = _factors(solver, R, h, lin.gradient, scale, m, reference=torch.zeros_like(radius))
     state = _Batch(x, lin, jacobians, _residual(lin), scale, radius, factors)
     max_nfev = controller.max_nfev or 100 * n

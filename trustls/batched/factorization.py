@@ -37,6 +37,14 @@ which makes aᵀb = 0 and is the smaller of the two rotation angles (|t| ≤ 1),
 so that the sweeps converge quadratically once the columns are nearly
 orthogonal.
 
+Range. The sweeps work on squared column norms, which overflow once an entry
+passes about 10¹⁵⁴ in float64 (1.8·10¹⁹ in float32) and underflow below the
+reciprocals: the orthogonality test then held for every pair, no rotation ran,
+and column norms were taken for singular values. Each matrix is therefore
+first multiplied by the power of two that brings its largest entry into
+[½, 1), and σ and W are scaled back: exact, so that a matrix whose entries
+are of moderate size is factored bit for bit as before.
+
 References:
     G. H. Golub, "Numerical methods for solving linear least squares
     problems", Numer. Math. 7, 1965, pp. 206-216.
@@ -132,6 +140,11 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
     if tolerance is None:
         tolerance = max(k, 1) * torch.finfo(A.dtype).eps
     tiny = torch.finfo(A.dtype).tiny
+    # Each matrix in units where its largest entry lies in [½, 1): a power of two (module docstring).
+    largest = A.abs().amax(dim=(0, 1)) if A.numel() else A.new_ones(K)
+    usable = torch.isfinite(largest) & (largest > 0)
+    unit = torch.ldexp(torch.ones_like(largest), torch.frexp(torch.where(usable, largest, 1.0)).exponent)
+    A = A / unit
     # Column j is [column j of W; column j of V], a (k + n, K) tensor: a rotation
     # of columns p, q of W and of V is one rotation of the two.
     eye = torch.eye(n, dtype=A.dtype, device=A.device)
@@ -145,7 +158,8 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
         for p, q in pairs:
             gamma = dot(columns[p][:k], columns[q][:k])
             # A matrix with NaN or inf entries never becomes orthogonal: it must not keep the others sweeping.
-            orthogonal &= (gamma.abs() <= tolerance * torch.sqrt(squares[p] * squares[q])) | ~torch.isfinite(gamma)
+            bound = tolerance * torch.sqrt(squares[p]) * torch.sqrt(squares[q])
+            orthogonal &= (gamma.abs() <= bound) | ~torch.isfinite(gamma)
         # One read per sweep: stop when every pair of every matrix is orthogonal.
         if bool(orthogonal.all()):
             break
@@ -166,4 +180,4 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
     X = torch.stack(columns)  # (n, k + n, K)
     sigma, order = torch.sort(torch.sqrt((X[:, :k] * X[:, :k]).sum(1)), dim=0, descending=True)
     X = torch.gather(X, 0, order[:, None, :].expand(n, k + n, K))
-    return sigma, X[:, k:].transpose(0, 1), X[:, :k].transpose(0, 1)
+    return sigma * unit, X[:, k:].transpose(0, 1), X[:, :k].transpose(0, 1) * unit

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trustls._start import NO_AUTOGRAD_PATH
 from trustls.function import call_unmodified, check_outputs, split_outputs
 from trustls.operators.product_fallback import error_reason
 from trustls.operators.residual_graph import ResidualGraph
@@ -142,6 +143,8 @@ class BatchFunction:
         with torch.enable_grad():
             outputs, targets = self(leaf, rows)
         graph = ResidualGraph(leaf, outputs)
+        if self.mode is None and not graph.depends_on_x:  # the first evaluation, as `solve` checks it
+            raise ValueError(NO_AUTOGRAD_PATH)
         K, m = outputs.shape
         n = X.shape[1]
         if self.mode is None:

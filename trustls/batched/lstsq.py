@@ -18,6 +18,9 @@ problem that has stopped keeps its α while the others iterate, and the loop
 ends when all have stopped (one read per iteration). Singular values below
 the rank cutoff max(m, n)·eps·s_max are masked rather than dropped, so that
 all problems share one shape: a masked entry contributes 0 to every sum.
+Where one falls below it, the rank is decided again on J̃T with unit
+columns, as `DenseLstsq` decides it (`_unit_rank`): a singular value small
+only by the variables' units is kept.
 
 For a loss without a whitened residual (scipy's robust losses) the
 coordinates are sf = Vᵀg, and a gradient with a part g⊥ outside range(Vₖ)
@@ -70,7 +73,14 @@ def exact_factors(R: Tensor, h: Tensor | None, gradient: Tensor, scale: Tensor, 
     n, K = gradient.shape
     eps = torch.finfo(R.dtype).eps
     sigma, V, W = jacobi_svd(R * scale)
-    kept = sigma > max(m, n) * eps * sigma[:1]
+    cutoff = max(m, n) * eps
+    kept = sigma > cutoff * sigma[:1]
+    low = ~kept.all(0) & (sigma > 0).any(0)
+    if bool(low.any()):  # one more read, and an SVD of the problems of low numerical rank only
+        rows = torch.nonzero(low).squeeze(1)
+        rank = torch.minimum(_unit_rank((R * scale).index_select(2, rows), cutoff), (sigma[:, rows] > 0).sum(0))
+        raised = torch.arange(n, device=R.device)[:, None] < rank
+        kept = kept.index_copy(1, rows, kept[:, rows] | raised)
     s = torch.where(kept, sigma, 0.0)
     full_rank = kept.all(0)
     if h is not None:
@@ -91,6 +101,14 @@ def exact_factors(R: Tensor, h: Tensor | None, gradient: Tensor, scale: Tensor, 
     kept = torch.cat([kept, augment[None]])
     gauss_newton = torch.where(augment, torch.inf, _gauss_newton_norm(s, sf, kept & (s > 0)))
     return ExactFactors(V, s, sf, kept, full_rank & ~augment, gauss_newton, gradient.new_zeros(K, dtype=torch.float64))
+
+
+def _unit_rank(A: Tensor, cutoff: float) -> Tensor:
+    """The numerical rank of each of the ``(k, n, K)`` matrices with its columns scaled to unit norm,
+    ``(K,)``: the rank that the variables' units leave unchanged (`DenseLstsq`'s `_rank_in_unit_columns`)."""
+    norms = torch.linalg.vector_norm(A, dim=0, keepdim=True)  # without overflow
+    sigma, _, _ = jacobi_svd(A * torch.where(norms > 0, 1.0 / norms, 0.0))
+    return (sigma > cutoff * sigma[:1]).sum(0)
 
 
 def _gauss_newton_norm(s: Tensor, sf: Tensor, kept: Tensor) -> Tensor:

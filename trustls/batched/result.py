@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -85,8 +86,13 @@ class BatchResult(_RecordMapping):
 
     def problem(self, index: int) -> Result:
         """Problem ``index``'s `Result` (``active_mask`` all zeros: solve_batch has no bounds)."""
-        if isinstance(index, bool) or not isinstance(index, int) or not -self.x.shape[0] <= index < self.x.shape[0]:
-            raise IndexError(f"index must be an int in [-{self.x.shape[0]}, {self.x.shape[0]}), got {index!r}")
+        given = index
+        try:  # any integer: np.int64, a 0-d integer tensor (fit.cost.argmax()), as Python's indexing takes them
+            index = operator.index(index) if not isinstance(index, bool) else None
+        except TypeError:
+            index = None
+        if index is None or not -self.x.shape[0] <= index < self.x.shape[0]:
+            raise IndexError(f"index must be an int in [-{self.x.shape[0]}, {self.x.shape[0]}), got {given!r}")
         return Result(
             x=self.x[index],
             cost=float(self.cost[index]),
