@@ -152,3 +152,20 @@ def test_blocks_and_products_on_every_device(device, generator):
         torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-12)
     T = block_jacobi_scaling(on_device, groups)
     torch.testing.assert_close(times_block_diagonal(on_device, T).to_dense().cpu(), dense @ T.to_dense().cpu())
+
+
+def test_a_negative_column_index_is_refused_not_counted_as_column_zero():
+    """Found by a bug hunt: counted after clamping, −1 stood in for a missing column 0, the check
+    passed, and the block of JᵀJ came back as [[0, 0], [0, 4.35]] from uninitialized slots."""
+    J = SparseOperator(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 2, 3]), torch.ones(4, dtype=F64), (2, 4))
+    with pytest.raises(ValueError, match=r"columns must list each of the 4 columns of J exactly once, got indices "
+                                         r"from -1 to 3, outside \[0, 4\)"):
+        normal_diagonal_blocks(J, [torch.tensor([[-1, 1], [2, 3]])])
+
+
+def test_an_empty_group_of_blocks_is_an_empty_stack():
+    """Found by a bug hunt: a (0, size) group ("points seen twice", none) crashed in torch.stack."""
+    J = SparseOperator(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1]), torch.ones(3, dtype=F64), (2, 2))
+    blocks = normal_diagonal_blocks(J, [torch.tensor([[0, 1]]), torch.empty(0, 3, dtype=torch.int64)])
+    assert blocks[1].shape == (0, 3, 3)
+    torch.testing.assert_close(blocks[0][0], J.to_dense().T @ J.to_dense())

@@ -109,7 +109,9 @@ def _eliminable(groups: list[Tensor], touched: list[Tensor], m: int) -> tuple[in
     chosen = []
     for g in sorted(range(len(groups)), key=lambda g: -groups[g].numel()):
         rows = touched[g]
-        if rows.numel() and int(torch.bincount(rows, minlength=m).max()) > 1:  # two of its blocks share a row
+        if not rows.numel():  # variables nothing depends on: nothing to eliminate
+            continue
+        if int(torch.bincount(rows, minlength=m).max()) > 1:  # two of its blocks share a row
             continue
         if bool(used.index_select(0, rows).any()):
             continue

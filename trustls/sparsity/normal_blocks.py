@@ -141,8 +141,14 @@ def _build_slots(pattern: SparsityPattern, groups: tuple[Tensor, ...]) -> tuple[
     m, n = pattern.shape
     rows, cols = pattern.rows, pattern.cols
     flat_columns = torch.cat([g.reshape(-1) for g in groups])
-    listed = torch.bincount(flat_columns.clamp(0, n), minlength=n + 1)
-    if flat_columns.numel() != n or bool((listed[:n] != 1).any()):
+    if flat_columns.numel() and (int(flat_columns.min()) < 0 or int(flat_columns.max()) >= n):
+        # Checked first: counted clamped, a −1 would stand in for a missing column 0.
+        raise ValueError(
+            f"columns must list each of the {n} columns of J exactly once, got indices from "
+            f"{int(flat_columns.min())} to {int(flat_columns.max())}, outside [0, {n})"
+        )
+    listed = torch.bincount(flat_columns, minlength=n)
+    if flat_columns.numel() != n or bool((listed != 1).any()):
         raise ValueError(f"columns must list each of the {n} columns of J exactly once")
     # Group and position within the group (block-major) of every column.
     group_of = torch.empty(n, dtype=torch.int64, device=cols.device)
@@ -187,6 +193,8 @@ def gram_by_block(rows: Tensor, block: Tensor, counts: list[int] | None, count: 
     """Σ rᵀr over the rows of each of ``count`` blocks: ``rows`` ordered by block, ``block`` the block
     of each row, ``counts`` the rows per block where a loop of products is cheaper (or ``None``)."""
     size = rows.shape[1]
+    if count == 0:  # an empty group (no block of this size): nothing to sum
+        return rows.new_zeros(0, size, size)
     if counts is not None:
         return torch.stack([r.T @ r for r in torch.split(rows, counts)])
     outer = (rows[:, :, None] * rows[:, None, :]).reshape(rows.shape[0], size * size)
