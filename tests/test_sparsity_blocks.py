@@ -38,7 +38,7 @@ def _check_partition(blocks: BlockPartition, rows, cols, m, n):
     assert sorted(j for block in found for j in block) == list(range(n))  # every column once
     assert set(found) == _expected_blocks(rows, cols, n)
     sizes = [group.shape[1] for group in blocks.groups]
-    assert sizes == sorted(set(sizes), reverse=True)
+    assert sizes == sorted(sizes, reverse=True)  # by size; a size split into eliminated blocks and the rest
     for group in blocks.groups:  # blocks by first column, columns ascending
         assert torch.equal(group, group.sort(1).values)
         assert torch.equal(group[:, 0], group[:, 0].sort().values)
@@ -152,3 +152,43 @@ def test_variables_nothing_depends_on_are_not_offered_for_elimination():
     cols = torch.tensor([0, 1, 0, 1, 2, 3, 2, 3])
     partition = find_blocks(rows, cols, 3, 5)
     assert [g.tolist() for g in partition.groups] == [[[0, 1], [2, 3]], [[4]]] and partition.eliminated == ()
+
+
+def test_a_size_holding_cameras_and_points_splits_into_points_and_cameras():
+    """Found by a bug hunt: blocks were grouped by size only, so cameras and points of three parameters
+    each formed one group of blocks sharing rows, and nothing was eliminated."""
+    generator = torch.Generator().manual_seed(0)
+    cameras, points = 4, 30
+    camera = torch.randint(0, cameras, (90,), generator=generator)
+    point = torch.arange(90) % points
+    rows = torch.arange(90).repeat_interleave(6)
+    cols = torch.cat([3 * camera[:, None] + torch.arange(3), 3 * cameras + 3 * point[:, None] + torch.arange(3)], 1)
+    partition = find_blocks(rows, cols.flatten(), 90, 3 * (cameras + points))
+    assert [tuple(g.shape) for g in partition.groups] == [(points, 3), (cameras, 3)] and partition.eliminated == (0,)
+    assert torch.equal(partition.groups[0][:, 0], 3 * cameras + 3 * torch.arange(points))
+    _check_partition(partition, rows, cols.flatten(), 90, 3 * (cameras + points))
+
+
+def test_a_shared_parameter_fit_with_one_parameter_per_curve_eliminates_the_curves():
+    curves, length = 50, 20
+    rows = torch.arange(curves * length)
+    own = rows // length
+    partition = find_blocks(torch.cat([rows, rows]), torch.cat([own, torch.full_like(own, curves)]),
+                            curves * length, curves + 1)
+    assert [g.flatten().tolist() for g in partition.groups] == [list(range(curves)), [curves]]
+    assert partition.eliminated == (0,)
+
+
+@pytest.mark.parametrize("pattern", ["tridiagonal", "rosenbrock"])
+def test_patterns_whose_split_would_not_pay_stay_whole(pattern):
+    """A banded pattern's first-on-every-row columns are a few at its ends; extended Rosenbrock's
+    pairs split one to one: the Schur solver took 3.6 times lsmr's time there. Neither splits."""
+    n = 1000
+    i = torch.arange(n)
+    if pattern == "tridiagonal":
+        rows, cols = torch.cat([i, i[1:], i[:-1]]), torch.cat([i, i[:-1], i[1:]])
+    else:
+        pair = torch.arange(n // 2)
+        rows, cols = torch.cat([2 * pair, 2 * pair, 2 * pair + 1]), torch.cat([2 * pair, 2 * pair + 1, 2 * pair])
+    partition = find_blocks(rows, cols, n, n)
+    assert [tuple(g.shape) for g in partition.groups] == [(n, 1)] and partition.eliminated == ()

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from tests.scipy_oracle import scipy_least_squares_sparse
+from tests.scipy_oracle import scipy_least_squares, scipy_least_squares_sparse
 from trustls import GaussNewtonModel, TrustRegion
 from trustls.operators import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian
@@ -99,3 +99,48 @@ def test_model_arguments():
     model = GaussNewtonModel(jac_sparsity=colored)
     assert model.colored is colored
     assert "jac_sparsity=ColoredJacobian(shape=(59, 30), nnz=88, n_colors=2" in repr(model)
+
+
+def rotation_only_bundle_adjustment(cameras=4, points=30):
+    """Cameras of three rotation parameters and points of three coordinates, written plainly in torch."""
+    generator = torch.Generator().manual_seed(0)
+    camera = torch.arange(cameras).repeat(points)
+    point = torch.arange(points).repeat_interleave(cameras)
+    truth_w = 0.05 * torch.randn(cameras, 3, generator=generator, dtype=torch.float64)
+    truth_X = torch.randn(points, 3, generator=generator, dtype=torch.float64)
+
+    def project(w, X):
+        w, X = w[camera], X[point]
+        theta = torch.sqrt((w * w).sum(1, keepdim=True) + 1e-30)
+        k = w / theta
+        rotated = (X * torch.cos(theta) + torch.cross(k, X, dim=1) * torch.sin(theta)
+                   + k * (k * X).sum(1, keepdim=True) * (1 - torch.cos(theta)))
+        shifted = rotated + torch.tensor([0.0, 0.0, 5.0], dtype=torch.float64)
+        return shifted[:, :2] / shifted[:, 2:]
+
+    observed = project(truth_w, truth_X) + 0.01 * torch.randn(cameras * points, 2, generator=generator,
+                                                              dtype=torch.float64)
+
+    def fun(x):
+        return (project(x[: 3 * cameras].reshape(cameras, 3), x[3 * cameras :].reshape(points, 3)) - observed).reshape(-1)
+
+    pattern = torch.zeros(2 * cameras * points, 3 * (cameras + points), dtype=torch.bool)
+    for i, (c, p) in enumerate(zip(camera.tolist(), point.tolist())):
+        pattern[2 * i : 2 * i + 2, 3 * c : 3 * c + 3] = True
+        pattern[2 * i : 2 * i + 2, 3 * cameras + 3 * p : 3 * cameras + 3 * p + 3] = True
+    x0 = torch.cat([torch.zeros(3 * cameras, dtype=torch.float64), (truth_X + 0.1).reshape(-1)])
+    return fun, x0, pattern
+
+
+def test_equal_size_cameras_and_points_take_the_schur_solver_by_default():
+    """Found by a bug hunt: with cameras and points of equal size nothing was eliminated, and the
+    default route took lsmr (488 evaluations on the hunter's problem)."""
+    import trustls
+    from trustls.subproblem import IterativeSchur
+
+    fun, x0, pattern = rotation_only_bundle_adjustment()
+    result = trustls.least_squares(fun, x0, jac_sparsity=pattern, **TOLERANCES)
+    reference = scipy_least_squares(fun, x0, **TOLERANCES)  # scipy given the exact dense J
+    assert result.success and result.cost == pytest.approx(reference.cost, rel=1e-9)
+    model = GaussNewtonModel(jac_sparsity=pattern)
+    assert isinstance(trustls.api._solver("trf", None, None, None, x0.numel(), True, model), IterativeSchur)
