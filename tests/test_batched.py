@@ -626,3 +626,20 @@ def test_a_tiny_initial_radius_and_integer_problem_indices_as_in_solve():
         assert batch.problem(index).cost == float(batch.cost[int(index)])
     with pytest.raises(IndexError, match=r"index must be an int in \[-2, 2\), got 1.0"):
         batch.problem(1.0)
+
+
+def test_jacobi_svd_at_the_top_of_the_range_and_for_underdetermined_batches():
+    """Review: a unit of 2^1024 (inf) made σ NaN for entries ≥ 2^1023; an m < n batch ran the unit-column
+    SVD at every linearization (its n − m zero singular values are zero by shape, not by rank)."""
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    sigma, _, _ = factorization.jacobi_svd(torch.stack([A * 1e307, A], -1))
+    torch.testing.assert_close(sigma[:, 0], torch.linalg.svdvals(A) * 1e307, rtol=1e-14, atol=0)
+    calls = []
+    original = lstsq._unit_rank
+    try:
+        lstsq._unit_rank = lambda *args: calls.append(1) or original(*args)
+        fun = lambda X: torch.stack([X[:, 0] + X[:, 1] + X[:, 2] - 1.0, X[:, 0] * X[:, 1] - 0.5], 1)  # noqa: E731
+        TrustRegion(GaussNewtonModel(), "lstsq").solve_batch(fun, torch.ones(3, 3, dtype=torch.float64))
+    finally:
+        lstsq._unit_rank = original
+    assert calls == []

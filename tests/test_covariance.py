@@ -445,3 +445,31 @@ def test_docstring_examples():
     for module in (estimates, methods):
         failures, tried = doctest.testmod(module)
         assert failures == 0 and tried > 0, module.__name__
+
+
+def test_float32_covariance_keeps_parameters_whose_units_differ():
+    """Found by a bug hunt: a*exp(-b t) + c with t up to 1000 (a ≈ 1000, b ≈ 0.003) has cond(J) = 4·10⁵
+    but 7.8 with unit columns; in float32 the cutoff eps·max(m, n)·s_max dropped two singular values,
+    warned "rank 1 < n = 3" and gave standard errors 2.4e-11 where float64 gives 2.80. The rank is now
+    decided with unit columns, and a J of full rank there is inverted exactly, column-scaled."""
+    t = torch.linspace(0, 1000, 60, dtype=torch.float64)
+    p = torch.tensor([996.06, 0.0029628, 2.3536], dtype=torch.float64)
+    J = torch.stack([torch.exp(-p[1] * t), -p[0] * t * torch.exp(-p[1] * t), torch.ones_like(t)], 1)
+    expected = covariance(J, absolute_sigma=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no rank warning
+        got = covariance(J.float(), absolute_sigma=True)
+    torch.testing.assert_close(got.diagonal().double().sqrt(), expected.diagonal().sqrt(), rtol=1e-4, atol=0)
+
+
+def test_matrix_free_variances_are_second_order_accurate_when_cg_runs_long():
+    """Found by a bug hunt: every column reported converged at an estimated 1.8e-12, but the variances
+    were off by 1.7e-8: bᵀy errs to first order in the computed residual once CG runs about n
+    iterations; bᵀy + yᵀ(b − Ay) errs to second order."""
+    generator = torch.Generator().manual_seed(0)
+    Q1, _ = torch.linalg.qr(torch.randn(200, 40, generator=generator, dtype=F64))
+    Q2, _ = torch.linalg.qr(torch.randn(40, 40, generator=generator, dtype=F64))
+    J = Q1 @ torch.diag(torch.logspace(0, 1, 40, dtype=F64)) @ Q2  # cond(J) = 10
+    exact = covariance(J, absolute_sigma=True).diagonal()
+    free = covariance(DenseOperator(J), absolute_sigma=True, method=MatrixFreeCG()).diagonal()
+    torch.testing.assert_close(free, exact, rtol=1e-11, atol=0)

@@ -618,12 +618,27 @@ def test_the_default_fit_does_not_depend_on_the_units_of_the_data(scale):
 
 
 def test_lm_starts_with_minpacks_radius_and_reaches_scipys_fit():
-    """From p0 = ones on counts of 30–280, Δ₀ = ‖D p0‖ led "lm" to a = −2.4·10⁷ and an ftol stop at
-    322 times the minimum cost; MINPACK (scipy) starts at 100‖D p0‖ and converges."""
+    """MINPACK (scipy's "lm") starts at Δ₀ = 100‖D p0‖, D the column norms of J at p0; trustls started
+    at ‖D p0‖. Checked on the first trial of least_squares(method="lm") and of curve_fit's default,
+    and on a fit from p0 = ones on counts of 30–280 that reaches scipy's."""
     generator = torch.Generator().manual_seed(1)
     t = torch.linspace(0, 4, 30, dtype=F64)
     y = 250 * torch.exp(-1.3 * t) + 30 + torch.randn(30, generator=generator, dtype=F64)
-    popt, _ = curve_fit(lambda x, a, b, c: a * torch.exp(-b * x) + c, t, y)
+    model = lambda x, a, b, c: a * torch.exp(-b * x) + c  # noqa: E731
+    p0 = torch.ones(3, dtype=F64)
+    J0 = torch.func.jacrev(lambda p: model(t, *p) - y)(p0)
+    minpack_radius = 100 * float(torch.linalg.vector_norm(torch.linalg.vector_norm(J0, dim=0) * p0))
+    radii = []
+
+    def first_radius(intermediate_result):
+        radii.append(intermediate_result.radius)
+
+    trustls.least_squares(lambda p: model(t, *p) - y, p0, method="lm", callback=first_radius, max_nfev=3)
+    trials = len(radii)
+    with pytest.raises(RuntimeError, match="Optimal parameters not found"):  # three calls are no fit
+        curve_fit(model, t, y, callback=first_radius, max_nfev=3)
+    assert radii[0] == pytest.approx(minpack_radius, rel=1e-12) and radii[trials] == radii[0]
+    popt, _ = curve_fit(model, t, y)
     with np.errstate(over="ignore"):  # scipy's finite differences overflow exp on the way, harmlessly
         reference, _ = scipy.optimize.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, t.numpy(), y.numpy())
     torch.testing.assert_close(popt, torch.as_tensor(reference), rtol=1e-6, atol=0)
@@ -640,6 +655,8 @@ def test_leastsq_keywords_are_read_as_minpack_means_them(decay_data):
         curve_fit(decay, x, y, factor=1)
     with pytest.raises(ValueError, match=r"col_deriv=True is not supported"):
         curve_fit(decay, x, y, col_deriv=1)
+    with pytest.raises(ValueError, match=r"diag must hold 3 positive finite numbers \(one per parameter\), got \[1\.0, 2\.0\]"):
+        curve_fit(decay, x, y, diag=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"diag and x_scale must not both be given"):
         curve_fit(decay, x, y, diag=[1.0, 1.0, 1.0], x_scale=1.0)
 

@@ -133,6 +133,19 @@ def _scenarios(rank: int) -> None:
     opt.step(lambda: (net(Xk), yk))
     assert opt.last.accepted
 
+    # bfloat16 (found by a bug hunt): the half-precision products balance each rank's u by its own power
+    # of two; applied after the sum over ranks, that factor scaled the other ranks' parts wrongly, the
+    # ranks' radii drifted apart, and the third step refused them. Rank 1's residuals are 8 times larger.
+    net = _net().to(torch.bfloat16)
+    scale = 8.0 if rank == 1 else 1.0
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver=SteihaugCG(max_iter=4),
+                                                             x_scale=1.0), data_parallel=True)
+    for _ in range(4):
+        opt.step(lambda: (net(Xk.to(torch.bfloat16)) - scale * Yk.to(torch.bfloat16)).reshape(-1))
+    radii = [None] * WORLD
+    dist.all_gather_object(radii, opt.state[next(net.parameters())]["radius"])
+    assert radii[0] == radii[1]
+
     # Ranks that start from different parameters are refused on every rank.
     net = _net()
     if rank == 1:

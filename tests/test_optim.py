@@ -419,7 +419,7 @@ def test_a_scheduler_on_an_infinite_lr_warns_once_and_an_unusable_lr_is_refused(
 
 
 def test_lr_zero_moves_nothing_and_keeps_the_radius_for_a_later_lr():
-    # A warm-up from 0 (LinearLR(start_factor=0) or LambdaLR) reaches lr = 0: torch.optim takes it.
+    # A warm-up from 0 (a LambdaLR starting at 0) reaches lr = 0: torch.optim takes it.
     # Found by a bug hunt: it raised, and a radius clamped to 0 would have stayed 0 for good.
     _, opt, closure = scheduled(lr=0.0)
     before = flatten(trainable(opt_net(opt)))

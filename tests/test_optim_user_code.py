@@ -365,3 +365,27 @@ def test_outputs_returned_again_from_an_earlier_call_are_refused(form, max_trial
                                          r"parameters"):
         opt.step(closure)
     assert torch.equal(flatten(list(net.parameters())), before)
+
+
+def test_attention_without_a_double_backward_is_explained_and_the_math_kernel_trains():
+    """Found by a bug hunt: nn.TransformerEncoderLayer's fused attention kernel on the CPU has no
+    derivative of its backward, and the step raised torch's bare RuntimeError."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    head = torch.nn.Linear(8, 3)
+    X, y = torch.randn(16, 5, 8), torch.randint(0, 3, (16,))
+    params = list(layer.parameters()) + list(head.parameters())
+    opt = TrustRegionOptimizer(params, TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver=SteihaugCG(max_iter=5)))
+    closure = lambda: (head(layer(X).mean(1)), y)  # noqa: E731
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"torch has no derivative for aten::_scaled_dot_product\w*; "
+                                         r"scaled_dot_product_attention's fused kernels lack it .*"
+                                         r"sdpa_kernel\(SDPBackend.MATH\)") as caught:
+        opt.step(closure)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    with sdpa_kernel(SDPBackend.MATH):
+        cost = opt.step(closure)
+    assert opt.last.accepted and opt.last.cost < cost

@@ -519,3 +519,15 @@ def test_initial_factor_and_the_cosine_gradient_test():
         TrustRegion(GaussNewtonModel(), gtol_test="l2")
     with pytest.raises(ValueError, match=r"gtol_test='cosine' \(MINPACK's, for unbounded problems\) does not take bounds"):
         TrustRegion(GaussNewtonModel(), gtol_test="cosine", bounds=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-12, 1e15])
+def test_the_cosine_test_in_float32_reads_r_in_float64(scale):
+    """Review: ‖r‖ from the float32 squares underflowed (or overflowed), the cosine came out 0 and a
+    float32 line fit of data of size 1e-25 stopped at x0 with GTOL success; Jᵀr itself underflows
+    there, so the cosines come from the stored J and r in float64."""
+    t = torch.linspace(0, 1, 10, dtype=torch.float32)
+    fun = lambda x: scale * (x[0] * t + x[1] - (2 * t + 1))  # noqa: E731
+    method = TrustRegion(GaussNewtonModel(), "lstsq", gtol_test="cosine", x_scale="jac")
+    state = method.init(fun, torch.zeros(2, dtype=torch.float32))
+    assert state.status is None  # not converged at x0: r is parallel to J's columns there

@@ -58,6 +58,7 @@ cannot itself be differentiated, and ``J v`` is exactly that derivative:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -86,6 +87,9 @@ DOCS = "see the closure section of TrustRegionOptimizer's docstring and docs/tra
 # is differentiated (read in torch 2.13: "torch.compile with aot_autograd does not currently
 # support double backward").
 _COMPILED_DOUBLE_BACKWARD = "does not currently support double backward"
+# torch's RuntimeError for an operation whose backward has no derivative (read in torch 2.13:
+# "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented").
+_MISSING_DERIVATIVE = re.compile(r"derivative for (\S+) is not implemented")
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -220,6 +224,20 @@ def _differentiate(outputs, inputs, grad_outputs, **options) -> tuple[Tensor | N
     try:
         return torch.autograd.grad(outputs, inputs, grad_outputs, **options)
     except RuntimeError as error:
+        missing = _MISSING_DERIVATIVE.search(str(error))
+        if missing is not None:
+            attention = "attention" in missing.group(1)
+            raise ValueError(
+                "closure must run operations whose backward pass can be differentiated again: J v, the product CG "
+                f"needs, is the derivative of a backward pass (double backward), and torch has no derivative for "
+                f"{missing.group(1)}"
+                + (
+                    "; scaled_dot_product_attention's fused kernels lack it (nn.MultiheadAttention, "
+                    "nn.TransformerEncoderLayer): run the step under torch.nn.attention.sdpa_kernel(SDPBackend.MATH)"
+                    if attention else ""
+                )
+                + "; see docs/training.md"
+            ) from error
         if _COMPILED_DOUBLE_BACKWARD not in str(error):
             raise
         raise ValueError(

@@ -44,7 +44,7 @@ from trustls.losses import (
 )
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.gauss_newton import GaussNewtonModel
-from trustls.operators.base import LinearOperator
+from trustls.operators.base import LinearOperator, power_of_two
 from trustls.operators.column_norms import diluted_column_norms
 from trustls.operators.dense import NormalOperator
 from trustls.operators.output import OutputFactor
@@ -134,6 +134,13 @@ class ClosureJacobian(LinearOperator):
 
     def rmatvec(self, u: Tensor) -> Tensor:
         out = self.local_rmatvec(u)
+        return out if self.reducer is None else self.reducer.all_reduce(out)
+
+    def balanced_rmatvec(self, u: Tensor) -> Tensor:
+        """`rmatvec` with this rank's product taken at a power of two of its own u (exactly scaled back)
+        before the sum over ranks: `PowerOfTwoBalanced`'s rule for half precision, rank by rank."""
+        c = power_of_two(u)
+        out = self.local_rmatvec(u / c).mul_(c)
         return out if self.reducer is None else self.reducer.all_reduce(out)
 
 

@@ -137,14 +137,14 @@ def _solver_options(method: object, bounded: bool, m: int, n: int, kwargs: dict)
     if "solver" not in options and "tr_solver" not in options:
         options["solver"] = "lstsq"
     if method in (None, "lm") and not bounded:
-        _leastsq_keywords(options)
+        _leastsq_keywords(options, n)
         options.setdefault("x_scale", "jac")
         if "solver" not in kwargs and "tr_solver" not in kwargs:
             options["method"] = "lm"  # MINPACK's lmder: its initial radius and its gradient test
     return options
 
 
-def _leastsq_keywords(options: dict) -> None:
+def _leastsq_keywords(options: dict, n: int) -> None:
     """scipy's ``leastsq`` keywords, which its ``curve_fit`` passes on for "lm", read as trustls can.
 
     ``epsfcn`` sets a finite-difference step: J is exact here, so it is
@@ -164,8 +164,8 @@ def _leastsq_keywords(options: dict) -> None:
         if "x_scale" in options:
             raise ValueError("diag and x_scale must not both be given: diag is MINPACK's scaling, 1/x_scale")
         diag = torch.as_tensor(options.pop("diag"), dtype=torch.float64)
-        if diag.ndim != 1 or not bool((diag > 0).all()) or not bool(torch.isfinite(diag).all()):
-            raise ValueError(f"diag must be a 1-D sequence of positive finite numbers, got {diag.tolist()!r}")
+        if diag.shape != (n,) or not bool((diag > 0).all()) or not bool(torch.isfinite(diag).all()):
+            raise ValueError(f"diag must hold {n} positive finite numbers (one per parameter), got {diag.tolist()!r}")
         options["x_scale"] = 1.0 / diag
 
 

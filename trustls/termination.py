@@ -61,23 +61,35 @@ def gradient_test(gradient: Tensor, measure: Tensor | None = None) -> tuple[floa
 def cosine_optimality(linearization, model) -> Tensor:
     """MINPACK's gradient measure, max_j |(Jᵀr)_j| / (‖J_j‖·‖r‖), a 0-d tensor (module docstring).
 
-    ‖r‖ = √(2·cost), and J's column norms are exact from a stored J (the
-    model's otherwise, `GaussNewtonModel.column_norms`); columns of norm 0
-    and r = 0 count as 0, as in ``lmder`` (Moré, Garbow & Hillstrom 1980).
+    ‖r‖ is the norm of the (whitened) residual, taken in float64 (√(2·cost)
+    for a loss without one), and J's column norms are exact from a stored J
+    (the model's otherwise, `GaussNewtonModel.column_norms`); columns of norm
+    0 and r = 0 count as 0, as in ``lmder`` (Moré, Garbow & Hillstrom 1980).
 
     Examples:
         >>> import torch
         >>> from types import SimpleNamespace
         >>> J = torch.tensor([[1e-10, 0.0], [0.0, 2e-10]], dtype=torch.float64)
         >>> r = torch.tensor([3e-10, 0.0], dtype=torch.float64)
-        >>> lin = SimpleNamespace(jacobian_matrix=J, gradient=J.T @ r, cost=0.5 * r.square().sum())
+        >>> lin = SimpleNamespace(jacobian_matrix=J, gradient=J.T @ r, whitened_residual=r)
         >>> float(cosine_optimality(lin, None))  # J's first column is parallel to r
         1.0
     """
     J = linearization.jacobian_matrix
-    norms = torch.linalg.vector_norm(J, dim=0) if J is not None else model.column_norms(linearization)
-    g = linearization.gradient.abs()
-    r_norm = torch.sqrt(2.0 * torch.as_tensor(linearization.cost, dtype=g.dtype, device=g.device))
+    norms = torch.linalg.vector_norm(J.double(), dim=0) if J is not None else model.column_norms(linearization)
+    # In float64, and ‖r‖ from r itself (MINPACK's enorm): r's squares in its own dtype, summed into
+    # the cost, leave float32's range (below 1e-22, above 1e19) long before the cosines do.
+    # With J stored, Jᵀr too (one product): g = Jᵀr underflows in float32 where J and r are both small.
+    f = getattr(linearization, "whitened_residual", None)
+    if J is not None and f is not None:
+        g = (J.double().T @ f.double()).abs()
+    else:
+        g = linearization.gradient.abs().double()
+    norms = norms.double()
+    if f is not None:
+        r_norm = torch.linalg.vector_norm(f.double())
+    else:  # a loss without a residual: ‖r‖ = √(2·cost)
+        r_norm = torch.sqrt(2.0 * torch.as_tensor(linearization.cost, dtype=torch.float64, device=g.device))
     cosines = torch.where(norms > 0, g / torch.where(norms > 0, norms, 1.0), 0.0)
     largest = cosines.max() if cosines.numel() else g.new_zeros(())
     return torch.where(r_norm > 0, largest / torch.where(r_norm > 0, r_norm, 1.0), 0.0)

@@ -42,7 +42,7 @@ passes about 10¹⁵⁴ in float64 (1.8·10¹⁹ in float32) and underflow below
 reciprocals: the orthogonality test then held for every pair, no rotation ran,
 and column norms were taken for singular values. Each matrix is therefore
 first multiplied by the power of two that brings its largest entry into
-[½, 1), and σ and W are scaled back: exact, so that a matrix whose entries
+[1, 2), and σ and W are scaled back: exact, so that a matrix whose entries
 are of moderate size is factored bit for bit as before.
 
 References:
@@ -140,10 +140,12 @@ def jacobi_svd(A: Tensor, *, tolerance: float | None = None) -> tuple[Tensor, Te
     if tolerance is None:
         tolerance = max(k, 1) * torch.finfo(A.dtype).eps
     tiny = torch.finfo(A.dtype).tiny
-    # Each matrix in units where its largest entry lies in [½, 1): a power of two (module docstring).
+    # Each matrix in units where its largest entry lies in [1, 2): a power of two (module docstring).
     largest = A.abs().amax(dim=(0, 1)) if A.numel() else A.new_ones(K)
     usable = torch.isfinite(largest) & (largest > 0)
-    unit = torch.ldexp(torch.ones_like(largest), torch.frexp(torch.where(usable, largest, 1.0)).exponent)
+    # 2^(e−1) with largest in [2^(e−1), 2^e): the largest entry then lies in [1, 2), and the unit stays
+    # finite for the largest finite entries (2^e itself overflows when e is the dtype's maximum).
+    unit = torch.ldexp(torch.ones_like(largest), torch.frexp(torch.where(usable, largest, 1.0)).exponent - 1)
     A = A / unit
     # Column j is [column j of W; column j of V], a (k + n, K) tensor: a rotation
     # of columns p, q of W and of V is one rotation of the two.

@@ -75,7 +75,8 @@ def exact_factors(R: Tensor, h: Tensor | None, gradient: Tensor, scale: Tensor, 
     sigma, V, W = jacobi_svd(R * scale)
     cutoff = max(m, n) * eps
     kept = sigma > cutoff * sigma[:1]
-    low = ~kept.all(0) & (sigma > 0).any(0)
+    k = R.shape[0]  # min(m, n): the singular values beyond it are zero by shape, not by rank
+    low = ~kept[:k].all(0) & (sigma > 0).any(0)
     if bool(low.any()):  # one more read, and an SVD of the problems of low numerical rank only
         rows = torch.nonzero(low).squeeze(1)
         rank = torch.minimum(_unit_rank((R * scale).index_select(2, rows), cutoff), (sigma[:, rows] > 0).sum(0))
@@ -107,7 +108,7 @@ def _unit_rank(A: Tensor, cutoff: float) -> Tensor:
     """The numerical rank of each of the ``(k, n, K)`` matrices with its columns scaled to unit norm,
     ``(K,)``: the rank that the variables' units leave unchanged (`DenseLstsq`'s `_rank_in_unit_columns`)."""
     norms = torch.linalg.vector_norm(A, dim=0, keepdim=True)  # without overflow
-    sigma, _, _ = jacobi_svd(A * torch.where(norms > 0, 1.0 / norms, 0.0))
+    sigma, _, _ = jacobi_svd(torch.where(norms > 0, A / torch.where(norms > 0, norms, 1.0), 0.0))
     return (sigma > cutoff * sigma[:1]).sum(0)
 
 

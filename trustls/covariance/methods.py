@@ -12,6 +12,10 @@ Moore-Penrose pseudo-inverse), with rcond = eps·max(m, n) by default: the cut-o
 (methods "trf" and "dogbox"). A rank-deficient J is reported with a
 `CovarianceWarning`: the pseudo-inverse gives the directions of J's null space zero
 variance, whereas the data leave them undetermined (scipy's "lm" returns inf there).
+With the default rcond, a J that this cut-off calls rank deficient but whose columns,
+scaled to unit norm, have full rank (van der Sluis 1969: a parameter in units 10⁵
+times another's, which float32 cannot resolve against s_max) is inverted exactly
+from the SVD of the scaled J instead: (JᵀJ)⁻¹ = D⁻¹(J₁ᵀJ₁)⁻¹D⁻¹ with J = J₁D.
 
 `MatrixFreeCG`. Columns of (JᵀJ)⁻¹ by Jacobi-preconditioned CG with an estimate of
 the error of each variance (`trustls.covariance.conjugate_gradient`).
@@ -182,9 +186,20 @@ def svd_factor(J: Tensor, rcond: float | None, stacklevel: int) -> Tensor | None
         return None
     m, n = J.shape
     _, s, Vh = torch.linalg.svd(J, full_matrices=False)
-    cutoff = (torch.finfo(J.dtype).eps * max(m, n) if rcond is None else rcond) * s[0]
+    relative = torch.finfo(J.dtype).eps * max(m, n) if rcond is None else rcond
+    cutoff = relative * s[0]
     keep = s > cutoff
     rank = int(keep.sum())
+    if rank < n and rcond is None:
+        # Small by J's units only? With unit columns (J = J₁D, D the column norms) the rank is the
+        # variables' own (van der Sluis 1969): full there, (JᵀJ)⁻¹ = D⁻¹(J₁ᵀJ₁)⁻¹D⁻¹ exactly, and float32
+        # fits whose parameters differ in units by 10⁵ no longer lose them to the cutoff. An explicit
+        # rcond keeps scipy's cutoff relative to J's own s_max.
+        norms = torch.linalg.vector_norm(J, dim=0)
+        if bool((norms > 0).all()):
+            _, s1, Vh1 = torch.linalg.svd(J / norms, full_matrices=False)
+            if s1.numel() == n and bool((s1 > relative * s1[0]).all()):
+                return Vh1.T / s1 / norms[:, None]
     if rank < n:
         warnings.warn(
             f"The Jacobian has rank {rank} < n = {n} (singular values <= {float(cutoff):.3g} = rcond·s_max "

@@ -145,7 +145,7 @@ class ScaledOperator(LinearOperator):
         return self._Tt(self.operator.rmatvec(self._T(u) if self.left else u))
 
 
-def _power_of_two(v: Tensor) -> Tensor:
+def power_of_two(v: Tensor) -> Tensor:
     """c = 2^(e−1) with ‖v‖∞ in [2^(e−1), 2^e), as a 0-d tensor on v's device (1 for v = 0), without a host read.
 
     c ≤ ‖v‖∞ is representable in v's dtype; 2^e is not always (2¹⁶ for float16
@@ -180,9 +180,14 @@ class PowerOfTwoBalanced(LinearOperator):
         self.is_matrix_free = operator.is_matrix_free
 
     def matvec(self, v: Tensor) -> Tensor:
-        c = _power_of_two(v)
+        c = power_of_two(v)
         return self.operator.matvec(v / c) * c
 
     def rmatvec(self, u: Tensor) -> Tensor:
-        c = _power_of_two(u)
+        # An operator summed over ranks balances each rank's part before the sum: a factor from this
+        # rank's u alone, applied after it, would scale the other ranks' parts by the wrong power.
+        balanced = getattr(self.operator, "balanced_rmatvec", None)
+        if balanced is not None:
+            return balanced(u)
+        c = power_of_two(u)
         return self.operator.rmatvec(u / c) * c
