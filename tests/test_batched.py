@@ -632,8 +632,8 @@ def test_jacobi_svd_at_the_top_of_the_range_and_for_underdetermined_batches():
     """Review: a unit of 2^1024 (inf) made σ NaN for entries ≥ 2^1023; an m < n batch ran the unit-column
     SVD at every linearization (its n − m zero singular values are zero by shape, not by rank)."""
     A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
-    sigma, _, _ = factorization.jacobi_svd(torch.stack([A * 1e307, A], -1))
-    torch.testing.assert_close(sigma[:, 0], torch.linalg.svdvals(A) * 1e307, rtol=1e-14, atol=0)
+    sigma, _, _ = factorization.jacobi_svd(torch.stack([A * 4e307, A], -1))  # largest entry 1.2e308 ≥ 2^1023
+    torch.testing.assert_close(sigma[:, 0], torch.linalg.svdvals(A) * 4e307, rtol=1e-14, atol=0)
     calls = []
     original = lstsq._unit_rank
     try:

@@ -473,3 +473,15 @@ def test_matrix_free_variances_are_second_order_accurate_when_cg_runs_long():
     exact = covariance(J, absolute_sigma=True).diagonal()
     free = covariance(DenseOperator(J), absolute_sigma=True, method=MatrixFreeCG()).diagonal()
     torch.testing.assert_close(free, exact, rtol=1e-11, atol=0)
+
+
+def test_matrix_free_variances_of_unconverged_columns_stay_lower_bounds():
+    """Review: along a singular JᵀJ the second-order correction yᵀ(b − Ay) is rounding of size
+    eps·‖A‖‖y‖ and of any sign: it made variances negative (standard errors NaN). Columns that did
+    not converge keep bᵀy, the lower bound the warning promises."""
+    generator = torch.Generator().manual_seed(0)
+    J = torch.randn(30, 5, generator=generator, dtype=F64)
+    J = torch.cat([J, J[:, :1]], dim=1)  # a duplicated column: JᵀJ singular
+    with pytest.warns(CovarianceWarning, match="CG did not reach rtol"):
+        C = covariance(DenseOperator(J), absolute_sigma=True, method=MatrixFreeCG())
+    assert bool((C.diagonal() > 0).all()) and bool(torch.isfinite(C).all())

@@ -146,6 +146,17 @@ def _scenarios(rank: int) -> None:
     dist.all_gather_object(radii, opt.state[next(net.parameters())]["radius"])
     assert radii[0] == radii[1]
 
+    # MINPACK's cosine test (review): ‖r‖ came from this rank's residual while g was summed over the
+    # ranks, so the ranks disagreed on convergence and one stopped while the other waited in a collective.
+    net = torch.nn.Linear(3, 1).to(F64)
+    shard_targets = Yk[:, :1] * (10.0 if rank == 1 else 1.0)
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), solver=SteihaugCG(),
+                                                             gtol_test="cosine", gtol=1.0), data_parallel=True)
+    opt.step(lambda: (net(Xk) - shard_targets).reshape(-1))
+    statuses = [None] * WORLD
+    dist.all_gather_object(statuses, opt.status)
+    assert statuses[0] == statuses[1]
+
     # Ranks that start from different parameters are refused on every rank.
     net = _net()
     if rank == 1:

@@ -76,19 +76,16 @@ def cosine_optimality(linearization, model) -> Tensor:
         1.0
     """
     J = linearization.jacobian_matrix
-    norms = torch.linalg.vector_norm(J.double(), dim=0) if J is not None else model.column_norms(linearization)
-    # In float64, and ‖r‖ from r itself (MINPACK's enorm): r's squares in its own dtype, summed into
-    # the cost, leave float32's range (below 1e-22, above 1e19) long before the cosines do.
-    # With J stored, Jᵀr too (one product): g = Jᵀr underflows in float32 where J and r are both small.
     f = getattr(linearization, "whitened_residual", None)
     if J is not None and f is not None:
-        g = (J.double().T @ f.double()).abs()
+        # With J and r stored, all in float64 from them (MINPACK's enorm and Jᵀr): in float32,
+        # J's column norms and Jᵀr underflow where J and r are both small (data of size 1e-25).
+        J, f = J.double(), f.double()
+        norms, g, r_norm = torch.linalg.vector_norm(J, dim=0), (J.T @ f).abs(), torch.linalg.vector_norm(f)
     else:
-        g = linearization.gradient.abs().double()
-    norms = norms.double()
-    if f is not None:
-        r_norm = torch.linalg.vector_norm(f.double())
-    else:  # a loss without a residual: ‖r‖ = √(2·cost)
+        # Otherwise from g, the model's column norms and the cost, all summed over the ranks of a
+        # data-parallel solve (a rank's own residual is not the whole r): ‖r‖ = √(2·cost).
+        norms, g = model.column_norms(linearization).double(), linearization.gradient.abs().double()
         r_norm = torch.sqrt(2.0 * torch.as_tensor(linearization.cost, dtype=torch.float64, device=g.device))
     cosines = torch.where(norms > 0, g / torch.where(norms > 0, norms, 1.0), 0.0)
     largest = cosines.max() if cosines.numel() else g.new_zeros(())

@@ -176,8 +176,11 @@ def inverse_columns(
     # The variance bᵀA⁻¹b = bᵀy + yᵀr + rᵀA⁻¹r with r = b − Ay: bᵀy alone errs to first order in the
     # computed r, which rounding leaves well above what the A-norm estimate bounds once CG runs long;
     # bᵀy + yᵀr errs by rᵀA⁻¹r, second order, from the residual taken above (no further product).
+    # Only where CG converged: along a singular A, y grows and the computed r is rounding of size
+    # eps·‖A‖‖y‖, whose yᵀr has no sign; such a column keeps bᵀy, the lower bound it reports.
     columns = scale[:, None] * Y
-    columns[indices, torch.arange(k, device=device)] += (Y * true_residual).sum(0)
+    correction = torch.where(converged, (Y * true_residual).sum(0), 0.0)
+    columns[indices, torch.arange(k, device=device)] += correction
     return InverseColumns(
         columns=columns,
         converged=converged,

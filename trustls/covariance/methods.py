@@ -61,7 +61,9 @@ class DenseSVD:
 
     Args:
         rcond: singular values ``s_i <= rcond * s_max`` are dropped; ``None`` means
-            ``eps * max(m, n)`` in J's dtype (numpy's ``matrix_rank``, scipy's ``curve_fit``).
+            ``eps * max(m, n)`` in J's dtype (numpy's ``matrix_rank``, scipy's ``curve_fit``),
+            except that a J of full rank with unit columns is then inverted exactly
+            (module docstring).
 
     Examples:
         >>> DenseSVD(rcond=1e-10)
