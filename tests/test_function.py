@@ -164,3 +164,14 @@ def test_a_numpy_residual_without_a_jacobian_is_a_type_error_naming_the_remedy()
     with pytest.raises(TypeError, match=r"fun must compute with torch operations on its tensor argument, got a "
                                         r"conversion to numpy .* or pass a Jacobian \(least_squares' jac="):
         TrustRegion(GaussNewtonModel(), "lstsq").solve(fun, X0)
+
+
+def test_groups_of_residuals_are_not_taken_for_targets():
+    """Found by a bug hunt: (x[:2] - 1, x[2:] - 2) was read as (outputs, targets), the second group
+    detached, and x[2:] never moved while the solve reported GTOL success."""
+    with pytest.raises(ValueError, match=r"fun must return \(outputs, targets\) with targets that are data, got "
+                                         r"targets computed through autograd .* torch\.cat\(\[r1, r2\]\)"):
+        TrustRegion(GaussNewtonModel(), "lstsq").solve(lambda x: (x[:2] - 1, x[2:] - 2), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"fun must return a list of one-element tensors \(or of tensors of one "
+                                         r"shape\), got shapes \[\(\), \(2,\)\]: join groups of residuals"):
+        TrustRegion(GaussNewtonModel(), "lstsq").solve(lambda x: [x[0] - 1, x[1:] - 2], torch.zeros(3))

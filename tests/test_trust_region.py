@@ -531,3 +531,22 @@ def test_the_cosine_test_in_float32_reads_r_in_float64(scale):
     method = TrustRegion(GaussNewtonModel(), "lstsq", gtol_test="cosine", x_scale="jac")
     state = method.init(fun, torch.zeros(2, dtype=torch.float32))
     assert state.status is None  # not converged at x0: r is parallel to J's columns there
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("initial_radius", [1e-8, 1e-12])
+def test_a_small_initial_radius_is_not_taken_for_convergence(solver, initial_radius):
+    """Found by a bug hunt: the first step, as long as the radius and predicted well, passed xtol and
+    stopped at x0 with success (cost 12.1, optimality 108). A boundary step that the ratio test is
+    about to expand is the radius's, not convergence: MINPACK tests xtol on the updated radius."""
+    fun = lambda x: torch.stack([10 * (x[1] - x[0] ** 2), 1 - x[0]])  # noqa: E731
+    x0 = torch.tensor([-1.2, 1.0], dtype=torch.float64)
+    result = TrustRegion(GaussNewtonModel(), solver, initial_radius=initial_radius).solve(fun, x0)
+    assert result.success and result.cost < 1e-20
+
+
+def test_a_small_initial_radius_in_solve_batch_too():
+    fun = lambda X: torch.stack([10 * (X[:, 1] - X[:, 0] ** 2), 1 - X[:, 0]], 1)  # noqa: E731
+    x0 = torch.tensor([[-1.2, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    result = TrustRegion(GaussNewtonModel(), "lstsq", initial_radius=1e-8).solve_batch(fun, x0)
+    assert bool(result.success.all()) and float(result.cost.max()) < 1e-20

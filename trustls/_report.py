@@ -31,7 +31,9 @@ def print_header() -> None:
 
 
 def print_trial(nit: int, nfev: int, cost: float, reduction: float, step_norm: float, optimality: float) -> None:
-    """One row of the ``verbose=2`` table: the trial at iteration ``nit``, ``reduction`` 0 where rejected."""
+    """One row of the ``verbose=2`` table, after the trial of iteration ``nit``, with scipy's columns: the
+    cost and optimality at the point the trial left (x itself where rejected, ``reduction`` then 0), and
+    the trial's step ‖Δx‖ in x's units."""
     print(f"{nit:>10}{nfev:>12}{cost:>14.4e}{reduction:>16.2e}{step_norm:>12.2e}{optimality:>12.2e}")
 
 

@@ -68,9 +68,24 @@ def split_outputs(value: object, name: str = "fun") -> tuple[Tensor, Tensor | No
             return outputs, None
         if not isinstance(targets, Tensor):
             raise TypeError(f"{name} must return targets as a torch.Tensor or None, got {type(targets).__name__}")
+        if targets.grad_fn is not None:
+            # Computed through autograd (from x, most likely): a second group of residuals, which
+            # as targets would be detached and never move (found by a bug hunt: (x[:2] - 1, x[2:] - 2)).
+            raise ValueError(
+                f"{name} must return (outputs, targets) with targets that are data, got targets computed "
+                "through autograd (from x or the parameters): to return several groups of residuals, join "
+                "them into one vector, torch.cat([r1, r2]); for targets that are meant as data, .detach() them"
+            )
         return outputs, targets.detach()  # data, not a function of x
     if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
-        return torch.stack([v.reshape(()) if v.numel() == 1 else v for v in value]), None
+        try:
+            return torch.stack([v.reshape(()) if v.numel() == 1 else v for v in value]), None
+        except RuntimeError as error:  # tensors of different shapes
+            shapes = ", ".join(str(tuple(v.shape)) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+            raise ValueError(
+                f"{name} must return a list of one-element tensors (or of tensors of one shape), got shapes "
+                f"[{shapes}]: join groups of residuals into one vector, torch.cat([r.reshape(-1) for r in parts])"
+            ) from error
     kind = type(value).__name__
     if name != "fun":
         raise TypeError(f"{name} must return the residual vector as a torch.Tensor, got {kind}")

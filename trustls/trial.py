@@ -21,6 +21,14 @@ finite trial that the ratio test refuses) those two tests do not stop a
 step on the boundary; the solve
 goes on, and if every step near that edge fails the same way the radius
 collapses (``RADIUS_COLLAPSED``) or the budget ends it, honestly.
+
+Nor do they stop a step on the boundary that decreased the cost by more
+than the rounding allowance δ as the model predicted (ρ > ``expand_above``):
+the radius, not convergence, made it short, and the ratio test is about to
+double it (at the noise floor, where ρ ≈ 1 by δ's shift alone, they do). MINPACK tests xtol on the updated radius
+for the same reason (``lmder``); scipy's trf tests the step, and a small
+``initial_radius`` (10⁻⁸ on Rosenbrock) then stopped at x0 with ``xtol``
+success after one step.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from trustls.bounds import optimality
 from trustls.decision import host_floats, trial_decision
 from trustls.function import HALF, CountedFunction, round_to
 from trustls.models.base import Linearization
+from trustls.radius import noise_level
 from trustls.result import IterationInfo, Status
 from trustls.state import TrustRegionState
 from trustls.termination import cosine_optimality, effective_tolerance, gradient_test
@@ -79,6 +88,7 @@ class Trial:
         self.relinearize = relinearize
         self.dense = method.solver.requires_jacobian
         self.eps = torch.finfo(state.dtype).eps
+        self.noise = noise_level(method.radius_policy.rounding_noise, self.eps)  # δ/f (`trustls.radius`)
         self.ftol, self.xtol = effective_tolerance(method.ftol, self.eps), effective_tolerance(method.xtol, self.eps)
         self.x_norm = torch.linalg.vector_norm(state.x)
         self.x_scaled_norm = problem.norm(state.x)
@@ -86,6 +96,7 @@ class Trial:
 
     def run(self, radius: float, noise_step: float = math.inf, cut: bool = False) -> Outcome:
         method, state, lin, bounds = self.method, self.state, self.state.linearization, self.state.bounds
+        expand_above = method.radius_policy.expand_above
         step = method.solver.solve(self.prepared, radius)
         self.counters["inner_iterations"] += step.iterations
         self.counters["products"] += step.products
@@ -125,8 +136,11 @@ class Trial:
                     gradient_max = float(optimality(new_lin, bounds))
                 if gradient_max < method.gtol:
                     status = Status.GTOL
-        if accepted and cut and hits_boundary and status in _STEP_TESTS:
-            status = None  # short because a failure cut the radius, not converged (module docstring)
+        # A decrease above the rounding allowance δ that the model predicted well: a sound step the
+        # ratio test is about to expand (at the noise floor ρ is ≈ 1 by its shift alone).
+        expanding = decision.ratio > expand_above and decision.actual_reduction > self.noise * cost
+        if accepted and hits_boundary and status in _STEP_TESTS and (cut or expanding):
+            status = None  # short because the radius, not convergence, limited it (module docstring)
         # Set by a non-finite trial; cleared once the model limits the step again: a step taken
         # inside the region, or a finite trial that the ratio test refused.
         cut = (cut or not finite) and not (accepted and not hits_boundary) and not (finite and not accepted)
@@ -138,9 +152,13 @@ class Trial:
             next_radius=next_radius, step_norm=decision.step_norm, accepted=accepted,
             inner_iterations=step.iterations, products=step.products, reason=step.reason,
         )
-        if method.verbose == 2:
-            reduction = max(decision.actual_reduction, 0.0) if accepted else 0.0
-            print_trial(state.nit, info.nfev, cost, reduction, decision.step_norm, float(self.problem.optimality))
+        if method.verbose == 2:  # scipy's columns: the point after the trial, and the trial's ‖Δx‖
+            if accepted:
+                shown = float(optimality(new_lin, bounds)) if bounds is not None else float(new_lin.gradient.abs().max())
+                row = (decision.trial_cost, max(decision.actual_reduction, 0.0), shown)
+            else:
+                row = (cost, 0.0, float(self.problem.optimality))
+            print_trial(state.nit + 1, info.nfev, row[0], row[1], x_step_norm, row[2])
         noise_step = decision.noise_step if accepted else noise_step
         return Outcome(info, status, new_lin, x_scaled_norm, finite, noise_step, cut)
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from trustls.batched.fields import BatchStep
 from trustls.batched.objective import Linearized
 from trustls.decision import trial_decision
+from trustls.radius import noise_level
 from trustls.result import Status
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ def decide(
     accepted = moves & gradient_finite
     code = torch.where(failed, RUNNING, code)
     step_test = (code == Status.FTOL.value) | (code == Status.XTOL.value) | (code == Status.FTOL_XTOL.value)
-    code = torch.where(accepted & cut & step.hits_boundary & step_test, RUNNING, code)
+    significant = decision.actual_reduction > noise_level(policy.rounding_noise, eps) * cost
+    radius_limited = cut | ((decision.ratio > policy.expand_above) & significant)  # as `trustls.trial`
+    code = torch.where(accepted & step.hits_boundary & radius_limited & step_test, RUNNING, code)
     cut = (cut | ~finite | failed) & ~(accepted & ~step.hits_boundary) & ~(finite & ~moves)  # as `trustls.trial`
     next_radius = torch.where(failed, failed_radius, next_radius)
     if controller.gtol is not None:
