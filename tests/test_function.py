@@ -169,9 +169,15 @@ def test_a_numpy_residual_without_a_jacobian_is_a_type_error_naming_the_remedy()
 def test_groups_of_residuals_are_not_taken_for_targets():
     """Found by a bug hunt: (x[:2] - 1, x[2:] - 2) was read as (outputs, targets), the second group
     detached, and x[2:] never moved while the solve reported GTOL success."""
-    with pytest.raises(ValueError, match=r"fun must return \(outputs, targets\) with targets that are data, got "
-                                         r"targets computed through autograd .* torch\.cat\(\[r1, r2\]\)"):
-        TrustRegion(GaussNewtonModel(), "lstsq").solve(lambda x: (x[:2] - 1, x[2:] - 2), torch.zeros(4))
+    for solver in ("lstsq", "cg"):
+        with pytest.raises(ValueError, match=r"fun must return \(outputs, targets\) with targets that do not depend "
+                                             r"on x, got targets computed from x: .* torch\.cat\(\[r1, r2\]\)"):
+            TrustRegion(GaussNewtonModel(), solver).solve(lambda x: (x[:2] - 1, x[2:] - 2), torch.zeros(4))
+    # Targets computed through autograd from something else (a teacher network's outputs) are data.
+    teacher = torch.nn.Linear(1, 1)
+    data = teacher(torch.ones(3, 1)).reshape(-1)
+    result = TrustRegion(GaussNewtonModel(), "lstsq").solve(lambda x: (x * torch.ones(3), data), torch.zeros(1))
+    assert result.success and torch.allclose(result.x, data.detach().mean().reshape(1), atol=1e-6)
     with pytest.raises(ValueError, match=r"fun must return a list of one-element tensors \(or of tensors of one "
                                          r"shape\), got shapes \[\(\), \(2,\)\]: join groups of residuals"):
         TrustRegion(GaussNewtonModel(), "lstsq").solve(lambda x: [x[0] - 1, x[1:] - 2], torch.zeros(3))

@@ -389,3 +389,17 @@ def test_attention_without_a_double_backward_is_explained_and_the_math_kernel_tr
     with sdpa_kernel(SDPBackend.MATH):
         cost = opt.step(closure)
     assert opt.last.accepted and opt.last.cost < cost
+
+
+def test_verbose_two_prints_the_optimizers_trials(capsys):
+    """Review: the verbose=2 row read the accepted point's gradient, which the optimizer's steps
+    (relinearize=False) do not compute: an AttributeError on the first accepted step."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1).double()
+    X = torch.randn(20, 3, dtype=F64)
+    Y = X.sum(1, keepdim=True)
+    opt = TrustRegionOptimizer(net.parameters(), TrustRegion(GaussNewtonModel(), "cg", verbose=2))
+    costs = [opt.step(lambda: (net(X) - Y).reshape(-1)) for _ in range(2)]
+    assert costs[1] < costs[0]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert rows and all(line.split()[-1] == "nan" for line in rows if float(line.split()[3]) > 0)

@@ -68,24 +68,16 @@ def split_outputs(value: object, name: str = "fun") -> tuple[Tensor, Tensor | No
             return outputs, None
         if not isinstance(targets, Tensor):
             raise TypeError(f"{name} must return targets as a torch.Tensor or None, got {type(targets).__name__}")
-        if targets.grad_fn is not None:
-            # Computed through autograd (from x, most likely): a second group of residuals, which
-            # as targets would be detached and never move (found by a bug hunt: (x[:2] - 1, x[2:] - 2)).
-            raise ValueError(
-                f"{name} must return (outputs, targets) with targets that are data, got targets computed "
-                "through autograd (from x or the parameters): to return several groups of residuals, join "
-                "them into one vector, torch.cat([r1, r2]); for targets that are meant as data, .detach() them"
-            )
-        return outputs, targets.detach()  # data, not a function of x
+        return outputs, targets.detach()  # data, not a function of x (`check_targets_are_data`)
     if isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
-        try:
-            return torch.stack([v.reshape(()) if v.numel() == 1 else v for v in value]), None
-        except RuntimeError as error:  # tensors of different shapes
+        parts = [v.reshape(()) if v.numel() == 1 else v for v in value]
+        if len({tuple(p.shape) for p in parts}) > 1:
             shapes = ", ".join(str(tuple(v.shape)) for v in value[:4]) + (", ..." if len(value) > 4 else "")
             raise ValueError(
                 f"{name} must return a list of one-element tensors (or of tensors of one shape), got shapes "
                 f"[{shapes}]: join groups of residuals into one vector, torch.cat([r.reshape(-1) for r in parts])"
-            ) from error
+            )
+        return torch.stack(parts), None
     kind = type(value).__name__
     if name != "fun":
         raise TypeError(f"{name} must return the residual vector as a torch.Tensor, got {kind}")
@@ -144,6 +136,7 @@ class CountedFunction:
             value = call_unmodified(self.fun, x, *self.args, **self.kwargs)
         if reads.read is not None:
             _warn_frozen(value, x, *reads.read)
+        check_targets_are_data(value, x)
         return value
 
 
@@ -202,6 +195,32 @@ class _HostReads(TorchFunctionMode):
         if self.read is None and func in _HOST_READS and args and getattr(args[0], "requires_grad", False):
             self.read = (_HOST_READS[func], _caller())
         return func(*args, **(kwargs or {}))
+
+
+def check_targets_are_data(value: object, x: Tensor) -> None:
+    """Refuse ``(outputs, targets)`` whose targets depend on x: a second group of residuals.
+
+    Targets are detached (`split_outputs`): data such as a teacher network's
+    outputs. Targets computed from x are not data but residuals, which would
+    then never move: ``(x[:2] - 1, x[2:] - 2)`` left x[2:] where it was and
+    reported success (found by a bug hunt). At a solve's first call, where x
+    is the leaf autograd differentiates (not under a ``torch.func`` transform
+    or ``torch.no_grad()``), one backward pass through the targets' graph
+    tells whether they reach x.
+    """
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Tensor)):
+        return
+    targets = value[1]
+    if targets.grad_fn is None or not (x.requires_grad and x.is_leaf):
+        return
+    if torch._C._functorch.is_functorch_wrapped_tensor(x) or not targets.is_floating_point():
+        return
+    (reached,) = torch.autograd.grad(targets.sum(), x, retain_graph=True, allow_unused=True)
+    if reached is not None:
+        raise ValueError(
+            "fun must return (outputs, targets) with targets that do not depend on x, got targets computed from "
+            "x: to return several groups of residuals, join them into one vector, torch.cat([r1, r2])"
+        )
 
 
 def _caller() -> str:

@@ -154,7 +154,12 @@ class Trial:
         )
         if method.verbose == 2:  # scipy's columns: the point after the trial, and the trial's ‖Δx‖
             if accepted:
-                shown = float(optimality(new_lin, bounds)) if bounds is not None else float(new_lin.gradient.abs().max())
+                if new_lin is None:  # not linearized here (relinearize=False: the optimizer's mini-batches)
+                    shown = math.nan
+                elif bounds is not None:
+                    shown = float(optimality(new_lin, bounds))
+                else:
+                    shown = float(new_lin.gradient.abs().max())
                 row = (decision.trial_cost, max(decision.actual_reduction, 0.0), shown)
             else:
                 row = (cost, 0.0, float(self.problem.optimality))
