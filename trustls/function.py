@@ -163,9 +163,10 @@ def call_unmodified(fun: Callable[..., Any], x: Tensor, *args: Any, **kwargs: An
             raise TypeError(
                 "fun must compute with torch operations on its tensor argument, got a conversion to numpy of a "
                 "tensor that requires grad (x or one computed from it, e.g. by x.numpy(), np.asarray, or a numpy "
-                "function such as np.exp applied to it), which autograd cannot differentiate (detaching it would cut x out of J): write fun with "
-                "torch operations (torch.exp rather than numpy.exp), or pass a Jacobian (least_squares' jac=, "
-                "GaussNewtonModel(jacobian=...)), with which fun is not differentiated and may use numpy"
+                "function such as np.exp applied to it), which autograd cannot differentiate (detaching it "
+                "would cut x out of J): write fun with torch operations (torch.exp rather than numpy.exp), or "
+                "pass a Jacobian (least_squares' jac=, GaussNewtonModel(jacobian=...)), with which fun is not "
+                "differentiated and may use numpy"
             ) from error
         raise
     if x._version != version:
@@ -226,7 +227,9 @@ def check_targets_are_data(value: object, x: Tensor) -> None:
 def _caller() -> str:
     """``file:line`` of the innermost frame outside torch and this module: the read in ``fun``."""
     frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_TORCH_DIR) or frame.f_code.co_filename == __file__
+    ):
         frame = frame.f_back
     return "an unknown line" if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
 

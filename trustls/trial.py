@@ -18,17 +18,17 @@ stopped at the edge of a region of NaN derivatives reported success there).
 So while the radius is cut (``cut``: from a non-finite trial until the
 model limits the step again, by a step accepted inside the region or a
 finite trial that the ratio test refuses) those two tests do not stop a
-step on the boundary; the solve
-goes on, and if every step near that edge fails the same way the radius
-collapses (``RADIUS_COLLAPSED``) or the budget ends it, honestly.
+step on the boundary; the solve goes on, and if every step near that edge
+fails the same way the radius collapses (``RADIUS_COLLAPSED``) or the
+budget ends it, honestly.
 
 Nor do they stop a step on the boundary that decreased the cost by more
 than the rounding allowance δ as the model predicted (ρ > ``expand_above``):
 the radius, not convergence, made it short, and the ratio test is about to
-double it (at the noise floor, where ρ ≈ 1 by δ's shift alone, they do). MINPACK tests xtol on the updated radius
-for the same reason (``lmder``); scipy's trf tests the step, and a small
-``initial_radius`` (10⁻⁸ on Rosenbrock) then stopped at x0 with ``xtol``
-success after one step.
+double it (at the noise floor, where ρ ≈ 1 by δ's shift alone, they do).
+MINPACK tests xtol on the updated radius for the same reason (``lmder``);
+scipy's trf tests the step, and a small ``initial_radius`` (10⁻⁸ on
+Rosenbrock) then stopped at x0 with ``xtol`` success after one step.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "Trial", "callback_stops"]
 
-# The tests on the step's length and the cost's change, which a radius cut by a failure fools.
+# The tests on the step's length and the cost's change, which a step limited by the radius fools.
 _STEP_TESTS = (Status.FTOL, Status.XTOL, Status.FTOL_XTOL)
 _NONFINITE_DERIVATIVE = (
     "fun's derivative is not finite (NaN or inf) at a trial point where its value is finite (e.g. sqrt at 0, or a "
