@@ -517,3 +517,14 @@ def test_a_refused_finite_trial_ends_the_cut(solver):
     assert any(not math.isfinite(info.trial_cost) for info in infos)  # the wall was met
     assert result.success and result.nfev <= reference.nfev + 5
     assert math.isclose(result.cost, reference.cost, rel_tol=1e-8)
+
+
+def test_a_half_precision_gradient_that_overflows_at_x0_says_so():
+    """Found by a bug hunt: float16 Misra1a's J (entries near 2·10⁵) overflows, and the message only
+    asked whether fun was differentiable at x0."""
+    from trustls.problems import registry
+
+    problem = registry.get("misra1a_start2")
+    with pytest.raises(ValueError, match=r"got NaN or inf entries \(in torch.float16, whose largest value is 65504, "
+                                         r"J's entries or the products through fun overflow easily: rescale fun"):
+        TrustRegion(GaussNewtonModel(), "cg").solve(problem.residual, problem.x0.half())

@@ -80,14 +80,17 @@ def check_budget(max_nfev: int | None, needed: int) -> None:
         )
 
 
-def check_start_gradient(gradient: Tensor) -> None:
-    """The gradient of the cost at ``x0`` is finite."""
+def check_start_gradient(gradient: Tensor, dtype: torch.dtype | None = None) -> None:
+    """The gradient of the cost at ``x0`` is finite; in half precision (``dtype``) overflow is the likely cause."""
     _, finite = gradient_test(gradient)
     if not finite:
-        raise ValueError(
-            "the gradient of the cost at x0 must be finite, got NaN or inf entries (is fun differentiable "
-            "at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there)"
-        )
+        cause = "is fun differentiable at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there"
+        if dtype in (torch.float16, torch.bfloat16):
+            cause = (
+                f"in {dtype}, whose largest value is {torch.finfo(dtype).max:.5g}, J's entries or the products "
+                f"through fun overflow easily: rescale fun or its variables, or solve in float32; if not that, {cause}"
+            )
+        raise ValueError(f"the gradient of the cost at x0 must be finite, got NaN or inf entries ({cause})")
 
 
 def check_relinearization(state: TrustRegionState, linearization: Linearization) -> None:

@@ -263,7 +263,7 @@ class TrustRegion:
         `trustls.bounds.Bounds`.
         """
         x = linearization.x
-        check_start_gradient(linearization.gradient)
+        check_start_gradient(linearization.gradient, dtype)
         scaling = self.scale_policy.scaling(self.model, linearization, None, 0)
         problem = subproblem(linearization, scaling, bounds)
         measure = problem.optimality if self.gtol_test == "max" else cosine_optimality(linearization, self.model)
