@@ -500,3 +500,28 @@ def test_a_one_dimensional_array_pattern_is_one_residual_row():
         assert as_pattern(pattern).shape == (1, 2)
         res = least_squares(fun, torch.tensor([3.0, 3.0], dtype=F64), jac_sparsity=pattern)
         assert res.success and res.fun.shape == (1,) and res.cost < 1e-20
+
+
+def test_scipy_valid_tr_options_values_and_sparse_results():
+    """Found by a bug hunt: np.int64 and float maxiter, a 0 maxiter and a numpy float atol were refused
+    naming SteihaugCG's arguments; a Result with a SparseOperator J could not be deep-copied; a 1-D
+    sparse J gave an internal unpacking error."""
+    import copy
+
+    import scipy.sparse
+
+    A = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 4.0]], dtype=F64)
+    b = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    fun = lambda x: A @ x - b  # noqa: E731
+    for options in ({"maxiter": np.int64(5)}, {"maxiter": 5.0}, {"maxiter": 0}, {"atol": np.float32(1e-3)}):
+        res = least_squares(fun, torch.zeros(2, dtype=F64), jac=lambda x: scipy.sparse.csr_matrix(A.numpy()),
+                            tr_solver="lsmr", tr_options=options)
+        assert res.success
+    with pytest.raises(ValueError, match=r"tr_options\['maxiter'\] must be a whole number or None, got 2\.5"):
+        least_squares(fun, torch.zeros(2, dtype=F64), tr_solver="lsmr", tr_options={"maxiter": 2.5})
+    res = least_squares(fun, torch.zeros(2, dtype=F64), jac_sparsity=np.ones((3, 2)))
+    copied = copy.deepcopy(res)
+    torch.testing.assert_close(copied.jac.matvec(torch.ones(2, dtype=F64)), res.jac.matvec(torch.ones(2, dtype=F64)))
+    with pytest.raises(ValueError, match=r"jac must return a sparse tensor of 2 dimensions \(m, n\), got shape \(2,\)"):
+        least_squares(lambda x: (x[0] + x[1] - 1).reshape(1), torch.zeros(2, dtype=F64),
+                      jac=lambda x: torch.ones(2, dtype=F64).to_sparse())

@@ -118,6 +118,8 @@ class UserJacobian:
             return J
         if hasattr(J, "tocoo"):  # a scipy sparse matrix, duck-typed
             coo = J.tocoo()
+            if len(coo.shape) != 2:
+                raise ValueError(f"jac must return a sparse matrix of 2 dimensions (m, n), got shape {tuple(coo.shape)}")
             rows, cols = (torch.as_tensor(i, dtype=torch.int64, device=x.device) for i in (coo.row, coo.col))
             values = torch.as_tensor(coo.data, dtype=x.dtype, device=x.device)
             # Checked: indices out of J's shape would otherwise reach the sparse kernels unchecked.
@@ -133,6 +135,8 @@ class UserJacobian:
                     f"got {type(J).__name__}"
                 ) from None
         if J.layout != torch.strided:
+            if J.ndim != 2:
+                raise ValueError(f"jac must return a sparse tensor of 2 dimensions (m, n), got shape {tuple(J.shape)}")
             return J
         if J.ndim > 2:
             raise ValueError(f"jac must return an array of at most 2 dimensions, got shape {tuple(J.shape)}")

@@ -12,6 +12,7 @@ solver with Jacobi scaling; ``method="dogbox"`` is not offered.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -90,8 +91,16 @@ def _solver(
         )
     cg: dict[str, Any] = {}
     if options.get("maxiter") is not None:
-        cg["max_iter"] = options["maxiter"]
-    tolerance = max(options.get("atol") or 0.0, options.get("btol") or 0.0)
+        maxiter = options["maxiter"]
+        # scipy takes any integral value (np.int64, 2.0); lsmr's own floor is one iteration.
+        if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Real) or maxiter != int(maxiter):
+            raise ValueError(f"tr_options['maxiter'] must be a whole number or None, got {maxiter!r}")
+        cg["max_iter"] = max(int(maxiter), 1)
+    for name in ("atol", "btol"):
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ValueError(f"tr_options[{name!r}] must be a number or None, got {value!r}")
+    tolerance = float(max(options.get("atol") or 0.0, options.get("btol") or 0.0))
     if tolerance > 0:
         cg["forcing"] = min(tolerance, 0.5)
     return SteihaugCG(**cg)

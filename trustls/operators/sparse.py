@@ -154,6 +154,11 @@ class SparseOperator(LinearOperator):
         self.matrix = _csr(pattern.crow, pattern.cols_by_row, by_row, (m, n))
         self.transpose = _csr(pattern.ccol, pattern.rows_by_col, by_col, (n, m))
 
+    def __deepcopy__(self, memo: dict) -> SparseOperator:
+        # torch cannot deep-copy sparse CSR tensors (their storage is not accessible): copy the values,
+        # share the pattern, which is immutable.
+        return self.with_values(self.values.clone())
+
     def with_values(self, values: Tensor) -> SparseOperator:
         """The matrix with this one's sparsity pattern and new ``values`` (no sorting).
 
