@@ -85,7 +85,7 @@ def check_start_gradient(gradient: Tensor, dtype: torch.dtype | None = None) -> 
     _, finite = gradient_test(gradient)
     if not finite:
         cause = "is fun differentiable at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there"
-        if dtype in (torch.float16, torch.bfloat16):
+        if dtype in HALF:
             cause = (
                 f"in {dtype}, whose largest value is {torch.finfo(dtype).max:.5g}, J's entries or the products "
                 f"through fun overflow easily: rescale fun or its variables, or solve in float32; if not that, {cause}"

@@ -198,6 +198,12 @@ class _HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def _differentiated_leaf(x: Tensor) -> bool:
+    """Whether x is the leaf that autograd differentiates in this call (not under ``torch.no_grad()`` or a
+    ``torch.func`` transform, whose x is a wrapper): then one backward pass from the outputs reaches it."""
+    return x.requires_grad and x.is_leaf and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def check_targets_are_data(value: object, x: Tensor) -> None:
     """Refuse ``(outputs, targets)`` whose targets depend on x: a second group of residuals.
 
@@ -212,9 +218,7 @@ def check_targets_are_data(value: object, x: Tensor) -> None:
     if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Tensor)):
         return
     targets = value[1]
-    if targets.grad_fn is None or not (x.requires_grad and x.is_leaf):
-        return
-    if torch._C._functorch.is_functorch_wrapped_tensor(x) or not targets.is_floating_point():
+    if targets.grad_fn is None or not targets.is_floating_point() or not _differentiated_leaf(x):
         return
     (reached,) = torch.autograd.grad(targets.sum(), x, retain_graph=True, allow_unused=True)
     if reached is not None:
@@ -240,7 +244,7 @@ def _frozen_variables(value: object, x: Tensor) -> list[int]:
     Only for x the autograd leaf of the call (not under a ``torch.func``
     transform, where x is a wrapper) and outputs that reach it; otherwise none.
     """
-    if not (x.requires_grad and x.is_leaf) or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if not _differentiated_leaf(x):
         return []
     try:
         outputs, _ = split_outputs(value)

@@ -20,9 +20,10 @@ along the path; the power-of-two normalization of a gradient outside
 [2⁻ᵏ, 2ᵏ]; and the restart at `smallest_factor` of a problem whose sᵀBs
 (or ‖g‖²) leaves the range, with a NaN step where no factor fits
 (`SteihaugCG`'s module docstring, "Range"). The pending restarts are read with
-the running problems, in the iteration's one read. A rejected radius reruns CG (the stored path of `SteihaugCG` would
-hold one (n, K) iterate per iteration; for the small problems of a batch a
-rerun costs less than the bookkeeping): its first crossing of the smaller
+the running problems, in the iteration's one read. A rejected radius reruns
+CG (the stored path of `SteihaugCG` would hold one (n, K) iterate per
+iteration; for the small problems of a batch a rerun costs less than the
+bookkeeping): its first crossing of the smaller
 sphere is the stored path's answer, to rounding.
 """
 

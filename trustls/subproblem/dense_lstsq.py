@@ -110,9 +110,19 @@ def _rank_in_unit_columns(J: Tensor, cutoff: float) -> int:
     checks.
     """
     norms = torch.linalg.vector_norm(J, dim=0)
-    scaled = J * torch.where(norms > 0, 1.0 / norms, 0.0)
+    scaled = torch.where(norms > 0, J / torch.where(norms > 0, norms, 1.0), 0.0)  # 1/norm overflows if subnormal
     values = torch.linalg.svdvals(scaled)
     return int((values > cutoff * values[0]).sum()) if values.numel() else 0
+
+
+def _rank(singular_values: list[float], J: Tensor, cutoff: float) -> int:
+    """The rank of the step: the singular values above ``cutoff``·s_max, or, when one falls below it, the
+    rank in unit columns (`_rank_in_unit_columns`), at most the count of nonzero ones."""
+    rank = sum(1 for v in singular_values if v > cutoff * singular_values[0])
+    if rank < len(singular_values):  # numerically zero, or small by J's units only?
+        nonzero = sum(1 for v in singular_values if v > 0.0)
+        rank = max(rank, min(_rank_in_unit_columns(J, cutoff), nonzero))
+    return rank
 
 
 def _divide(a: float, b: float) -> float:
@@ -254,9 +264,7 @@ class DenseLstsq(SubproblemSolver):
             # The point's one read: s and sf. The singular values kept are a prefix of s.
             values = torch.cat([s.double(), sf]).tolist()
             k = s.numel()
-            rank = sum(1 for v in values[:k] if v > cutoff * values[0])
-            if rank < k:  # a singular value below the cutoff: numerically zero, or small by J's units only?
-                rank = max(rank, min(_rank_in_unit_columns(J, cutoff), sum(1 for v in values[:k] if v > 0.0)))
+            rank = _rank(values[:k], J, cutoff)
             outside = g_norm = 0.0
         else:
             # Vᵀg = S Uᵀf for the f that the model does not form. Unlike Jᵀr, the gradient of a
@@ -270,9 +278,7 @@ class DenseLstsq(SubproblemSolver):
             # The point's one read: s, c, ‖g − Vc‖ and ‖g‖.
             values = torch.cat([s.double(), c.double(), extra]).tolist()
             k = s.numel()
-            rank = sum(1 for v in values[:k] if v > cutoff * values[0])
-            if rank < k:  # as above
-                rank = max(rank, min(_rank_in_unit_columns(J, cutoff), sum(1 for v in values[:k] if v > 0.0)))
+            rank = _rank(values[:k], J, cutoff)
             perpendicular, g_norm = values[2 * k], values[2 * k + 1]
             outside = math.hypot(perpendicular, *values[k + rank : 2 * k])  # without overflow
             sf = c.double()  # only its first `rank` entries are used
