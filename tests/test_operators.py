@@ -366,3 +366,21 @@ def test_sparse_scale_columns_matches_dense(generator):
     torch.testing.assert_close(scaled.rmatvec(u), scale * (A.T @ u), rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match=r"scale must be a tensor of shape \(4,\), got \(5,\)"):
         sparse.scale_columns(torch.ones(5, dtype=torch.float64))
+
+
+def test_sparse_from_sorted_matches_the_plain_constructor(generator):
+    # The column order a JacobianPattern holds (row-major entries sorted by column, stable).
+    from trustls.sparsity.pattern import jacobian_pattern
+
+    A = torch.randn(30, 20, generator=generator, dtype=torch.float64)
+    A[A.abs() < 1.0] = 0.0
+    pattern = jacobian_pattern(A != 0)
+    values = A[pattern.rows, pattern.cols]
+    plain = SparseOperator(pattern.rows, pattern.cols, values, (30, 20))
+    sorted_ = SparseOperator.from_sorted(pattern.rows, pattern.cols, values, (30, 20), pattern.column_order)
+    assert sorted_.pattern.col_order is not None and torch.equal(sorted_.pattern.col_order, plain.pattern.col_order)
+    u, v = torch.randn(30, generator=generator, dtype=torch.float64), torch.randn(20, generator=generator, dtype=torch.float64)
+    assert torch.equal(sorted_.rmatvec(u), plain.rmatvec(u)) and torch.equal(sorted_.matvec(v), plain.matvec(v))
+    with pytest.raises(ValueError, match=r"rows, cols, values and column_order must have the same length, "
+                                         r"got 3, 3, 3 and 2"):
+        SparseOperator.from_sorted(torch.arange(3), torch.arange(3), torch.ones(3), (3, 3), torch.arange(2))

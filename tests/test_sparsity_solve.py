@@ -144,3 +144,22 @@ def test_equal_size_cameras_and_points_take_the_schur_solver_by_default():
     assert result.success and result.cost == pytest.approx(reference.cost, rel=1e-9)
     model = GaussNewtonModel(jac_sparsity=pattern)
     assert isinstance(trustls.api._solver("trf", None, None, None, x0.numel(), True, model), IterativeSchur)
+
+
+def test_least_squares_finds_the_blocks_of_a_pattern_once(monkeypatch):
+    """The choice of the Schur solver and the solver itself share one `find_blocks` of the pattern."""
+    import trustls
+    from trustls.sparsity import blocks
+
+    calls = []
+    for name in ("find_blocks", "_pattern_partition"):  # the search, from raw indices or a normalized pattern
+        original = getattr(blocks, name, None)
+        if original is None:
+            continue
+        counted = lambda *args, original=original: calls.append(1) or original(*args)  # noqa: E731
+        for module in (blocks, trustls.sparsity, trustls.api):  # every binding of the name
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted)
+    fun, x0, pattern = rotation_only_bundle_adjustment()
+    result = trustls.least_squares(fun, x0, jac_sparsity=pattern, **TOLERANCES)
+    assert result.success and len(calls) == 1

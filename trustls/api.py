@@ -30,7 +30,7 @@ from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.radius import RadiusPolicy
 from trustls.result import Result
-from trustls.sparsity import find_blocks
+from trustls.sparsity import pattern_blocks
 from trustls.subproblem import (
     DenseLstsq,
     IterativeSchur,
@@ -56,8 +56,7 @@ _EXACT_UP_TO = 2000
 
 def _eliminable(model: GaussNewtonModel) -> bool:
     """Whether the model's sparsity pattern splits into blocks that a Schur complement eliminates."""
-    pattern = model.colored.pattern
-    partition = find_blocks(pattern.rows, pattern.cols, *pattern.shape)
+    partition = pattern_blocks(model.colored.pattern)  # cached: the solver's first J inherits it
     return bool(partition.eliminated) and len(partition.eliminated) < len(partition.groups)
 
 

@@ -43,8 +43,8 @@ import torch
 from torch import Tensor
 
 from trustls.operators.sparse import SparseOperator
-from trustls.sparsity.pattern import pattern_from_indices
-from trustls.sparsity.twins import all_distinct, identical_sets
+from trustls.sparsity.pattern import JacobianPattern, pattern_from_indices
+from trustls.sparsity.twins import all_distinct
 
 __all__ = ["BlockPartition", "find_blocks", "pattern_blocks"]
 
@@ -94,10 +94,13 @@ def find_blocks(rows: Tensor, cols: Tensor, m: int, n: int) -> BlockPartition:
         ([[[0, 1, 2], [3, 4, 5]], [[6, 7], [8, 9], [10, 11], [12, 13]]], (1,))
     """
     device = cols.device  # the pattern is normalized on the CPU; the groups go back to the caller's device
-    pattern = pattern_from_indices(rows, cols, (m, n))
-    rows, cols = pattern.rows, pattern.cols
-    order = pattern.column_order
-    blocks, first = identical_sets(cols.index_select(0, order), rows.index_select(0, order), n, m)
+    return _pattern_partition(pattern_from_indices(rows, cols, (m, n)), device)
+
+
+def _pattern_partition(pattern: JacobianPattern, device: torch.device) -> BlockPartition:
+    """`find_blocks` of a normalized pattern, the groups on ``device``."""
+    (m, n), rows, cols = pattern.shape, pattern.rows, pattern.cols
+    blocks, first = pattern.column_classes
     if first.numel() == n:  # no two columns alike: one group of single columns
         return _single_columns(rows, cols, m, n, device)
     sizes = torch.bincount(blocks, minlength=first.numel())
@@ -183,8 +186,8 @@ def _eliminable(groups: list[Tensor], touched: list[Tensor], m: int) -> tuple[in
     return tuple(sorted(chosen))
 
 
-def pattern_blocks(J: SparseOperator) -> BlockPartition:
-    """`find_blocks` of a sparse J's pattern, computed once per pattern (cached on it).
+def pattern_blocks(J: SparseOperator | JacobianPattern) -> BlockPartition:
+    """`find_blocks` of a sparse J's pattern (or of a `JacobianPattern`), computed once per pattern (cached on it).
 
     Examples:
         >>> import torch
@@ -192,13 +195,16 @@ def pattern_blocks(J: SparseOperator) -> BlockPartition:
         >>> [group.tolist() for group in pattern_blocks(J).groups]
         [[[0, 1]], [[2]]]
     """
-    partition = J.pattern.cache.get("partition")
+    pattern = J if isinstance(J, JacobianPattern) else J.pattern
+    partition = pattern.cache.get("partition")
     if partition is None:
-        m, n = J.shape
-        rows, cols = J.pattern.rows, J.pattern.cols
+        m, n = pattern.shape
+        rows, cols = pattern.rows, pattern.cols
         if all_distinct(cols, rows, n, m):  # the common case without blocks, without sorting the pattern
             partition = _single_columns(rows, cols, m, n, cols.device)
+        elif isinstance(pattern, JacobianPattern):  # normalized already, its column classes shared
+            partition = _pattern_partition(pattern, pattern.cols.device)
         else:
             partition = find_blocks(rows, cols, m, n)
-        J.pattern.cache["partition"] = partition
+        pattern.cache["partition"] = partition
     return partition

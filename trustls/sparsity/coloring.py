@@ -186,8 +186,7 @@ class _MergedPattern:
         rows, cols = pattern.rows.cpu(), pattern.cols.cpu()
         m, n = pattern.shape
         self.n, self.lower_bound = n, lower_bound
-        by_column = pattern.column_order.cpu()
-        self.blocks, first_col = identical_sets(cols[by_column], rows[by_column], n, m)
+        self.blocks, first_col = (t.cpu() for t in pattern.column_classes)  # shared with `find_blocks`
         row_classes, first_row = identical_sets(rows, cols, m, n)
         self.n_blocks, self.n_rows = first_col.numel(), first_row.numel()
         self.sizes = torch.bincount(self.blocks, minlength=self.n_blocks)

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trustls._sorting import stable_order, unique_with_inverse
 from trustls.operators.block_cholesky import (
     lower_triangular_inverse,
     regularized_cholesky,
@@ -164,13 +165,13 @@ def _build_slots(pattern: SparsityPattern, groups: tuple[Tensor, ...]) -> tuple[
         local = entry_local[entries]
         block, position = local // size, local % size
         # One slot per (block, row) pair; ordering the key by block first groups each block's slots.
-        keys, slot = torch.unique(block * m + rows[entries], return_inverse=True)
+        keys, slot = unique_with_inverse(block * m + rows[entries], count * m)
         slot_block, slot_row = keys // m, keys % m
         flat = slot * size + position
         n_slots = keys.numel()
         full = flat.numel() == n_slots * size and bool((torch.bincount(flat, minlength=n_slots * size) == 1).all())
         counts = torch.bincount(slot_block, minlength=count).tolist() if count <= _MAX_LOOPED_BLOCKS else None
-        order = entries[torch.argsort(flat)] if full else None
+        order = entries[stable_order(flat, n_slots * size)] if full else None
         slots.append(BlockSlots(index, entries, flat, slot_block, slot_row, counts, order))
     return tuple(slots)
 

@@ -29,13 +29,13 @@ it where it is). Both are valid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from trustls.sparsity.twins import stable_order
+from trustls.sparsity.twins import identical_sets, stable_order
 
 try:
     import numpy
@@ -57,6 +57,8 @@ class JacobianPattern:
         rows: int64 row indices, nondecreasing.
         cols: int64 column indices, increasing within a row.
         shape: ``(m, n)``: residuals, variables.
+        cache: structures derived from the pattern alone, computed once (its
+            column blocks: `trustls.sparsity.pattern_blocks`).
 
     Examples:
         >>> import torch
@@ -68,6 +70,7 @@ class JacobianPattern:
     rows: Tensor
     cols: Tensor
     shape: tuple[int, int]
+    cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         m, n = self.shape
@@ -96,6 +99,12 @@ class JacobianPattern:
     def column_order(self) -> Tensor:
         """The stable permutation that sorts the entries by column (rows stay ascending within a column)."""
         return stable_order(self.cols, self.shape[1])
+
+    @cached_property
+    def column_classes(self) -> tuple[Tensor, Tensor]:
+        """`identical_sets` of the columns: ``(classes, first)``, columns with identical row sets alike."""
+        order = self.column_order
+        return identical_sets(self.cols.index_select(0, order), self.rows.index_select(0, order), *self.shape[::-1])
 
     def column_counts(self) -> Tensor:
         """Structural nonzeros per column, shape ``(n,)``."""

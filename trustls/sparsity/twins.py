@@ -18,10 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-try:
-    import numpy
-except ImportError:  # numpy is optional: torch's sort is used instead
-    numpy = None
+from trustls._sorting import stable_order, unique_with_inverse
 
 __all__ = ["all_distinct", "identical_sets", "stable_order"]
 
@@ -67,7 +64,7 @@ def all_distinct(owners: Tensor, members: Tensor, count: int, universe: int) -> 
     must not repeat. O(entries) plus one sort of ``count`` keys.
     """
     _, keys = _set_keys(owners, members, count, _weights(universe, members.device))
-    return int(_inverse_of_unique(keys).max()) + 1 == count if count else True
+    return unique_with_inverse(keys)[0].numel() == count
 
 
 def _weights(universe: int, device: torch.device) -> Tensor:
@@ -90,7 +87,7 @@ def _set_keys(owners: Tensor, members: Tensor, count: int, weights: Tensor) -> t
 
 def _classes(owners: Tensor, members: Tensor, count: int, sizes: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     device = owners.device
-    classes = _inverse_of_unique(keys)
+    classes = unique_with_inverse(keys)[1]
     if count and int(classes.max()) + 1 == count:  # all keys distinct: so are the sets
         first = torch.arange(count, device=device)
         return first, first
@@ -108,22 +105,6 @@ def _classes(owners: Tensor, members: Tensor, count: int, sizes: Tensor, keys: T
     if not bool(same.all()):
         classes = _exact_classes(owners, members, count, classes, same)
     return _renumber(classes, count)
-
-
-def _inverse_of_unique(keys: Tensor) -> Tensor:
-    """``torch.unique(keys, return_inverse=True)[1]``: numpy's sort on the CPU (several times faster)."""
-    if numpy is None or keys.device.type != "cpu":
-        return torch.unique(keys, return_inverse=True)[1]
-    values = keys.numpy()
-    order = numpy.argsort(values)
-    ordered = values[order]
-    ids = numpy.empty(values.shape[0], dtype=numpy.int64)
-    if values.shape[0]:
-        ids[0] = 0
-        numpy.cumsum(ordered[1:] != ordered[:-1], out=ids[1:])
-    inverse = numpy.empty_like(ids)
-    inverse[order] = ids
-    return torch.from_numpy(inverse)
 
 
 def _first_owner(classes: Tensor, count: int) -> Tensor:
@@ -157,19 +138,3 @@ def _exact_classes(owners: Tensor, members: Tensor, count: int, classes: Tensor,
             next_class += 1
         classes[owner] = seen[key]
     return torch.unique(classes, return_inverse=True)[1]  # drop the classes emptied by the split
-
-
-def stable_order(keys: Tensor, bound: int) -> Tensor:
-    """The stable permutation sorting ``keys`` (all in ``[0, bound)``).
-
-    On the CPU, numpy's stable sort of 16-bit keys is a radix sort, O(len):
-    one pass per 16 bits of ``bound`` (least significant first) is several
-    times faster than a comparison sort of the int64 keys.
-    """
-    if numpy is None or keys.device.type != "cpu" or bound > 2**32:
-        return torch.argsort(keys, stable=True)
-    values = keys.numpy()
-    order = numpy.argsort((values & 0xFFFF).astype(numpy.uint16), kind="stable")
-    if bound > 2**16:
-        order = order[numpy.argsort((values[order] >> 16).astype(numpy.uint16), kind="stable")]
-    return torch.from_numpy(order).to(torch.int64)
