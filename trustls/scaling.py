@@ -122,9 +122,10 @@ class JacobiScale(ScalePolicy):
     well-scaled J; the decision is checked again at iterations 8, 64, 512, …
     Otherwise T is Jacobi's from the full estimate (which ends early at the
     first stage that agrees with the one before: `diluted_column_norms`),
-    refreshed at iterations 0, 1, 2, 4, 8, …; after T = I it is T = max c / c, which keeps the largest
-    column's units and so the meaning of the radius (its refreshes keep the
-    running maximum in those units). Jacobi's loss on a
+    refreshed at iterations 0, 1, 2, 4, 8, …; after T = I it is
+    T = max c / c, which keeps the largest column's units and so the meaning
+    of the radius (its refreshes keep the running maximum in those units).
+    Jacobi's loss on a
     well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
     van der Sluis 1969), T = I's on a badly scaled one is not: the decision

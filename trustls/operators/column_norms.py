@@ -164,13 +164,12 @@ def diluted_column_norms(
 def _settled(previous: Tensor, mean: Tensor) -> bool:
     """Whether a stage's mean squares agree with the stage before (half its classes) to √ε, per column.
 
-    The stage of 2P classes drops exactly the cross terms of the rows that
-    the stage of P classes pairs and it separates (congruent mod P, not mod
-    2P): agreement means those sum to nothing in every column, which for
-    independent random signs σ happens only where there are none (or they
-    are negligible, below √ε of the column's squares). The structure the
-    P-class stage is exact for is then the structure of J, and further
-    stages would only add rows that no column's rows collide on.
+    The stage of 2P classes drops exactly the cross terms of the row pairs
+    that the stage of P classes keeps and it separates (congruent mod P, not
+    mod 2P). Agreement means that those sum to nothing in every column,
+    which for random signs σ happens only where there are none (or where they
+    are below √ε of the column's squares): the P-class stage was exact, and
+    so is every later one.
     """
     tolerance = torch.finfo(mean.dtype).eps ** 0.5
     return bool(((previous - mean).abs_() <= tolerance * mean).all())
