@@ -72,7 +72,8 @@ class TrustRegion:
     Args:
         model: the curvature provider, e.g. `GaussNewtonModel()`.
         solver: ``"cg"`` (Steihaug-Toint CG, matrix-free), ``"lstsq"`` (exact,
-            one SVD of J per point) or a configured `SubproblemSolver`.
+            one SVD of J per point), ``"schur"`` (`IterativeSchur`: eliminated
+            blocks of a sparse J) or a configured `SubproblemSolver`.
         ftol: stop when the relative cost decrease is below ``ftol`` at a
             step the model predicted well (ρ > ¼). ``None`` disables.
         xtol: stop when ‖dx‖ < xtol·(xtol + ‖x‖). ``None`` disables.
