@@ -486,7 +486,9 @@ def test_numpy_integers_and_verbose_true_are_taken_as_scipy_takes_them(capsys):
     assert "The maximum number of function evaluations is exceeded." in capsys.readouterr().out
     res = least_squares(decay, DECAY_X0, max_nfev=np.int32(50), verbose=np.int64(0))
     assert res.success and capsys.readouterr().out == ""
-    for bad in (np.float64(3.0), True):
+    # A whole float is a count, as scipy takes it; a fraction or a bool is not.
+    assert least_squares(decay, DECAY_X0, max_nfev=np.float64(3.0)).nfev == 3
+    for bad in (np.float64(3.5), True):
         with pytest.raises(ValueError, match=r"max_nfev must be a positive int or None"):
             least_squares(decay, DECAY_X0, max_nfev=bad)
 
@@ -525,3 +527,50 @@ def test_scipy_valid_tr_options_values_and_sparse_results():
     with pytest.raises(ValueError, match=r"jac must return a sparse tensor of 2 dimensions \(m, n\), got shape \(2,\)"):
         least_squares(lambda x: (x[0] + x[1] - 1).reshape(1), torch.zeros(2, dtype=F64),
                       jac=lambda x: torch.ones(2, dtype=F64).to_sparse())
+
+
+BOX3D_T = 0.1 * torch.arange(1, 11, dtype=torch.float64)
+
+
+def box3d(x):
+    """MGH Box 3-D, zero residual at (1, 10, 1): from (0, 10, 20) the trust region collapses at cost ~1e-32."""
+    t = BOX3D_T
+    return torch.exp(-t * x[0]) - torch.exp(-t * x[1]) - x[2] * (torch.exp(-t) - torch.exp(-10 * t))
+
+
+@pytest.mark.parametrize("tr_solver", ["exact", "lsmr"])
+def test_a_collapsed_radius_never_names_a_disabled_xtol(tr_solver):
+    """Found by a differential hunt: with xtol=None the collapse below x's rounding reported XTOL."""
+    x0 = torch.tensor([0.0, 10.0, 20.0], dtype=torch.float64)
+    disabled = least_squares(box3d, x0, xtol=None, gtol=None, tr_solver=tr_solver)
+    assert disabled.status is Status.NOISE_FLOOR and disabled.success and disabled.cost < 1e-28
+    enabled = least_squares(box3d, x0, gtol=None, tr_solver=tr_solver)
+    assert enabled.status is Status.XTOL and enabled.cost < 1e-28
+
+
+def test_a_collapsed_radius_never_names_a_disabled_xtol_in_a_batch():
+    x0 = torch.tensor([[0.0, 10.0, 20.0], [0.0, 10.0, 20.0]], dtype=torch.float64)
+    fit = trustls.TrustRegion(trustls.GaussNewtonModel(), solver="lstsq", xtol=None, gtol=None).solve_batch(
+        torch.vmap(box3d), x0)
+    assert fit.status.tolist() == [Status.NOISE_FLOOR.code] * 2 and bool(fit.success.all())
+
+
+def test_complex_numpy_starts_are_refused():
+    """Found by a differential hunt: numpy's complex arrays were cast to real with only a warning."""
+    with pytest.raises(TypeError, match=r"x0 must have a real dtype, got complex128"):
+        least_squares(box3d, np.array([1 + 2j, 10.0, 1.0]))
+    with pytest.raises(TypeError, match=r"p0 must have a real dtype, got complex128"):
+        trustls.curve_fit(lambda x, a, b: a * x + b, [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], p0=np.array([1 + 1j, 1.0]))
+
+
+def test_tolerances_and_max_nfev_as_scipy_takes_them():
+    """Found by a differential hunt: 0-d arrays as tolerances and a whole float max_nfev, which scipy takes."""
+    x0 = torch.tensor([0.0, 10.0, 20.0], dtype=torch.float64)
+    reference = least_squares(box3d, x0, ftol=1e-8, xtol=1e-8, gtol=1e-6, max_nfev=50)
+    result = least_squares(box3d, x0, ftol=np.array(1e-8), xtol=torch.tensor(1e-8), gtol=np.float32(1e-6).reshape(()),
+                           max_nfev=50.0)
+    assert torch.equal(result.x, reference.x) and result.nfev == reference.nfev
+    with pytest.raises(ValueError, match=r"max_nfev must be a positive int or None, got 50.5"):
+        least_squares(box3d, x0, max_nfev=50.5)
+    with pytest.raises(ValueError, match=r"ftol must be a finite non-negative number or None, got array\(\[1.e-08, 1.e-08\]\)"):
+        least_squares(box3d, x0, ftol=np.array([1e-8, 1e-8]))

@@ -26,6 +26,8 @@ def as_tensor_x0(x0: object) -> Tensor:
     else:
         if isinstance(x0, (bool, str, bytes)) or x0 is None:
             raise TypeError(f"x0 must be a tensor, a number or a sequence of numbers, got {type(x0).__name__}")
+        if is_complex_array(x0):  # numpy's complex arrays would be cast to real with only a warning
+            raise TypeError(f"x0 must have a real dtype, got {x0.dtype}")
         try:
             tensor = torch.as_tensor(x0, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as error:
@@ -35,6 +37,22 @@ def as_tensor_x0(x0: object) -> Tensor:
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.float64)
     return tensor.reshape(1) if tensor.ndim == 0 else tensor
+
+
+def is_complex_array(value: object) -> bool:
+    """Whether ``value`` is a numpy array or scalar of a complex dtype (numpy itself not needed)."""
+    return not isinstance(value, Tensor) and getattr(getattr(value, "dtype", None), "kind", None) == "c"
+
+
+def _number(value: object) -> object:
+    """A 0-d numpy array or tensor as its Python number (scipy takes ``np.array(1e-8)`` as a
+    tolerance); anything else unchanged."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and not isinstance(value, numbers.Number):
+        try:
+            return value.item()
+        except (TypeError, ValueError, RuntimeError):
+            return value
+    return value
 
 
 def check_x0(x0: object) -> Tensor:
@@ -54,6 +72,7 @@ def check_x0(x0: object) -> Tensor:
 def check_tolerance(name: str, value: object) -> float | None:
     if value is None:
         return None
+    value = _number(value)
     # numbers.Real: Python and numpy scalars alike (np.float32 is not a float), bools excluded.
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite non-negative number or None, got {value!r}")
@@ -62,10 +81,15 @@ def check_tolerance(name: str, value: object) -> float | None:
 
 def check_positive_int(name: str, value: object) -> int | None:
     """``value`` as a Python int: any integer (numbers.Integral, so numpy's np.int64 too, which
-    ``max_nfev = 100 * arr.size`` produces and scipy takes), bools excluded, or ``None``."""
+    ``max_nfev = 100 * arr.size`` produces and scipy takes) or whole float (``50.0``, which scipy
+    also takes), bools excluded, or ``None``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    value = _number(value)
+    whole = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+    )
+    if isinstance(value, bool) or not whole or value < 1:
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
     return int(value)
 
@@ -73,6 +97,7 @@ def check_positive_int(name: str, value: object) -> int | None:
 def check_positive_number(name: str, value: object) -> float | None:
     if value is None:
         return None
+    value = _number(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
     return float(value)

@@ -43,7 +43,8 @@ Deviations from scipy, all deliberate:
   `CovarianceWarning` (scipy's "lm" gives inf only when a pivot is exactly zero).
 * A 1-D sigma must be positive; a 2-D sigma must be symmetric. Invalid
   ``nan_policy`` values raise even when ``check_finite`` is True. Errors that scipy
-  raises as ``TypeError`` for a bad value (more parameters than data with "lm")
+  raises as ``TypeError`` for a bad value (more parameters than data with "lm",
+  which ``method=None`` without bounds is)
   are ``ValueError`` here.
 
 References:
@@ -127,11 +128,11 @@ def _solver_options(method: object, bounded: bool, m: int, n: int, kwargs: dict)
         if "max_nfev" in options:
             raise ValueError("maxfev and max_nfev must not both be given: they are the same budget")
         options["max_nfev"] = options.pop("maxfev")
-    if method == "lm":
-        if bounded:
-            raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead.")
-        if m != 1 and n > m:
-            raise ValueError(f"method 'lm' needs no more parameters than data points, got n = {n} > m = {m}")
+    if method == "lm" and bounded:
+        raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead.")
+    if method in (None, "lm") and not bounded and m != 1 and n > m:  # scipy: method=None unbounded is 'lm'
+        raise ValueError(f"method 'lm' (method=None without bounds) needs no more parameters than data points, "
+                         f"got n = {n} > m = {m}")
     if method == "dogbox":
         options["method"] = method
     if "solver" not in options and "tr_solver" not in options:

@@ -54,7 +54,7 @@ from trustls.termination import cosine_optimality, effective_tolerance, gradient
 if TYPE_CHECKING:
     from trustls.trust_region import TrustRegion
 
-__all__ = ["Outcome", "Trial", "callback_stops"]
+__all__ = ["Outcome", "Trial", "callback_stops", "converged_at_resolution"]
 
 # The tests on the step's length and the cost's change, which a step limited by the radius fools.
 _STEP_TESTS = (Status.FTOL, Status.XTOL, Status.FTOL_XTOL)
@@ -192,13 +192,21 @@ class Trial:
                 break
             if radius <= self.eps * (1.0 + outcome.x_scaled_norm):
                 # No step longer than the rounding of x remains. After a finite
-                # trial that is convergence to working precision (xtol at eps);
-                # after a non-finite one (cost or gradient) the region around x is unusable.
-                status = Status.XTOL if outcome.finite else Status.RADIUS_COLLAPSED
+                # trial that is convergence to working precision (xtol at eps, or,
+                # with xtol disabled, no decrease measurable); after a non-finite one
+                # (cost or gradient) the region around x is unusable.
+                status = converged_at_resolution(method.xtol) if outcome.finite else Status.RADIUS_COLLAPSED
                 break
             if max_trials is not None and trials >= max_trials:
                 break
         return radius, status, outcome
+
+
+def converged_at_resolution(xtol: float | None) -> Status:
+    """The status of a radius collapsed below the rounding of x after finite trials: ``XTOL`` (the
+    step test at its floor, eps), or ``NOISE_FLOOR`` when the user disabled ``xtol``, which a
+    stop must not name."""
+    return Status.XTOL if xtol is not None else Status.NOISE_FLOOR
 
 
 def callback_stops(callback: Callable[[IterationInfo], Any], info: IterationInfo) -> bool:

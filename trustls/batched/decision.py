@@ -20,6 +20,7 @@ from trustls.batched.objective import Linearized
 from trustls.decision import trial_decision
 from trustls.radius import noise_level
 from trustls.result import Status
+from trustls.trial import converged_at_resolution
 
 if TYPE_CHECKING:
     from trustls.trust_region import TrustRegion
@@ -84,6 +85,7 @@ def decide(
     # after a finite trial, an unusable region after a non-finite one (cost or gradient).
     collapsed = ~accepted & (code == RUNNING) & (next_radius <= eps * (1.0 + x_scaled_norm))
     usable = finite & ~failed
-    code = torch.where(collapsed, torch.where(usable, Status.XTOL.value, Status.RADIUS_COLLAPSED.value), code)
+    at_resolution = converged_at_resolution(controller.xtol).value  # XTOL, or NOISE_FLOOR with xtol=None
+    code = torch.where(collapsed, torch.where(usable, at_resolution, Status.RADIUS_COLLAPSED.value), code)
     code = torch.where((code == RUNNING) & (nfev >= max_nfev), Status.MAX_NFEV.value, code)
     return accepted, moves, code, next_radius, torch.where(accepted, decision.noise_step, noise_step), cut
