@@ -39,11 +39,12 @@ bounds follow:
 
 ``secular_steps`` (default 1) such corrections are taken while
 ‖p‖ < ½Δ; the reduced solves whose λ may still be corrected run only to
-η = ½, and the last one is resumed to ``forcing``. When λ₀ lies far above
-the spectrum of B along g, p(λ₀) is much shorter than Δ; on BAL problem-49
-with Jacobi scaling one correction lengthened the steps about tenfold, and
-without it ``ftol`` stopped the solve above scipy's final cost
-(`docs/schur.md`). A correction that lengthens p by less than
+η = ½, and the last one is resumed to ``forcing``. When λ₀ lies far below
+the curvature of B along g (gᵀBg/‖g‖² ≫ λ₀), p(λ₀) is close to the
+Gauss-Newton step and much shorter than Δ = ‖g‖/λ₀; on BAL problem-49 with
+Jacobi scaling one correction lengthened the steps about thirtyfold (median
+‖p‖/Δ), and without it the solve took three times the evaluations to reach
+scipy's final cost (`docs/schur.md`). A correction that lengthens p by less than
 10 % means p(λ) has reached the Gauss-Newton step: the radius no longer
 binds, and the step is reported interior (``hits_boundary=False``); otherwise
 λ > 0 constrains it and it is reported on the boundary, so that the ratio
@@ -77,8 +78,8 @@ returned with ``norm=inf``, from which the controller shrinks the radius.
 Inner tolerance. η = ``forcing`` (default 0.1, Ceres' default ``eta``) is fixed
 rather than `SteihaugCG`'s η = min(η_max, ‖g‖/‖g‖_ref): on BAL problem-49
 with Jacobi scaling and one to three corrections, the relative rule took
-1,800 to 6,400 PCG iterations where η = 0.1 took 510 to 980, for about as
-many evaluations. Gauss-Newton converges linearly on such large-residual
+five to twelve times the PCG iterations of η = 0.1 for no fewer evaluations
+(`docs/schur.md`). Gauss-Newton converges linearly on such large-residual
 problems, so tighter inner solves are not seen (Dembo, Eisenstat & Steihaug
 1982). The residual is measured against the reduced right-hand side, not
 ‖g‖: at the first BAL iterate the points alone already reduce the residual
@@ -195,7 +196,7 @@ class IterativeSchur(SubproblemSolver):
     preconditioner: str = "schur_jacobi"
     secular_steps: int = 1
 
-    # Diagonal Jacobi scaling: block-Jacobi made the solve on BAL take 34 evaluations instead of 16.
+    # Diagonal Jacobi scaling: block-Jacobi made the solve on BAL take 34 evaluations instead of 19.
     default_x_scale: ClassVar[JacobiScale] = JacobiScale(blocks=False)
 
     def __post_init__(self):
