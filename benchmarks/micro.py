@@ -32,9 +32,15 @@ Sections:
     method of `trustls.operators.implicit`: the linearization with its first
     product, and one more product.
 
+``bal-setup``
+    What ``least_squares(fun, x0, jac_sparsity=P)`` spends on BAL
+    problem-49 before its first step completes (a callback stops it there):
+    the whole, and the one-time structures alone (the coloring, the column
+    blocks, the colored J's sparse structure, the Schur structure).
+
 Medians of interleaved repeats. Run from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian,backward,small-products]
+    OMP_NUM_THREADS=1 python benchmarks/micro.py [--only bal-jacobian,sparse-product,cg,dense-jacobian,backward,small-products,bal-setup]
         [--clock cpu]   (process CPU time: robust on a machine shared with other jobs)
 """
 
@@ -200,9 +206,44 @@ def small_products(repeats: int) -> None:
         print(f"| {name} | {problem.m} | {problem.n} | " + " | ".join(cells) + " |")
 
 
+def bal_setup(repeats: int) -> None:
+    from trustls import least_squares
+    from trustls.sparsity import ColoredJacobian, pattern_blocks
+    from trustls.sparsity.pattern import jacobian_pattern
+    from trustls.subproblem.schur_structure import schur_blocks
+
+    problem = bal.load_bal()
+    pattern = problem.jacobian_sparsity()
+
+    def first_step():
+        def stop(result):
+            raise StopIteration
+
+        least_squares(problem.residual, problem.x0, jac_sparsity=problem.jacobian_sparsity(), ftol=1e-4, callback=stop)
+
+    normalized = jacobian_pattern(pattern)
+    values = torch.ones(normalized.nnz, dtype=torch.float64)
+    partition = pattern_blocks(jacobian_pattern(pattern))
+
+    def structure():
+        fresh = jacobian_pattern(pattern)
+        SparseOperator.from_sorted(fresh.rows, fresh.cols, values, fresh.shape, fresh.column_order)
+
+    t = medians({
+        "to the first step": first_step,
+        "coloring": lambda: ColoredJacobian(pattern),
+        "blocks": lambda: pattern_blocks(jacobian_pattern(pattern)),
+        "J's sparse structure": structure,
+        "Schur structure": lambda: schur_blocks(SparseOperator(normalized.rows, normalized.cols, values,
+                                                               normalized.shape), partition),
+    }, repeats)
+    print(f"\n## least_squares(fun, x0, jac_sparsity=P) on BAL problem-49, up to its first step\n")
+    print(" | ".join(f"{name} {1e3 * seconds:.0f} ms" for name, seconds in t.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian,backward,small-products")
+    parser.add_argument("--only", default="bal-jacobian,sparse-product,cg,dense-jacobian,backward,small-products,bal-setup")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
@@ -223,6 +264,8 @@ def main() -> None:
         backward(args.repeats)
     if "small-products" in sections:
         small_products(args.repeats)
+    if "bal-setup" in sections:
+        bal_setup(min(args.repeats, 5))
 
 
 if __name__ == "__main__":
