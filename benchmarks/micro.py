@@ -237,7 +237,7 @@ def bal_setup(repeats: int) -> None:
         "Schur structure": lambda: schur_blocks(SparseOperator(normalized.rows, normalized.cols, values,
                                                                normalized.shape), partition),
     }, repeats)
-    print(f"\n## least_squares(fun, x0, jac_sparsity=P) on BAL problem-49, up to its first step\n")
+    print("\n## least_squares(fun, x0, jac_sparsity=P) on BAL problem-49, up to its first step\n")
     print(" | ".join(f"{name} {1e3 * seconds:.0f} ms" for name, seconds in t.items()))
 
 
