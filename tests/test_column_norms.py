@@ -65,25 +65,6 @@ def test_later_stages_make_more_jacobians_exact(generator):
     assert errors[1] < 1e-13 and errors[2] < 1e-13
 
 
-@pytest.mark.parametrize(("width", "expected"), [(7, 2), (12, 3), (None, 4)])
-def test_the_estimate_ends_at_the_first_stage_that_agrees_with_the_one_before(generator, width, expected):
-    # Column j on rows 4j, …, 4j + width − 1. Width 7: the 8-class stage is exact
-    # and the 16-class one agrees with it. Width 12: 16 classes are needed and 32
-    # agree. Dense: no two stages agree, and all four (8 to 64 probes) are taken.
-    n = 100
-    if width is None:
-        J = torch.randn(400, n, generator=generator, dtype=F64)
-    else:
-        rows = 4 * torch.arange(n)[:, None] + torch.arange(width)
-        J = torch.zeros(4 * n + width, n, dtype=F64)
-        J[rows, torch.arange(n)[:, None]] = torch.randn(n, width, generator=generator, dtype=F64)
-    estimates = stages(J, 64)
-    assert len(estimates) == expected
-    if width is not None:
-        torch.testing.assert_close(estimates[-1], torch.linalg.vector_norm(J, dim=0), rtol=1e-14, atol=0)
-        torch.testing.assert_close(estimates[-2], estimates[-1], rtol=1e-14, atol=0)
-
-
 def test_diluted_estimate_is_unbiased_on_a_dense_jacobian(generator):
     J = torch.randn(64, 6, generator=generator, dtype=F64)
     squares = torch.stack([stages(J, 8, seed)[0] ** 2 for seed in range(1000)])
@@ -123,7 +104,7 @@ def test_matrix_free_norms_of_structured_problems_are_exact(make):
     rows, cols, values = problem.jacobian_coo(x)
     exact = SparseOperator(rows, cols, values, (problem.m, problem.n)).column_norms()
     estimates = list(model.column_norm_estimates(lin))
-    assert len(estimates) == 2  # after 8 and 16 VJPs, which agree: the 8-class stage was exact
+    assert len(estimates) == 3  # after 8, 16 and 32 VJPs
     for estimate in estimates:
         torch.testing.assert_close(estimate, exact, rtol=1e-14, atol=0)
     torch.testing.assert_close(model.column_norms(lin), exact, rtol=1e-14, atol=0)
@@ -136,7 +117,7 @@ def chained(x):
 
 
 @pytest.mark.parametrize(("n", "probes", "estimated", "stages"),
-                         [(32, 32, False, 1), (33, 32, True, 2), (40, 64, False, 1), (40, 8, True, 1)])
+                         [(32, 32, False, 1), (33, 32, True, 3), (40, 64, False, 1), (40, 8, True, 1)])
 def test_norms_are_exact_up_to_32_variables_or_the_probes(n, probes, estimated, stages):
     model = GaussNewtonModel(column_norm_probes=probes)
     lin = model.linearize(chained, torch.linspace(0.5, 2.0, n, dtype=F64))
@@ -189,8 +170,39 @@ def test_the_parts_of_a_split_jacobian_draw_the_slices_of_the_whole_probes(class
     whole, first, second = _Recorder(45, 7), _Recorder(19, 7), _Recorder(26, 7)
     for J, rows in ((whole, None), (first, (0, 45)), (second, (19, 45))):
         list(diluted_column_norms(J, classes, torch.Generator().manual_seed(3), rows=rows))
-    # The recorder's products are the same at every stage, so 32 classes settle after 16 probes, on
-    # every part alike (their rmatvec would sum over all rows, so the parts see the same products).
-    assert len(whole.probes) == len(first.probes) == len(second.probes) == min(classes, 16)
+    assert len(whole.probes) == len(first.probes) == len(second.probes) == classes
     for w, a, b in zip(whole.probes, first.probes, second.probes):
         assert torch.equal(w, torch.cat([a, b]))
+
+
+def _exact_columns(J):
+    return torch.linalg.vector_norm(J, dim=0)
+
+
+def test_rows_16_apart_are_exact_with_32_classes():
+    """A review's counterexample to stopping when two stages agree: rows 16 apart collide in
+    the stages of 8 and 16 classes alike, so those agree while both are wrong; 32 are exact."""
+    def lagged(x):
+        return x[16:] - 0.5 * x[:-16] ** 2
+
+    x = torch.linspace(0.5, 2.0, 200, dtype=F64)
+    model = GaussNewtonModel()
+    lin = model.linearize(lagged, x)
+    exact = _exact_columns(torch.func.jacrev(lagged)(x))
+    *_, last = model.column_norm_estimates(lin)
+    torch.testing.assert_close(last, exact, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("N", [17, 24, 49])
+def test_a_five_point_stencil_on_an_n_by_n_grid_is_exact(generator, N):
+    # Rows j ± 1 and j ± N share column j: distances 1, 2, N − 1, N, N + 1, 2N, none ≡ 0 mod 32.
+    n = N * N
+    J = torch.zeros(n, n, dtype=F64)
+    index = torch.arange(n)
+    for shift in (0, 1, -1, N, -N):
+        rows = index[(index + shift >= 0) & (index + shift < n)]
+        if shift in (1, -1):
+            rows = rows[(rows % N + shift >= 0) & (rows % N + shift < N)]
+        J[rows, rows + shift] = torch.randn(rows.numel(), generator=generator, dtype=F64)
+    *_, last = stages(J, 32)
+    torch.testing.assert_close(last, _exact_columns(J), rtol=1e-13, atol=0)

@@ -296,9 +296,8 @@ def test_the_preconditioner_changes_cost_not_results(scale):
 
 
 def test_jacobi_scale_of_a_banded_operator_is_exact():
-    # Matrix-free with n > 32: the probes are diluted (the estimate of x_scale="jac"),
-    # exact when the rows of every column lie within 8 consecutive rows, as here; the
-    # stage of 16 probes agrees with that of 8 and ends the estimate.
+    # Matrix-free with n > 32: the 32 probes are diluted (the estimate of x_scale="jac"),
+    # exact when the rows of every column lie within 8 consecutive rows, as here.
     n = 40
     generator = torch.Generator().manual_seed(5)
     J = torch.zeros(2 * n, n, dtype=F64)
@@ -308,7 +307,7 @@ def test_jacobi_scale_of_a_banded_operator_is_exact():
     J[2 * index[:-1] + 1, index[1:]] = torch.randn(n - 1, generator=generator, dtype=F64)
     operator = _Matrix(J * torch.logspace(-3, 3, n, dtype=F64))
     scale, products = conjugate_gradient.jacobi_scale(operator)
-    assert products == operator.calls == 16
+    assert products == operator.calls == conjugate_gradient._NORM_PROBES
     torch.testing.assert_close(scale, 1 / torch.linalg.vector_norm(operator.matrix, dim=0), rtol=1e-13, atol=0)
 
 

@@ -120,9 +120,8 @@ class JacobiScale(ScalePolicy):
     ``uniform_spread``² at most, and the products of the estimates and of its
     refreshes are saved. The first stage of the estimate (8 VJPs) settles a
     well-scaled J; the decision is checked again at iterations 8, 64, 512, …
-    Otherwise T is Jacobi's from the full estimate (which ends early at the
-    first stage that agrees with the one before: `diluted_column_norms`),
-    refreshed at iterations 0, 1, 2, 4, 8, …; after T = I it is
+    Otherwise T is Jacobi's from the full estimate, refreshed at iterations
+    0, 1, 2, 4, 8, …; after T = I it is
     T = max c / c, which keeps the largest column's units and so the meaning
     of the radius (its refreshes keep the running maximum in those units).
     Jacobi's loss on a

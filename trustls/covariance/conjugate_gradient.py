@@ -53,11 +53,7 @@ import torch
 from torch import Tensor
 
 from trustls.operators.base import LinearOperator
-from trustls.operators.column_norms import (
-    diluted_column_norms,
-    exact_column_norms,
-    stage_probes,
-)
+from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
 from trustls.operators.dense import DenseOperator
 from trustls.operators.sparse import SparseOperator
 
@@ -86,9 +82,8 @@ def jacobi_scale(jacobian: LinearOperator) -> tuple[Tensor, int]:
     """Inverse column norms of J (1 for a zero column), and the products spent on them.
 
     Exact for stored matrices (no product) and for n ≤ 32 (n products J e_i);
-    otherwise estimated from up to 32 diluted Rademacher probes Jᵀz, from a
-    fixed seed: the estimate of ``x_scale="jac"`` (`trustls.operators.column_norms`,
-    which ends at 16 probes when those agree with the first 8),
+    otherwise estimated from 32 diluted Rademacher probes Jᵀz, from a fixed
+    seed: the estimate of ``x_scale="jac"`` (`trustls.operators.column_norms`),
     exact for banded and block Jacobians, unbiased otherwise (Bekas,
     Kokiopoulou & Saad 2007). A preconditioner needs only the order of
     magnitude of each column, but noise in it spreads the spectrum CG sees.
@@ -102,8 +97,8 @@ def jacobi_scale(jacobian: LinearOperator) -> tuple[Tensor, int]:
         products = n
     else:
         generator = torch.Generator(device=jacobian.device).manual_seed(0)
-        estimates = list(diluted_column_norms(jacobian, _NORM_PROBES, generator))  # may end early
-        norms, products = estimates[-1], stage_probes(_NORM_PROBES, jacobian.shape[0])[len(estimates) - 1]
+        *_, norms = diluted_column_norms(jacobian, _NORM_PROBES, generator)
+        products = _NORM_PROBES
     norms = norms.detach()
     usable = torch.isfinite(norms) & (norms > 0)
     return torch.where(usable, 1 / torch.where(usable, norms, 1), 1), products

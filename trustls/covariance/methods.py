@@ -89,7 +89,7 @@ class MatrixFreeCG:
             to about ``sqrt(rtol)`` on the correlation scale.
         max_iter: CG iterations per column; ``None`` means ``2 * n + 10``.
         scale: the diagonal preconditioner T: ``"jac"`` (inverse column norms of J:
-            free for stored matrices, n products for n ≤ 32, up to 32 otherwise), a
+            free for stored matrices, n products for n ≤ 32, 32 otherwise), a
             positive 1-D tensor of length n (the solver's ``x_scale``, say), or ``None``.
 
     Examples:

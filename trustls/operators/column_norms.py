@@ -64,27 +64,12 @@ from torch import Tensor
 
 from trustls.operators.base import LinearOperator
 
-__all__ = ["diluted_column_norms", "exact_column_norms", "stage_probes"]
+__all__ = ["diluted_column_norms", "exact_column_norms"]
 
 # The first stage of `diluted_column_norms`: exact for rows that share a
 # column within 8 of each other (chained and banded residuals up to 8 rows
 # per variable), at the cost of four CG iterations.
 _FIRST_STAGE = 8
-
-
-def stage_probes(classes: int, rows: int | None = None) -> list[int]:
-    """The VJPs spent by `diluted_column_norms` up to each of its stages, for K = ``classes``.
-
-    ``rows``: the rows of J (all ranks' rows for a split J); fewer rows than
-    K classes probe only the rows there are.
-
-    Examples:
-        >>> stage_probes(32), stage_probes(12), stage_probes(8, rows=5)
-        ([8, 16, 32], [12], [5])
-    """
-    if classes & (classes - 1) or classes <= _FIRST_STAGE:
-        return [classes if rows is None else min(classes, rows)]
-    return [2**k for k in range(_FIRST_STAGE.bit_length() - 1, classes.bit_length())]
 
 
 def exact_column_norms(J: LinearOperator) -> Tensor:
@@ -111,11 +96,7 @@ def diluted_column_norms(
     (1/P) Σ_{k<P} (Jᵀw_k)² is the estimate with P row classes (module
     docstring). The generator yields it after 8, 16, …, K VJPs, each stage
     exact on more Jacobians; a caller that has seen enough stops early, and a
-    later stage costs only its new probes. The generator itself stops after
-    the first stage that agrees with the one before it (to √ε in every
-    column, `_settled`): the earlier stage was already exact, so more classes
-    cannot change the estimate (a banded J whose column's rows lie within 8
-    of each other stops at 16 VJPs instead of K). Another K gives one stage of K
+    later stage costs only its new probes. Another K gives one stage of K
     classes. Rows that no class reaches (fewer rows than K) are not probed:
     with K ≥ m the norms are exact.
 
@@ -147,29 +128,10 @@ def diluted_column_norms(
             squares += J.rmatvec(torch.where(row_class == a, signs, 0.0)) ** 2
         yield torch.sqrt(squares)
         return
-    previous = None  # the mean squares of the last stage
     for k in range(classes):
         table = torch.tensor([1.0 - 2.0 * (bin(k & a).count("1") % 2) for a in range(classes)], dtype=J.dtype)
         product = J.rmatvec(signs * table.to(device).index_select(0, row_class))
         squares.addcmul_(product, product)
         stage = k + 1
         if stage >= _FIRST_STAGE and stage & (stage - 1) == 0:
-            mean = squares / stage
-            yield torch.sqrt(mean)
-            if previous is not None and _settled(previous, mean):
-                return
-            previous = mean
-
-
-def _settled(previous: Tensor, mean: Tensor) -> bool:
-    """Whether a stage's mean squares agree with the stage before (half its classes) to √ε, per column.
-
-    The stage of 2P classes drops exactly the cross terms of the row pairs
-    that the stage of P classes keeps and it separates (congruent mod P, not
-    mod 2P). Agreement means that those sum to nothing in every column,
-    which for random signs σ happens only where there are none (or where they
-    are below √ε of the column's squares): the P-class stage was exact, and
-    so is every later one.
-    """
-    tolerance = torch.finfo(mean.dtype).eps ** 0.5
-    return bool(((previous - mean).abs_() <= tolerance * mean).all())
+            yield torch.sqrt(squares / stage)
