@@ -329,9 +329,9 @@ def test_repr_and_defaults():
     text = repr(opt)
     assert text.startswith("TrustRegionOptimizer(TrustRegion(GaussNewtonModel(") and "max_trials=1" in text
     assert "params=[(2, 6), (), (2,), (6, 3), (6,)]" in text
-    # One trial per batch: the CG path would never be reused, so it is not stored.
-    assert opt._method.solver.path_memory == 0 and opt.method.solver.path_memory is None
-    assert opt._method.scale_policy == JacobiScale()
+    # One trial per batch: the CG path would never be reused, so that step's method stores none.
+    assert opt._one_trial.solver.path_memory == 0 and opt.method.solver.path_memory is None
+    assert opt._method.solver.path_memory is None and opt._method.scale_policy == JacobiScale()
 
 
 @pytest.mark.parametrize("module", [trustls.optim, trustls._closure, trustls.distributed])

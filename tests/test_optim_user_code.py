@@ -403,3 +403,78 @@ def test_verbose_two_prints_the_optimizers_trials(capsys):
     assert costs[1] < costs[0]
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert rows and all(line.split()[-1] == "nan" for line in rows if float(line.split()[3]) > 0)
+
+
+# -- found by a hunt of torch.optim conventions ------------------------------------------------
+
+
+def _classifier(seed=1):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+
+
+def _classes(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(64, 4, generator=generator, dtype=F64) * 3, torch.randint(0, 3, (64,), generator=generator)
+
+
+def test_a_resumed_run_with_max_trials_from_the_saved_group_is_the_uninterrupted_one():
+    """max_trials=None restored into a default-built optimizer used to keep no CG path (decided once,
+    from the keyword): 43 products instead of 33 and different bits."""
+    import copy
+
+    X, y = _classes()
+    method = TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver=SteihaugCG(max_iter=20), initial_radius=100.0)
+    net = _classifier()
+    opt = TrustRegionOptimizer(net.parameters(), method, max_trials=None)
+    for _ in range(2):
+        opt.step(lambda: (net(X), y))
+    checkpoint = copy.deepcopy((opt.state_dict(), net.state_dict()))  # state_dict() holds live state, as torch's
+    for _ in range(6):
+        opt.step(lambda: (net(X), y))
+    resumed = _classifier()
+    resumed.load_state_dict(checkpoint[1])
+    opt2 = TrustRegionOptimizer(resumed.parameters(), method)  # max_trials comes back with the group
+    opt2.load_state_dict(checkpoint[0])
+    assert opt2.param_groups[0]["max_trials"] is None
+    for _ in range(6):
+        opt2.step(lambda: (resumed(X), y))
+    assert opt2.state[resumed[0].weight]["products"] == opt.state[net[0].weight]["products"]
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), resumed.parameters()))
+
+
+def test_options_of_a_parameter_group_are_checked_at_construction():
+    method = TrustRegion(GaussNewtonModel(), solver="cg")
+    weight = torch.nn.Parameter(torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match=r"lr must be a non-negative number or inf .*got -1"):
+        TrustRegionOptimizer([{"params": [weight], "lr": -1}], method)
+    with pytest.raises(ValueError, match=r"max_trials must be a positive int or None, got 2.5"):
+        TrustRegionOptimizer([{"params": [weight], "max_trials": 2.5}], method)
+    opt = TrustRegionOptimizer([{"params": [weight], "max_trials": 2.0}], method)
+    assert type(opt.param_groups[0]["max_trials"]) is int and opt.param_groups[0]["max_trials"] == 2
+
+
+def test_a_closure_may_return_a_parameter_itself():
+    """Free logits fitted directly were refused as cached outputs: the trial read the parameter after
+    its data had been swapped back."""
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    method = TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver=SteihaugCG(max_iter=10))
+    costs = {}
+    for name, closure_of in [("itself", lambda z: lambda: (z, y)), ("a product", lambda z: lambda: (z * 1, y))]:
+        logits = torch.nn.Parameter(torch.zeros(8, 3, dtype=F64))
+        opt = TrustRegionOptimizer([logits], method)
+        costs[name] = [opt.step(closure_of(logits)) for _ in range(3)]
+    assert costs["itself"] == costs["a product"] and costs["itself"][2] < costs["itself"][0]
+
+
+def test_the_callback_and_last_count_every_closure_call_so_far():
+    X, y = _classes()
+    net = _classifier()
+    seen = []
+    method = TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver=SteihaugCG(max_iter=10),
+                         callback=lambda info: seen.append(info.nfev))
+    opt = TrustRegionOptimizer(net.parameters(), method)
+    for _ in range(5):
+        opt.step(lambda: (net(X), y))
+    state = opt.state[net[0].weight]
+    assert seen == [2, 4, 6, 8, 10] and opt.last.nfev == state["nfev"] == 10 and opt.last.nit == 5

@@ -196,7 +196,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"method.solver must be matrix-free: TrustRegionOptimizer never builds J, got {method.solver!r}"
             )
-        check_max_trials(max_trials)
+        max_trials = check_max_trials(max_trials)
         check_lr(lr)
         if data_parallel is True:
             data_parallel = DataParallel()
@@ -221,11 +221,13 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"max_trials": max_trials, "lr": float(lr)})
         first = self.param_groups[0]["params"][0]
         self._reducer = data_parallel.reducer(first.device) if data_parallel else None
+        self._method = method.replace(model=ClosureModel(model, self._reducer))
         solver = method.solver
-        if max_trials == 1 and isinstance(solver, SteihaugCG) and solver.path_memory != 0:
-            # One solve per linearization: a stored CG path would never be reused.
-            solver = dataclasses.replace(solver, path_memory=0)
-        self._method = method.replace(model=ClosureModel(model, self._reducer), solver=solver)
+        # With one trial per step (decided per step: the group's max_trials may change), a stored
+        # CG path would never be reused: that step's method keeps none.
+        self._one_trial = self._method
+        if isinstance(solver, SteihaugCG) and solver.path_memory != 0:
+            self._one_trial = self._method.replace(solver=dataclasses.replace(solver, path_memory=0))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
@@ -237,7 +239,14 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate")
             # torch reads "params" once: a generator, or a single tensor, becomes a list.
             super().add_param_group(param_group)
-        params = self.param_groups[0]["params"]
+        group = self.param_groups[0]
+        try:  # options given in the group itself are checked as the keywords are
+            group["max_trials"] = check_max_trials(group["max_trials"])
+            check_lr(group["lr"])
+        except ValueError:
+            self.param_groups.clear()
+            raise
+        params = group["params"]
         if not params:
             self.param_groups.clear()
             raise ValueError("params must hold at least one tensor, got an empty parameter list")
@@ -289,8 +298,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 "lr bounds the trust radius: give the optimizer a finite lr for the scheduler to anneal",
                 UserWarning, stacklevel=2,
             )
-        max_trials = group["max_trials"]
-        check_max_trials(max_trials)
+        max_trials = group["max_trials"] = check_max_trials(group["max_trials"])
         trainable = tuple(p.requires_grad for p in group["params"])
         params = [p for p in group["params"] if p.requires_grad]
         if not params:
@@ -298,7 +306,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         self.last, self.status = None, None  # the previous step's (also when this one raises); free its vectors
         dtype = params[0].dtype
         work = torch.float32 if dtype in HALF else dtype
-        method, model, reducer = self._method, self._method.model, self._reducer
+        method = self._one_trial if max_trials == 1 else self._method
+        model, reducer = method.model, self._reducer
         saved = self.state[group["params"][0]]
         self._check_trainable(trainable, saved)
         x = flatten(params, work)
@@ -347,7 +356,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             )
         if lr == 0.0:  # as torch.optim at lr = 0: nothing moves, and the radius is kept for a later lr
             return float(lin.cost)
-        tr = restore(self._method, saved, lin, context, dtype)
+        tr = restore(method, saved, lin, context, dtype)
         tr = dataclasses.replace(tr, radius=min(tr.radius, lr))
         if type(tr.scaling) is DiagonalScaling:  # the step may scale the gradient in place
             tr = dataclasses.replace(tr, scaling=ScratchScaling(tr.scaling.diagonal))
@@ -362,11 +371,12 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             try:
                 for p, value in zip(params, unflatten(x_new, params)):
                     p.data = value
-                value = closure()
+                trial_outputs, trial_targets = closure_outputs(closure())
+                if any(trial_outputs is p for p in params):  # a parameter itself (free logits): its data goes back
+                    trial_outputs = trial_outputs.detach().clone()
             finally:
                 for p, original in zip(params, originals):
                     p.data = original
-            trial_outputs, trial_targets = closure_outputs(value)
             if tuple(trial_outputs.shape) != shape or trial_outputs.dtype != dtype:
                 raise ValueError(
                     f"closure must return outputs of the same shape and dtype every time it is called within a step "
@@ -378,10 +388,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
 
         # max_nfev bounds the closure calls of one step, the linearization's
         # included (a budget over a whole run would stop every later step at
-        # its first trial).
-        nfev = tr.nfev
-        tr = method.step(trial, dataclasses.replace(tr, nfev=1), max_trials=max_trials, relinearize=False)
-        tr = dataclasses.replace(tr, nfev=nfev + tr.nfev - 1)
+        # its first trial); the counts, the callback's included, run on.
+        budget = method.max_nfev or 100 * tr.x.shape[0]
+        tr = method.step(trial, tr, max_trials=max_trials, relinearize=False, max_nfev=tr.nfev - 1 + budget)
         # The trial's decision read the cost at x already; read it only when no trial ran.
         cost_before = tr.last.previous_cost if tr.last is not None else float(lin.cost)
         del lin, products

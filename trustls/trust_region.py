@@ -308,6 +308,7 @@ class TrustRegion:
         *,
         max_trials: int | None = None,
         relinearize: bool = True,
+        max_nfev: int | None = None,
     ) -> TrustRegionState:
         """One outer iteration: trials until one is accepted or a test stops the solve.
 
@@ -317,7 +318,9 @@ class TrustRegion:
         solved again from the same preparation. With ``relinearize=False`` an
         accepted point is not linearized (the caller linearizes the next
         mini-batch itself): the next state's ``linearization`` is ``None``,
-        and the gradient test is skipped.
+        and the gradient test is skipped. ``max_nfev``, when given, is the
+        bound on ``state.nfev`` for this call in place of the method's
+        (`TrustRegionOptimizer` bounds each step's calls, its counts running on).
         """
         if state.status is not None:
             return state
@@ -334,7 +337,8 @@ class TrustRegion:
         problem = subproblem(lin, state.scaling, state.bounds)
         prepared = self.solver.prepare(problem.linearization, state.solver_state)
         trial = Trial(self, state, f, problem, prepared, relinearize)
-        max_nfev = self.max_nfev or 100 * state.x.shape[0]
+        if max_nfev is None:
+            max_nfev = self.max_nfev or 100 * state.x.shape[0]
         radius, status, outcome = trial.repeat(max_nfev, max_trials)
         nfev = state.nfev + f.calls
         if status is None and nfev >= max_nfev:
