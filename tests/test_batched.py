@@ -643,3 +643,28 @@ def test_jacobi_svd_at_the_top_of_the_range_and_for_underdetermined_batches():
     finally:
         lstsq._unit_rank = original
     assert calls == []
+
+
+def test_solve_tests_gtol_at_a_boundary_step_whose_step_test_was_cleared():
+    """Found by a differential hunt: `solve` skipped the gradient test where ftol held at a sound
+    boundary step and was then cleared, and went on to FTOL two evaluations later; `solve_batch`
+    and scipy stop with GTOL there."""
+    data = torch.tensor([[-0.21728834056001284, -0.928739742152174, -2.293874411451727, -0.5276491141599126]],
+                        dtype=torch.float64)
+    x0 = torch.tensor([[-0.8387709132554562, -2.2348210751576416]], dtype=torch.float64)
+    k = torch.arange(4, dtype=torch.float64)
+
+    def residuals(x):
+        u = x[:, 0:1] + k * x[:, 1:2]
+        return torch.where(u > 0, u, torch.exp(u) - 1) - data
+
+    method = TrustRegion(GaussNewtonModel(), solver="lstsq", ftol=1e-3, xtol=1e-3, gtol=1e-3, x_scale=[1.0, 2.0])
+    batch = method.solve_batch(residuals, x0)
+    single = method.solve(lambda x: residuals(x[None])[0], x0[0])
+    assert single.status is Status.GTOL and batch.status.tolist() == [Status.GTOL.code]
+    assert single.nfev == int(batch.nfev[0]) == 6 and single.optimality < 1e-3
+
+
+def test_a_batch_without_residuals_is_refused_clearly():
+    with pytest.raises(ValueError, match=r"outputs must be non-empty for each problem, got shape \(3, 0\)"):
+        TrustRegion(GaussNewtonModel(), solver="lstsq").solve_batch(lambda x: x[:, :0], torch.ones(3, 2, dtype=torch.float64))

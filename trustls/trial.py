@@ -131,16 +131,18 @@ class Trial:
                 warnings.warn(_NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
                 accepted, new_lin, status = False, None, None
                 next_radius = method.radius_policy.shrink_factor * decision.step_norm
-            elif status is None and method.gtol is not None:
-                if bounds is not None:
-                    gradient_max = float(optimality(new_lin, bounds))
-                if gradient_max < method.gtol:
-                    status = Status.GTOL
         # A decrease above the rounding allowance δ that the model predicted well: a sound step the
         # ratio test is about to expand (at the noise floor ρ is ≈ 1 by its shift alone).
         expanding = decision.ratio > expand_above and decision.actual_reduction > self.noise * cost
         if accepted and hits_boundary and status in _STEP_TESTS and (cut or expanding):
             status = None  # short because the radius, not convergence, limited it (module docstring)
+        # The gradient test at the accepted point, when no step test stopped (as scipy: a step test
+        # that fires ends the iteration first), a step test cleared just above included.
+        if new_lin is not None and status is None and method.gtol is not None:
+            if bounds is not None:
+                gradient_max = float(optimality(new_lin, bounds))
+            if gradient_max < method.gtol:
+                status = Status.GTOL
         # Set by a non-finite trial; cleared once the model limits the step again: a step taken
         # inside the region, or a finite trial that the ratio test refused.
         cut = (cut or not finite) and not (accepted and not hits_boundary) and not (finite and not accepted)

@@ -126,6 +126,8 @@ class BatchFunction:
                 f"fun must return one row of outputs per problem, shape ({X.shape[0]}, m), "
                 f"got shape {tuple(outputs.shape)}"
             )
+        if outputs[0].numel() == 0:
+            raise ValueError(f"outputs must be non-empty for each problem, got shape {tuple(outputs.shape)}")
         if self.shape is not None and tuple(outputs.shape[1:]) != self.shape:
             raise ValueError(
                 f"fun must return outputs of constant shape (K, {', '.join(map(str, self.shape))}), "
