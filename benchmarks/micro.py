@@ -227,7 +227,7 @@ def bal_setup(repeats: int) -> None:
 
     def structure():
         fresh = jacobian_pattern(pattern)
-        SparseOperator.from_sorted(fresh.rows, fresh.cols, values, fresh.shape, fresh.column_order)
+        SparseOperator(fresh.rows, fresh.cols, values, fresh.shape, column_order=fresh.column_order)
 
     t = medians({
         "to the first step": first_step,

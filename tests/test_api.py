@@ -557,10 +557,14 @@ def test_a_collapsed_radius_never_names_a_disabled_xtol_in_a_batch():
 
 def test_complex_numpy_starts_are_refused():
     """Found by a differential hunt: numpy's complex arrays were cast to real with only a warning."""
-    with pytest.raises(TypeError, match=r"x0 must have a real dtype, got complex128"):
+    with pytest.raises(TypeError, match=r"x0 must be real, got complex128"):
         least_squares(box3d, np.array([1 + 2j, 10.0, 1.0]))
-    with pytest.raises(TypeError, match=r"p0 must have a real dtype, got complex128"):
+    with pytest.raises(TypeError, match=r"p0 must be real, got complex128"):
         trustls.curve_fit(lambda x, a, b: a * x + b, [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], p0=np.array([1 + 1j, 1.0]))
+    with pytest.raises(TypeError, match=r"x0 must be real, got a sequence of complex numbers"):
+        least_squares(box3d, [np.complex128(1 + 2j), 10.0, 1.0])
+    with pytest.raises(TypeError, match=r"ydata must be real, got a sequence of complex numbers"):
+        trustls.curve_fit(lambda x, a, b: a * x + b, [1.0, 2.0, 3.0], [np.complex128(1j), 2.0, 3.0])
 
 
 def test_tolerances_and_max_nfev_as_scipy_takes_them():

@@ -368,7 +368,7 @@ def test_sparse_scale_columns_matches_dense(generator):
         sparse.scale_columns(torch.ones(5, dtype=torch.float64))
 
 
-def test_sparse_from_sorted_matches_the_plain_constructor(generator):
+def test_sparse_with_a_given_column_order_matches_the_plain_constructor(generator):
     # The column order a JacobianPattern holds (row-major entries sorted by column, stable).
     from trustls.sparsity.pattern import jacobian_pattern
 
@@ -377,10 +377,15 @@ def test_sparse_from_sorted_matches_the_plain_constructor(generator):
     pattern = jacobian_pattern(A != 0)
     values = A[pattern.rows, pattern.cols]
     plain = SparseOperator(pattern.rows, pattern.cols, values, (30, 20))
-    sorted_ = SparseOperator.from_sorted(pattern.rows, pattern.cols, values, (30, 20), pattern.column_order)
+    sorted_ = SparseOperator(pattern.rows, pattern.cols, values, (30, 20), column_order=pattern.column_order)
     assert sorted_.pattern.col_order is not None and torch.equal(sorted_.pattern.col_order, plain.pattern.col_order)
     u, v = torch.randn(30, generator=generator, dtype=torch.float64), torch.randn(20, generator=generator, dtype=torch.float64)
     assert torch.equal(sorted_.rmatvec(u), plain.rmatvec(u)) and torch.equal(sorted_.matvec(v), plain.matvec(v))
-    with pytest.raises(ValueError, match=r"rows, cols, values and column_order must have the same length, "
-                                         r"got 3, 3, 3 and 2"):
-        SparseOperator.from_sorted(torch.arange(3), torch.arange(3), torch.ones(3), (3, 3), torch.arange(2))
+    cols = torch.tensor([0, 2, 1])
+    with pytest.raises(ValueError, match=r"column_order must be an int64 permutation of the 3 entries that sorts cols, "
+                                         r"got shape \(2,\) torch.int64"):
+        SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.arange(2))
+    with pytest.raises(ValueError, match=r"got shape \(3,\) torch.int64 that does not"):
+        SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.tensor([2, 1, 0]))
+    with pytest.raises(ValueError, match=r"that does not"):
+        SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.tensor([0, 0, 1]))

@@ -51,8 +51,8 @@ def as_float_tensor(name: str, value: object, device: torch.device) -> Tensor:
         return torch.stack(list(value))
     if isinstance(value, bool) or not convertible(value):
         raise TypeError(f"{name} must be a torch.Tensor, a numpy array, a list or a number, got {type(value).__name__}")
-    if is_complex_array(value):  # numpy would be cast to real with only a warning
-        raise TypeError(f"{name} must have a real dtype, got {value.dtype}")
+    if is_complex_array(value):  # numpy's complex data would be cast to real with only a warning
+        raise TypeError(f"{name} must be real, got {getattr(value, 'dtype', 'a sequence of complex numbers')}")
     try:
         return torch.as_tensor(value, dtype=torch.float64, device=device)
     except (TypeError, ValueError, RuntimeError) as error:

@@ -8,6 +8,11 @@ import numbers
 import torch
 from torch import Tensor
 
+try:
+    import numpy
+except ImportError:  # numpy is optional: without it no numpy data can arrive
+    numpy = None
+
 __all__ = [
     "as_tensor_x0",
     "check_choice",
@@ -26,8 +31,8 @@ def as_tensor_x0(x0: object) -> Tensor:
     else:
         if isinstance(x0, (bool, str, bytes)) or x0 is None:
             raise TypeError(f"x0 must be a tensor, a number or a sequence of numbers, got {type(x0).__name__}")
-        if is_complex_array(x0):  # numpy's complex arrays would be cast to real with only a warning
-            raise TypeError(f"x0 must have a real dtype, got {x0.dtype}")
+        if is_complex_array(x0):  # numpy's complex data would be cast to real with only a warning
+            raise TypeError(f"x0 must be real, got {getattr(x0, 'dtype', 'a sequence of complex numbers')}")
         try:
             tensor = torch.as_tensor(x0, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as error:
@@ -40,8 +45,18 @@ def as_tensor_x0(x0: object) -> Tensor:
 
 
 def is_complex_array(value: object) -> bool:
-    """Whether ``value`` is a numpy array or scalar of a complex dtype (numpy itself not needed)."""
-    return not isinstance(value, Tensor) and getattr(getattr(value, "dtype", None), "kind", None) == "c"
+    """Whether ``value`` is numpy data of a complex dtype: an array, a scalar, or a sequence that
+    holds one (numpy reads it as complex); torch casts those to real with only a warning."""
+    if isinstance(value, Tensor):
+        return False
+    if getattr(getattr(value, "dtype", None), "kind", None) == "c":
+        return True
+    if isinstance(value, (list, tuple)) and numpy is not None:
+        try:
+            return numpy.asarray(value).dtype.kind == "c"
+        except (TypeError, ValueError, RuntimeError):  # ragged or not numeric: torch decides
+            return False
+    return False
 
 
 def _number(value: object) -> object:
@@ -141,6 +156,6 @@ def check_lr(lr: object) -> float:
     return float(value)
 
 
-def check_max_trials(max_trials: object) -> None:
-    """`TrustRegionOptimizer`'s ``max_trials``: a positive int or ``None``."""
-    check_positive_int("max_trials", max_trials)
+def check_max_trials(max_trials: object) -> int | None:
+    """`TrustRegionOptimizer`'s ``max_trials`` as a Python int (a whole number), or ``None``."""
+    return check_positive_int("max_trials", max_trials)

@@ -131,8 +131,8 @@ def _solver_options(method: object, bounded: bool, m: int, n: int, kwargs: dict)
     if method == "lm" and bounded:
         raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead.")
     if method in (None, "lm") and not bounded and m != 1 and n > m:  # scipy: method=None unbounded is 'lm'
-        raise ValueError(f"method 'lm' (method=None without bounds) needs no more parameters than data points, "
-                         f"got n = {n} > m = {m}")
+        which = "method 'lm'" if method == "lm" else "method=None without bounds (MINPACK's 'lm')"
+        raise ValueError(f"{which} needs no more parameters than data points, got n = {n} > m = {m}")
     if method == "dogbox":
         options["method"] = method
     if "solver" not in options and "tr_solver" not in options:

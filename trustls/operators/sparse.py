@@ -93,6 +93,21 @@ def _spend_csr_warnings() -> None:
 _spend_csr_warnings()
 
 
+def _check_column_order(order: Tensor, cols: Tensor) -> None:
+    """Raise unless ``order`` is a permutation of the entries that sorts ``cols`` (O(entries))."""
+    count = cols.numel()
+    valid = isinstance(order, Tensor) and order.dtype == torch.int64 and order.shape == cols.shape
+    if valid and count:
+        inside = bool(((order >= 0) & (order < count)).all())
+        valid = inside and bool((torch.bincount(order, minlength=count) == 1).all())
+        ordered = cols.index_select(0, order) if valid else None
+        valid = valid and bool((ordered[1:] >= ordered[:-1]).all())
+    if not valid:
+        got = f"shape {tuple(order.shape)} {order.dtype}" if isinstance(order, Tensor) else type(order).__name__
+        raise ValueError(f"column_order must be an int64 permutation of the {count} entries that sorts cols, got {got}"
+                         + (" that does not" if isinstance(order, Tensor) and order.shape == cols.shape else ""))
+
+
 class SparsityPattern:
     """The index structure of a sparse matrix, shared by matrices with the same pattern.
 
@@ -128,6 +143,9 @@ class SparseOperator(LinearOperator):
         cols: int64 column indices, as many as ``rows``.
         values: floating tensor of the same length.
         shape: ``(m, n)``.
+        column_order: the stable permutation that sorts ``cols``, when the
+            caller holds it already (a `JacobianPattern`'s): one sort saved.
+            It is checked (a permutation that orders ``cols``).
 
     Examples:
         >>> import torch
@@ -138,7 +156,9 @@ class SparseOperator(LinearOperator):
 
     is_matrix_free = False
 
-    def __init__(self, rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]):
+    def __init__(
+        self, rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int], *, column_order: Tensor | None = None
+    ):
         for name, index in (("rows", rows), ("cols", cols)):
             if not isinstance(index, Tensor) or index.dtype != torch.int64 or index.ndim != 1:
                 raise TypeError(f"{name} must be a 1-D int64 tensor, got {getattr(index, 'dtype', type(index).__name__)}")
@@ -149,28 +169,9 @@ class SparseOperator(LinearOperator):
                 f"rows, cols and values must have the same length, got {rows.numel()}, {cols.numel()}, {values.numel()}"
             )
         super().__init__(shape, values.dtype, values.device)
-        self._set(SparsityPattern(rows, cols, self.shape), values)
-
-    @classmethod
-    def from_sorted(
-        cls, rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int], column_order: Tensor
-    ) -> SparseOperator:
-        """The matrix of ``SparseOperator(rows, cols, values, shape)`` when the caller already holds
-        ``column_order``, the stable permutation that sorts ``cols`` (a `JacobianPattern`'s): one sort saved.
-
-        Examples:
-            >>> import torch
-            >>> rows, cols = torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1])
-            >>> A = SparseOperator.from_sorted(rows, cols, torch.tensor([1.0, 2.0, 3.0]), (2, 3), torch.tensor([0, 2, 1]))
-            >>> A.rmatvec(torch.tensor([1.0, 1.0]))
-            tensor([1., 3., 2.])
-        """
-        operator = cls(rows[:0], cols[:0], values[:0], shape)  # the checks, on empty triplets
-        if not rows.shape == cols.shape == values.shape == column_order.shape:
-            raise ValueError(f"rows, cols, values and column_order must have the same length, got {rows.numel()}, "
-                             f"{cols.numel()}, {values.numel()} and {column_order.numel()}")
-        operator._set(SparsityPattern(rows, cols, operator.shape, column_order=column_order), values)
-        return operator
+        if column_order is not None:
+            _check_column_order(column_order, cols)
+        self._set(SparsityPattern(rows, cols, self.shape, column_order=column_order), values)
 
     def _set(self, pattern: SparsityPattern, values: Tensor) -> None:
         m, n = self.shape

@@ -70,6 +70,20 @@ class BlockPartition:
     groups: tuple[Tensor, ...]
     eliminated: tuple[int, ...] = ()
 
+    def to(self, device: torch.device | str) -> BlockPartition:
+        """The partition with its groups on ``device`` (itself when they are there already).
+
+        Examples:
+            >>> import torch
+            >>> partition = BlockPartition(3, (torch.tensor([[0, 1]]), torch.tensor([[2]])))
+            >>> partition.to("cpu") is partition
+            True
+        """
+        device = torch.device(device)
+        if all(group.device == device for group in self.groups):
+            return self
+        return BlockPartition(self.n, tuple(group.to(device) for group in self.groups), self.eliminated)
+
 
 def find_blocks(rows: Tensor, cols: Tensor, m: int, n: int) -> BlockPartition:
     """The blocks of the ``(m, n)`` pattern with entries at ``(rows, cols)`` (see the module docstring).

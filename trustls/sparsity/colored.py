@@ -233,10 +233,10 @@ class ColoredJacobian:
         if operator is None:
             rows, cols = self.pattern.rows.to(x.device), self.pattern.cols.to(x.device)
             column_order = self.pattern.column_order.to(x.device)  # computed for the coloring: no second sort
-            operator = SparseOperator.from_sorted(rows, cols, values, self.shape, column_order)
+            operator = SparseOperator(rows, cols, values, self.shape, column_order=column_order)
             partition = self.pattern.cache.get("partition")
-            if partition is not None and x.device.type == "cpu":  # found from the pattern already (on the CPU)
-                operator.pattern.cache["partition"] = partition
+            if partition is not None:  # found from the pattern already: on J's device
+                operator.pattern.cache["partition"] = partition.to(x.device)
             self._on_device[x.device] = (operator, gather)
         else:
             operator = operator.with_values(values)

@@ -70,7 +70,7 @@ class JacobianPattern:
     rows: Tensor
     cols: Tensor
     shape: tuple[int, int]
-    cache: dict = field(default_factory=dict, repr=False)
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         m, n = self.shape
