@@ -565,6 +565,11 @@ def test_complex_numpy_starts_are_refused():
         least_squares(box3d, [np.complex128(1 + 2j), 10.0, 1.0])
     with pytest.raises(TypeError, match=r"ydata must be real, got a sequence of complex numbers"):
         trustls.curve_fit(lambda x, a, b: a * x + b, [1.0, 2.0, 3.0], [np.complex128(1j), 2.0, 3.0])
+    with pytest.raises(TypeError, match=r"ydata must be real, got torch.complex64"):
+        trustls.curve_fit(lambda x, a, b: a * x + b, [1.0, 2.0, 3.0], torch.tensor([1j, 2.0, 3.0]))
+    for _ in range(2):  # torch warns once per process for arrays: the refusal must not depend on it
+        with pytest.raises(TypeError, match=r"x0 must be real, got complex128"):
+            least_squares(box3d, np.array([1 + 2j, 10.0, 1.0]))
 
 
 def test_tolerances_and_max_nfev_as_scipy_takes_them():

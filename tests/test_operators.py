@@ -382,10 +382,14 @@ def test_sparse_with_a_given_column_order_matches_the_plain_constructor(generato
     u, v = torch.randn(30, generator=generator, dtype=torch.float64), torch.randn(20, generator=generator, dtype=torch.float64)
     assert torch.equal(sorted_.rmatvec(u), plain.rmatvec(u)) and torch.equal(sorted_.matvec(v), plain.matvec(v))
     cols = torch.tensor([0, 2, 1])
-    with pytest.raises(ValueError, match=r"column_order must be an int64 permutation of the 3 entries that sorts cols, "
-                                         r"got shape \(2,\) torch.int64"):
+    rule = r"column_order must be the stable int64 permutation of the 3 entries that sorts cols, "
+    with pytest.raises(ValueError, match=rule + r"got shape \(2,\) torch.int64"):
         SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.arange(2))
-    with pytest.raises(ValueError, match=r"got shape \(3,\) torch.int64 that does not"):
-        SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.tensor([2, 1, 0]))
-    with pytest.raises(ValueError, match=r"that does not"):
-        SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match=rule + r"got shape \(3,\) torch.int32"):
+        SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.tensor([0, 2, 1], dtype=torch.int32))
+    for wrong in ([2, 1, 0], [0, 0, 1]):  # not sorting; not a permutation
+        with pytest.raises(ValueError, match=rule + r"got one that is not"):
+            SparseOperator(torch.arange(3), cols, torch.ones(3), (3, 3), column_order=torch.tensor(wrong))
+    with pytest.raises(ValueError, match=rule + r"got one that is not"):  # sorting, but not stable
+        SparseOperator(torch.arange(3), torch.tensor([1, 0, 0]), torch.ones(3), (3, 3),
+                       column_order=torch.tensor([2, 1, 0]))

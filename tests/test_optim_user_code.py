@@ -420,15 +420,14 @@ def _classes(seed=0):
 
 def test_a_resumed_run_with_max_trials_from_the_saved_group_is_the_uninterrupted_one():
     """max_trials=None restored into a default-built optimizer used to keep no CG path (decided once,
-    from the keyword): 43 products instead of 33 and different bits."""
+    from the keyword): its rejected trials solved CG again, 29 products instead of 20, other bits."""
     import copy
 
     X, y = _classes()
     method = TrustRegion(GaussNewtonModel(loss="cross_entropy"), solver=SteihaugCG(max_iter=20), initial_radius=100.0)
     net = _classifier()
     opt = TrustRegionOptimizer(net.parameters(), method, max_trials=None)
-    for _ in range(2):
-        opt.step(lambda: (net(X), y))
+    # Saved before the first step, whose trials are rejected (Δ₀ = 100): the stored path serves them.
     checkpoint = copy.deepcopy((opt.state_dict(), net.state_dict()))  # state_dict() holds live state, as torch's
     for _ in range(6):
         opt.step(lambda: (net(X), y))
@@ -478,3 +477,13 @@ def test_the_callback_and_last_count_every_closure_call_so_far():
         opt.step(lambda: (net(X), y))
     state = opt.state[net[0].weight]
     assert seen == [2, 4, 6, 8, 10] and opt.last.nfev == state["nfev"] == 10 and opt.last.nit == 5
+
+
+def test_a_closure_returning_a_list_of_its_parameters_is_read_at_the_trial_point():
+    """Found by a review: the outputs were read after the parameters' data went back, so a list of
+    0-d parameters was stacked at the old point, every trial scored there and rejected (costs
+    7, 7, 7); they are read at the trial point now."""
+    params = [torch.nn.Parameter(torch.tensor(float(i + 1), dtype=F64)) for i in range(3)]
+    opt = TrustRegionOptimizer(params, TrustRegion(GaussNewtonModel(), solver="cg"))
+    costs = [opt.step(lambda: list(params)) for _ in range(3)]
+    assert costs[0] == 7.0 and costs[1] < 1e-20 and opt.last.accepted

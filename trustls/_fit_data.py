@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trustls._validation import is_complex_array
+from trustls._validation import real_tensor
 
 __all__ = [
     "Whitening",
@@ -43,20 +43,17 @@ def convertible(value: object) -> bool:
 
 
 def as_float_tensor(name: str, value: object, device: torch.device) -> Tensor:
-    """A tensor as it is; anything else as a float64 tensor on ``device`` (scipy's cast)."""
-    if isinstance(value, Tensor):
-        return value
+    """A real tensor as it is; anything else as a float64 tensor on ``device`` (scipy's cast)."""
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
         # A tuple of predictors (x1, x2) given as tensors: stacked, as numpy would.
-        return torch.stack(list(value))
+        value = torch.stack(list(value))
+    if isinstance(value, Tensor):
+        if value.is_complex():  # the fit's data are real (scipy casts with only a warning)
+            raise TypeError(f"{name} must be real, got {value.dtype}")
+        return value
     if isinstance(value, bool) or not convertible(value):
         raise TypeError(f"{name} must be a torch.Tensor, a numpy array, a list or a number, got {type(value).__name__}")
-    if is_complex_array(value):  # numpy's complex data would be cast to real with only a warning
-        raise TypeError(f"{name} must be real, got {getattr(value, 'dtype', 'a sequence of complex numbers')}")
-    try:
-        return torch.as_tensor(value, dtype=torch.float64, device=device)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{name} must convert to a float64 tensor, got {type(value).__name__}: {error}") from error
+    return real_tensor(name, value, "convertible to a float64 tensor", dtype=torch.float64, device=device)
 
 
 def parameter_count(f: Callable) -> int:

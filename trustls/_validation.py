@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 from torch import Tensor
-
-try:
-    import numpy
-except ImportError:  # numpy is optional: without it no numpy data can arrive
-    numpy = None
 
 __all__ = [
     "as_tensor_x0",
@@ -31,12 +27,7 @@ def as_tensor_x0(x0: object) -> Tensor:
     else:
         if isinstance(x0, (bool, str, bytes)) or x0 is None:
             raise TypeError(f"x0 must be a tensor, a number or a sequence of numbers, got {type(x0).__name__}")
-        if is_complex_array(x0):  # numpy's complex data would be cast to real with only a warning
-            raise TypeError(f"x0 must be real, got {getattr(x0, 'dtype', 'a sequence of complex numbers')}")
-        try:
-            tensor = torch.as_tensor(x0, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"x0 must be a tensor, a number or a sequence of numbers, got {type(x0).__name__}: {error}") from None
+        tensor = real_tensor("x0", x0, "a tensor, a number or a sequence of numbers", dtype=torch.float64)
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise TypeError(f"x0 must have a real dtype, got {tensor.dtype}")
     if not tensor.is_floating_point():
@@ -44,19 +35,27 @@ def as_tensor_x0(x0: object) -> Tensor:
     return tensor.reshape(1) if tensor.ndim == 0 else tensor
 
 
-def is_complex_array(value: object) -> bool:
-    """Whether ``value`` is numpy data of a complex dtype: an array, a scalar, or a sequence that
-    holds one (numpy reads it as complex); torch casts those to real with only a warning."""
-    if isinstance(value, Tensor):
-        return False
-    if getattr(getattr(value, "dtype", None), "kind", None) == "c":
-        return True
-    if isinstance(value, (list, tuple)) and numpy is not None:
+def real_tensor(name: str, value: object, expected: str, **kwargs: object) -> Tensor:
+    """``torch.as_tensor(value, **kwargs)`` for real data; anything else raises `TypeError`, which
+    says ``name`` must be ``expected`` (or real, for complex data).
+
+    torch casts complex data to a real dtype with only a warning, and warns once per
+    process for arrays: a complex array is refused by its dtype, a sequence holding
+    numpy complex numbers by numpy's warning, which comes at every conversion, and
+    Python complex numbers by torch's own error.
+    """
+    if getattr(getattr(value, "dtype", None), "kind", None) == "c":  # a numpy array or scalar
+        raise TypeError(f"{name} must be real, got {value.dtype}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Casting complex values to real")
         try:
-            return numpy.asarray(value).dtype.kind == "c"
-        except (TypeError, ValueError, RuntimeError):  # ragged or not numeric: torch decides
-            return False
-    return False
+            return torch.as_tensor(value, **kwargs)
+        except Warning:
+            raise TypeError(f"{name} must be real, got a sequence of complex numbers") from None
+        except (TypeError, ValueError, RuntimeError) as error:
+            if "complex" in str(error):
+                raise TypeError(f"{name} must be real, got complex numbers") from None
+            raise TypeError(f"{name} must be {expected}, got {type(value).__name__}: {error}") from None
 
 
 def _number(value: object) -> object:

@@ -339,6 +339,8 @@ class TrustRegion:
         trial = Trial(self, state, f, problem, prepared, relinearize)
         if max_nfev is None:
             max_nfev = self.max_nfev or 100 * state.x.shape[0]
+        else:
+            max_nfev = check_positive_int("max_nfev", max_nfev)
         radius, status, outcome = trial.repeat(max_nfev, max_trials)
         nfev = state.nfev + f.calls
         if status is None and nfev >= max_nfev:

@@ -94,18 +94,24 @@ _spend_csr_warnings()
 
 
 def _check_column_order(order: Tensor, cols: Tensor) -> None:
-    """Raise unless ``order`` is a permutation of the entries that sorts ``cols`` (O(entries))."""
+    """Raise unless ``order`` is the stable permutation of the entries that sorts ``cols`` (O(entries)):
+    a permutation, ``cols`` nondecreasing along it, and entries of one column in their own order."""
     count = cols.numel()
-    valid = isinstance(order, Tensor) and order.dtype == torch.int64 and order.shape == cols.shape
-    if valid and count:
-        inside = bool(((order >= 0) & (order < count)).all())
-        valid = inside and bool((torch.bincount(order, minlength=count) == 1).all())
-        ordered = cols.index_select(0, order) if valid else None
-        valid = valid and bool((ordered[1:] >= ordered[:-1]).all())
-    if not valid:
+    rule = f"column_order must be the stable int64 permutation of the {count} entries that sorts cols"
+    if not isinstance(order, Tensor) or order.dtype != torch.int64 or order.shape != cols.shape:
         got = f"shape {tuple(order.shape)} {order.dtype}" if isinstance(order, Tensor) else type(order).__name__
-        raise ValueError(f"column_order must be an int64 permutation of the {count} entries that sorts cols, got {got}"
-                         + (" that does not" if isinstance(order, Tensor) and order.shape == cols.shape else ""))
+        raise ValueError(f"{rule}, got {got}")
+    if order.device != cols.device:
+        raise ValueError(f"{rule}, on cols' device {cols.device}, got a tensor on {order.device}")
+    if not count:
+        return
+    valid = bool(((order >= 0) & (order < count)).all()) and bool((torch.bincount(order, minlength=count) == 1).all())
+    if valid:
+        ordered = cols.index_select(0, order)
+        same = ordered[1:] == ordered[:-1]
+        valid = bool((ordered[1:] >= ordered[:-1]).all()) and bool((order[1:] > order[:-1])[same].all())
+    if not valid:
+        raise ValueError(f"{rule}, got one that is not")
 
 
 class SparsityPattern:
