@@ -56,6 +56,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -65,6 +66,7 @@ from trustls import _fit_data as data
 from trustls.api import least_squares
 from trustls.covariance.estimates import covariance_matrix
 from trustls.covariance.methods import DenseSVD
+from trustls.radius import RadiusPolicy
 
 __all__ = ["curve_fit"]
 
@@ -151,16 +153,21 @@ def _leastsq_keywords(options: dict, n: int) -> None:
     ``epsfcn`` sets a finite-difference step: J is exact here, so it is
     accepted and unused, as ``diff_step`` is. ``diag`` is MINPACK's variable
     scaling D: ``x_scale = 1/diag`` (scipy's own mapping in ``least_squares``).
-    ``factor`` sets Δ₀ = factor·‖D x0‖: only MINPACK's default 100, which
-    ``method="lm"`` uses, is taken. ``col_deriv`` transposes a ``Dfun``'s
-    result: only its default (rows are data points) is taken.
+    ``factor`` sets Δ₀ = factor·‖D x0‖ when given (MINPACK's default, 100, is
+    not trustls': see `trustls.least_squares`' ``method``). ``col_deriv``
+    transposes a ``Dfun``'s result: only its default (rows are data points)
+    is taken.
     """
     options.pop("epsfcn", None)
     if options.pop("col_deriv", False):
         raise ValueError("col_deriv=True is not supported: jac must return J with one row per data point (m, n)")
-    factor = options.pop("factor", 100)
-    if factor != 100:
-        raise ValueError(f"factor must be 100 (MINPACK's default, which method='lm' uses), got {factor!r}")
+    factor = options.pop("factor", None)
+    if factor is not None:
+        if "radius_policy" in options:
+            raise ValueError("factor and radius_policy must not both be given: factor is radius_policy's initial_factor")
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor < math.inf:
+            raise ValueError(f"factor must be a positive finite number (Δ₀ = factor·‖D p0‖), got {factor!r}")
+        options["radius_policy"] = RadiusPolicy(initial_factor=float(factor))
     if "diag" in options:
         if "x_scale" in options:
             raise ValueError("diag and x_scale must not both be given: diag is MINPACK's scaling, 1/x_scale")
