@@ -312,3 +312,29 @@ def test_stored_small_j_gives_the_matrix_free_solve(name):
     assert stored.success and free.success
     assert stored.cost == pytest.approx(free.cost, rel=1e-8, abs=1e-24)
     torch.testing.assert_close(stored.x, free.x, rtol=1e-6, atol=1e-8)
+
+
+def test_a_malformed_user_jacobian_is_named():
+    """Found by a hunt of the model's options: a 1-D, 3-D or hybrid sparse J failed inside torch."""
+    from trustls import TrustRegion
+
+    t = torch.linspace(0, 4, 40, dtype=torch.float64)
+    y = 2.5 * torch.exp(-1.3 * t) + 0.5
+
+    def residuals(x):
+        return x[0] * torch.exp(-x[1] * t) + x[2] - y
+
+    def jacobian(x):
+        e = torch.exp(-x[1] * t)
+        return torch.stack([e, -x[0] * t * e, torch.ones_like(t)], 1)
+
+    x0 = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    cases = [
+        (lambda x: jacobian(x).reshape(-1).to_sparse(), ValueError, r"got a 1-D tensor of shape \(120,\)"),
+        (lambda x: jacobian(x).unsqueeze(-1), ValueError, r"got a 3-D tensor of shape \(40, 3, 1\)"),
+        (lambda x: jacobian(x).to_sparse(sparse_dim=1), ValueError, r"shape \(40, 3\) with dense dimensions"),
+        (lambda x: jacobian(x).to(torch.int32), TypeError, r"got torch.int32"),
+    ]
+    for bad, error, message in cases:
+        with pytest.raises(error, match=r"jacobian must return .*" + message):
+            TrustRegion(GaussNewtonModel(jacobian=bad)).solve(residuals, x0)

@@ -474,3 +474,12 @@ def test_float32_default_scaling_smoke():
     result = TrustRegion(GaussNewtonModel(), solver="cg").solve(lambda y: fun(y.double()).float(), y0.float())
     assert result.success and result.x.dtype == torch.float32
     assert result.cost < 1e-8
+
+
+def test_a_tensor_x_scale_is_copied_when_the_configuration_is_made():
+    """Found by a hunt: the caller's tensor was kept, so changing it in place changed (and unvalidated)
+    the frozen configuration; zeros made a false XTOL success at x0."""
+    scale = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    policy = resolve_x_scale(scale)
+    scale.zero_()
+    assert torch.equal(policy.value, torch.tensor([0.5, 2.0], dtype=torch.float64))

@@ -280,4 +280,4 @@ def resolve_x_scale(x_scale: object) -> ScalePolicy | None:
     x_scale = x_scale if x_scale.is_floating_point() else x_scale.to(torch.float64)
     if not bool(torch.isfinite(x_scale).all()) or not bool((x_scale > 0).all()):
         raise ValueError("x_scale must have finite positive entries, got a tensor with entries that are not")
-    return FixedScale(x_scale)
+    return FixedScale(x_scale.detach().clone())  # a copy: the configuration is frozen, whatever the caller's tensor does

@@ -25,6 +25,11 @@ def jacobian_operator(J: object, m: int, x: Tensor) -> LinearOperator:
     naming ``jacobian`` (a J of another dtype or device would fail later inside a product)."""
     if isinstance(J, Tensor):
         J = J.detach()
+        if J.ndim != 2 or (J.layout == torch.sparse_coo and J.dense_dim() != 0):
+            raise ValueError(f"jacobian must return a 2-D J of shape {(m, x.shape[0])}, got a {J.ndim}-D tensor "
+                             f"of shape {tuple(J.shape)}" + (" with dense dimensions" if J.ndim == 2 else ""))
+        if not J.is_floating_point():
+            raise TypeError(f"jacobian must return J of x's dtype {x.dtype}, got {J.dtype}")
         J = SparseOperator.from_tensor(J) if J.layout != torch.strided else DenseOperator(J)
     if not isinstance(J, LinearOperator):
         raise TypeError(f"jacobian must return a Tensor or a LinearOperator, got {type(J).__name__}")
