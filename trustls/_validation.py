@@ -16,6 +16,7 @@ __all__ = [
     "check_positive_number",
     "check_tolerance",
     "check_x0",
+    "real_tensor",
 ]
 
 

@@ -210,10 +210,11 @@ def check_targets_are_data(value: object, x: Tensor) -> None:
     Targets are detached (`split_outputs`): data such as a teacher network's
     outputs. Targets computed from x are not data but residuals, which would
     then never move: ``(x[:2] - 1, x[2:] - 2)`` left x[2:] where it was and
-    reported success (found by a bug hunt). At a solve's first call, where x
-    is the leaf autograd differentiates (not under a ``torch.func`` transform
-    or ``torch.no_grad()``), one backward pass through the targets' graph
-    tells whether they reach x.
+    reported success (found by a bug hunt). At a call where x is the leaf
+    autograd differentiates (not under a ``torch.func`` transform or
+    ``torch.no_grad()``) and the targets have a graph (detached data, the
+    usual targets, cost nothing), one backward pass through that graph tells
+    whether they reach x.
     """
     if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Tensor)):
         return

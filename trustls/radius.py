@@ -78,8 +78,9 @@ class RadiusPolicy:
 
     ``initial_factor`` sets Δ₀ = factor·‖x0 / x_scale‖ (factor itself when that
     is 0) unless `TrustRegion`'s ``initial_radius`` is given: MINPACK's
-    ``factor`` (Moré, Garbow & Hillstrom 1980), 100 in scipy's ``"lm"``, which
-    `trustls.least_squares` passes for ``method="lm"``; 1 by default.
+    ``factor`` (Moré, Garbow & Hillstrom 1980), 100 in scipy's ``"lm"``; 1 by
+    default, also for `trustls.least_squares`' ``method="lm"``, whose radius
+    updates are not MINPACK's (its docstring says why).
 
     Examples:
         >>> import torch

@@ -121,11 +121,9 @@ class JacobiScale(ScalePolicy):
     refreshes are saved. The first stage of the estimate (8 VJPs) settles a
     well-scaled J; the decision is checked again at iterations 8, 64, 512, …
     Otherwise T is Jacobi's from the full estimate, refreshed at iterations
-    0, 1, 2, 4, 8, …; after T = I it is
-    T = max c / c, which keeps the largest column's units and so the meaning
-    of the radius (its refreshes keep the running maximum in those units).
-    Jacobi's loss on a
-    well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
+    0, 1, 2, 4, 8, …; after T = I it is T = max c / c, which keeps the largest
+    column's units and so the meaning of the radius (its refreshes keep the
+    running maximum in those units). Jacobi's loss on a well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
     van der Sluis 1969), T = I's on a badly scaled one is not: the decision
     errs towards Jacobi, and ``uniform_spread`` = 4 only declares well scaled

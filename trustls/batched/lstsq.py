@@ -40,6 +40,7 @@ from torch import Tensor
 
 from trustls.batched.factorization import jacobi_svd
 from trustls.batched.fields import BatchFields, BatchStep, dot, norm
+from trustls.subproblem.dense_lstsq import unit_columns
 
 __all__ = ["ExactFactors", "exact_factors", "exact_step", "secular_roots"]
 
@@ -107,8 +108,7 @@ def exact_factors(R: Tensor, h: Tensor | None, gradient: Tensor, scale: Tensor, 
 def _unit_rank(A: Tensor, cutoff: float) -> Tensor:
     """The numerical rank of each of the ``(k, n, K)`` matrices with its columns scaled to unit norm,
     ``(K,)``: the rank that the variables' units leave unchanged (`DenseLstsq`'s `_rank_in_unit_columns`)."""
-    norms = torch.linalg.vector_norm(A, dim=0, keepdim=True)  # without overflow
-    sigma, _, _ = jacobi_svd(torch.where(norms > 0, A / torch.where(norms > 0, norms, 1.0), 0.0))
+    sigma, _, _ = jacobi_svd(unit_columns(A))
     return (sigma > cutoff * sigma[:1]).sum(0)
 
 

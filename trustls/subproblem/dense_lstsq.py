@@ -109,10 +109,21 @@ def _rank_in_unit_columns(J: Tensor, cutoff: float) -> int:
     the step itself still uses J's singular values, which the ratio test
     checks.
     """
-    norms = torch.linalg.vector_norm(J, dim=0)
-    scaled = torch.where(norms > 0, J / torch.where(norms > 0, norms, 1.0), 0.0)  # 1/norm overflows if subnormal
-    values = torch.linalg.svdvals(scaled)
+    values = torch.linalg.svdvals(unit_columns(J))
     return int((values > cutoff * values[0]).sum()) if values.numel() else 0
+
+
+def unit_columns(A: Tensor) -> Tensor:
+    """``A`` with each column (along dim 0; any trailing batch dimensions) divided by its norm; a zero
+    column stays zero. A division by the norm, not a product with 1/norm, which overflows if it is subnormal.
+
+    Examples:
+        >>> unit_columns(torch.tensor([[3.0, 0.0], [4.0, 0.0]]))
+        tensor([[0.6000, 0.0000],
+                [0.8000, 0.0000]])
+    """
+    norms = torch.linalg.vector_norm(A, dim=0, keepdim=True)
+    return torch.where(norms > 0, A / torch.where(norms > 0, norms, 1.0), 0.0)
 
 
 def _rank(singular_values: list[float], J: Tensor, cutoff: float) -> int:
