@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 
 import numpy as np
@@ -24,6 +25,7 @@ from fault_contract import Counted, check_optimizer_step, check_resumable, check
 
 import trustls
 from trustls import GaussNewtonModel, Status, TrustRegion, TrustRegionOptimizer, validate
+from trustls.operators import PRODUCT_METHODS
 
 SOLVERS = ["cg", "lstsq"]
 
@@ -528,3 +530,35 @@ def test_a_half_precision_gradient_that_overflows_at_x0_says_so():
     with pytest.raises(ValueError, match=r"got NaN or inf entries \(in torch.float16, whose largest value is 65504, "
                                          r"J's entries or the products through fun overflow easily: rescale fun"):
         TrustRegion(GaussNewtonModel(), "cg").solve(problem.residual, problem.x0.half())
+
+
+@pytest.mark.parametrize("products", sorted(PRODUCT_METHODS))
+@pytest.mark.parametrize("n", [2, 40])
+@pytest.mark.parametrize("max_nfev", [4, 9, 30, None])
+def test_nfev_counts_the_calls_inside_products_and_max_nfev_bounds_them(products, n, max_nfev):
+    """Found by a hunt: with ``products="vjp+jvp"`` and ``"fresh"``, whose products call fun, the calls made
+    by the products of a step after the first were counted on the previous step's counter (26 calls reported
+    as nfev = 6) and max_nfev did not bound them; ``"linearize"``, whose evaluation calls fun twice, passed
+    max_nfev by one. Contract: nfev is the number of calls, at most max_nfev, or the solve is refused at x0
+    naming max_nfev."""
+    calls = []
+    t = torch.linspace(0, 1, n + 5, dtype=torch.float64)
+
+    def fun(x):
+        calls.append(1)
+        k = torch.arange(n, dtype=torch.float64)
+        model = (x[:, None] * torch.exp(-(k[:, None] + 1) * t)).sum(0)  # a sum of n exponentials
+        return torch.cat([model - torch.exp(-t), 0.1 * (x - 1 / (k + 1))])
+
+    method = TrustRegion(GaussNewtonModel(products), solver="cg", max_nfev=max_nfev)
+    x0 = torch.full((n,), 0.5, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a torch.func method may fall back to autograd, saying so
+        try:
+            result = method.solve(fun, x0)
+        except ValueError as error:
+            assert max_nfev is not None and re.match(r"max_nfev must allow", str(error)), error
+            return
+    assert result.nfev == len(calls)
+    assert max_nfev is None or result.nfev <= max_nfev
+    assert result.success or result.status == Status.MAX_NFEV

@@ -4,7 +4,13 @@
 
 * every call is counted (``nfev`` is the number of calls trustls made,
   including those inside Jacobian computations; a call under
-  ``torch.func.vmap`` is one call);
+  ``torch.func.vmap`` is one call), on a `CallTally` that the functions of a
+  solve's steps share: products built at one step (those of
+  ``GaussNewtonModel(products="vjp+jvp")``, say, whose JVPs call ``fun``
+  again) keep that step's function and are called at the next, and their
+  calls count where they happen. While a tally is capped (`CountedFunction.capped`,
+  around a subproblem solve) a call past the cap raises `BudgetExhausted`
+  instead of running, so ``max_nfev`` bounds those calls too;
 * a function that modifies its argument in place is caught: the argument's
   version counter (bumped by every in-place operation, also under
   ``torch.no_grad()``) is compared before and after the call, at no copy;
@@ -40,14 +46,25 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["HALF", "CountedFunction", "HalfPrecision", "call_unmodified", "check_outputs", "round_to", "split_outputs"]
+__all__ = [
+    "HALF",
+    "BudgetExhausted",
+    "CallTally",
+    "CountedFunction",
+    "HalfPrecision",
+    "call_unmodified",
+    "check_outputs",
+    "round_to",
+    "split_outputs",
+]
 
 #: The half-precision dtypes, iterated in float32 on the values they hold.
 HALF = (torch.float16, torch.bfloat16)
@@ -101,8 +118,44 @@ def check_outputs(outputs: Tensor, x: Tensor, expected_shape: tuple[int, ...] | 
     return outputs
 
 
+class BudgetExhausted(Exception):
+    """A call of ``fun`` refused because it would pass the cap of a capped `CallTally` (``max_nfev``).
+
+    Not a ``RuntimeError``: nothing that falls back from torch's errors may take it for one.
+    """
+
+
+class CallTally:
+    """The running count of one solve's calls of its function (module docstring).
+
+    Attributes:
+        count: calls so far.
+        cap: while set, the count no call may pass (`CountedFunction.capped`).
+        per_evaluation: calls one evaluation with its graph took at the solve's
+            start (two for ``products="linearize"``, which traces ``fun`` once more),
+        per_linearization: and the linearization after it (one for a dense J after a
+            ``torch.func`` evaluation, or for the gradient's VJP with ``products="fresh"``):
+            what a trial reserves of the budget for its evaluation and linearization.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cap: int | None = None
+        self.per_evaluation = 1
+        self.per_linearization = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"CallTally(count={self.count}, cap={self.cap}, per_evaluation={self.per_evaluation}, "
+            f"per_linearization={self.per_linearization})"
+        )
+
+
 class CountedFunction:
     """``fun(x, *args, **kwargs)`` with its calls counted and its argument protected.
+
+    ``calls`` counts the calls of the shared ``tally`` since this function was
+    made: its own and those of earlier functions of the same solve.
 
     Examples:
         >>> import torch
@@ -118,18 +171,40 @@ class CountedFunction:
         kwargs: Mapping[str, Any] | None = None,
         *,
         watch: bool = False,
+        tally: CallTally | None = None,
     ):
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {type(fun).__name__}")
         self.fun = fun
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
-        self.calls = 0
+        self.tally = CallTally() if tally is None else tally
+        self._start = self.tally.count
         self.watch = watch  # watch the first call for host reads: a solve's first evaluation, at x0
 
+    @property
+    def calls(self) -> int:
+        """The calls of the tally since this function was made."""
+        return self.tally.count - self._start
+
+    @contextmanager
+    def capped(self, calls: int | None) -> Iterator[None]:
+        """Within the block, a call that would make ``calls`` pass ``calls`` raises `BudgetExhausted`
+        (``None``: no cap)."""
+        tally, cap = self.tally, self.tally.cap
+        tally.cap = None if calls is None else self._start + calls
+        try:
+            yield
+        finally:
+            tally.cap = cap
+
     def __call__(self, x: Tensor) -> Any:
-        self.calls += 1  # a call that raises was still made
-        if self.calls > 1 or not self.watch:
+        tally = self.tally
+        if tally.cap is not None and tally.count >= tally.cap:
+            raise BudgetExhausted(f"max_nfev: {tally.count} calls made, the cap is {tally.cap}")
+        first = self.watch and tally.count == self._start
+        tally.count += 1  # a call that raises was still made
+        if not first:
             return call_unmodified(self.fun, x, *self.args, **self.kwargs)
         reads = _HostReads()  # the first call of a solve only (module docstring)
         with reads:

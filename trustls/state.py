@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from trustls.bounds import Bounds
+from trustls.function import CallTally
 from trustls.models.base import Linearization
 from trustls.result import IterationInfo, Status
 from trustls.scaling import Scaling
@@ -42,6 +43,9 @@ class TrustRegionState:
         cut: a non-finite trial cut the radius and no interior step has been
             taken since: ``ftol`` and ``xtol`` do not stop boundary steps
             (`trustls.trial`).
+        tally: the solve's running count of calls of its function, shared by
+            the states of one solve (`trustls.function.CallTally`): the steps
+            take their ``nfev`` from it.
     """
 
     x: Tensor
@@ -62,3 +66,4 @@ class TrustRegionState:
     last: IterationInfo | None = None
     noise_step: float = math.inf
     cut: bool = False
+    tally: CallTally = field(default_factory=CallTally, compare=False, repr=False)

@@ -44,7 +44,7 @@ import torch
 from trustls._report import print_trial
 from trustls.bounds import optimality
 from trustls.decision import host_floats, trial_decision
-from trustls.function import HALF, CountedFunction, round_to
+from trustls.function import HALF, BudgetExhausted, CountedFunction, round_to
 from trustls.models.base import Linearization
 from trustls.radius import noise_level
 from trustls.result import IterationInfo, Status
@@ -93,11 +93,14 @@ class Trial:
         self.x_norm = torch.linalg.vector_norm(state.x)
         self.x_scaled_norm = problem.norm(state.x)
         self.counters = dict(inner_iterations=state.inner_iterations, products=state.products, njev=state.njev)
+        self.solve_calls: int | None = None  # the calls a subproblem solve may make (set by `repeat`)
+        self.trial_calls: int | None = None  # and a whole trial
 
     def run(self, radius: float, noise_step: float = math.inf, cut: bool = False) -> Outcome:
         method, state, lin, bounds = self.method, self.state, self.state.linearization, self.state.bounds
         expand_above = method.radius_policy.expand_above
-        step = method.solver.solve(self.prepared, radius)
+        with self.f.capped(self.solve_calls):  # products that call fun (`trustls.function`) stay in the budget
+            step = method.solver.solve(self.prepared, radius)
         self.counters["inner_iterations"] += step.iterations
         self.counters["products"] += step.products
         p, predicted, step_norm, hits_boundary = self.problem.propose(step, radius)
@@ -121,12 +124,14 @@ class Trial:
         status, accepted, next_radius, new_lin = decision.status, decision.moves > 0, decision.next_radius, None
         finite = math.isfinite(decision.trial_cost)
         if accepted and self.relinearize:
-            new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
+            # Within the budget: a point whose linearization would pass it is not taken (`repeat`).
+            with self.f.capped(self.trial_calls):
+                new_lin = method.model.linearize(self.f, evaluation, state.context, dense=self.dense)
+                cosine = method.gtol_test == "cosine" and method.gtol is not None
+                gradient_max, finite = gradient_test(
+                    new_lin.gradient, cosine_optimality(new_lin, method.model) if cosine else None
+                )
             self.counters["njev"] += 1
-            cosine = method.gtol_test == "cosine" and method.gtol is not None
-            gradient_max, finite = gradient_test(
-                new_lin.gradient, cosine_optimality(new_lin, method.model) if cosine else None
-            )
             if not finite:  # a failed trial: shrink and try again from x
                 warnings.warn(_NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
                 accepted, new_lin, status = False, None, None
@@ -178,14 +183,22 @@ class Trial:
         linearization at an accepted point.
         """
         method, state, f = self.method, self.state, self.f
-        reserve = 1 + (method.model.linearization_calls(state.context, dense=self.dense) if self.relinearize else 0)
+        tally = state.tally
+        reserve = tally.per_evaluation + (tally.per_linearization if self.relinearize else 0)
+        # The calls, counted as f.calls, that a subproblem solve may make (products that call fun),
+        # and those the whole trial may make.
+        self.solve_calls, self.trial_calls = max_nfev - reserve - state.nfev, max_nfev - state.nfev
         radius, trials, status, outcome = state.radius, 0, None, None
         while True:
             if state.nfev + f.calls + reserve > max_nfev:
                 status = Status.MAX_NFEV
                 break
             carried = state if outcome is None else outcome
-            outcome = self.run(radius, carried.noise_step, carried.cut)
+            try:
+                outcome = self.run(radius, carried.noise_step, carried.cut)
+            except BudgetExhausted:  # products (solve, linearization) that call fun ran out of calls
+                status = Status.MAX_NFEV  # and x stays where it is
+                break
             trials += 1
             status, radius = outcome.status, outcome.info.next_radius
             if method.callback is not None and callback_stops(method.callback, outcome.info):

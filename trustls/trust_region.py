@@ -51,7 +51,13 @@ from trustls._validation import (
 )
 from trustls.batched import BatchResult, solve_batch
 from trustls.bounds import subproblem
-from trustls.function import HALF, CountedFunction, HalfPrecision
+from trustls.function import (
+    HALF,
+    BudgetExhausted,
+    CallTally,
+    CountedFunction,
+    HalfPrecision,
+)
 from trustls.models.base import CurvatureModel, Linearization
 from trustls.operators import NormalOperator, PowerOfTwoBalanced
 from trustls.protocols import Callback, ResidualFunction
@@ -238,14 +244,24 @@ class TrustRegion:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {type(fun).__name__}")
         x, dtype, bounds = starting_point(x0, self.scale_policy, self.bounds)
-        f = self._function(fun, dtype, watch=True)
+        f = self._function(fun, dtype, CallTally(), watch=True)
         dense = self.solver.requires_jacobian
         context = self.model.start(f, x, dense=dense)
         evaluation = self.model.evaluate(f, x, context, keep=True)
+        f.tally.per_evaluation = f.calls  # what each trial reserves for its evaluation (`Trial.repeat`)
         check_first_evaluation(self.model, evaluation)
         check_budget(self.max_nfev, f.calls + self.model.linearization_calls(context, dense=dense))
         linearization = self.model.linearize(f, evaluation, context, dense=dense)
-        return self.start(linearization, context=context, dtype=dtype, nfev=f.calls, bounds=bounds)
+        f.tally.per_linearization = f.calls - f.tally.per_evaluation
+        try:
+            with f.capped(self.max_nfev):  # T's column norms by products that call fun
+                state = self.start(linearization, context=context, dtype=dtype, bounds=bounds)
+        except BudgetExhausted:
+            raise ValueError(
+                f"max_nfev must allow the calls of fun at x0 (the evaluation, the linearization and x_scale's "
+                f"column norms: more than {self.max_nfev} here), got {self.max_nfev}"
+            ) from None
+        return replace(state, tally=f.tally, nfev=f.calls)  # the calls of T's column norms included
 
     def start(
         self,
@@ -326,7 +342,7 @@ class TrustRegion:
             return state
         if state.linearization is None:
             raise ValueError("state must hold a linearization at x (relinearize it before stepping), got None")
-        f = self._function(fun, state.dtype)
+        f = self._function(fun, state.dtype, state.tally)
         lin = state.linearization
         if state.dtype in HALF and lin.jacobian_matrix is None and lin.jacobian.is_matrix_free:
             # Products through a half-precision function overflow float16 for large vectors:
@@ -342,11 +358,8 @@ class TrustRegion:
         else:
             max_nfev = check_positive_int("max_nfev", max_nfev)
         radius, status, outcome = trial.repeat(max_nfev, max_trials)
-        nfev = state.nfev + f.calls
-        if status is None and nfev >= max_nfev:
-            status = Status.MAX_NFEV
         next_state = replace(
-            state, radius=radius, solver_state=self.solver.state(prepared), nfev=nfev, nit=state.nit + (outcome is not None),
+            state, radius=radius, solver_state=self.solver.state(prepared), nit=state.nit + (outcome is not None),
             status=status, last=None if outcome is None else outcome.info, **trial.counters,
         )
         if outcome is not None:
@@ -356,9 +369,17 @@ class TrustRegion:
             # T serves the next subproblem only: after a stop, its column norms
             # (a pass over J) would be wasted.
             if outcome.linearization is not None and status is None:
-                scaling = self.scale_policy.scaling(self.model, outcome.linearization, state.scaling, next_state.nit)
-                next_state = replace(next_state, scaling=scaling)
-        return next_state
+                try:
+                    with f.capped(max_nfev - state.nfev):  # column norms by products that call fun
+                        scaling = self.scale_policy.scaling(self.model, outcome.linearization, state.scaling,
+                                                            next_state.nit)
+                    next_state = replace(next_state, scaling=scaling)
+                except BudgetExhausted:
+                    status = Status.MAX_NFEV
+        nfev = state.nfev + f.calls
+        if status is None and nfev >= max_nfev:
+            status = Status.MAX_NFEV
+        return replace(next_state, nfev=nfev, status=status)
 
     def result(self, state: TrustRegionState) -> Result:
         """The `Result` of a state (normally a finished one)."""
@@ -367,5 +388,5 @@ class TrustRegion:
     # -- helpers ----------------------------------------------------------
 
     @staticmethod
-    def _function(fun: ResidualFunction, dtype: torch.dtype, watch: bool = False) -> CountedFunction:
-        return CountedFunction(HalfPrecision(fun, dtype) if dtype in HALF else fun, watch=watch)
+    def _function(fun: ResidualFunction, dtype: torch.dtype, tally: CallTally, watch: bool = False) -> CountedFunction:
+        return CountedFunction(HalfPrecision(fun, dtype) if dtype in HALF else fun, watch=watch, tally=tally)
