@@ -358,28 +358,27 @@ class TrustRegion:
         else:
             max_nfev = check_positive_int("max_nfev", max_nfev)
         radius, status, outcome = trial.repeat(max_nfev, max_trials)
-        next_state = replace(
-            state, radius=radius, solver_state=self.solver.state(prepared), nit=state.nit + (outcome is not None),
-            status=status, last=None if outcome is None else outcome.info, **trial.counters,
-        )
+        # The next state's changes, gathered for one `replace` (a frozen dataclass's copy is not cheap).
+        changes = dict(radius=radius, solver_state=self.solver.state(prepared), nit=state.nit + (outcome is not None),
+                       last=None if outcome is None else outcome.info, **trial.counters)
         if outcome is not None:
-            next_state = replace(next_state, noise_step=outcome.noise_step, cut=outcome.cut)
+            changes.update(noise_step=outcome.noise_step, cut=outcome.cut)
         if outcome is not None and outcome.info.accepted:
-            next_state = replace(next_state, x=outcome.info.x, linearization=outcome.linearization)
+            changes.update(x=outcome.info.x, linearization=outcome.linearization)
             # T serves the next subproblem only: after a stop, its column norms
             # (a pass over J) would be wasted.
             if outcome.linearization is not None and status is None:
                 try:
                     with f.capped(max_nfev - state.nfev):  # column norms by products that call fun
-                        scaling = self.scale_policy.scaling(self.model, outcome.linearization, state.scaling,
-                                                            next_state.nit)
-                    next_state = replace(next_state, scaling=scaling)
+                        changes["scaling"] = self.scale_policy.scaling(
+                            self.model, outcome.linearization, state.scaling, changes["nit"]
+                        )
                 except BudgetExhausted:
                     status = Status.MAX_NFEV
         nfev = state.nfev + f.calls
         if status is None and nfev >= max_nfev:
             status = Status.MAX_NFEV
-        return replace(next_state, nfev=nfev, status=status)
+        return replace(state, nfev=nfev, status=status, **changes)
 
     def result(self, state: TrustRegionState) -> Result:
         """The `Result` of a state (normally a finished one)."""
