@@ -112,3 +112,37 @@ def test_the_callers_hooks_take_precedence():
         graph = ResidualGraph.evaluate(tall, x, measure=True)
     assert graph.saved_elements is None and packed  # not measured: the caller's hooks ran
     torch.testing.assert_close(graph.vjp_batched(torch.eye(7, dtype=F64)), torch.func.jacrev(tall)(x))
+
+
+def gradient_of_a_potential(x):
+    """A residual that differentiates inside itself with torch.func (an equilibrium condition)."""
+    potential = lambda q: ((q - x) ** 2).sum() + x[0] * q.pow(4).sum()  # noqa: E731
+    return torch.func.grad(potential)(torch.tensor([0.5, 0.7], dtype=x.dtype)) - torch.tensor([0.3, -0.2], dtype=x.dtype)
+
+
+def test_a_function_that_refuses_saved_tensor_hooks_is_evaluated_without_them():
+    # torch.func.grad raises under saved-tensor hooks ("don't yet support saved tensor hooks"): the
+    # measured evaluation calls fun again without them and measures nothing.
+    x = torch.tensor([0.1, 1.0], dtype=F64)
+    graph = ResidualGraph.evaluate(gradient_of_a_potential, x, measure=True)
+    assert graph.saved_elements is None
+    torch.testing.assert_close(graph.vjp(torch.tensor([1.0, 0.0], dtype=F64)),
+                               torch.func.jacrev(gradient_of_a_potential)(x)[0])
+
+
+@pytest.mark.parametrize("solver", ["cg", "lstsq"])
+def test_torch_func_inside_fun_solves_and_counts_its_calls(solver):
+    """Found by a hunt: every solve of a residual that calls torch.func.grad raised torch's "torch.func.{grad,
+    vjp, jacrev, hessian} don't yet support saved tensor hooks" from the measured first evaluation. It
+    solves now; the first evaluation costs two calls (counted) and later ones one."""
+    from trustls import GaussNewtonModel, TrustRegion
+
+    calls = []
+
+    def fun(x):
+        calls.append(1)
+        return gradient_of_a_potential(x)
+
+    result = TrustRegion(GaussNewtonModel(), solver=solver).solve(fun, torch.tensor([0.1, 1.0], dtype=F64))
+    assert result.success and result.cost < 1e-25
+    assert result.nfev == len(calls) == result.njev + 1  # one retry at x0, then one call per evaluation

@@ -604,6 +604,12 @@ LOSS_PARAMS = [pytest.param(loss, id=name) for loss, name in zip(LOSSES, LOSS_ID
 
 
 class LossFunctionMixin:
+    @pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy", "arctan", lambda z: torch.stack([z, 1 + 0 * z, 0 * z])])
+    def test_fun_wrong_dimensions_with_a_robust_loss(self, loss):
+        # Found by a hunt: with a robust loss a (3, 1) residual was flattened silently (scipy refuses it).
+        with pytest.raises(ValueError, match=r"fun must return a 1-D tensor, got shape \(3, 1\)"):
+            least_squares(fun_wrong_dimensions, 2.0, method=self.method, loss=loss)
+
     @pytest.mark.parametrize("loss", LOSS_PARAMS)
     def test_options(self, loss):
         res = least_squares(fun_trivial, 2.0, loss=loss, method=self.method)

@@ -309,6 +309,11 @@ def test_bad_calls_name_the_rule(generator):
         ColoredJacobian(pattern, ColumnColoring(torch.zeros(12, dtype=torch.int64), 1, 0, "natural"))
     with pytest.raises(TypeError, match="coloring must be a ColumnColoring or an ordering name, got int"):
         ColoredJacobian(pattern, 3)
+    # Found by a hunt: torch's own errors, after a vmap warning or from inside a product.
+    with pytest.raises(TypeError, match=r"x must be a floating tensor \(J is differentiated at it\), got dtype torch\.int64"):
+        colored(fun, torch.ones(12, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"fun must return a tensor of x's dtype torch\.float64, got torch\.float32"):
+        check_sparsity(lambda x: fun(x).float(), _point(generator), pattern, jacobian=colored(fun, _point(generator)).jacobian)
 
 
 def test_check_sparsity_accepts_a_correct_pattern(generator):

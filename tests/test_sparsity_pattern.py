@@ -121,6 +121,11 @@ class _FakeCoo:
             r"row indices must lie in \[0, 2\), got range \[0, 3\]",
         ),
         (torch.eye(2).to_sparse_bsr((1, 1)), TypeError, r"must be COO, CSR or CSC, got layout torch\.sparse_bsr"),
+        (  # a hybrid COO tensor (found by a hunt: an IndexError)
+            torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.ones(2, 2), (2, 2), check_invariants=True),
+            TypeError,
+            r"2 sparse dimensions \(no dense ones\), got sparse_dim 1 and dense_dim 1",
+        ),
     ],
     ids=lambda value: None,
 )
@@ -202,3 +207,17 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(f"trustls.sparsity.{name}")
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+@pytest.mark.parametrize("dtype", [np.longdouble, ">f8", ">i4", "<f2"])
+def test_numpy_patterns_of_any_float_width_and_byte_order(dtype):
+    # Found by a hunt: a long double or big-endian array (read from a FITS or HDF5 file) failed in torch.
+    pattern = jacobian_pattern(np.array([[1, 0, 2], [0, 0, 3]], dtype=dtype))
+    assert pattern.rows.tolist() == [0, 0, 1] and pattern.cols.tolist() == [0, 2, 2]
+
+
+def test_a_ragged_list_pattern_is_refused_naming_jac_sparsity():
+    from trustls import least_squares
+
+    with pytest.raises(ValueError, match=r"jac_sparsity given as a list must be a rectangular \(m, n\) array"):
+        least_squares(lambda x: x**2 - 2, np.ones(3), jac_sparsity=[[1, 0, 0], [0, 1]])

@@ -148,7 +148,13 @@ def as_pattern(jac_sparsity: Any) -> Any:
     of fewer than 2 dimensions is one residual's row (numpy's ``atleast_2d``). Its nonzero entries
     are the structure, whatever their values (`trustls.sparsity.jacobian_pattern`)."""
     if isinstance(jac_sparsity, (list, tuple)):
-        jac_sparsity = torch.as_tensor(jac_sparsity)
+        try:
+            jac_sparsity = torch.as_tensor(jac_sparsity)
+        except (TypeError, ValueError, RuntimeError) as error:  # ragged, or entries that are not numbers
+            raise ValueError(
+                f"jac_sparsity given as a list must be a rectangular (m, n) array of numbers or bools, got one that "
+                f"is not ({error})"
+            ) from None
     dense = (
         isinstance(jac_sparsity, Tensor) and jac_sparsity.layout == torch.strided
     ) or type(jac_sparsity).__module__ == "numpy"

@@ -77,10 +77,16 @@ class DiagonalScaling(Scaling):
 
 
 class BlockScaling(Scaling):
-    """T a block-diagonal operator that knows its inverse (block-Jacobi)."""
+    """T a block-diagonal operator that knows its inverse (block-Jacobi).
 
-    def __init__(self, operator: BlockDiagonalOperator):
+    ``references``: what `JacobiScale` carries to the next point, the running
+    maximum of the squared column norms, one ``(count, size)`` tensor per group
+    of blocks; ``None`` otherwise.
+    """
+
+    def __init__(self, operator: BlockDiagonalOperator, references: list[Tensor] | None = None):
         self.operator = operator
+        self.references = references
 
     def apply(self, z: Tensor) -> Tensor:
         return self.operator.matvec(z)

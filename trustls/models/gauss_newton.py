@@ -65,7 +65,13 @@ import torch
 from torch import Tensor
 
 from trustls.function import check_outputs, split_outputs
-from trustls.losses import Loss, LossLinearization, SquaredError, resolve_loss
+from trustls.losses import (
+    Loss,
+    LossLinearization,
+    RobustLoss,
+    SquaredError,
+    resolve_loss,
+)
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.dense_jacobian import BATCH_ELEMENTS, DenseJacobian
 from trustls.models.user_jacobian import jacobian_operator
@@ -113,11 +119,12 @@ def half_squared_norm(residual: Tensor) -> Tensor:
 class _Context:
     """What a solve learns about its function: the shape of its outputs (fixed at the first call),
     the dense-Jacobian route's fallbacks and the size of the graph (measured at the first kept
-    evaluation), and a ``torch.func`` product method's failure."""
+    evaluation, unless that cannot be done), and a ``torch.func`` product method's failure."""
 
     shape: tuple[int, ...] | None = None
     dense: DenseJacobian = field(default_factory=DenseJacobian)
     fallback: ProductFallback = field(default_factory=ProductFallback)
+    measurable: bool = True  # False once measuring the graph failed (`evaluate`)
 
 
 class _Outputs:
@@ -212,8 +219,9 @@ class GaussNewtonModel(CurvatureModel):
     # -- the objective ----------------------------------------------------
 
     def check_outputs(self, outputs: Tensor, targets: Tensor | None) -> None:
-        """Least squares without targets takes the 1-D residual vector (scipy's rule)."""
-        if targets is None and isinstance(self.loss, SquaredError) and outputs.ndim != 1:
+        """Least squares, and scipy's robust losses, without targets take the 1-D residual vector
+        (scipy's rule)."""
+        if targets is None and isinstance(self.loss, (SquaredError, RobustLoss)) and outputs.ndim != 1:
             hint = (
                 " (a 0-d output is rejected: return the vector of residuals, not the loss ½‖r‖²;"
                 " reshape a single residual to shape (1,))"
@@ -237,8 +245,12 @@ class GaussNewtonModel(CurvatureModel):
         if keep and self.jacobian is None:
             split = _Outputs(fun, x, context.shape)
             if self.products == "autograd":
-                # The graph's size is measured until a linearization has taken it (`linearize`).
-                kept = ResidualGraph.evaluate(split, x, measure=context.dense.saved_elements is None)
+                # The graph's size is measured until a linearization has taken it (`linearize`), or
+                # until a measurement fails (a fun that refuses saved-tensor hooks would pay a call each time).
+                measure = context.measurable and context.dense.saved_elements is None
+                kept = ResidualGraph.evaluate(split, x, measure=measure)
+                if measure and kept.saved_elements is None:
+                    context.measurable = False
                 outputs = kept.residual.detach()
             else:
                 kept = jacobian_products(split, x, self.products, fallback=context.fallback)

@@ -80,7 +80,11 @@ class ResidualGraph:
         autograd's own error when ``fun`` modified it in place afterwards: with
         hooks, autograd leaves that check to them. Where hooks of the caller's
         are active (``save_on_cpu``, say) or hooks are disabled, nothing is
-        measured (`saved_elements` stays ``None``), so that theirs apply.
+        measured (`saved_elements` stays ``None``), so that theirs apply. A
+        ``fun`` that refuses saved-tensor hooks (one that calls
+        ``torch.func.grad``, ``vjp``, ``jacrev`` or ``hessian`` inside: torch
+        raises under hooks) is called again without them, and nothing is
+        measured either.
         """
         leaf = x.detach().requires_grad_()
         with torch.enable_grad():
@@ -102,8 +106,13 @@ class ResidualGraph:
                     )
                 return tensor
 
-            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-                residual = fun(leaf)
+            try:
+                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                    residual = fun(leaf)
+            except RuntimeError as error:
+                if _REFUSES_HOOKS not in str(error):
+                    raise
+                return cls(leaf, fun(leaf))
         return cls(leaf, residual, count[0])
 
     @property
@@ -174,6 +183,11 @@ class ResidualGraph:
         if not self.depends_on_x:
             return torch.zeros(V.shape[0], self.residual.shape[0], dtype=self.x.dtype, device=self.x.device)
         return self._backward(self._pullback, self._tangent, V, batched=True)
+
+
+# torch.func's error under saved-tensor hooks: "torch.func.{grad, vjp, jacrev, hessian} don't yet support
+# saved tensor hooks. Please open an issue with your use case."
+_REFUSES_HOOKS = "support saved tensor hooks"
 
 
 def _hooks_free() -> bool:

@@ -76,6 +76,8 @@ def check_sparsity(
     if not isinstance(residual, Tensor) or residual.shape != (jacobian.shape[0],):
         raise ValueError(f"fun must return a residual of length {jacobian.shape[0]}, the rows of jac_sparsity, "
                          f"got {tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__}")
+    if residual.dtype != x.dtype:
+        raise TypeError(f"fun must return a tensor of x's dtype {x.dtype}, got {residual.dtype}")
     exact = graph.jvp(v).detach()
     colored = jacobian.matvec(v)
     scale = jacobian.with_values(jacobian.values.abs()).matvec(v.abs()) + exact.abs()

@@ -167,6 +167,8 @@ class ColoredJacobian:
         if not isinstance(x, Tensor) or x.shape != (n,):
             raise ValueError(f"x must be a tensor of shape ({n},), the columns of jac_sparsity {self.shape}, "
                              f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating tensor (J is differentiated at it), got dtype {x.dtype}")
         x = x.detach()
         decision = VmapDecision() if decision is None else decision
         calls, batched = 0, False

@@ -217,24 +217,32 @@ def normal_diagonal_blocks(J: SparseOperator, columns: BlockPartition | Sequence
     return [slot_gram(slot_rows(J.values, s), s) for s in slots]
 
 
-def cholesky_whitening(blocks: Tensor, damping: float = 1e-10) -> tuple[Tensor, Tensor]:
-    """``(L⁻ᵀ, Lᵀ)`` per block, with LLᵀ = B + damping·diag(B) (T = L⁻ᵀ and T⁻¹).
+def cholesky_whitening(blocks: Tensor, damping: float = 1e-10, reference: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(L⁻ᵀ, Lᵀ)`` per block, with LLᵀ = B + damping·D, D = diag(B) (T = L⁻ᵀ and T⁻¹).
 
     The rule of `trustls.scaling.BlockJacobi`: the damping keeps singular
     blocks (gauge freedoms, points seen once) factorable; a variable no
     residual depends on (zero diagonal) is scaled by 1; a block that still
     fails gets a jitter of √eps times its largest diagonal entry (only that
     block: the others keep their exact factors; see `regularized_cholesky`).
+    ``reference``, a ``(count, size)`` tensor, replaces diag(B) in D
+    (`JacobiScale` passes a floored running maximum).
     """
-    d = torch.diagonal(blocks, dim1=1, dim2=2)
+    d = torch.diagonal(blocks, dim1=1, dim2=2) if reference is None else reference
     L = regularized_cholesky(blocks, torch.where(d > 0, damping * d, torch.ones_like(d)))
     return lower_triangular_inverse(L).transpose(1, 2), L.transpose(1, 2)
 
 
 def block_jacobi_scaling(
-    J: SparseOperator, columns: BlockPartition | Sequence[Tensor], damping: float = 1e-10
+    J: SparseOperator,
+    columns: BlockPartition | Sequence[Tensor],
+    damping: float = 1e-10,
+    references: Sequence[Tensor] | None = None,
 ) -> BlockDiagonalOperator:
     """T = L⁻ᵀ over column blocks of J (any order in x), with T⁻¹ = Lᵀ; see `cholesky_whitening`.
+
+    ``references``: one ``(count, size)`` tensor per group of blocks, D in
+    place of the diagonals of the blocks (see `block_diagonals`).
 
     Examples:
         >>> import torch
@@ -249,7 +257,9 @@ def block_jacobi_scaling(
     if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not 0 <= damping < 1:
         raise ValueError(f"damping must be a number in [0, 1), got {damping!r}")
     groups = _groups(columns)
-    factors = [cholesky_whitening(B, damping) for B in normal_diagonal_blocks(J, groups)]
+    blocks = normal_diagonal_blocks(J, groups)
+    references = [None] * len(blocks) if references is None else references
+    factors = [cholesky_whitening(B, damping, d) for B, d in zip(blocks, references, strict=True)]
     return BlockDiagonalOperator([t for t, _ in factors], [ti for _, ti in factors], columns=groups)
 
 

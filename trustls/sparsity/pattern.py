@@ -155,6 +155,10 @@ def jacobian_pattern(jac_sparsity: object) -> JacobianPattern:
         array = numpy.asarray(jac_sparsity)
         if array.dtype.kind not in "biuf":
             raise TypeError(f"jac_sparsity as a numpy array must be bool or numeric, got dtype {array.dtype}")
+        if array.dtype.kind == "f" and array.dtype.itemsize > 8:  # long double: torch has no such dtype
+            array = array.astype(numpy.float64)
+        elif not array.dtype.isnative:  # big-endian: torch reads native byte order only
+            array = array.astype(array.dtype.newbyteorder("="))
         return _from_dense(torch.from_numpy(numpy.ascontiguousarray(array)))
     else:
         raise TypeError(f"jac_sparsity must be {_ACCEPTED}; got {type(jac_sparsity).__name__}")
@@ -181,6 +185,11 @@ def _sparse_tensor_indices(tensor: Tensor) -> tuple[Tensor, Tensor, tuple[int, .
     # Read the stored indices directly: their values are ignored, and a
     # coalesce or a layout conversion would trust indices not checked yet.
     if tensor.layout == torch.sparse_coo:
+        if tensor.sparse_dim() != 2:  # a hybrid tensor: rows or whole blocks of dense values
+            raise TypeError(
+                f"jac_sparsity as a torch sparse COO tensor must have 2 sparse dimensions (no dense ones), got "
+                f"sparse_dim {tensor.sparse_dim()} and dense_dim {tensor.dense_dim()}"
+            )
         indices = tensor.indices() if tensor.is_coalesced() else tensor._indices()
         return indices[0], indices[1], shape
     if tensor.layout == torch.sparse_csr:
