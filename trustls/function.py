@@ -9,8 +9,9 @@
   ``GaussNewtonModel(products="vjp+jvp")``, say, whose JVPs call ``fun``
   again) keep that step's function and are called at the next, and their
   calls count where they happen. While a tally is capped (`CountedFunction.capped`,
-  around a subproblem solve) a call past the cap raises `BudgetExhausted`
-  instead of running, so ``max_nfev`` bounds those calls too;
+  around what may call ``fun`` through products: the subproblem solve, the
+  linearization, the scale's column norms) a call past the cap raises
+  `BudgetExhausted` instead of running, so ``max_nfev`` bounds those calls too;
 * a function that modifies its argument in place is caught: the argument's
   version counter (bumped by every in-place operation, also under
   ``torch.no_grad()``) is compared before and after the call, at no copy;
@@ -189,8 +190,9 @@ class CountedFunction:
 
     @contextmanager
     def capped(self, calls: int | None) -> Iterator[None]:
-        """Within the block, a call that would make ``calls`` pass ``calls`` raises `BudgetExhausted`
-        (``None``: no cap)."""
+        """Within the block, a call through the tally that would take `calls` past ``calls`` raises
+        `BudgetExhausted` instead of running (``None``: no cap). The cap is the tally's, so calls
+        through earlier functions of the solve (their products) are refused too."""
         tally, cap = self.tally, self.tally.cap
         tally.cap = None if calls is None else self._start + calls
         try:
