@@ -66,7 +66,6 @@ __all__ = [
     "ScalePolicy",
     "Scaling",
     "UniformScaling",
-    "numerical_zeros",
     "resolve_x_scale",
 ]
 
@@ -112,18 +111,6 @@ class JacobiScale(ScalePolicy):
     n-vector is kept. A variable no residual depends on yet is scaled by 1, as
     in scipy. Column norms a stored J gives exactly are recomputed at every
     point.
-
-    A column whose norm is at most max(m, n)·eps times the largest counts as
-    zero (`numerical_zeros`): J then has a singular value that small, below
-    the rank cutoff of numpy's ``lstsq`` and of `DenseLstsq`, and such a
-    column is rounding noise, not a direction (a parameter that cancels out:
-    a normalized profile p₁e(t)/mean(p₁e), whose column came out 1.5·10⁻¹⁵
-    against 9.2). Scaled by its inverse norm, a noise column becomes a random
-    unit direction that the step uses to fit the residual, moving the
-    parameter by ~10¹⁴ per unit: the headline ``solver="cg"`` ran it to
-    −2·10¹³, and ``xtol``, relative to that ‖x‖, then stopped at cost 0.08
-    (the minimum is 5·10⁻²⁷) reporting success (found by a hunt). scipy's
-    trf scales only exact zeros by 1.
 
     Column norms the model can only estimate (a matrix-free J with more than
     32 variables: `GaussNewtonModel.column_norm_estimates`, 8 to K VJPs, each
@@ -215,19 +202,17 @@ class JacobiScale(ScalePolicy):
                 return _running_block_jacobi(linearization.jacobian, partition, previous)
         if isinstance(previous, BlockScaling):
             previous = None
-        shape = linearization.jacobian.shape
         if not model.column_norms_are_estimated(linearization):
-            return _running_jacobi(numerical_zeros(model.column_norms(linearization), shape), previous)
+            return _running_jacobi(model.column_norms(linearization), previous)
         uniform = _is_uniform(previous)
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
         if previous is not None and not uniform:
-            return _running_jacobi(numerical_zeros(model.column_norms(linearization), shape), previous)
+            return _running_jacobi(model.column_norms(linearization), previous)
         # Decide after each stage of the estimate (GaussNewtonModel.column_norm_estimates):
         # a well-scaled J stops at the first, a badly scaled one gets the full estimate.
         stages = getattr(model, "column_norm_estimates", None)
         for norms in stages(linearization) if stages is not None else [model.column_norms(linearization)]:
-            norms = numerical_zeros(norms, shape)
             smallest_positive = torch.where(norms > 0, norms, math.inf).amin()
             largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
             if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
@@ -241,20 +226,9 @@ class JacobiScale(ScalePolicy):
 BLOCK_FLOOR = 1e-2  # μ of JacobiScale's automatic block-Jacobi scaling (its docstring)
 
 
-def numerical_zeros(norms: Tensor, shape: tuple[int, int]) -> Tensor:
-    """Column norms with those at or below max(m, n)·eps of the largest finite one set to 0 (`JacobiScale`).
-
-    Examples:
-        >>> numerical_zeros(torch.tensor([9.2, 1.5e-15, 6.0], dtype=torch.float64), (40, 3))
-        tensor([9.2000, 0.0000, 6.0000], dtype=torch.float64)
-    """
-    largest = torch.where(torch.isfinite(norms), norms, 0.0).amax()  # an overflowed norm stays as it is
-    return norms.masked_fill(norms <= max(shape) * torch.finfo(norms.dtype).eps * largest, 0.0)
-
-
 def _running_block_jacobi(J: SparseOperator, partition, previous: Scaling | None) -> BlockScaling:
     """Block-Jacobi T from LLᵀ = B_k + μ·D_k, D_k the running maximum of the squared column norms."""
-    squares = numerical_zeros(J.column_norms(), J.shape).square()
+    squares = J.column_norms().square()
     references = [squares[group] for group in partition.groups]  # (count, size) per group
     if isinstance(previous, BlockScaling) and previous.references is not None:
         kept = previous.references
