@@ -136,9 +136,9 @@ class JacobiScale(ScalePolicy):
     point's three: `trustls.sparsity.find_blocks`, found once per pattern), T
     is block-Jacobi over those blocks instead, T = L⁻ᵀ with LLᵀ = B_k + μ·D_k
     for each diagonal block B_k of JᵀJ and D_k its diagonal (Agarwal et al.
-    2010): the same preconditioner for blocks of one column, a far better one
-    for larger blocks (`docs/sparse.md`). It is recomputed at every point,
-    with D_k the running maximum of the squared column norms (below).
+    2010), kept at its running maximum (below): the same preconditioner for
+    blocks of one column, a far better one for larger blocks
+    (`docs/sparse.md`). It is recomputed at every point.
 
     The floor μ = 10⁻² (``BLOCK_FLOOR``). The region ‖T⁻¹p‖ ≤ Δ is, within a
     block, the model's own curvature norm (pᵀB_k p)^½. A trust region in the

@@ -226,7 +226,7 @@ def cholesky_whitening(blocks: Tensor, damping: float = 1e-10, reference: Tensor
     fails gets a jitter of √eps times its largest diagonal entry (only that
     block: the others keep their exact factors; see `regularized_cholesky`).
     ``reference``, a ``(count, size)`` tensor, replaces diag(B) in D
-    (`JacobiScale` passes a floored running maximum).
+    (`JacobiScale` passes the running maximum of diag(B) over its points).
     """
     d = torch.diagonal(blocks, dim1=1, dim2=2) if reference is None else reference
     L = regularized_cholesky(blocks, torch.where(d > 0, damping * d, torch.ones_like(d)))
@@ -242,7 +242,7 @@ def block_jacobi_scaling(
     """T = L⁻ᵀ over column blocks of J (any order in x), with T⁻¹ = Lᵀ; see `cholesky_whitening`.
 
     ``references``: one ``(count, size)`` tensor per group of blocks, D in
-    place of the diagonals of the blocks (see `block_diagonals`).
+    place of the diagonals of the blocks (see `cholesky_whitening`).
 
     Examples:
         >>> import torch
