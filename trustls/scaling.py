@@ -54,7 +54,7 @@ from trustls.scale_maps import (
     UniformScaling,
 )
 from trustls.sparsity.blocks import pattern_blocks
-from trustls.sparsity.normal_blocks import block_jacobi_scaling
+from trustls.sparsity.normal_blocks import running_block_jacobi_scaling
 
 __all__ = [
     "BlockJacobi",
@@ -228,13 +228,8 @@ BLOCK_FLOOR = 1e-2  # μ of JacobiScale's automatic block-Jacobi scaling (its do
 
 def _running_block_jacobi(J: SparseOperator, partition, previous: Scaling | None) -> BlockScaling:
     """Block-Jacobi T from LLᵀ = B_k + μ·D_k, D_k the running maximum of the squared column norms."""
-    squares = J.column_norms().square()
-    references = [squares[group] for group in partition.groups]  # (count, size) per group
-    if isinstance(previous, BlockScaling) and previous.references is not None:
-        kept = previous.references
-        if [r.shape for r in kept] == [r.shape for r in references]:
-            references = [torch.maximum(d, r) for d, r in zip(references, kept)]
-    return BlockScaling(block_jacobi_scaling(J, partition, BLOCK_FLOOR, references), references)
+    kept = previous.references if isinstance(previous, BlockScaling) else None
+    return BlockScaling(*running_block_jacobi_scaling(J, partition, BLOCK_FLOOR, kept))
 
 
 def _refresh(iteration: int, uniform: bool) -> bool:

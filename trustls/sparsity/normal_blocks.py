@@ -68,6 +68,7 @@ __all__ = [
     "cholesky_whitening",
     "gram_by_block",
     "normal_diagonal_blocks",
+    "running_block_jacobi_scaling",
     "slot_gram",
     "slot_rows",
     "slot_times_blocks",
@@ -234,15 +235,9 @@ def cholesky_whitening(blocks: Tensor, damping: float = 1e-10, reference: Tensor
 
 
 def block_jacobi_scaling(
-    J: SparseOperator,
-    columns: BlockPartition | Sequence[Tensor],
-    damping: float = 1e-10,
-    references: Sequence[Tensor] | None = None,
+    J: SparseOperator, columns: BlockPartition | Sequence[Tensor], damping: float = 1e-10
 ) -> BlockDiagonalOperator:
     """T = L⁻ᵀ over column blocks of J (any order in x), with T⁻¹ = Lᵀ; see `cholesky_whitening`.
-
-    ``references``: one ``(count, size)`` tensor per group of blocks, D in
-    place of the diagonals of the blocks (see `cholesky_whitening`).
 
     Examples:
         >>> import torch
@@ -254,13 +249,39 @@ def block_jacobi_scaling(
         >>> [torch.allclose(B, torch.eye(B.shape[1])) for B in normal_diagonal_blocks(JT, blocks)]
         [True, True]
     """
+    return running_block_jacobi_scaling(J, columns, damping)[0]
+
+
+def running_block_jacobi_scaling(
+    J: SparseOperator,
+    columns: BlockPartition | Sequence[Tensor],
+    damping: float = 1e-10,
+    previous: Sequence[Tensor] | None = None,
+) -> tuple[BlockDiagonalOperator, list[Tensor]]:
+    """`block_jacobi_scaling` with D the running maximum of the blocks' diagonals, and that maximum.
+
+    ``previous``: the maxima an earlier call returned, one ``(count, size)``
+    tensor per group of blocks (ignored when the blocks' shapes differ); D is
+    their elementwise maximum with the diagonals of this J's blocks
+    (`cholesky_whitening`'s ``reference``). Returns T and the new maxima.
+
+    Examples:
+        >>> import torch
+        >>> blocks = [torch.tensor([[0, 1]])]
+        >>> J = SparseOperator(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([3.0, 4.0]), (2, 2))
+        >>> _, maxima = running_block_jacobi_scaling(J, blocks, 0.01, [torch.tensor([[1.0, 25.0]])])
+        >>> maxima
+        [tensor([[ 9., 25.]])]
+    """
     if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not 0 <= damping < 1:
         raise ValueError(f"damping must be a number in [0, 1), got {damping!r}")
     groups = _groups(columns)
     blocks = normal_diagonal_blocks(J, groups)
-    references = [None] * len(blocks) if references is None else references
-    factors = [cholesky_whitening(B, damping, d) for B, d in zip(blocks, references, strict=True)]
-    return BlockDiagonalOperator([t for t, _ in factors], [ti for _, ti in factors], columns=groups)
+    maxima = [torch.diagonal(B, dim1=1, dim2=2) for B in blocks]
+    if previous is not None and [d.shape for d in previous] == [d.shape for d in maxima]:
+        maxima = [torch.maximum(d, kept) for d, kept in zip(maxima, previous)]
+    factors = [cholesky_whitening(B, damping, d) for B, d in zip(blocks, maxima)]
+    return BlockDiagonalOperator([t for t, _ in factors], [ti for _, ti in factors], columns=groups), maxima
 
 
 def slot_times_blocks(rows: Tensor, blocks: Tensor, slots: BlockSlots) -> Tensor:
