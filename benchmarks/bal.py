@@ -13,7 +13,9 @@ Three routes, timed in the same run:
   blocks found in the pattern) and the headline
   ``TrustRegion(GaussNewtonModel(jac_sparsity=P), solver="cg", ftol=1e-4)``
   (block-Jacobi scaling from the pattern's blocks). J comes from 12 colored
-  products per linearization;
+  products per linearization. Also scipy users' two other calls: the
+  cookbook's, with ``x_scale="jac"``, and ``jac=`` returning the closed-form J
+  as a new torch sparse tensor at every point (``USER_ROUTES``);
 * trustls with the closed-form Jacobian: ``TrustRegion(GaussNewtonModel(jacobian=...), solver=...,
   ftol=1e-4, x_scale=...)`` with J as a `SparseOperator`, for the solvers
   and scalings listed in ``CONFIGS``: Steihaug CG (`SteihaugCG`) and the
@@ -152,28 +154,47 @@ def run_trustls(problem, solver, *, scaling: str = "block", matrix_free: bool = 
     }
 
 
-def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
-    """Solve ``problem`` from its plain torch residual and its ``jac_sparsity`` pattern alone.
+USER_ROUTES = {
+    "least_squares": "least_squares(fun, x0, jac_sparsity=P) (defaults: Schur)",
+    "cookbook": "least_squares(fun, x0, jac_sparsity=P, x_scale='jac') (scipy's cookbook call)",
+    "jac": "least_squares(fun, x0, jac=J, x_scale='jac') (J a torch sparse tensor at every point)",
+    "cg": 'TrustRegion(GaussNewtonModel(jac_sparsity=P), solver="cg")',
+}
 
-    ``route`` is ``"least_squares"`` (trustls' scipy-compatible function with
-    its defaults) or ``"cg"`` (``TrustRegion(GaussNewtonModel(jac_sparsity=P),
+
+def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
+    """Solve ``problem`` from its plain torch residual, as a user calls trustls.
+
+    ``route`` is one of `USER_ROUTES`: ``"least_squares"`` (trustls'
+    scipy-compatible function with its defaults and the ``jac_sparsity``
+    pattern), ``"cookbook"`` (the same with ``x_scale="jac"``, as scipy's
+    cookbook calls it), ``"jac"`` (``jac=`` returning the closed-form J as a new
+    torch sparse COO tensor at every point, ``x_scale="jac"``: scipy's call with
+    an exact sparse Jacobian) or ``"cg"`` (``TrustRegion(GaussNewtonModel(jac_sparsity=P),
     solver="cg")``). The pattern is built inside the timed region, as the user
     would build it. Returns the keys of `run_trustls`.
     """
     history: list[tuple[float, float]] = []
     start = time.perf_counter()
     pattern = problem.jacobian_sparsity()
-    if route == "least_squares":
-        def record(intermediate_result) -> None:
-            history.append((time.perf_counter() - start, float(intermediate_result.cost)))
-
-        result = least_squares(problem.residual, problem.x0, jac_sparsity=pattern, ftol=ftol, callback=record)
-    else:
+    if route == "cg":
         def record(info: IterationInfo) -> None:
             history.append((time.perf_counter() - start, info.trial_cost))
 
         method = TrustRegion(GaussNewtonModel(jac_sparsity=pattern), solver="cg", ftol=ftol, callback=record)
         result = method.solve(problem.residual, problem.x0)
+    else:
+        def record(intermediate_result) -> None:
+            history.append((time.perf_counter() - start, float(intermediate_result.cost)))
+
+        def jac(x: torch.Tensor) -> torch.Tensor:
+            rows, cols, values = problem.jacobian_coo(x)
+            shape = (problem.n_residuals, problem.n_parameters)
+            return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=True)
+
+        options = {"least_squares": {"jac_sparsity": pattern}, "cookbook": {"jac_sparsity": pattern, "x_scale": "jac"},
+                   "jac": {"jac": jac, "x_scale": "jac"}}[route]
+        result = least_squares(problem.residual, problem.x0, ftol=ftol, callback=record, **options)
     elapsed = time.perf_counter() - start
     return {
         "cost_initial": float(result.initial_cost),
@@ -254,8 +275,8 @@ def main() -> None:
 
     warm_up()
     runs: dict[str, dict] = {"scipy trf+lsmr": run_scipy_baseline(problem, ftol=FTOL)}
-    runs["trustls least_squares(fun, x0, jac_sparsity=P) (defaults: Schur)"] = run_user_route(problem, "least_squares")
-    runs["trustls TrustRegion(GaussNewtonModel(jac_sparsity=P), solver=\"cg\")"] = run_user_route(problem, "cg")
+    for route, label in USER_ROUTES.items():
+        runs[f"trustls {label}"] = run_user_route(problem, route)
     for label in args.configs or list(CONFIGS):
         solver, scaling = make_solver(problem, label)
         runs[f"trustls {label}"] = run_trustls(problem, solver, scaling=scaling)

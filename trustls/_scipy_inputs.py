@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trustls.models.user_jacobian import SparseStructure, is_plain_sparse
 from trustls.operators.base import LinearOperator
 from trustls.result import IterationInfo
 
@@ -87,12 +88,17 @@ class UserJacobian:
 
     `probe` evaluates J at ``x0`` before the solve, so that ``least_squares``
     can choose its solver by J's kind as scipy does; the solve's first call at
-    ``x0`` then returns that J instead of calling ``jac`` again.
+    ``x0`` then returns that J instead of calling ``jac`` again. A sparse J
+    (a torch sparse tensor or a scipy sparse matrix) becomes a `SparseOperator`
+    on the structure kept from the last one (`trustls.models.user_jacobian`),
+    the probe's included, so that the blocks ``least_squares`` looks for in its
+    pattern are found once for the whole solve.
     """
 
     def __init__(self, jac: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]):
         self.jac, self.args, self.kwargs = jac, tuple(args), dict(kwargs)
         self._probed: tuple[Tensor, Tensor | LinearOperator] | None = None
+        self._structure = SparseStructure()
 
     def probe(self, x0: Tensor) -> Tensor | LinearOperator:
         # With grad enabled, as `GaussNewtonModel.linearize` calls jacobian: a jac may differentiate
@@ -109,7 +115,8 @@ class UserJacobian:
             self._probed = None  # served once: later points differ, and memory is released
             if x0.dtype == x.dtype and x0.shape == x.shape and torch.equal(x0, x):
                 return J
-        return self.convert(self.jac(x, *self.args, **self.kwargs), x)
+        J = self.convert(self.jac(x, *self.args, **self.kwargs), x)
+        return self._structure.operator_for(J.detach()) if is_plain_sparse(J) and J.is_floating_point() else J
 
     @staticmethod
     def convert(J: Any, x: Tensor) -> Tensor | LinearOperator:

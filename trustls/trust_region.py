@@ -91,8 +91,10 @@ class TrustRegion:
         x_scale: characteristic scale of each variable: the trust region is
             ‖p / x_scale‖ ≤ Δ. A number, a 1-D sequence of length n (tensor,
             list or numpy array), or ``"jac"`` (inverse column norms of J, never
-            decreasing; scipy/MINPACK). A `BlockJacobi` partition gives
-            block-Jacobi scaling (see `trustls.scaling`). ``None`` (default)
+            decreasing; scipy/MINPACK; block-Jacobi over the column blocks of a
+            sparse J that has them, `JacobiScale`, except with `IterativeSchur`,
+            whose ``"jac"`` is its own default, diagonal). A `BlockJacobi`
+            partition gives block-Jacobi scaling (see `trustls.scaling`). ``None`` (default)
             takes the solver's ``default_x_scale``: 1 for ``"lstsq"`` (scipy
             trf's default), ``"jac"`` for ``"cg"`` (the Jacobi preconditioner;
             Ceres' default scaling).
@@ -160,6 +162,8 @@ class TrustRegion:
         if self.ftol is None and self.xtol is None and self.gtol is None:
             raise ValueError("ftol, xtol and gtol must not all be None: nothing could stop the solve but max_nfev")
         self.x_scale = resolve_x_scale(x_scale)
+        if isinstance(x_scale, str) and isinstance(own := resolve_x_scale(self.solver.default_x_scale), JacobiScale):
+            self.x_scale = own  # "jac": the solver's own Jacobi scaling (diagonal for IterativeSchur)
         self.max_nfev = check_positive_int("max_nfev", max_nfev)
         self.initial_radius = check_positive_number("initial_radius", initial_radius)
         self.bounds = bounds

@@ -74,7 +74,7 @@ from trustls.losses import (
 )
 from trustls.models.base import CurvatureModel, Evaluation, Linearization
 from trustls.models.dense_jacobian import BATCH_ELEMENTS, DenseJacobian
-from trustls.models.user_jacobian import jacobian_operator
+from trustls.models.user_jacobian import SparseStructure, jacobian_operator
 from trustls.operators.base import LinearOperator
 from trustls.operators.column_norms import diluted_column_norms, exact_column_norms
 from trustls.operators.dense import DenseOperator, NormalOperator
@@ -119,12 +119,14 @@ def half_squared_norm(residual: Tensor) -> Tensor:
 class _Context:
     """What a solve learns about its function: the shape of its outputs (fixed at the first call),
     the dense-Jacobian route's fallbacks and the size of the graph (measured at the first kept
-    evaluation, unless that cannot be done), and a ``torch.func`` product method's failure."""
+    evaluation, unless that cannot be done), a ``torch.func`` product method's failure, and the
+    structure of the last sparse J a user's ``jacobian`` returned (`SparseStructure`)."""
 
     shape: tuple[int, ...] | None = None
     dense: DenseJacobian = field(default_factory=DenseJacobian)
     fallback: ProductFallback = field(default_factory=ProductFallback)
     measurable: bool = True  # False once measuring the graph failed (`evaluate`)
+    sparse: SparseStructure = field(default_factory=SparseStructure)  # a user's last sparse J
 
 
 class _Outputs:
@@ -281,7 +283,7 @@ class GaussNewtonModel(CurvatureModel):
             # row, on a copy of x that requires grad). J is data: detached (jacobian_operator).
             with torch.enable_grad():
                 J = self.jacobian(x)
-            J = jacobian_operator(J, m, x)
+            J = jacobian_operator(J, m, x, None if context is None else context.sparse)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         context = _Context(tuple(evaluation.outputs.shape)) if context is None else context
         kept = evaluation.kept
