@@ -291,13 +291,18 @@ class GaussNewtonModel(CurvatureModel):
             kept = self.evaluate(fun, x, context, keep=True).kept
         graph = kept if isinstance(kept, ResidualGraph) else None
         if graph is not None and context.dense.saved_elements is None:  # the first measured graph
-            context.dense.saved_elements = graph.saved_elements
+            context.dense.saved_elements, context.dense.saved_tensors = graph.saved_elements, graph.saved_tensors
         if self.colored is not None:
             if self.colored.shape != (m, x.shape[0]):
                 raise ValueError(f"jac_sparsity must have shape {(m, x.shape[0])} (outputs, variables), "
                                  f"got {self.colored.shape}")
             with torch.enable_grad():
-                J = self.colored.from_jvp(kept.jvp, x)
+                if graph is not None:  # batched when the graph is small enough (DenseJacobian.compressed_columns)
+                    seeds = self.colored.seeds(x)
+                    products = context.dense.compressed_columns(graph, seeds) if self.colored.pattern.nnz else None
+                    J = self.colored.from_products(products, x)
+                else:
+                    J = self.colored.from_jvp(kept.jvp, x)
             return self._assemble(evaluation, loss, J, J.to_dense() if dense else None)
         if dense or (graph is not None and _stores_small_jacobian(m, x.shape[0], context.dense)):
             # From the kept graph: no call of fun (a torch.func evaluation has none: one call).

@@ -59,10 +59,13 @@ class ResidualGraph:
         (tensor([2., 6.]), tensor([2., 0.]))
     """
 
-    def __init__(self, x: Tensor, residual: Tensor, saved_elements: int | None = None):
+    def __init__(
+        self, x: Tensor, residual: Tensor, saved_elements: int | None = None, saved_tensors: int | None = None
+    ):
         self.x = x
         self.residual = residual
         self.saved_elements = saved_elements  # the graph's saved tensors' elements, when measured
+        self.saved_tensors = saved_tensors  # and their number
         self._tangent: Tensor | None = None  # the leaf u of the double-backward graph
         self._pullback: Tensor | None = None  # Jᵀu, recorded with create_graph=True
 
@@ -71,7 +74,7 @@ class ResidualGraph:
         """Call ``fun`` once at a detached copy of ``x`` that requires grad (x is not modified).
 
         With ``measure=True`` the elements of the tensors the graph saves for
-        its backward are counted (`saved_elements`): a batched pass through the
+        its backward are counted (`saved_elements`, and the tensors, `saved_tensors`): a batched pass through the
         graph holds one copy of them per product, so they bound what a batch
         may cost (`trustls.models.dense_jacobian`). They are counted by
         ``torch.autograd.graph.saved_tensors_hooks``. The pack hook keeps the
@@ -90,10 +93,11 @@ class ResidualGraph:
         with torch.enable_grad():
             if not (measure and _hooks_free()):
                 return cls(leaf, fun(leaf))
-            count = [0]
+            count = [0, 0]
 
             def pack(tensor: Tensor) -> tuple[Tensor, int]:
                 count[0] += tensor.numel()
+                count[1] += 1
                 return tensor.detach(), tensor._version
 
             def unpack(packed: tuple[Tensor, int]) -> Tensor:
@@ -113,7 +117,7 @@ class ResidualGraph:
                 if _REFUSES_HOOKS not in str(error):
                     raise
                 return cls(leaf, fun(leaf))
-        return cls(leaf, residual, count[0])
+        return cls(leaf, residual, count[0], count[1])
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -31,6 +31,11 @@ Two ways to compute the k products:
   runs once, every product belongs to the same evaluation, random draws
   included.
 
+In a solve the products come from the graph of the accepted trial point
+(`ColoredJacobian.from_products`; `GaussNewtonModel` computes them with
+`trustls.models.dense_jacobian.DenseJacobian.compressed_columns`, in one
+vmapped backward pass through that graph where its tensors are small).
+
 A `VmapDecision` remembers that vmap failed: the first failure warns once
 (naming the reason: the first line of vmap's error) and every later
 evaluation with the same decision goes straight to the loop. `ColoredJacobianResult.calls`
@@ -216,14 +221,22 @@ class ColoredJacobian:
             tensor([[2., 1., 0.],
                     [0., 1., 6.]])
         """
-        m, n = self.shape
+        self._check_x(x)
+        products = torch.stack([jvp(seed) for seed in self.seeds(x)]) if self.pattern.nnz else None
+        return self.from_products(products, x)
+
+    def from_products(self, products: Tensor | None, x: Tensor) -> SparseOperator:
+        """J(x) from the ``(n_colors, m)`` products J v_c, computed by the caller (``None`` when the
+        pattern is empty)."""
+        self._check_x(x)
+        if products is not None:
+            self.pattern.check_shape(products.shape[1], self.shape[1])
+        return self._operator(products, x)
+
+    def _check_x(self, x: Tensor) -> None:
+        n = self.shape[1]
         if x.shape != (n,):
             raise ValueError(f"x must have shape ({n},), the columns of jac_sparsity {self.shape}, got {tuple(x.shape)}")
-        seeds = self.seeds(x)
-        products = torch.stack([jvp(seed) for seed in seeds]) if self.pattern.nnz else None
-        if products is not None:
-            self.pattern.check_shape(products.shape[1], n)
-        return self._operator(products, x)
 
     def _operator(self, products: Tensor | None, x: Tensor) -> SparseOperator:
         """The `SparseOperator` with the entries of the colored products, on the cached structure."""
