@@ -196,12 +196,10 @@ class DenseJacobian:
         engine's cost per operation, the graph's saved tensors being small (at most 2¹⁴ elements on
         average, as measured at the solve's first evaluation) and the batch holding at most
         `BATCH_ELEMENTS` of them; elsewhere, or unmeasured, k single passes, for on large tensors a
-        pass is bound by memory traffic, which a batch does not reduce, and k copies leave the cache.
-        Measured (one thread): a residual written as a Python loop over 2,000 rows (Broyden banded,
-        7 colors) 0.5-0.75 s batched against 2.9 s in single passes, and vectorized at n = 5,000
-        about 1 ms against 3-5 ms; Broyden tridiagonal at n = 10⁵ (tensors of 10⁵) 6.0 ms against
-        4.5 ms, BAL-49 (12 colors) 190 ms against 131 ms. A batched pass is checked, ruled out and
-        warned about as the forward route of a dense J (module docstring).
+        pass is bound by memory traffic, which a batch does not reduce, and k copies leave the cache
+        (the measurements: docs/benchmarks.md, "A residual written as a loop over its rows", and
+        docs/sparse.md). A batched pass is checked, ruled out and warned about as the forward route
+        of a dense J (module docstring).
 
         Raises:
             RuntimeError: if the backward of ``fun`` is not differentiable (`ResidualGraph.prepare_jvp`):
