@@ -15,7 +15,7 @@ Three routes, timed in the same run:
   (block-Jacobi scaling from the pattern's blocks). J comes from 12 colored
   products per linearization. Also scipy users' two other calls: the
   cookbook's, with ``x_scale="jac"``, and ``jac=`` returning the closed-form J
-  as a new torch sparse tensor at every point (``USER_ROUTES``);
+  as a new torch sparse tensor at every point with ``solver="schur"`` (``USER_ROUTES``);
 * trustls with the closed-form Jacobian: ``TrustRegion(GaussNewtonModel(jacobian=...), solver=...,
   ftol=1e-4, x_scale=...)`` with J as a `SparseOperator`, for the solvers
   and scalings listed in ``CONFIGS``: Steihaug CG (`SteihaugCG`) and the
@@ -157,7 +157,7 @@ def run_trustls(problem, solver, *, scaling: str = "block", matrix_free: bool = 
 USER_ROUTES = {
     "least_squares": "least_squares(fun, x0, jac_sparsity=P) (defaults: Schur)",
     "cookbook": "least_squares(fun, x0, jac_sparsity=P, x_scale='jac') (scipy's cookbook call)",
-    "jac": "least_squares(fun, x0, jac=J, x_scale='jac') (J a torch sparse tensor at every point)",
+    "jac": "least_squares(fun, x0, jac=J, solver='schur') (J a torch sparse tensor at every point)",
     "cg": 'TrustRegion(GaussNewtonModel(jac_sparsity=P), solver="cg")',
 }
 
@@ -169,8 +169,8 @@ def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
     scipy-compatible function with its defaults and the ``jac_sparsity``
     pattern), ``"cookbook"`` (the same with ``x_scale="jac"``, as scipy's
     cookbook calls it), ``"jac"`` (``jac=`` returning the closed-form J as a new
-    torch sparse COO tensor at every point, ``x_scale="jac"``: scipy's call with
-    an exact sparse Jacobian) or ``"cg"`` (``TrustRegion(GaussNewtonModel(jac_sparsity=P),
+    torch sparse COO tensor at every point, with ``solver="schur"``: scipy's call
+    with an exact sparse Jacobian, asking for the Schur solver) or ``"cg"`` (``TrustRegion(GaussNewtonModel(jac_sparsity=P),
     solver="cg")``). The pattern is built inside the timed region, as the user
     would build it. Returns the keys of `run_trustls`.
     """
@@ -193,7 +193,7 @@ def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
             return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=True)
 
         options = {"least_squares": {"jac_sparsity": pattern}, "cookbook": {"jac_sparsity": pattern, "x_scale": "jac"},
-                   "jac": {"jac": jac, "x_scale": "jac"}}[route]
+                   "jac": {"jac": jac, "solver": "schur"}}[route]
         result = least_squares(problem.residual, problem.x0, ftol=ftol, callback=record, **options)
     elapsed = time.perf_counter() - start
     return {

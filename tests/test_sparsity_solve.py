@@ -235,9 +235,9 @@ def test_a_solve_with_a_sparse_jacobian_matches_the_dense_one(layout):
 
 
 @pytest.mark.parametrize("layout", ["coo", "csr", "coo, each entry split in two", "scipy csr"])
-def test_least_squares_takes_the_schur_solver_for_a_jac_whose_pattern_has_blocks(layout, monkeypatch):
-    """Found measuring bundle adjustment: with jac= returning its sparse J scipy's way, the default
-    was lsmr with x_scale=1 (57 s for 6 evaluations on BAL-49, against 1.6 s with the Schur solver)."""
+def test_a_jac_returning_a_sparse_j_runs_the_schur_solver_as_jac_sparsity_does(layout, monkeypatch):
+    """With solver="schur", a jac returning J as a sparse tensor or matrix gives the jac_sparsity solve
+    (its blocks found in J's pattern, kept from point to point)."""
     import scipy.sparse
 
     import trustls
@@ -253,7 +253,7 @@ def test_least_squares_takes_the_schur_solver_for_a_jac_whose_pattern_has_blocks
         return scipy.sparse.csr_matrix((J.values().numpy(), J.indices().numpy()), shape=tuple(J.shape))
 
     jac = scipy_jac if layout.startswith("scipy") else jacobian
-    result = trustls.least_squares(fun, x0, jac=jac, **TOLERANCES)
+    result = trustls.least_squares(fun, x0, jac=jac, solver="schur", **TOLERANCES)
     reference = scipy_least_squares(fun, x0, **TOLERANCES)
     assert result.success and result.cost == pytest.approx(reference.cost, rel=1e-9)
     assert len(prepared) == result.njev - 1  # IterativeSchur took every step (none from the final point)
@@ -270,8 +270,32 @@ def test_least_squares_finds_the_blocks_of_a_jac_once(monkeypatch):
     original = blocks.find_blocks
     monkeypatch.setattr(blocks, "find_blocks", lambda *args: calls.append(1) or original(*args))
     fun, x0, pattern = rotation_only_bundle_adjustment()
-    result = trustls.least_squares(fun, x0, jac=sparse_jacobian_of(fun, pattern, "coo"), **TOLERANCES)
+    result = trustls.least_squares(fun, x0, jac=sparse_jacobian_of(fun, pattern, "coo"), solver="schur", **TOLERANCES)
     assert result.success and result.njev > 2 and len(calls) == 1
+
+
+def test_a_jac_whose_sparse_j_drops_its_zeros_solves_by_default():
+    """Found by a hunt: scipy users build a sparse J as csr_matrix(dense J), which drops exact zeros. At
+    x0 = 0 the chain's couplings 2u are zero, so J(x0)'s pattern split into blocks; the Schur solver
+    chosen from it raised at the next point ("IterativeSchur needs column blocks that no row shares")."""
+    import scipy.sparse
+
+    import trustls
+
+    k = 10
+    targets = torch.linspace(0.5, 1.5, k, dtype=torch.float64)
+
+    def fun(x):
+        u, w = x[:k], x[k]
+        return torch.cat([u + w - targets + torch.cat([u.new_zeros(1), u[:-1] ** 2]), u - 0.5])
+
+    def jac(x):
+        return scipy.sparse.csr_matrix(torch.func.jacrev(fun)(torch.as_tensor(x)).numpy())
+
+    x0 = torch.zeros(k + 1, dtype=torch.float64)
+    result = trustls.least_squares(fun, x0, jac=jac, **TOLERANCES)
+    reference = scipy_least_squares(fun, x0, **TOLERANCES)
+    assert result.success and result.cost == pytest.approx(reference.cost, rel=1e-9)
 
 
 def test_x_scale_jac_is_the_solvers_own_jacobi_scaling():

@@ -91,8 +91,8 @@ class UserJacobian:
     ``x0`` then returns that J instead of calling ``jac`` again. A sparse J
     (a torch sparse tensor or a scipy sparse matrix) becomes a `SparseOperator`
     on the structure kept from the last one (`trustls.models.user_jacobian`),
-    the probe's included, so that the blocks ``least_squares`` looks for in its
-    pattern are found once for the whole solve.
+    the probe's included, so that what is derived from its pattern (the blocks
+    of block-Jacobi scaling and of ``solver="schur"``) is found once per pattern.
     """
 
     def __init__(self, jac: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]):

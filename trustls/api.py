@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from trustls._scipy_inputs import (
     UserJacobian,
@@ -29,7 +28,6 @@ from trustls._validation import as_tensor_x0, check_x0
 from trustls.bounds import as_bounds
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
-from trustls.operators.sparse import SparseOperator
 from trustls.radius import RadiusPolicy
 from trustls.result import Result
 from trustls.sparsity import JacobianPattern, pattern_blocks
@@ -59,16 +57,10 @@ _LSMR_OPTIONS = ("maxiter", "atol", "btol", "regularize", "damp", "conlim", "sho
 _EXACT_UP_TO = 2000
 
 
-def _eliminable(pattern: JacobianPattern | SparseOperator) -> bool:
+def _eliminable(pattern: JacobianPattern) -> bool:
     """Whether a sparsity pattern splits into blocks that a Schur complement eliminates."""
     partition = pattern_blocks(pattern)  # cached on the pattern: the solver's first J inherits it
     return bool(partition.eliminated) and len(partition.eliminated) < len(partition.groups)
-
-
-def _sparse_and_eliminable(J: Tensor | LinearOperator) -> bool:
-    """Whether a J that ``jac`` returned is a `SparseOperator` (`UserJacobian` makes one of a sparse
-    tensor or matrix) with an eliminable pattern."""
-    return isinstance(J, SparseOperator) and _eliminable(J)
 
 
 def _solver(
@@ -176,11 +168,12 @@ def least_squares(
       ``maxiter`` as its cap and ``max(atol, btol)`` as its relative
       tolerance; ``regularize``, ``damp``, ``conlim``, ``show`` are accepted
       and unused; another key is a ``TypeError``, as in scipy). ``None``:
-      with ``jac_sparsity``, or a ``jac`` that returns a sparse J at ``x0``,
-      whose columns split into blocks that no row shares beside others (the
-      points and the cameras of bundle adjustment), the Schur-complement
-      solver `IterativeSchur` (unless ``tr_options`` are given: they
-      configure ``"lsmr"``); ``"lsmr"``
+      with ``jac_sparsity`` whose columns split into blocks that no row
+      shares beside others (the points and the cameras of bundle
+      adjustment), the Schur-complement solver `IterativeSchur` (unless
+      ``tr_options`` are given: they configure ``"lsmr"``; a sparse J from
+      ``jac`` takes it only when asked, ``solver="schur"``: its pattern at
+      ``x0`` may lack entries that are zero there); ``"lsmr"``
       when ``jac_sparsity`` is given otherwise or ``jac`` returns a sparse
       matrix or an operator at ``x0`` (scipy's rule); otherwise ``"exact"``
       up to n = 2,000 variables and ``"lsmr"`` beyond. trustls' ``solver=``
@@ -243,7 +236,6 @@ def least_squares(
     n = x0.shape[0]
     sparse = jac_sparsity is not None
     chosen = _solver(method, tr_solver, tr_options, solver, n, sparse, model)
-    original_x_scale = x_scale
     if x_scale is None and not isinstance(chosen, IterativeSchur):
         # scipy's default: 1 for trf, "jac" for lm. The Schur solver, which scipy lacks,
         # keeps its own (Jacobi scaling, its preconditioner).
@@ -254,14 +246,13 @@ def least_squares(
         verbose=verbose, **({} if radius_policy is None else {"radius_policy": radius_policy}),
         **(_MINPACK if method == "lm" else {}),
     )
-    if jacobian is not None and solver is None and tr_solver is None and method != "lm":
-        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator;
-        # a sparse J whose pattern a Schur complement eliminates takes IterativeSchur, as with
-        # jac_sparsity. Every argument is checked by now (jac is called only for a solve that can
-        # run); the solve's first linearization reuses this J.
+    if isinstance(chosen, DenseLstsq) and jacobian is not None and solver is None and tr_solver is None:
+        # scipy's default tr_solver follows J's kind: 'lsmr' for a sparse matrix or an operator.
+        # Not the Schur solver, even where J(x0)'s pattern would split: a J that drops its exact
+        # zeros (csr_matrix of a dense J) may gain the entries that join the blocks at the next
+        # point. Every argument is checked by now (jac is called only for a solve that can run);
+        # the solve's first linearization reuses this J. The solver changes, x_scale does not.
         J0 = jacobian.probe(x0)
-        if not tr_options and _sparse_and_eliminable(J0):
-            controller = controller.replace(solver=IterativeSchur(), x_scale=original_x_scale)
-        elif isinstance(chosen, DenseLstsq) and (isinstance(J0, LinearOperator) or J0.layout != torch.strided):
+        if isinstance(J0, LinearOperator) or J0.layout != torch.strided:
             controller = controller.replace(solver=_solver(method, None, tr_options, None, n, True, model))
     return controller.solve(residual_function(fun, args, kwargs, convert=jacobian is not None), x0)
