@@ -158,6 +158,7 @@ USER_ROUTES = {
     "least_squares": "least_squares(fun, x0, jac_sparsity=P) (defaults: Schur)",
     "cookbook": "least_squares(fun, x0, jac_sparsity=P, x_scale='jac') (scipy's cookbook call)",
     "jac": "least_squares(fun, x0, jac=J, solver='schur') (J a torch sparse tensor at every point)",
+    "jac_scipy": "least_squares(fun, x0, jac=J, x_scale='jac') (the same J, scipy's options: CG)",
     "cg": 'TrustRegion(GaussNewtonModel(jac_sparsity=P), solver="cg")',
 }
 
@@ -170,8 +171,9 @@ def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
     pattern), ``"cookbook"`` (the same with ``x_scale="jac"``, as scipy's
     cookbook calls it), ``"jac"`` (``jac=`` returning the closed-form J as a new
     torch sparse COO tensor at every point, with ``solver="schur"``: scipy's call
-    with an exact sparse Jacobian, asking for the Schur solver) or ``"cg"`` (``TrustRegion(GaussNewtonModel(jac_sparsity=P),
-    solver="cg")``). The pattern is built inside the timed region, as the user
+    with an exact sparse Jacobian, asking for the Schur solver), ``"jac_scipy"``
+    (the same ``jac`` with scipy's ``x_scale="jac"`` only: CG) or ``"cg"``
+    (``TrustRegion(GaussNewtonModel(jac_sparsity=P), solver="cg")``). The pattern is built inside the timed region, as the user
     would build it. Returns the keys of `run_trustls`.
     """
     history: list[tuple[float, float]] = []
@@ -193,7 +195,7 @@ def run_user_route(problem, route: str, ftol: float = FTOL) -> dict:
             return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=True)
 
         options = {"least_squares": {"jac_sparsity": pattern}, "cookbook": {"jac_sparsity": pattern, "x_scale": "jac"},
-                   "jac": {"jac": jac, "solver": "schur"}}[route]
+                   "jac": {"jac": jac, "solver": "schur"}, "jac_scipy": {"jac": jac, "x_scale": "jac"}}[route]
         result = least_squares(problem.residual, problem.x0, ftol=ftol, callback=record, **options)
     elapsed = time.perf_counter() - start
     return {

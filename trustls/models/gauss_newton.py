@@ -298,8 +298,8 @@ class GaussNewtonModel(CurvatureModel):
                                  f"got {self.colored.shape}")
             with torch.enable_grad():
                 if graph is not None:  # batched when the graph is small enough (DenseJacobian.compressed_columns)
-                    seeds = self.colored.seeds(x)
-                    products = context.dense.compressed_columns(graph, seeds) if self.colored.pattern.nnz else None
+                    nonzero = self.colored.pattern.nnz
+                    products = context.dense.compressed_columns(graph, self.colored.seeds(x)) if nonzero else None
                     J = self.colored.from_products(products, x)
                 else:
                     J = self.colored.from_jvp(kept.jvp, x)
