@@ -1,4 +1,4 @@
-"""Both solvers reach scipy's final cost on every problem of the registry.
+"""The solvers reach scipy's final cost on every problem of the registry.
 
 scipy's trf with an exact Jacobian (`tests/scipy_oracle.py`) is the oracle:
 trustls' final cost must agree with it to rtol 1e-6, and for zero-residual
@@ -15,7 +15,7 @@ from trustls.problems import registry
 PROBLEMS = registry.problems()
 
 def cases():
-    for solver in ("cg", "lstsq"):
+    for solver in ("cg", "gltr", "lstsq"):
         for problem in PROBLEMS:
             yield pytest.param(problem, solver, id=f"{problem.name}-{solver}")
 

@@ -695,11 +695,11 @@ def test_resolve_solver():
     assert resolve_solver("lstsq") == DenseLstsq()
     custom = SteihaugCG(max_iter=3)
     assert resolve_solver(custom) is custom
-    assert sorted(SOLVERS) == ["cg", "lstsq", "schur"]
+    assert sorted(SOLVERS) == ["cg", "gltr", "lstsq", "schur"]
     assert resolve_solver("schur") == IterativeSchur()
-    with pytest.raises(ValueError, match=re.escape("solver must be one of ['cg', 'lstsq', 'schur'] or a SubproblemSolver, got 'CG'")):
+    with pytest.raises(ValueError, match=re.escape("solver must be one of ['cg', 'gltr', 'lstsq', 'schur'] or a SubproblemSolver, got 'CG'")):
         resolve_solver("CG")
-    wrong_type = "solver must be a str (one of ['cg', 'lstsq', 'schur']) or a SubproblemSolver, got"
+    wrong_type = "solver must be a str (one of ['cg', 'gltr', 'lstsq', 'schur']) or a SubproblemSolver, got"
     with pytest.raises(TypeError, match=re.escape(f"{wrong_type} int")):
         resolve_solver(1)
     with pytest.raises(TypeError, match=re.escape(f"{wrong_type} NoneType")):

@@ -9,7 +9,7 @@ import torch
 import trustls
 from trustls import DenseLstsq, GaussNewtonModel, RadiusPolicy, SteihaugCG, Status, TrustRegion
 
-SOLVERS = ["cg", "lstsq"]
+SOLVERS = ["cg", "gltr", "lstsq"]
 
 
 def rosenbrock(x):
@@ -196,8 +196,8 @@ def test_fun_not_callable():
 @pytest.mark.parametrize(
     "options, error, match",
     [
-        (dict(solver="newton"), ValueError, r"solver must be one of \['cg', 'lstsq', 'schur'\] or a SubproblemSolver, got 'newton'"),
-        (dict(solver=3), TypeError, r"solver must be a str \(one of \['cg', 'lstsq', 'schur'\]\) or a SubproblemSolver, got int"),
+        (dict(solver="newton"), ValueError, r"solver must be one of \['cg', 'gltr', 'lstsq', 'schur'\] or a SubproblemSolver, got 'newton'"),
+        (dict(solver=3), TypeError, r"solver must be a str \(one of \['cg', 'gltr', 'lstsq', 'schur'\]\) or a SubproblemSolver, got int"),
         (dict(ftol=-1.0), ValueError, r"ftol must be a finite non-negative number or None, got -1.0"),
         (dict(xtol="small"), ValueError, r"xtol must be a finite non-negative number or None, got 'small'"),
         (dict(gtol=math.nan), ValueError, r"gtol must be a finite non-negative number or None, got nan"),

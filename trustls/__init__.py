@@ -15,7 +15,13 @@ from trustls.optim import TrustRegionOptimizer
 from trustls.radius import RadiusPolicy
 from trustls.result import Result, Status
 from trustls.scaling import BlockJacobi, JacobiScale
-from trustls.subproblem import DenseLstsq, IterativeSchur, SteihaugCG, SubproblemSolver
+from trustls.subproblem import (
+    GLTR,
+    DenseLstsq,
+    IterativeSchur,
+    SteihaugCG,
+    SubproblemSolver,
+)
 from trustls.trust_region import IterationInfo, TrustRegion, TrustRegionState
 
 __version__ = "0.1.0"
@@ -26,6 +32,7 @@ __all__ = [
     "BlockJacobi",
     "CovarianceWarning",
     "CurvatureModel",
+    "GLTR",
     "DenseLstsq",
     "GaussNewtonModel",
     "IterationInfo",

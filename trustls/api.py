@@ -26,12 +26,14 @@ from trustls._scipy_inputs import (
 )
 from trustls._validation import as_tensor_x0, check_x0
 from trustls.bounds import as_bounds
+from trustls.losses.robust import RobustLoss
 from trustls.models.gauss_newton import GaussNewtonModel
 from trustls.operators.base import LinearOperator
 from trustls.radius import RadiusPolicy
 from trustls.result import Result
 from trustls.sparsity import JacobianPattern, pattern_blocks
 from trustls.subproblem import (
+    GLTR,
     DenseLstsq,
     IterativeSchur,
     SteihaugCG,
@@ -52,6 +54,9 @@ _MINPACK = {"gtol_test": "cosine"}
 _TR_SOLVERS = {"exact": "lstsq", "lsmr": "cg"}
 # scipy's lsmr options that a Steihaug-CG step can honour (module `_lsmr_options`).
 _LSMR_OPTIONS = ("maxiter", "atol", "btol", "regularize", "damp", "conlim", "show")
+#: ``tr_solver="lsmr"`` with a robust loss takes `GLTR` up to this many variables: its default
+#: basis (2²² elements) then holds at least 32 Lanczos vectors; Steihaug-Toint CG beyond.
+_GLTR_UP_TO = 2**17
 #: ``tr_solver=None`` takes the exact solver up to this many variables (an SVD
 #: of J then costs at most about 4·10⁶·m flops per point), matrix-free CG beyond.
 _EXACT_UP_TO = 2000
@@ -105,6 +110,10 @@ def _solver(
     tolerance = float(max(options.get("atol") or 0.0, options.get("btol") or 0.0))
     if tolerance > 0:
         cg["forcing"] = min(tolerance, 0.5)
+    if isinstance(model.loss, RobustLoss) and n <= _GLTR_UP_TO:
+        # A robust loss's reweighted model sends steps to the boundary, where Steihaug's first
+        # crossing can hold the radius fixed for thousands of steps (`trustls.subproblem.lanczos`).
+        return GLTR(**cg)
     return SteihaugCG(**cg)
 
 
@@ -164,7 +173,11 @@ def least_squares(
       ``radius_policy=`` are `TrustRegion`'s).
     * ``tr_solver``: ``"exact"`` is trustls' ``"lstsq"`` (one SVD of J per
       point; a sparse or operator J is densified), ``"lsmr"`` its
-      matrix-free ``"cg"`` (Steihaug-Toint CG; from ``tr_options`` it takes
+      matrix-free ``"cg"`` (Steihaug-Toint CG), or, with a robust loss
+      (``"soft_l1"``, ``"huber"``, ``"cauchy"``, ``"arctan"``, a callable) and
+      up to 2¹⁷ variables, ``"gltr"`` (`GLTR`: the exact step in the same
+      Krylov space, whose boundary steps keep such solves from crawling;
+      beyond, its basis would not fit its default memory); from ``tr_options`` it takes
       ``maxiter`` as its cap and ``max(atol, btol)`` as its relative
       tolerance; ``regularize``, ``damp``, ``conlim``, ``show`` are accepted
       and unused; another key is a ``TypeError``, as in scipy). ``None``:

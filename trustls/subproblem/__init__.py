@@ -2,12 +2,14 @@
 
 from trustls.subproblem.base import Step, SubproblemSolver, boundary_step_length
 from trustls.subproblem.dense_lstsq import DenseLstsq, secular_step
+from trustls.subproblem.lanczos import GLTR
 from trustls.subproblem.schur import IterativeSchur
 from trustls.subproblem.steihaug_cg import SteihaugCG
 
 __all__ = [
     "SOLVERS",
     "DenseLstsq",
+    "GLTR",
     "IterativeSchur",
     "SteihaugCG",
     "Step",
@@ -17,11 +19,13 @@ __all__ = [
     "secular_step",
 ]
 
-SOLVERS: dict[str, type[SubproblemSolver]] = {"cg": SteihaugCG, "lstsq": DenseLstsq, "schur": IterativeSchur}
+SOLVERS: dict[str, type[SubproblemSolver]] = {
+    "cg": SteihaugCG, "gltr": GLTR, "lstsq": DenseLstsq, "schur": IterativeSchur,
+}
 
 
 def resolve_solver(solver: str | SubproblemSolver) -> SubproblemSolver:
-    """``"cg"`` → ``SteihaugCG()``, ``"lstsq"`` → ``DenseLstsq()``, ``"schur"`` → ``IterativeSchur()``;
+    """``"cg"`` → ``SteihaugCG()``, ``"gltr"`` → ``GLTR()``, ``"lstsq"`` → ``DenseLstsq()``, ``"schur"`` → ``IterativeSchur()``;
     instances pass through.
 
     Examples:

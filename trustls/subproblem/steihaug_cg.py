@@ -143,7 +143,25 @@ from trustls.subproblem.cg_path import (
     step_from_path,
 )
 
-__all__ = ["SteihaugCG"]
+__all__ = ["SteihaugCG", "forcing_term"]
+
+
+def forcing_term(reference: float | None, g_norm: float, eta_max: float, eps: float, power: float = 1.0) -> float:
+    """η = min(η_max, max(ρ^power, ε/ρ)) with ρ = ‖g‖/‖g‖_ref ∈ [0, 1] (module docstring).
+
+    Without a finite reference above ‖g‖, ρ = 1; a ρ that underflows to 0
+    gives η = η_max, the limit of the floor ε/ρ.
+
+    Examples:
+        >>> forcing_term(None, 1.0, 1e-3, 2.0**-52), forcing_term(1.0, 1e-6, 1e-3, 2.0**-52)
+        (0.001, 1e-06)
+    """
+    if reference is None or not math.isfinite(reference) or reference <= g_norm:
+        rho = 1.0
+    else:
+        rho = g_norm / reference
+    floor = eps / rho if rho > 0.0 else math.inf
+    return min(eta_max, max(rho**power, floor))
 
 
 @dataclass(frozen=True)
@@ -219,18 +237,8 @@ class SteihaugCG(SubproblemSolver):
         return prepared.reference
 
     def _forcing_term(self, path: CGPath, g: Tensor, g_norm: float, power: float = 1.0) -> float:
-        """η = min(η_max, max(ρ^power, ε/ρ)) with ρ = ‖g‖/‖g‖_ref ∈ [0, 1] (module docstring).
-
-        Without a finite reference above ‖g‖, ρ = 1; a ρ that underflows to 0
-        gives η = η_max, the limit of the floor ε/ρ.
-        """
-        reference = path.reference
-        if reference is None or not math.isfinite(reference) or reference <= g_norm:
-            rho = 1.0
-        else:
-            rho = g_norm / reference
-        floor = torch.finfo(g.dtype).eps / rho if rho > 0.0 else math.inf
-        return min(self._forcing_bound(g), max(rho**power, floor))
+        """`forcing_term` at this point, η_max from ``forcing`` and ``exact_up_to``."""
+        return forcing_term(path.reference, g_norm, self._forcing_bound(g), torch.finfo(g.dtype).eps, power)
 
     def _remember(self, path: CGPath, g_norm: float) -> None:
         """Raise the reference to this point's ‖g‖; an overflowed norm is not kept."""

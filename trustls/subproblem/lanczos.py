@@ -1,0 +1,288 @@
+"""The generalized Lanczos trust-region method (GLTR): the exact step within a Krylov space.
+
+Steihaug-Toint CG (`trustls.subproblem.steihaug_cg`) stops where its path
+first meets the sphere ‖p‖ = Δ. When that happens in the first iteration or
+two, the step is (nearly) the steepest-descent step cut at the boundary,
+however much better a step the same Krylov space holds. On curved valleys
+the ratio test then keeps Δ where it is (ρ between ¼ and ¾) and a solve
+crawls along the valley in thousands of such steps, where the exact
+trust-region step (`DenseLstsq`) takes dozens.
+
+GLTR (Gould, Lucidi, Roma & Toint 1999; Conn, Gould & Toint 2000, §7.5.4)
+solves the trust-region subproblem exactly in the Krylov space
+K_k = span{g, Bg, …, B^(k−1)g}. The Lanczos process builds an orthonormal
+basis Q_k = [q_1 … q_k] of K_k, q_1 = g/‖g‖, in which B is tridiagonal:
+
+    B Q_k = Q_k T_k + β_{k+1} q_{k+1} e_kᵀ,    T_k = Q_kᵀ B Q_k.
+
+With p = Q_k h the subproblem becomes
+
+    min_h  ‖g‖ e_1ᵀh + ½ hᵀT_k h   subject to  ‖h‖ ≤ Δ,
+
+k unknowns, solved exactly: T_k = V diag(θ) Vᵀ (k is small), and
+h(λ) = −V (c / (θ + λ)) with c = ‖g‖ Vᵀe_1; λ = 0 if T_k is positive
+definite and ‖h(0)‖ ≤ Δ, otherwise the root λ > max(0, −θ_min) of
+‖h(λ)‖ = Δ (Moré's Newton iteration on 1/‖h‖ − 1/Δ, `secular_step`). The
+first components of the eigenvectors of an unreduced tridiagonal matrix are
+nonzero, so the "hard case" does not arise (Gould et al. 1999, §5). By the
+relation above the residual of the optimality condition
+(B + λI)p + g = 0 is β_{k+1}|e_kᵀh| q_{k+1}: a number, known without a
+product. The iteration stops when it falls below η‖g‖, η the forcing term of
+`SteihaugCG` (the same reference and the same ``exact_up_to``).
+
+Because K_k contains g, the step's model decrease is at least the Cauchy
+decrease, and at least that of the Steihaug point, which lies in the same
+space (Gould et al. 1999, Thm 5.1); interior solutions are CG's
+(the Galerkin condition in K_k). Inside the sphere λ = 0 and the iteration
+is CG's in Lanczos form, with the same products and the same stopping rule.
+
+**Basis and rejected radii.** The basis is kept (``memory`` elements, at
+least two vectors), so that a smaller radius after a rejected step solves the
+k-dimensional problem again, with no product unless its residual asks for
+more vectors, and the step is Q_k h. Each new vector is orthogonalized
+against all the kept ones (full reorthogonalization, one classical
+Gram-Schmidt pass after the three-term recurrence): without it, the Lanczos
+vectors lose their orthogonality as Ritz values converge (Paige 1976), T_k
+stops representing B and the small problem's solution is no longer the step's
+(Meurant & Strakoš 2006). A pass costs 4kn flops, little beside a product
+by automatic differentiation. With orthonormal Q_k the step's norm and its
+model value are those of h, computed on the host. When the basis is full the
+step is the exact one in the space it spans.
+
+**Breakdown and overflow.** β_{k+1} ≤ ε·‖T_k‖ (K_k invariant under B) ends
+the iteration with the exact step in K_k. A product that overflows (a
+non-finite δ or β) ends it with the step in the space built so far, or,
+before any, with a non-finite step that the controller refuses, shrinking
+the radius.
+
+Every iteration reads δ_k and β_{k+1} in one host synchronization; the
+k-dimensional problem is solved on the host in float64 and the step is one
+matrix-vector product with the basis on the operator's device.
+
+References:
+    N. I. M. Gould, S. Lucidi, M. Roma and Ph. L. Toint, "Solving the
+    trust-region subproblem using the Lanczos method", SIAM J. Optim. 9(2),
+    1999, pp. 504-525.
+    A. R. Conn, N. I. M. Gould and Ph. L. Toint, "Trust-Region Methods",
+    SIAM, 2000.
+    J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
+    theory", Lecture Notes in Mathematics 630, 1978, pp. 105-116.
+    C. C. Paige, "Error analysis of the Lanczos algorithm for tridiagonalizing
+    a symmetric matrix", J. Inst. Math. Appl. 18, 1976, pp. 341-349.
+    G. Meurant and Z. Strakoš, "The Lanczos and conjugate gradient algorithms in
+    finite precision arithmetic", Acta Numerica 15, 2006, pp. 471-542.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from trustls.subproblem.base import Step, SubproblemSolver
+from trustls.subproblem.dense_lstsq import secular_step
+from trustls.subproblem.steihaug_cg import forcing_term
+
+__all__ = ["GLTR", "tridiagonal_step"]
+
+DEFAULT_MEMORY = 2**22  # elements of the kept basis (32 MiB in float64)
+
+
+def tridiagonal_step(
+    diagonal: list[float], offdiagonal: list[float], g_norm: float, radius: float
+) -> tuple[list[float], float, float]:
+    """The exact solution of min ‖g‖e₁ᵀh + ½hᵀTh, ‖h‖ ≤ Δ, T tridiagonal (host floats).
+
+    Args:
+        diagonal: T's k diagonal entries.
+        offdiagonal: its k − 1 off-diagonal entries.
+        g_norm: ‖g‖.
+        radius: Δ.
+
+    Returns:
+        ``(h, lam, model)``: the solution, its multiplier λ (0 inside the
+        sphere) and the model value ‖g‖h₁ + ½hᵀTh.
+
+    Examples:
+        >>> h, lam, model = tridiagonal_step([2.0], [], 1.0, 10.0)  # interior: h = −‖g‖/2
+        >>> h, lam, model
+        ([-0.5], 0.0, -0.25)
+        >>> h, lam, _ = tridiagonal_step([2.0], [], 1.0, 0.25)  # on the sphere: 1/(2 + λ) = ¼
+        >>> round(h[0], 12), round(lam, 9)
+        (-0.25, 2.0)
+    """
+    k = len(diagonal)
+    T = torch.zeros(k, k, dtype=torch.float64)
+    T.diagonal().copy_(torch.tensor(diagonal, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(offdiagonal, dtype=torch.float64)
+        T.diagonal(1).copy_(off), T.diagonal(-1).copy_(off)
+    theta, V = torch.linalg.eigh(T)
+    c = g_norm * V[0]
+    smallest = float(theta[0])
+    lam = 0.0
+    if smallest > 0.0:
+        y = -c / theta
+        if float(torch.linalg.vector_norm(y)) > radius:
+            lam = secular_step(theta.sqrt(), c, radius, full_rank=True, rtol=1e-10, max_iter=100)[0]
+    else:
+        # λ > −θ_min: in the shifted eigenvalues θ − θ_min ≥ 0 the root is α = λ + θ_min > 0.
+        shifted = (theta - smallest).clamp(min=0.0)
+        lam = secular_step(shifted.sqrt(), c, radius, full_rank=False, rtol=1e-10, max_iter=100)[0] - smallest
+    y = -c / (theta + lam)
+    if lam > 0.0:
+        # Onto the sphere, past the root's tolerance: along h the model still decreases at
+        # ‖h‖ = Δ (its slope there is −λ‖h‖², from (T + λI)h = −‖g‖e₁).
+        y = y * (radius / float(torch.linalg.vector_norm(y)))
+    model = float(torch.dot(c, y) + 0.5 * torch.dot(theta * y, y))
+    return (V @ y).tolist(), lam, model
+
+
+@dataclass
+class LanczosBasis:
+    """The Lanczos basis at one point, grown across the trial radii of an iteration."""
+
+    linearization: object
+    reference: float | None = None  # the forcing term's reference ‖g‖ (the solver's state)
+    vectors: Tensor | None = None  # (capacity, n): q_1 … q_{k+1}
+    diagonal: list[float] = field(default_factory=list)  # δ_1 … δ_k
+    offdiagonal: list[float] = field(default_factory=list)  # β_2 … β_{k+1}
+    g_norm: float | None = None
+    tolerance: float = 0.0
+    ended: bool = False  # breakdown or overflow: K_k is the whole space the solver will see
+    early: Step | None = None  # the step for every radius when g = 0 or ‖g‖ overflows
+
+
+@dataclass(frozen=True)
+class GLTR(SubproblemSolver):
+    """The trust-region step solved exactly in the Krylov space that Lanczos builds (GLTR).
+
+    Args:
+        max_iter: cap on Lanczos iterations (``None``: n, where a full
+            orthogonal basis spans the space).
+        forcing: η_max, as `SteihaugCG`'s: the iteration stops when the
+            residual of (B + λI)p = −g is below ``min(forcing, max(ρ, ε/ρ))``·‖g‖.
+        memory: elements of the kept basis (``None``: 2²², 32 MiB in
+            float64); at least two vectors are kept, and a full basis ends the
+            iteration with the exact step in the space it spans.
+        exact_up_to: up to this many variables the forcing term is eps^(3/4),
+            as `SteihaugCG`'s.
+
+    Examples:
+        >>> import torch
+        >>> from trustls import TrustRegion, GaussNewtonModel
+        >>> TrustRegion(GaussNewtonModel(), solver="gltr").solver
+        GLTR(max_iter=None, forcing=0.001, memory=None, exact_up_to=32)
+    """
+
+    max_iter: int | None = None
+    forcing: float = 1e-3
+    memory: int | None = None
+    exact_up_to: int = 32
+
+    default_x_scale: ClassVar[str] = "jac"
+
+    def __post_init__(self):
+        if self.max_iter is not None and (
+            isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1
+        ):
+            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
+        if isinstance(self.forcing, bool) or not isinstance(self.forcing, (int, float)) or not 0 < self.forcing < 1:
+            raise ValueError(f"forcing must be a number in (0, 1), got {self.forcing!r}")
+        if self.memory is not None and (
+            isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 0
+        ):
+            raise ValueError(f"memory must be a non-negative int or None, got {self.memory!r}")
+        if isinstance(self.exact_up_to, bool) or not isinstance(self.exact_up_to, int) or self.exact_up_to < 0:
+            raise ValueError(f"exact_up_to must be a non-negative int, got {self.exact_up_to!r}")
+
+    def prepare(self, linearization, state: float | None = None) -> LanczosBasis:
+        if not linearization.operator.is_symmetric:
+            raise ValueError("GLTR needs a symmetric curvature operator")
+        if state is not None and (isinstance(state, bool) or not isinstance(state, (int, float))):
+            raise TypeError(f"state must be the gradient reference (a float) or None, got {type(state).__name__}")
+        return LanczosBasis(linearization, None if state is None else float(state))
+
+    def state(self, prepared: LanczosBasis) -> float | None:
+        return prepared.reference
+
+    def _capacity(self, n: int) -> int:
+        """Vectors kept: q_1 … q_{k+1} for k ≤ max_iter, within ``memory`` (two at least)."""
+        iterations = n if self.max_iter is None else self.max_iter
+        memory = DEFAULT_MEMORY if self.memory is None else self.memory
+        return max(2, min(iterations + 1, memory // max(n, 1)))
+
+    def _start(self, basis: LanczosBasis) -> None:
+        """q_1 = g/‖g‖ and the tolerance; for g = 0 a zero step, for ‖g‖ = ∞ a non-finite one (``early``)."""
+        g = basis.linearization.gradient
+        g_norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+        basis.g_norm = g_norm
+        if g_norm == 0.0:
+            basis.early = Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
+            return
+        if not math.isfinite(g_norm):
+            basis.early = _overflow(g, 0)
+            return
+        basis.reference = g_norm if basis.reference is None else max(basis.reference, g_norm)
+        eta_max = self.forcing if g.shape[0] > self.exact_up_to else min(self.forcing, torch.finfo(g.dtype).eps ** 0.75)
+        basis.tolerance = forcing_term(basis.reference, g_norm, eta_max, torch.finfo(g.dtype).eps) * g_norm
+        basis.vectors = g.new_empty(self._capacity(g.shape[0]), g.shape[0])
+        basis.vectors[0] = g / g_norm
+
+    def solve(self, prepared: LanczosBasis, radius: float) -> Step:
+        basis = prepared
+        if basis.g_norm is None:
+            self._start(basis)
+        if basis.early is not None:
+            return basis.early
+        B = basis.linearization.operator
+        Q = basis.vectors
+        capacity = Q.shape[0]
+        eps = torch.finfo(Q.dtype).eps
+        products = iterations = 0
+        while True:
+            k = len(basis.diagonal)
+            if k > 0:
+                h, lam, model = tridiagonal_step(basis.diagonal, basis.offdiagonal[: k - 1], basis.g_norm, radius)
+                residual = 0.0 if basis.ended else basis.offdiagonal[k - 1] * abs(h[-1])
+                if residual <= basis.tolerance or basis.ended or k + 1 >= capacity:
+                    break
+            elif basis.ended:  # the first product overflowed
+                return _overflow(Q[0], products)
+            # One Lanczos step: δ_k = q_kᵀBq_k, then q_{k+1} from the three-term recurrence,
+            # orthogonalized against every kept vector.
+            w = B.matvec(Q[k])
+            products, iterations = products + 1, iterations + 1
+            delta_t = torch.dot(Q[k], w)
+            w = w - delta_t * Q[k]
+            if k > 0:
+                w = w - basis.offdiagonal[k - 1] * Q[k - 1]
+            w = w - (Q[: k + 1] @ w) @ Q[: k + 1]
+            delta, beta = torch.stack([delta_t, torch.linalg.vector_norm(w)]).tolist()
+            if not (math.isfinite(delta) and math.isfinite(beta)):
+                basis.ended = True  # the step in the space built so far, if any
+                continue
+            basis.diagonal.append(delta)
+            basis.offdiagonal.append(beta)
+            scale = max(abs(v) for v in basis.diagonal + basis.offdiagonal)
+            if beta <= eps * scale:
+                basis.ended = True  # K_k is invariant under B: the step in it is exact
+            else:
+                Q[k + 1] = w / beta
+        coefficients = torch.tensor(h, dtype=Q.dtype, device=Q.device)
+        step = coefficients @ Q[:k]
+        norm = math.sqrt(sum(v * v for v in h))
+        on_boundary = lam > 0.0
+        if residual > basis.tolerance:
+            reason = "max_iter"
+        else:
+            reason = "boundary" if on_boundary else "converged"
+        return Step(step, norm, -model, on_boundary, iterations, products, reason)
+
+
+def _overflow(like: Tensor, products: int) -> Step:
+    """No step: a non-finite one, which the controller refuses, shrinking the radius."""
+    return Step(torch.full_like(like, math.nan), math.nan, math.nan, True, 0, products, "overflow")
