@@ -562,3 +562,20 @@ def test_nfev_counts_the_calls_inside_products_and_max_nfev_bounds_them(products
     assert result.nfev == len(calls)
     assert max_nfev is None or result.nfev <= max_nfev
     assert result.success or result.status == Status.MAX_NFEV
+
+
+def test_a_supplied_jacobian_that_is_not_finite_is_named_not_fun():
+    """Found by a hunt: a jac returning NaN got errors blaming fun's differentiability."""
+    nan_jacobian = lambda x: torch.full((2, 2), math.nan, dtype=torch.float64)  # noqa: E731
+    with pytest.raises(ValueError, match=r"^the gradient of the cost at x0 must be finite, got NaN or inf entries "
+                                         r"\(the Jacobian you supply \(least_squares' jac, GaussNewtonModel's "
+                                         r"jacobian\) has NaN or inf entries at x0"):
+        trustls.least_squares(lambda x: x - 1.0, [0.0, 0.0], jac=nan_jacobian)
+
+    def jacobian(x):  # finite at x0 = (2, 2) only while x₀ > 1.2
+        return torch.diag(2 * x) if x[0] > 1.2 else torch.full((2, 2), math.nan, dtype=torch.float64)
+
+    with pytest.warns(UserWarning, match=r"^the Jacobian you supply \(least_squares' jac, GaussNewtonModel's "
+                                         r"jacobian\) is not finite \(NaN or inf\) at a trial point"):
+        result = trustls.least_squares(lambda x: x**2 - 1.0, [2.0, 2.0], jac=jacobian)
+    assert not result.success and float(result.x[0]) > 1.2

@@ -416,3 +416,23 @@ def test_half_precision_solve_with_a_sparsity_pattern(dtype):
     assert result.success and result.x.dtype == dtype
     expected = torch.tensor([1.0, 0.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0])
     torch.testing.assert_close(result.x.float(), expected, rtol=0, atol=2e-2)
+
+
+def test_a_pattern_of_independent_blocks_is_refused_with_the_route_that_solves_it():
+    """Found by a hunt: a block-diagonal pattern (independent fits) was refused as having 'no such split'."""
+    fits = 5
+    t = torch.linspace(0, 1, 6, dtype=F64)
+
+    def residual(b):
+        b = b.view(fits, 2)
+        return (b[:, :1] * torch.exp(-b[:, 1:] * t) - 1.0).reshape(-1)
+
+    rows = torch.arange(6 * fits)
+    pattern = torch.zeros(6 * fits, 2 * fits, dtype=torch.bool)
+    pattern[rows, 2 * (rows // 6)] = pattern[rows, 2 * (rows // 6) + 1] = True
+    x0 = torch.tensor([2.0, 0.5], dtype=F64).repeat(fits)
+    with pytest.raises(ValueError, match=r"no row shares any two blocks \(independent problems\), so nothing is left "
+                                         r"to reduce: use solver='cg' with x_scale='jac'"):
+        TrustRegion(GaussNewtonModel(jac_sparsity=pattern), solver="schur").solve(residual, x0)
+    result = TrustRegion(GaussNewtonModel(jac_sparsity=pattern), solver="cg", x_scale="jac").solve(residual, x0)
+    assert result.success and float(result.cost) < 1e-20

@@ -80,11 +80,19 @@ def check_budget(max_nfev: int | None, needed: int) -> None:
         )
 
 
-def check_start_gradient(gradient: Tensor, dtype: torch.dtype | None = None) -> None:
-    """The gradient of the cost at ``x0`` is finite; in half precision (``dtype``) overflow is the likely cause."""
+def check_start_gradient(gradient: Tensor, dtype: torch.dtype | None = None, user_jacobian: bool = False) -> None:
+    """The gradient of the cost at ``x0`` is finite; in half precision (``dtype``) overflow is the likely cause.
+
+    With ``user_jacobian`` (a Jacobian the user supplies: least_squares' ``jac``,
+    `GaussNewtonModel`'s ``jacobian``) the message names it: fun's value is finite
+    by then, so J's entries, or their product with it, are not.
+    """
     _, finite = gradient_test(gradient)
     if not finite:
         cause = "is fun differentiable at x0? e.g. sqrt at 0, or torch.where with a branch whose gradient is NaN there"
+        if user_jacobian:
+            cause = ("the Jacobian you supply (least_squares' jac, GaussNewtonModel's jacobian) has NaN or inf "
+                     "entries at x0, or its product with fun's value overflows")
         if dtype in HALF:
             cause = (
                 f"in {dtype}, whose largest value is {torch.finfo(dtype).max:.5g}, J's entries or the products "

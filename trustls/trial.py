@@ -63,6 +63,11 @@ _NONFINITE_DERIVATIVE = (
     "torch.where whose other branch has a NaN gradient there): the step was refused and the radius shrunk; a solve "
     "that cannot get past such points ends without success (RADIUS_COLLAPSED or MAX_NFEV)"
 )
+_NONFINITE_JACOBIAN = (
+    "the Jacobian you supply (least_squares' jac, GaussNewtonModel's jacobian) is not finite (NaN or inf) at a trial "
+    "point where fun's value is finite: the step was refused and the radius shrunk; a solve that cannot get past such "
+    "points ends without success (RADIUS_COLLAPSED or MAX_NFEV)"
+)
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,8 @@ class Trial:
                 )
             self.counters["njev"] += 1
             if not finite:  # a failed trial: shrink and try again from x
-                warnings.warn(_NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
+                user_jacobian = getattr(method.model, "jacobian", None) is not None
+                warnings.warn(_NONFINITE_JACOBIAN if user_jacobian else _NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
                 accepted, new_lin, status = False, None, None
                 next_radius = method.radius_policy.shrink_factor * decision.step_norm
         # A decrease above the rounding allowance δ that the model predicted well: a sound step the

@@ -284,7 +284,8 @@ class TrustRegion:
         `trustls.bounds.Bounds`.
         """
         x = linearization.x
-        check_start_gradient(linearization.gradient, dtype)
+        user_jacobian = getattr(self.model, "jacobian", None) is not None
+        check_start_gradient(linearization.gradient, dtype, user_jacobian=user_jacobian)
         scaling = self.scale_policy.scaling(self.model, linearization, None, 0)
         problem = subproblem(linearization, scaling, bounds)
         measure = problem.optimality if self.gtol_test == "max" else cosine_optimality(linearization, self.model)

@@ -230,10 +230,16 @@ class IterativeSchur(SubproblemSolver):
                 f"got {J!r}"
             )
         partition = self.partition if self.partition is not None else pattern_blocks(sparse)
-        if self.partition is None and (not partition.eliminated or len(partition.eliminated) == len(partition.groups)):
+        if self.partition is None and not partition.eliminated:
             raise ValueError(
                 "IterativeSchur needs column blocks that no row shares (the points of bundle adjustment) beside "
                 "others (the cameras); the Jacobian's pattern has no such split: use solver='cg'"
+            )
+        if self.partition is None and len(partition.eliminated) == len(partition.groups):
+            raise ValueError(
+                "IterativeSchur needs column blocks that no row shares beside others that rows share; in the "
+                "Jacobian's pattern no row shares any two blocks (independent problems), so nothing is left to "
+                "reduce: use solver='cg' with x_scale='jac', whose block-Jacobi scaling inverts each block"
             )
         blocks = schur_blocks(J, partition, couplings=self.preconditioner == "schur_jacobi")
         plan = blocks.plan
