@@ -265,3 +265,58 @@ def test_scipy_call_with_a_robust_loss_and_a_pattern_converges_in_few_evaluation
                                    ftol=1e-10, xtol=1e-10, gtol=1e-10)
     assert result.success and result.nfev <= 150 and result.optimality < 1e-8
     assert float(result.cost) <= SCIPY_LSMR_COSTS[loss] * (1 + 1e-8)
+
+
+def test_tridiagonal_step_without_an_eigendecomposition_outside_the_hard_case(generator, monkeypatch):
+    # Moré-Sorensen on the LDLᵀ factors costs O(k) per iteration; eigh only serves the hard case.
+    def refuse(*args, **kwargs):
+        raise AssertionError("eigh called")
+
+    monkeypatch.setattr(torch.linalg, "eigh", refuse)
+    for kind in ("spd", "psd_wide"):
+        B, g = make_matrix(kind, generator)
+        for radius in RADII:
+            step, _ = run(GLTR(), B, g, radius)
+            assert float(step.norm) <= radius * (1 + 1e-12)
+
+
+def test_tridiagonal_step_in_the_hard_case():
+    # T = diag(2, −1) and g along e₁ only: no root above λ = 1; h is completed along e₂ to the sphere.
+    h, lam, value = tridiagonal_step([2.0, -1.0], [0.0], 1.0, 10.0)
+    assert lam == pytest.approx(1.0) and h[0] == pytest.approx(-1 / 3) and abs(h[1]) == pytest.approx(math.sqrt(100 - 1 / 9))
+    assert value == pytest.approx(-903 / 18)
+
+
+@pytest.mark.parametrize(
+    "diagonal, g_norm, radius, expected",
+    [([-5.0], 1.0, 1e17, -1e17),  # λ = 5 + 10⁻¹⁷: λ + θ_min is lost to rounding
+     ([1.0], 1.4, 1e-310, -1e-310), ([1.0], 1.4e160, 1e-160, -1e-160)],  # ‖g‖/Δ overflows
+)
+def test_tridiagonal_step_at_the_ends_of_the_range(diagonal, g_norm, radius, expected):
+    h, lam, value = tridiagonal_step(diagonal, [], g_norm, radius)
+    assert h == [pytest.approx(expected, rel=1e-12)] and lam > 0 and math.isfinite(value) and value < 0
+
+
+def test_indefinite_operator_with_a_gradient_nearly_orthogonal_to_its_negative_curvature():
+    B = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    g = torch.tensor([1.0, 1e-12], dtype=torch.float64)
+    step, _ = run(GLTR(), B, g, 1e4)
+    steihaug, _ = run(SteihaugCG(), B, g, 1e4)
+    assert torch.isfinite(step.step).all() and float(step.norm) == pytest.approx(1e4, rel=1e-12)
+    assert step.predicted_reduction == pytest.approx(-model(B, g, step.step), rel=1e-9)
+    assert step.predicted_reduction >= float(steihaug.predicted_reduction) * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("g_scale", [1e160, 1e-3])
+def test_norms_whose_squares_overflow(g_scale):
+    # float64 ‖g‖ near 10¹⁶⁰; float32 products with entries near 10²⁰ (their squares overflow float32).
+    if g_scale > 1:
+        B, g = torch.eye(2, dtype=torch.float64), torch.full((2,), g_scale, dtype=torch.float64)
+    else:
+        J = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        J = J * torch.tensor([1e10, 1e10, 1.0], dtype=torch.float64)
+        B, g = (J.T @ J).float(), (J.T @ torch.ones(6, dtype=torch.float64)).float()
+    step, _ = run(GLTR(), B, g, 1.0)
+    assert step.reason != "overflow" and torch.isfinite(step.step).all()
+    assert float(step.step.double().norm()) <= 1.0 * (1 + 1e-6)
+    assert step.predicted_reduction == pytest.approx(-model(B.double(), g.double(), step.step.double()), rel=1e-3)

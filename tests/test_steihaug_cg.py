@@ -704,3 +704,17 @@ def test_resolve_solver():
         resolve_solver(1)
     with pytest.raises(TypeError, match=re.escape(f"{wrong_type} NoneType")):
         resolve_solver(None)
+
+
+def test_stored_path_that_rounding_leaves_below_a_tiny_sphere_reruns_cg():
+    """Found by a review: float32 B with entries near 10²⁰, then a radius of 10⁻¹²: no stored norm
+    reached the sphere and the path lookup raised StopIteration."""
+    J = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    J = J * torch.tensor([1e10, 1e10, 1.0], dtype=torch.float64)
+    r = torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    B, g = (J.T @ J).float(), (J.T @ r).float()
+    solver = SteihaugCG()
+    path = solver.prepare(quadratic(B, g))
+    for radius in (1.0, 1e-3, 1e-6, 1e-9, 1e-12):
+        step = solver.solve(path, radius)
+        assert float(step.step.double().norm()) <= radius * (1 + 1e-6)

@@ -129,14 +129,16 @@ class CGPath:
     last: Step | None = None
 
 
-def step_from_path(path: CGPath, radius: float) -> Step:
-    """The first crossing of the sphere of ``radius`` by the stored path."""
+def step_from_path(path: CGPath, radius: float) -> Step | None:
+    """The first crossing of the sphere of ``radius`` by the stored path (``None`` if no stored norm reaches it)."""
     last = path.last
     if radius >= last.norm:
         return Step(last.step, last.norm, last.predicted_reduction, last.hits_boundary, 0, 0, last.reason)
     factor = path.factor  # the path is stored in the normalized units of `_run`
     sphere = radius * factor
-    k = next(i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= sphere)
+    k = next((i for i in range(len(path.norms) - 1) if path.norms[i + 1] >= sphere), None)
+    if k is None:  # rounding left every stored norm below the sphere (float32 near the range's ends)
+        return None
     start = path.points[k]
     delta = path.points[k + 1] - start
     sigma = float(boundary_step_length(start, delta, sphere))

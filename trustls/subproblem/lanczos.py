@@ -19,12 +19,17 @@ With p = Q_k h the subproblem becomes
 
     min_h  ‖g‖ e_1ᵀh + ½ hᵀT_k h   subject to  ‖h‖ ≤ Δ,
 
-k unknowns, solved exactly: T_k = V diag(θ) Vᵀ (k is small), and
-h(λ) = −V (c / (θ + λ)) with c = ‖g‖ Vᵀe_1; λ = 0 if T_k is positive
-definite and ‖h(0)‖ ≤ Δ, otherwise the root λ > max(0, −θ_min) of
-‖h(λ)‖ = Δ (Moré's Newton iteration on 1/‖h‖ − 1/Δ, `secular_step`). The
-first components of the eigenvectors of an unreduced tridiagonal matrix are
-nonzero, so the "hard case" does not arise (Gould et al. 1999, §5). By the
+k unknowns, solved exactly (`tridiagonal_step`): h(λ) solves
+(T_k + λI)h = −‖g‖e_1, with λ = 0 if T_k is positive definite and
+‖h(0)‖ ≤ Δ, otherwise the root λ > max(0, −θ_min) of ‖h(λ)‖ = Δ, found by
+Moré & Sorensen's (1983) Newton iteration on 1/‖h‖ − 1/Δ with the LDLᵀ
+factors of the tridiagonal T_k + λI: O(k) work per iteration, no
+eigendecomposition. The first components of the eigenvectors of an
+unreduced tridiagonal matrix are nonzero, so in exact arithmetic the "hard
+case" (no root above −θ_min) does not arise (Gould et al. 1999, §5); in
+floating point g can be orthogonal to θ_min's eigenvector to rounding, and
+there T_k's eigendecomposition completes the step to the sphere along that
+eigenvector (Moré & Sorensen 1983). By the
 relation above the residual of the optimality condition
 (B + λI)p + g = 0 is β_{k+1}|e_kᵀh| q_{k+1}: a number, known without a
 product. The iteration stops when it falls below η‖g‖, η the forcing term of
@@ -45,15 +50,22 @@ Gram-Schmidt pass after the three-term recurrence): without it, the Lanczos
 vectors lose their orthogonality as Ritz values converge (Paige 1976), T_k
 stops representing B and the small problem's solution is no longer the step's
 (Meurant & Strakoš 2006). A pass costs 4kn flops, little beside a product
-by automatic differentiation. With orthonormal Q_k the step's norm and its
-model value are those of h, computed on the host. When the basis is full the
-step is the exact one in the space it spans.
+by automatic differentiation, though comparable to a product of a stored
+sparse J at k in the tens. With orthonormal Q_k the step's norm and its
+model value are those of h, computed on the host. Below float64 the basis
+is orthonormal only to the dtype's rounding and T_k drifts from B on an
+ill-conditioned B, so the model value comes from the step itself, by one
+product more. When the basis is full the step is the exact one in the space
+it spans.
 
 **Breakdown and overflow.** β_{k+1} ≤ ε·‖T_k‖ (K_k invariant under B) ends
-the iteration with the exact step in K_k. A product that overflows (a
-non-finite δ or β) ends it with the step in the space built so far, or,
-before any, with a non-finite step that the controller refuses, shrinking
-the radius.
+the iteration with the exact step in K_k. Norms are taken in float64, in
+units of the largest entry where their squares overflow, so only a product
+that is itself not finite ends the iteration: with the step in the space
+built so far, or, before any, with a non-finite step that the controller
+refuses. Lanczos vectors have unit norm, so such a product means B itself
+leaves the dtype's range, and a smaller radius cannot help (unlike
+`SteihaugCG`, whose products scale with g).
 
 Every iteration reads δ_k and β_{k+1} in one host synchronization; the
 k-dimensional problem is solved on the host in float64 and the step is one
@@ -65,8 +77,8 @@ References:
     1999, pp. 504-525.
     A. R. Conn, N. I. M. Gould and Ph. L. Toint, "Trust-Region Methods",
     SIAM, 2000.
-    J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
-    theory", Lecture Notes in Mathematics 630, 1978, pp. 105-116.
+    J. J. Moré and D. C. Sorensen, "Computing a trust region step", SIAM J.
+    Sci. Stat. Comput. 4(3), 1983, pp. 553-572.
     C. C. Paige, "Error analysis of the Lanczos algorithm for tridiagonalizing
     a symmetric matrix", J. Inst. Math. Appl. 18, 1976, pp. 341-349.
     G. Meurant and Z. Strakoš, "The Lanczos and conjugate gradient algorithms in
@@ -96,6 +108,15 @@ def tridiagonal_step(
 ) -> tuple[list[float], float, float]:
     """The exact solution of min ‖g‖e₁ᵀh + ½hᵀTh, ‖h‖ ≤ Δ, T tridiagonal (host floats).
 
+    h(λ) solves (T + λI)h = −‖g‖e₁. Inside the sphere (T positive definite and
+    ‖h(0)‖ ≤ Δ) λ = 0; otherwise λ is the root of 1/‖h(λ)‖ = 1/Δ above
+    max(0, −θ_min), found by Moré & Sorensen's (1983) Newton iteration on the
+    LDLᵀ factors of T + λI: O(k) per iteration, a factorization that fails
+    (a pivot ≤ 0) raising the bracket's lower end. Where the bracket closes
+    without a root (the hard case: g orthogonal, to rounding, to the
+    eigenvector of θ_min) or the iteration does not converge, the
+    eigendecomposition of T gives the step (`_eigen_step`).
+
     Args:
         diagonal: T's k diagonal entries.
         offdiagonal: its k − 1 off-diagonal entries.
@@ -114,31 +135,123 @@ def tridiagonal_step(
         >>> round(h[0], 12), round(lam, 9)
         (-0.25, 2.0)
     """
-    k = len(diagonal)
+    d, e = diagonal, offdiagonal
+    pivots = _pivots(d, e, 0.0)
+    if pivots is not None:
+        h = _solve(pivots, e, g_norm)
+        if _norm(h) <= radius:
+            return h, 0.0, _model(d, e, g_norm, h)
+    # θ_min ≥ min over rows of dᵢ − |eᵢ₋₁| − |eᵢ| (Gershgorin), so λ* ≤ ‖g‖/Δ − that bound.
+    gershgorin = min(d[i] - (abs(e[i - 1]) if i > 0 else 0.0) - (abs(e[i]) if i < len(e) else 0.0)
+                     for i in range(len(d)))
+    low = max(0.0, -min(d))
+    high = max(low, g_norm / radius + max(0.0, -gershgorin))
+    lam = low
+    for _ in range(200):
+        pivots = _pivots(d, e, lam)
+        if pivots is None:  # T + λI is not positive definite: λ* lies above λ
+            low = lam
+        else:
+            h = _solve(pivots, e, g_norm)
+            norm = _norm(h)
+            if abs(norm - radius) <= 1e-10 * radius:
+                return _on_sphere(d, e, g_norm, h, norm, radius, lam)
+            if norm > radius:
+                low = lam
+            else:
+                high = lam
+            # Newton on 1/‖h‖ − 1/Δ: d‖h‖/dλ = −hᵀ(T + λI)⁻¹h/‖h‖, with (T + λI)⁻¹ = L⁻ᵀD⁻¹L⁻¹.
+            curvature = _inverse_quadratic(pivots, e, h)
+            step = (norm * norm / curvature) * (norm - radius) / radius if curvature > 0.0 else math.inf
+            if low < lam + step < high:
+                lam += step
+                continue
+        if not high - low > 1e-15 * max(1.0, abs(low), abs(high)):
+            break  # the bracket closed without a root: the hard case
+        lam = math.sqrt(low * high) if low > 0.0 else 0.5 * (low + high)
+    return _eigen_step(d, e, g_norm, radius)
+
+
+def _pivots(d: list[float], e: list[float], lam: float) -> list[float] | None:
+    """The pivots of T + λI = LDLᵀ, or ``None`` when one is not positive (not positive definite)."""
+    pivots = []
+    previous = None
+    for i, diagonal in enumerate(d):
+        pivot = diagonal + lam if previous is None else diagonal + lam - e[i - 1] * e[i - 1] / previous
+        if not pivot > 0.0:
+            return None
+        pivots.append(pivot)
+        previous = pivot
+    return pivots
+
+
+def _solve(pivots: list[float], e: list[float], g_norm: float) -> list[float]:
+    """h with LDLᵀh = −‖g‖e₁ (L unit lower bidiagonal, lᵢ = eᵢ/dᵢ)."""
+    k = len(pivots)
+    y = [0.0] * k
+    y[0] = -g_norm
+    for i in range(1, k):  # L y = −‖g‖e₁
+        y[i] = -e[i - 1] / pivots[i - 1] * y[i - 1]
+    h = [0.0] * k
+    h[-1] = y[-1] / pivots[-1]
+    for i in range(k - 2, -1, -1):  # D Lᵀ h = y
+        h[i] = y[i] / pivots[i] - e[i] / pivots[i] * h[i + 1]
+    return h
+
+
+def _inverse_quadratic(pivots: list[float], e: list[float], h: list[float]) -> float:
+    """hᵀ(T + λI)⁻¹h = Σ vᵢ²/dᵢ with L v = h."""
+    total, previous = 0.0, 0.0
+    for i, pivot in enumerate(pivots):
+        v = h[i] - (e[i - 1] / pivots[i - 1] * previous if i > 0 else 0.0)
+        total += v * v / pivot
+        previous = v
+    return total
+
+
+def _norm(h: list[float]) -> float:
+    return math.sqrt(sum(v * v for v in h))
+
+
+def _model(d: list[float], e: list[float], g_norm: float, h: list[float]) -> float:
+    """‖g‖h₁ + ½hᵀTh."""
+    quadratic = sum(d[i] * h[i] * h[i] for i in range(len(d))) + 2.0 * sum(e[i] * h[i] * h[i + 1] for i in range(len(e)))
+    return g_norm * h[0] + 0.5 * quadratic
+
+
+def _on_sphere(d, e, g_norm, h, norm, radius, lam) -> tuple[list[float], float, float]:
+    """h scaled onto the sphere, past the root's tolerance: along h the model still decreases at
+    ‖h‖ = Δ (its slope there is −λ‖h‖², from (T + λI)h = −‖g‖e₁)."""
+    if not 0.0 < norm < math.inf:  # λ beyond the range (‖g‖/Δ overflowed): the step along −g
+        h = [-radius] + [0.0] * (len(h) - 1)
+    else:
+        h = [v * (radius / norm) for v in h]
+    return h, lam, _model(d, e, g_norm, h)
+
+
+def _eigen_step(d: list[float], e: list[float], g_norm: float, radius: float) -> tuple[list[float], float, float]:
+    """The boundary solution from T = V diag(θ) Vᵀ: λ > −θ_min from the secular equation in the shifted
+    eigenvalues θ − θ_min ≥ 0 (root α = λ + θ_min), and in the hard case (‖h‖ < Δ as λ → −θ_min) h
+    completed to the sphere along θ_min's eigenvector (Moré & Sorensen 1983)."""
+    k = len(d)
     T = torch.zeros(k, k, dtype=torch.float64)
-    T.diagonal().copy_(torch.tensor(diagonal, dtype=torch.float64))
+    T.diagonal().copy_(torch.tensor(d, dtype=torch.float64))
     if k > 1:
-        off = torch.tensor(offdiagonal, dtype=torch.float64)
+        off = torch.tensor(e, dtype=torch.float64)
         T.diagonal(1).copy_(off), T.diagonal(-1).copy_(off)
     theta, V = torch.linalg.eigh(T)
     c = g_norm * V[0]
-    smallest = float(theta[0])
-    lam = 0.0
-    if smallest > 0.0:
-        y = -c / theta
-        if float(torch.linalg.vector_norm(y)) > radius:
-            lam = secular_step(theta.sqrt(), c, radius, full_rank=True, rtol=1e-10, max_iter=100)[0]
-    else:
-        # λ > −θ_min: in the shifted eigenvalues θ − θ_min ≥ 0 the root is α = λ + θ_min > 0.
-        shifted = (theta - smallest).clamp(min=0.0)
-        lam = secular_step(shifted.sqrt(), c, radius, full_rank=False, rtol=1e-10, max_iter=100)[0] - smallest
-    y = -c / (theta + lam)
-    if lam > 0.0:
-        # Onto the sphere, past the root's tolerance: along h the model still decreases at
-        # ‖h‖ = Δ (its slope there is −λ‖h‖², from (T + λI)h = −‖g‖e₁).
-        y = y * (radius / float(torch.linalg.vector_norm(y)))
-    model = float(torch.dot(c, y) + 0.5 * torch.dot(theta * y, y))
-    return (V @ y).tolist(), lam, model
+    smallest = min(float(theta[0]), 0.0)
+    shifted = (theta - smallest).clamp(min=0.0)
+    alpha = secular_step(shifted.sqrt(), c, radius, full_rank=bool(shifted[0] > 0), rtol=1e-10, max_iter=100)[0]
+    denominator = shifted + alpha
+    y = torch.where(denominator > 0, -c / torch.where(denominator > 0, denominator, 1.0), 0.0)
+    norm = float(torch.linalg.vector_norm(y))
+    if norm < (1.0 - 1e-8) * radius and float(shifted[0]) == 0.0:  # the hard case: no root above −θ_min
+        rest = norm * norm - float(y[0]) ** 2
+        y[0] = -math.copysign(math.sqrt(max(radius * radius - rest, 0.0)), float(c[0]))
+    h = (V @ y).tolist()
+    return _on_sphere(d, e, g_norm, h, _norm(h), radius, alpha - smallest)
 
 
 @dataclass
@@ -218,7 +331,7 @@ class GLTR(SubproblemSolver):
     def _start(self, basis: LanczosBasis) -> None:
         """q_1 = g/‖g‖ and the tolerance; for g = 0 a zero step, for ‖g‖ = ∞ a non-finite one (``early``)."""
         g = basis.linearization.gradient
-        g_norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+        g_norm = _vector_norm(g)
         basis.g_norm = g_norm
         if g_norm == 0.0:
             basis.early = Step(torch.zeros_like(g), 0.0, 0.0, False, 0, 0, "zero_gradient")
@@ -261,7 +374,9 @@ class GLTR(SubproblemSolver):
             if k > 0:
                 w = w - basis.offdiagonal[k - 1] * Q[k - 1]
             w = w - (Q[: k + 1] @ w) @ Q[: k + 1]
-            delta, beta = torch.stack([delta_t, torch.linalg.vector_norm(w)]).tolist()
+            delta, beta = torch.stack([delta_t.double(), torch.linalg.vector_norm(w, dtype=torch.float64)]).tolist()
+            if beta == math.inf:  # ‖w‖² overflowed, perhaps not w: its norm in units of its largest entry
+                beta = _vector_norm(w)
             if not (math.isfinite(delta) and math.isfinite(beta)):
                 basis.ended = True  # the step in the space built so far, if any
                 continue
@@ -275,12 +390,31 @@ class GLTR(SubproblemSolver):
         coefficients = torch.tensor(h, dtype=Q.dtype, device=Q.device)
         step = coefficients @ Q[:k]
         norm = math.sqrt(sum(v * v for v in h))
+        if Q.dtype != torch.float64:
+            # Below float64 the basis is orthonormal only to the dtype's rounding, and T_k's model of an
+            # ill-conditioned B drifts from B's: the model value comes from the step, by one product more.
+            g = basis.linearization.gradient
+            Bp = B.matvec(step)
+            products += 1
+            norm = _vector_norm(step)
+            model = torch.stack([torch.dot(g.double(), step.double()), torch.dot(step.double(), Bp.double())]).tolist()
+            model = model[0] + 0.5 * model[1]
         on_boundary = lam > 0.0
         if residual > basis.tolerance:
             reason = "max_iter"
         else:
             reason = "boundary" if on_boundary else "converged"
         return Step(step, norm, -model, on_boundary, iterations, products, reason)
+
+
+def _vector_norm(v: Tensor) -> float:
+    """‖v‖ in float64, scaled by its largest entry where the squares overflow (inf only for a non-finite v)."""
+    norm = float(torch.linalg.vector_norm(v, dtype=torch.float64))
+    if norm == math.inf:
+        largest = float(v.abs().max())
+        if math.isfinite(largest):
+            norm = largest * float(torch.linalg.vector_norm(v / largest, dtype=torch.float64))
+    return norm
 
 
 def _overflow(like: Tensor, products: int) -> Step:

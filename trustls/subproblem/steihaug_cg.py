@@ -247,8 +247,8 @@ class SteihaugCG(SubproblemSolver):
 
     def solve(self, prepared: CGPath, radius: float) -> Step:
         path = prepared
-        if path.complete and radius <= path.radius:
-            return step_from_path(path, radius)
+        if path.complete and radius <= path.radius and (step := step_from_path(path, radius)) is not None:
+            return step
         return self._run(path, radius)
 
     def _run(self, path: CGPath, radius: float) -> Step:
