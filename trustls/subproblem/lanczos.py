@@ -96,7 +96,7 @@ from torch import Tensor
 
 from trustls.subproblem.base import Step, SubproblemSolver
 from trustls.subproblem.dense_lstsq import secular_step
-from trustls.subproblem.steihaug_cg import forcing_term
+from trustls.subproblem.steihaug_cg import check_krylov_options, forcing_term
 
 __all__ = ["GLTR", "tridiagonal_step"]
 
@@ -299,18 +299,7 @@ class GLTR(SubproblemSolver):
     default_x_scale: ClassVar[str] = "jac"
 
     def __post_init__(self):
-        if self.max_iter is not None and (
-            isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1
-        ):
-            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
-        if isinstance(self.forcing, bool) or not isinstance(self.forcing, (int, float)) or not 0 < self.forcing < 1:
-            raise ValueError(f"forcing must be a number in (0, 1), got {self.forcing!r}")
-        if self.memory is not None and (
-            isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 0
-        ):
-            raise ValueError(f"memory must be a non-negative int or None, got {self.memory!r}")
-        if isinstance(self.exact_up_to, bool) or not isinstance(self.exact_up_to, int) or self.exact_up_to < 0:
-            raise ValueError(f"exact_up_to must be a non-negative int, got {self.exact_up_to!r}")
+        check_krylov_options(self.max_iter, self.forcing, ("memory", self.memory), self.exact_up_to)
 
     def prepare(self, linearization, state: float | None = None) -> LanczosBasis:
         if not linearization.operator.is_symmetric:

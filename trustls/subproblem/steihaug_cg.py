@@ -143,7 +143,22 @@ from trustls.subproblem.cg_path import (
     step_from_path,
 )
 
-__all__ = ["SteihaugCG", "forcing_term"]
+__all__ = ["SteihaugCG", "check_krylov_options", "forcing_term"]
+
+
+def check_krylov_options(
+    max_iter: object, forcing: object, memory: tuple[str, object], exact_up_to: object
+) -> None:
+    """The options `SteihaugCG` and `GLTR` share; ``memory`` is its field's name and value."""
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive int or None, got {max_iter!r}")
+    if isinstance(forcing, bool) or not isinstance(forcing, (int, float)) or not 0 < forcing < 1:
+        raise ValueError(f"forcing must be a number in (0, 1), got {forcing!r}")
+    name, value = memory
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+    if isinstance(exact_up_to, bool) or not isinstance(exact_up_to, int) or exact_up_to < 0:
+        raise ValueError(f"exact_up_to must be a non-negative int, got {exact_up_to!r}")
 
 
 def forcing_term(reference: float | None, g_norm: float, eta_max: float, eps: float, power: float = 1.0) -> float:
@@ -201,18 +216,7 @@ class SteihaugCG(SubproblemSolver):
     default_x_scale: ClassVar[str] = "jac"
 
     def __post_init__(self):
-        if self.max_iter is not None and (
-            isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1
-        ):
-            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
-        if isinstance(self.forcing, bool) or not isinstance(self.forcing, (int, float)) or not 0 < self.forcing < 1:
-            raise ValueError(f"forcing must be a number in (0, 1), got {self.forcing!r}")
-        if self.path_memory is not None and (
-            isinstance(self.path_memory, bool) or not isinstance(self.path_memory, int) or self.path_memory < 0
-        ):
-            raise ValueError(f"path_memory must be a non-negative int or None, got {self.path_memory!r}")
-        if isinstance(self.exact_up_to, bool) or not isinstance(self.exact_up_to, int) or self.exact_up_to < 0:
-            raise ValueError(f"exact_up_to must be a non-negative int, got {self.exact_up_to!r}")
+        check_krylov_options(self.max_iter, self.forcing, ("path_memory", self.path_memory), self.exact_up_to)
 
     def _path_memory(self, B) -> int:
         """``path_memory``, or its default for ``B`` when it is ``None``."""
