@@ -320,3 +320,22 @@ def test_norms_whose_squares_overflow(g_scale):
     assert step.reason != "overflow" and torch.isfinite(step.step).all()
     assert float(step.step.double().norm()) <= 1.0 * (1 + 1e-6)
     assert step.predicted_reduction == pytest.approx(-model(B.double(), g.double(), step.step.double()), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "diagonal, offdiagonal, g_norm, radius, expected_h, interior",
+    [
+        ([1e-200], [], 1.0, 1e300, [-1e200], True),  # ‖h‖ = 10²⁰⁰: its square overflows
+        ([1.0, 1.0], [0.5], 1e-170, 1e-170, None, False),  # ‖h(0)‖ = 1.15·10⁻¹⁷⁰: its square underflows
+        ([1e-130, -1e-129], [0.0], 1e200, 1.0, [-1.0, 0.0], False),  # √(low·high) overflows
+    ],
+)
+def test_tridiagonal_step_where_squares_leave_the_range(diagonal, offdiagonal, g_norm, radius, expected_h, interior):
+    """Found by a review: unscaled squares in the norm and the Newton step gave steps 1.5× outside the
+    sphere, an interior step on the sphere with an infinite model, and a step orthogonal to g."""
+    h, lam, value = tridiagonal_step(diagonal, offdiagonal, g_norm, radius)
+    norm = math.hypot(*h)
+    assert norm <= radius * (1 + 1e-12) and math.isfinite(value) and value <= 0
+    assert (lam == 0) == interior and (interior or norm == pytest.approx(radius, rel=1e-10))
+    if expected_h is not None:
+        assert h == pytest.approx(expected_h, rel=1e-9, abs=1e-12 * radius)

@@ -161,14 +161,15 @@ def tridiagonal_step(
             else:
                 high = lam
             # Newton on 1/‖h‖ − 1/Δ: d‖h‖/dλ = −hᵀ(T + λI)⁻¹h/‖h‖, with (T + λI)⁻¹ = L⁻ᵀD⁻¹L⁻¹.
-            curvature = _inverse_quadratic(pivots, e, h)
-            step = (norm * norm / curvature) * (norm - radius) / radius if curvature > 0.0 else math.inf
+            # ‖h‖²/hᵀ(T + λI)⁻¹h from h/‖h‖, whose squares neither overflow nor underflow.
+            curvature = _inverse_quadratic(pivots, e, [v / norm for v in h]) if 0.0 < norm < math.inf else 0.0
+            step = (norm - radius) / radius / curvature if curvature > 0.0 else math.inf
             if low < lam + step < high:
                 lam += step
                 continue
         if not high - low > 1e-15 * max(1.0, abs(low), abs(high)):
             break  # the bracket closed without a root: the hard case
-        lam = math.sqrt(low * high) if low > 0.0 else 0.5 * (low + high)
+        lam = math.sqrt(low) * math.sqrt(high) if low > 0.0 else 0.5 * low + 0.5 * high
     return _eigen_step(d, e, g_norm, radius)
 
 
@@ -210,12 +211,13 @@ def _inverse_quadratic(pivots: list[float], e: list[float], h: list[float]) -> f
 
 
 def _norm(h: list[float]) -> float:
-    return math.sqrt(sum(v * v for v in h))
+    return math.hypot(*h)  # scaled: no overflow or underflow of the squares
 
 
 def _model(d: list[float], e: list[float], g_norm: float, h: list[float]) -> float:
     """‖g‖h₁ + ½hᵀTh."""
-    quadratic = sum(d[i] * h[i] * h[i] for i in range(len(d))) + 2.0 * sum(e[i] * h[i] * h[i + 1] for i in range(len(e)))
+    # (dᵢhᵢ)hᵢ rather than dᵢhᵢ²: a huge hᵢ beside a tiny dᵢ keeps its finite product.
+    quadratic = sum((d[i] * h[i]) * h[i] for i in range(len(d))) + 2.0 * sum((e[i] * h[i]) * h[i + 1] for i in range(len(e)))
     return g_norm * h[0] + 0.5 * quadratic
 
 
@@ -378,7 +380,7 @@ class GLTR(SubproblemSolver):
                 Q[k + 1] = w / beta
         coefficients = torch.tensor(h, dtype=Q.dtype, device=Q.device)
         step = coefficients @ Q[:k]
-        norm = math.sqrt(sum(v * v for v in h))
+        norm = _norm(h)
         if Q.dtype != torch.float64:
             # Below float64 the basis is orthonormal only to the dtype's rounding, and T_k's model of an
             # ill-conditioned B drifts from B's: the model value comes from the step, by one product more.
@@ -386,8 +388,10 @@ class GLTR(SubproblemSolver):
             Bp = B.matvec(step)
             products += 1
             norm = _vector_norm(step)
-            model = torch.stack([torch.dot(g.double(), step.double()), torch.dot(step.double(), Bp.double())]).tolist()
-            model = model[0] + 0.5 * model[1]
+            values = torch.stack([torch.dot(g.double(), step.double()), torch.dot(step.double(), Bp.double()),
+                                  torch.linalg.vector_norm(Bp.double())]).tolist()
+            if all(math.isfinite(v) for v in values):  # else (Bp overflowed) T_k's model stands
+                model = values[0] + 0.5 * values[1]
         on_boundary = lam > 0.0
         if residual > basis.tolerance:
             reason = "max_iter"
