@@ -102,8 +102,8 @@ def test_main_argument_errors(argv, message, capsys):
     "kwargs, error, message",
     [
         ({"solvers": "cg"}, TypeError, r"solvers must be a sequence of solver names, not a str; got 'cg'"),
-        ({"solvers": ["qr"]}, ValueError, r"solvers must be a non-empty sequence of \['cg', 'lstsq'\]; got \('qr',\)"),
-        ({"solvers": []}, ValueError, r"solvers must be a non-empty sequence of \['cg', 'lstsq'\]; got \(\)"),
+        ({"solvers": ["qr"]}, ValueError, r"solvers must be a non-empty sequence of \['cg', 'gltr', 'lstsq'\]; got \('qr',\)"),
+        ({"solvers": []}, ValueError, r"solvers must be a non-empty sequence of \['cg', 'gltr', 'lstsq'\]; got \(\)"),
         ({"names": "Misra1a"}, TypeError, r"names must be a sequence of problem names, not a str; got 'Misra1a'"),
         ({"names": ["Misra1a", "nope"]}, ValueError, r"names must be among Misra1a, .*, Bennett5; got 'nope'"),
         ({"starts": [3]}, ValueError, r"starts must be a non-empty sequence of 1 and/or 2, got \(3,\)"),

@@ -65,7 +65,7 @@ DEFAULT_OPTIONS: dict[str, object] = {
 """The solve options of the self-check; see the module docstring for each choice."""
 
 # The solvers of the self-check: the NIST problems are small and dense (no Schur structure).
-DENSE_SOLVERS = ("cg", "lstsq")
+DENSE_SOLVERS = ("cg", "gltr", "lstsq")
 
 PASS_LRE = 6.0
 """A run passes with at least this many correct digits (the issue's target)."""
