@@ -35,6 +35,7 @@ __all__ = [
     "check_relinearization",
     "check_start_gradient",
     "starting_point",
+    "supplies_jacobian",
 ]
 
 
@@ -78,6 +79,11 @@ def check_budget(max_nfev: int | None, needed: int) -> None:
         raise ValueError(
             f"max_nfev must allow the evaluation and linearization at x0 ({needed} calls of fun), got {max_nfev}"
         )
+
+
+def supplies_jacobian(model: object) -> bool:
+    """Whether the model's Jacobian is the user's (least_squares' ``jac``, `GaussNewtonModel`'s ``jacobian``)."""
+    return getattr(model, "jacobian", None) is not None
 
 
 def check_start_gradient(gradient: Tensor, dtype: torch.dtype | None = None, user_jacobian: bool = False) -> None:

@@ -40,6 +40,7 @@ from trustls.subproblem import (
     SubproblemSolver,
     resolve_solver,
 )
+from trustls.subproblem.lanczos import DEFAULT_MEMORY as DEFAULT_BASIS_MEMORY
 from trustls.trust_region import Callback, TrustRegion
 
 __all__ = ["least_squares"]
@@ -54,9 +55,9 @@ _MINPACK = {"gtol_test": "cosine"}
 _TR_SOLVERS = {"exact": "lstsq", "lsmr": "cg"}
 # scipy's lsmr options that a Steihaug-CG step can honour (module `_lsmr_options`).
 _LSMR_OPTIONS = ("maxiter", "atol", "btol", "regularize", "damp", "conlim", "show")
-#: ``tr_solver="lsmr"`` with a robust loss takes `GLTR` up to this many variables: its default
-#: basis (2²² elements) then holds at least 32 Lanczos vectors; Steihaug-Toint CG beyond.
-_GLTR_UP_TO = 2**17
+#: ``tr_solver="lsmr"`` with a robust loss takes `GLTR` up to this many variables (2¹⁷): its default
+#: basis then holds at least 32 Lanczos vectors; Steihaug-Toint CG beyond.
+_GLTR_UP_TO = DEFAULT_BASIS_MEMORY // 32
 #: ``tr_solver=None`` takes the exact solver up to this many variables (an SVD
 #: of J then costs at most about 4·10⁶·m flops per point), matrix-free CG beyond.
 _EXACT_UP_TO = 2000

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trustls._report import print_trial
+from trustls._start import supplies_jacobian
 from trustls.bounds import optimality
 from trustls.decision import host_floats, trial_decision
 from trustls.function import HALF, BudgetExhausted, CountedFunction, round_to
@@ -138,8 +139,8 @@ class Trial:
                 )
             self.counters["njev"] += 1
             if not finite:  # a failed trial: shrink and try again from x
-                user_jacobian = getattr(method.model, "jacobian", None) is not None
-                warnings.warn(_NONFINITE_JACOBIAN if user_jacobian else _NONFINITE_DERIVATIVE, UserWarning, stacklevel=2)
+                message = _NONFINITE_JACOBIAN if supplies_jacobian(method.model) else _NONFINITE_DERIVATIVE
+                warnings.warn(message, UserWarning, stacklevel=2)
                 accepted, new_lin, status = False, None, None
                 next_radius = method.radius_policy.shrink_factor * decision.step_norm
         # A decrease above the rounding allowance δ that the model predicted well: a sound step the

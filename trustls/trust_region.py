@@ -42,6 +42,7 @@ from trustls._start import (
     check_relinearization,
     check_start_gradient,
     starting_point,
+    supplies_jacobian,
 )
 from trustls._validation import (
     check_choice,
@@ -284,8 +285,7 @@ class TrustRegion:
         `trustls.bounds.Bounds`.
         """
         x = linearization.x
-        user_jacobian = getattr(self.model, "jacobian", None) is not None
-        check_start_gradient(linearization.gradient, dtype, user_jacobian=user_jacobian)
+        check_start_gradient(linearization.gradient, dtype, user_jacobian=supplies_jacobian(self.model))
         scaling = self.scale_policy.scaling(self.model, linearization, None, 0)
         problem = subproblem(linearization, scaling, bounds)
         measure = problem.optimality if self.gtol_test == "max" else cosine_optimality(linearization, self.model)

@@ -96,7 +96,12 @@ from torch import Tensor
 
 from trustls.subproblem.base import Step, SubproblemSolver
 from trustls.subproblem.dense_lstsq import secular_step
-from trustls.subproblem.steihaug_cg import check_krylov_options, forcing_term
+from trustls.subproblem.steihaug_cg import (
+    check_krylov_options,
+    check_krylov_prepare,
+    forcing_bound,
+    forcing_term,
+)
 
 __all__ = ["GLTR", "tridiagonal_step"]
 
@@ -217,7 +222,8 @@ def _norm(h: list[float]) -> float:
 def _model(d: list[float], e: list[float], g_norm: float, h: list[float]) -> float:
     """‖g‖h₁ + ½hᵀTh."""
     # (dᵢhᵢ)hᵢ rather than dᵢhᵢ²: a huge hᵢ beside a tiny dᵢ keeps its finite product.
-    quadratic = sum((d[i] * h[i]) * h[i] for i in range(len(d))) + 2.0 * sum((e[i] * h[i]) * h[i + 1] for i in range(len(e)))
+    diagonal = sum((d[i] * h[i]) * h[i] for i in range(len(d)))
+    quadratic = diagonal + 2.0 * sum((e[i] * h[i]) * h[i + 1] for i in range(len(e)))
     return g_norm * h[0] + 0.5 * quadratic
 
 
@@ -304,11 +310,7 @@ class GLTR(SubproblemSolver):
         check_krylov_options(self.max_iter, self.forcing, ("memory", self.memory), self.exact_up_to)
 
     def prepare(self, linearization, state: float | None = None) -> LanczosBasis:
-        if not linearization.operator.is_symmetric:
-            raise ValueError("GLTR needs a symmetric curvature operator")
-        if state is not None and (isinstance(state, bool) or not isinstance(state, (int, float))):
-            raise TypeError(f"state must be the gradient reference (a float) or None, got {type(state).__name__}")
-        return LanczosBasis(linearization, None if state is None else float(state))
+        return LanczosBasis(linearization, check_krylov_prepare("GLTR", linearization, state))
 
     def state(self, prepared: LanczosBasis) -> float | None:
         return prepared.reference
@@ -331,7 +333,7 @@ class GLTR(SubproblemSolver):
             basis.early = _overflow(g, 0)
             return
         basis.reference = g_norm if basis.reference is None else max(basis.reference, g_norm)
-        eta_max = self.forcing if g.shape[0] > self.exact_up_to else min(self.forcing, torch.finfo(g.dtype).eps ** 0.75)
+        eta_max = forcing_bound(self.forcing, self.exact_up_to, g)
         basis.tolerance = forcing_term(basis.reference, g_norm, eta_max, torch.finfo(g.dtype).eps) * g_norm
         basis.vectors = g.new_empty(self._capacity(g.shape[0]), g.shape[0])
         basis.vectors[0] = g / g_norm

@@ -143,7 +143,7 @@ from trustls.subproblem.cg_path import (
     step_from_path,
 )
 
-__all__ = ["SteihaugCG", "check_krylov_options", "forcing_term"]
+__all__ = ["SteihaugCG", "check_krylov_options", "check_krylov_prepare", "forcing_bound", "forcing_term"]
 
 
 def check_krylov_options(
@@ -159,6 +159,22 @@ def check_krylov_options(
         raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
     if isinstance(exact_up_to, bool) or not isinstance(exact_up_to, int) or exact_up_to < 0:
         raise ValueError(f"exact_up_to must be a non-negative int, got {exact_up_to!r}")
+
+
+def check_krylov_prepare(solver: str, linearization, state: object) -> float | None:
+    """What `SteihaugCG.prepare` and `GLTR.prepare` check: a symmetric operator, a float state or None."""
+    if not linearization.operator.is_symmetric:
+        raise ValueError(f"{solver} needs a symmetric curvature operator")
+    if state is not None and (isinstance(state, bool) or not isinstance(state, (int, float))):
+        raise TypeError(f"state must be the gradient reference (a float) or None, got {type(state).__name__}")
+    return None if state is None else float(state)
+
+
+def forcing_bound(forcing: float, exact_up_to: int, g: Tensor) -> float:
+    """η_max: ``forcing``, or eps^(3/4) of g's dtype when n ≤ ``exact_up_to`` (module docstring)."""
+    if g.shape[0] <= exact_up_to:
+        return min(forcing, torch.finfo(g.dtype).eps ** 0.75)
+    return forcing
 
 
 def forcing_term(reference: float | None, g_norm: float, eta_max: float, eps: float, power: float = 1.0) -> float:
@@ -224,25 +240,16 @@ class SteihaugCG(SubproblemSolver):
             return self.path_memory
         return DEFAULT_PATH_MEMORY if B.is_matrix_free else 0
 
-    def _forcing_bound(self, g: Tensor) -> float:
-        """η_max: ``forcing``, or eps^(3/4) of g's dtype when n ≤ ``exact_up_to``."""
-        if g.shape[0] <= self.exact_up_to:
-            return min(self.forcing, torch.finfo(g.dtype).eps ** 0.75)
-        return self.forcing
-
     def prepare(self, linearization, state: float | None = None) -> CGPath:
-        if not linearization.operator.is_symmetric:
-            raise ValueError("SteihaugCG needs a symmetric curvature operator")
-        if state is not None and (isinstance(state, bool) or not isinstance(state, (int, float))):
-            raise TypeError(f"state must be the gradient reference (a float) or None, got {type(state).__name__}")
-        return CGPath(linearization, None if state is None else float(state))
+        return CGPath(linearization, check_krylov_prepare("SteihaugCG", linearization, state))
 
     def state(self, prepared: CGPath) -> float | None:
         return prepared.reference
 
     def _forcing_term(self, path: CGPath, g: Tensor, g_norm: float, power: float = 1.0) -> float:
         """`forcing_term` at this point, η_max from ``forcing`` and ``exact_up_to``."""
-        return forcing_term(path.reference, g_norm, self._forcing_bound(g), torch.finfo(g.dtype).eps, power)
+        return forcing_term(path.reference, g_norm, forcing_bound(self.forcing, self.exact_up_to, g),
+                            torch.finfo(g.dtype).eps, power)
 
     def _remember(self, path: CGPath, g_norm: float) -> None:
         """Raise the reference to this point's ‖g‖; an overflowed norm is not kept."""
