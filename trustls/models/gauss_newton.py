@@ -40,6 +40,24 @@ How J is obtained (the routes, in the order they are tried):
   second call of the residual function, and no ``vmap``, which some
   functions defeat (random draws, custom autograd Functions, sparse ops).
 
+Sparsity found. With neither ``jacobian`` nor ``jac_sparsity``, a
+matrix-free J whose CG solve spent `SEARCH_AFTER` = 128 products at one
+point (64 CG iterations: an ill-conditioned problem, a discretized
+differential equation) makes the next linearization search J's pattern from
+products through the kept graph (`trustls.sparsity.found`: 8 to 56 of
+them, once per solve), and from then on J is the exact sparse J of that
+pattern, colored as for ``jac_sparsity``, at c + 1 products per point (c
+colors, and one product that checks the colored J at the point and sends
+the search again where J has left the pattern). CG's products are then
+sparse matrix-vector products, and ``x_scale="jac"`` takes J's exact column
+norms. It applies from `FIND_FROM` = 1,024 float64 variables on (in float32
+the search cannot tell column indices in the thousands apart), and the
+search gives up, leaving the solve matrix-free, when J is not sparse enough
+(some row keeps two of its variables in one class of 16) or its pattern
+keeps changing. ``find_sparsity=False`` turns it off. Solves whose CG needs
+fewer products never search: a search and its coloring cost as much as
+several such solves (docs/sparse.md, "Sparsity found").
+
 Small problems. Up to 32 variables a matrix-free linearization stores J
 instead, computed from the kept graph by the dense route
 (`trustls.models.dense_jacobian`: one batched backward pass) and wrapped as a
@@ -89,6 +107,7 @@ from trustls.operators.output import effective_jacobian, effective_jacobian_matr
 from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian
+from trustls.sparsity.found import FIND_FROM, SEARCH_AFTER, FoundSparsity
 
 __all__ = ["GaussNewtonModel", "half_squared_norm"]
 
@@ -127,6 +146,8 @@ class _Context:
     fallback: ProductFallback = field(default_factory=ProductFallback)
     measurable: bool = True  # False once measuring the graph failed (`evaluate`)
     sparse: SparseStructure = field(default_factory=SparseStructure)  # a user's last sparse J
+    found: FoundSparsity = field(default_factory=FoundSparsity)  # J's pattern found from products
+    matrix_free: JacobianOperator | None = None  # the last matrix-free J, which counts its products
 
 
 class _Outputs:
@@ -172,6 +193,11 @@ class GaussNewtonModel(CurvatureModel):
         column_norm_probes: K, the VJPs (row classes) of the column-norm
             estimate behind ``x_scale="jac"`` for more than max(32, K)
             variables (see `column_norms`).
+        find_sparsity: with neither ``jacobian`` nor ``jac_sparsity``, from
+            1,024 float64 variables on and matrix-free products (a Krylov
+            solver), find J's pattern from a few products and use the exact
+            sparse J it gives, checked at every point (module docstring,
+            "Sparsity found"); ``False``: always matrix-free.
 
     Examples:
         >>> import torch
@@ -192,6 +218,7 @@ class GaussNewtonModel(CurvatureModel):
         jacobian: Callable[[Tensor], Tensor | LinearOperator] | None = None,
         jac_sparsity: object | None = None,
         column_norm_probes: int = 32,
+        find_sparsity: bool = True,
     ):
         self.loss = resolve_loss(loss, f_scale)
         if jacobian is not None and not callable(jacobian):
@@ -206,8 +233,11 @@ class GaussNewtonModel(CurvatureModel):
             raise ValueError(f"products must be one of {sorted(PRODUCT_METHODS)}, got {products!r}")
         if isinstance(column_norm_probes, bool) or not isinstance(column_norm_probes, int) or column_norm_probes < 1:
             raise ValueError(f"column_norm_probes must be a positive int, got {column_norm_probes!r}")
+        if not isinstance(find_sparsity, bool):
+            raise TypeError(f"find_sparsity must be a bool, got {type(find_sparsity).__name__}")
         self.products = products
         self.column_norm_probes = column_norm_probes
+        self.find_sparsity = find_sparsity
 
     def __repr__(self) -> str:
         jacobian = "" if self.jacobian is None else f", jacobian={getattr(self.jacobian, '__name__', self.jacobian)!r}"
@@ -215,7 +245,8 @@ class GaussNewtonModel(CurvatureModel):
         loss = "" if isinstance(self.loss, SquaredError) else f", loss={self.loss!r}"
         return (
             f"GaussNewtonModel(products={self.products!r}{loss}{jacobian}, "
-            f"column_norm_probes={self.column_norm_probes})"
+            f"column_norm_probes={self.column_norm_probes}"
+            f"{'' if self.find_sparsity else ', find_sparsity=False'})"
         )
 
     # -- the objective ----------------------------------------------------
@@ -308,8 +339,36 @@ class GaussNewtonModel(CurvatureModel):
             # From the kept graph: no call of fun (a torch.func evaluation has none: one call).
             result = context.dense(_Outputs(fun, x, context.shape), x, graph=graph)
             return self._assemble(evaluation, loss, DenseOperator(result.matrix), result.matrix if dense else None)
+        if self._finds_sparsity(context, graph, x):
+            J = self._found_jacobian(context, graph, x, m)
+            if J is not None:
+                return self._assemble(evaluation, loss, J, None)
         products = jacobian_products(fun, x, "autograd", fallback=context.fallback, graph=graph) if graph else kept
-        return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
+        context.matrix_free = JacobianOperator(products, x.shape[0])
+        return self._assemble(evaluation, loss, context.matrix_free, None)
+
+    def _finds_sparsity(self, context: _Context, graph: ResidualGraph | None, x: Tensor) -> bool:
+        """Whether J comes from the found pattern (module docstring, "Sparsity found"): once a pattern
+        is in use, until it is given up; before, from the linearization after one whose matrix-free
+        products reached `SEARCH_AFTER`."""
+        if not self.find_sparsity or graph is None or x.shape[0] < FIND_FROM or x.dtype != torch.float64:
+            return False
+        found = context.found
+        if found.given_up is not None:
+            return False
+        return found.colored is not None or (
+            context.matrix_free is not None and context.matrix_free.calls >= SEARCH_AFTER)
+
+    @staticmethod
+    def _found_jacobian(context: _Context, graph: ResidualGraph, x: Tensor, m: int) -> SparseOperator | None:
+        """J at x on the pattern found from the graph's products (`trustls.sparsity.found`), or ``None``
+        where there is none to find (the search gave up, or J v is not available from the graph)."""
+        with torch.enable_grad():
+            try:
+                return context.found.jacobian(lambda seeds: context.dense.compressed_columns(graph, seeds), x, m)
+            except RuntimeError as error:  # the backward of fun is not differentiable: products decide
+                context.found.given_up = f"no J v from the graph ({error})"
+                return None
 
     def linearization_calls(self, context: Any, *, dense: bool) -> int:
         """One call for a dense J after a ``torch.func`` evaluation (it keeps no autograd graph), else none."""

@@ -247,9 +247,12 @@ class JacobianOperator(LinearOperator):
         residual = products.residual
         super().__init__((residual.shape[0], n), residual.dtype, residual.device)
         self.products = products
+        self.calls = 0  # products computed, J v and Jᵀu together
 
     def matvec(self, v: Tensor) -> Tensor:
+        self.calls += 1
         return self.products.jvp(v)
 
     def rmatvec(self, u: Tensor) -> Tensor:
+        self.calls += 1
         return self.products.vjp(u)

@@ -1,0 +1,226 @@
+"""`trustls.sparsity.found`: J's pattern found from products, and its use by `GaussNewtonModel`.
+
+The search must return exactly J's nonzeros or nothing: on random sparse J
+(hypothesis) a returned pattern equals the nonzeros of J, and it is returned
+whenever some stage separates every row's columns. In a solve the colored J
+must equal J at every point (``jacrev`` densified), also where the pattern
+changes with x (the check finds it and the search runs again), and the solve
+must reach the matrix-free solve's and scipy's minimum.
+"""
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustls import GaussNewtonModel, TrustRegion
+from trustls.operators import JacobianOperator, SparseOperator
+from trustls.sparsity.found import (
+    FIND_FROM,
+    MAX_SEARCHES,
+    SEARCH_AFTER,
+    STAGES,
+    FoundSparsity,
+    disagreeing_rows,
+    find_pattern,
+)
+
+
+def _products(J: torch.Tensor):
+    return lambda seeds: seeds @ J.T
+
+
+def _separable(dense: torch.Tensor) -> bool:
+    """Whether every row has, at some stage K, at most one nonzero per class j mod K."""
+    n = dense.shape[1]
+    done = torch.zeros(dense.shape[0], dtype=torch.bool)
+    for K in STAGES:
+        classes = torch.nn.functional.one_hot(torch.arange(n) % K, K).double()
+        done |= ((dense.double() @ classes) <= 1).all(1)
+    return bool(done.all())
+
+
+@st.composite
+def sparse_jacobians(draw):
+    m, n = draw(st.integers(1, 40)), draw(st.integers(1, 60))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    if draw(st.booleans()):  # banded, the structured problems' kind
+        width = draw(st.integers(1, 9))
+        i, j = torch.arange(m)[:, None], torch.arange(n)[None, :]
+        offset = draw(st.integers(-3, 3))
+        dense = ((j - i - offset) >= 0) & ((j - i - offset) < width)
+    else:  # scattered
+        dense = torch.rand(m, n, generator=generator) < draw(st.floats(0.0, 0.3))
+    values = (1 + torch.rand(m, n, generator=generator, dtype=torch.float64)) * (
+        torch.randint(0, 2, (m, n), generator=generator) * 2 - 1)
+    return torch.where(dense, values, 0.0)
+
+
+@settings(derandomize=True, max_examples=120, deadline=None)
+@given(sparse_jacobians())
+def test_found_pattern_is_the_nonzeros_of_J_or_nothing(J):
+    m, n = J.shape
+    pattern, spent, reason = find_pattern(_products(J), n, m, generator=torch.Generator().manual_seed(1))
+    if pattern is None:
+        assert not _separable(J != 0) and reason
+    else:
+        assert reason is None
+        assert torch.equal(pattern.to_dense(), J != 0)
+    if _separable(J != 0) and (J != 0).any():
+        assert pattern is not None
+    assert spent in {2 * sum(STAGES[:k]) for k in range(1, len(STAGES) + 1)}
+
+
+def test_tridiagonal_is_found_at_the_first_stage_and_a_dense_J_is_given_up_after_the_last():
+    n = 50
+    J = torch.diag(torch.full((n,), 4.0, dtype=torch.float64)) + torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)
+    J += torch.diag(-2 * torch.ones(n - 1, dtype=torch.float64), -1)
+    pattern, spent, _ = find_pattern(_products(J), n, n, generator=torch.Generator())
+    assert spent == 2 * STAGES[0] and pattern.nnz == 3 * n - 2
+    dense = torch.rand(30, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+    pattern, spent, reason = find_pattern(_products(dense), n, 30, generator=torch.Generator())
+    assert pattern is None and spent == 2 * sum(STAGES)
+    assert reason == "30 of 30 rows depend on variables that 16 classes do not tell apart"
+
+
+def test_a_row_the_last_stage_cannot_split_is_named():
+    n = 64
+    J = torch.zeros(3, n, dtype=torch.float64)
+    J[0, 0] = J[0, 1] = 1.0  # separated at K = 4
+    J[1, 5], J[1, 5 + 48] = 1.0, 2.0  # 48 is a multiple of 4, 8 and 16: never separated
+    J[2, 7] = 3.0
+    pattern, spent, reason = find_pattern(_products(J), n, 3, generator=torch.Generator())
+    assert pattern is None and spent == 2 * sum(STAGES)
+    assert reason == "1 of 3 rows depend on variables that 16 classes do not tell apart"
+
+
+def test_disagreeing_rows_allow_rounding_but_not_a_missing_entry():
+    J = SparseOperator(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
+                       torch.tensor([1.0, 1e-3, 5.0], dtype=torch.float64), (3, 3))
+    v = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    exact = J.matvec(v) * (1 + 1e-14)
+    assert disagreeing_rows(J, v, exact).numel() == 0
+    exact[1] += 1e-7  # an entry of 5e-8 the pattern misses, in a row of scale 2e-3
+    assert disagreeing_rows(J, v, exact).tolist() == [1]
+    exact[1] = float("nan")
+    assert disagreeing_rows(J, v, exact).tolist() == [1]
+
+
+def test_a_pattern_that_grows_is_searched_again_and_joined():
+    n = 40
+    base = torch.diag(torch.arange(1.0, n + 1, dtype=torch.float64))
+    grown = base.clone()
+    grown[3, 20] = 7.0  # a dependency whose derivative was zero at the first point
+    found = FoundSparsity()
+    x = torch.zeros(n, dtype=torch.float64)
+    assert torch.equal(found.jacobian(_products(base), x, n).to_dense(), base)
+    assert found.searches == 1
+    J = found.jacobian(_products(grown), x, n)
+    assert torch.equal(J.to_dense(), grown) and found.searches == 2
+    assert found.colored.pattern.nnz == n + 1  # the union
+    assert torch.equal(found.jacobian(_products(base), x, n).to_dense(), base)  # the union still holds base
+    assert found.searches == 2
+
+
+def test_a_pattern_that_keeps_changing_is_given_up():
+    n, found = 40, FoundSparsity()
+    x = torch.zeros(n, dtype=torch.float64)
+    J = torch.eye(n, dtype=torch.float64)
+
+    def moving(seeds):  # a different extra dependency at every call: no search's pattern holds
+        moving.calls += 1
+        K = J.clone()
+        K[0, 1 + moving.calls % (n - 1)] = 1.0
+        return seeds @ K.T
+
+    moving.calls = 0
+    for _ in range(MAX_SEARCHES + 1):
+        J_found = found.jacobian(moving, x, n)
+    assert J_found is None and found.searches == MAX_SEARCHES
+    assert found.given_up == f"the pattern changed after {MAX_SEARCHES} searches"
+    assert found.jacobian(_products(J), x, n) is None  # given up for the rest of the solve
+
+
+# -- in GaussNewtonModel -------------------------------------------------------------------------
+
+N = FIND_FROM + 76  # 1,100 variables: the search is on
+
+
+def _bvp(x: torch.Tensor) -> torch.Tensor:
+    """A discrete boundary-value problem in user style (F.pad of neighbors): ill-conditioned, so CG works hard."""
+    h = 1.0 / (x.shape[0] + 1)
+    t = torch.arange(1, x.shape[0] + 1, dtype=x.dtype) * h
+    padded = torch.nn.functional.pad(x, (1, 1))
+    return (2 * x - padded[:-2] - padded[2:]) / h**2 * 1e-4 + x + x**3 - 1 - t
+
+
+def _where_neighbor(x: torch.Tensor) -> torch.Tensor:
+    """Each residual reaches its left or its right neighbor by the sign of x: the pattern moves with x."""
+    left = torch.cat([x[:1], x[:-1]])
+    right = torch.cat([x[1:], x[-1:]])
+    return torch.where(x > 0, x * left, x * right) + x - 0.5
+
+
+def _linearize_twice(model, fun, x0, x1):
+    context = model.start(fun, x0, dense=False)
+    first = model.linearize(fun, x0, context)
+    first.jacobian.calls = SEARCH_AFTER  # as if CG had spent that many products there
+    return context, first, model.linearize(fun, x1, context)
+
+
+@pytest.mark.parametrize("fun", [_bvp, _where_neighbor], ids=["pad", "where"])
+def test_the_found_jacobian_equals_jacrev_at_every_point(fun):
+    generator = torch.Generator().manual_seed(3)
+    points = [torch.randn(N, dtype=torch.float64, generator=generator) for _ in range(4)]
+    model = GaussNewtonModel()
+    context, first, second = _linearize_twice(model, fun, points[0], points[1])
+    assert isinstance(first.jacobian, JacobianOperator) and isinstance(second.jacobian, SparseOperator)
+    for x in points[1:]:
+        lin = model.linearize(fun, x, context)
+        assert isinstance(lin.jacobian, SparseOperator)
+        torch.testing.assert_close(lin.jacobian.to_dense(), torch.func.jacrev(fun)(x), rtol=1e-13, atol=0)
+        torch.testing.assert_close(lin.gradient, torch.func.jacrev(fun)(x).T @ fun(x), rtol=1e-12, atol=1e-12)
+    assert context.found.given_up is None
+    if fun is _where_neighbor:  # the signs moved: the check sent the search again, the union grew
+        assert context.found.searches >= 2
+
+
+def test_no_search_for_float32_few_variables_opt_out_or_a_dense_jacobian():
+    x = torch.linspace(0.1, 1.0, N, dtype=torch.float64)
+    for model, fun, x0 in [
+        (GaussNewtonModel(), _bvp, x.float()),
+        (GaussNewtonModel(), _bvp, x[: FIND_FROM - 1]),
+        (GaussNewtonModel(find_sparsity=False), _bvp, x),
+    ]:
+        context, _, second = _linearize_twice(model, fun, x0, x0)
+        assert isinstance(second.jacobian, JacobianOperator) and context.found.searches == 0
+    A = torch.rand(N + 10, N, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    context, _, second = _linearize_twice(GaussNewtonModel(), lambda z: A @ z - 1, x, x)
+    assert isinstance(second.jacobian, JacobianOperator)
+    assert context.found.given_up.startswith(f"{N + 10} of {N + 10} rows depend on variables")
+    assert context.found.products == 2 * sum(STAGES)
+
+
+def test_find_sparsity_is_checked():
+    with pytest.raises(TypeError, match="find_sparsity must be a bool, got str"):
+        GaussNewtonModel(find_sparsity="yes")
+    assert repr(GaussNewtonModel(find_sparsity=False)).endswith("find_sparsity=False)")
+
+
+def test_a_hard_bvp_switches_to_the_found_pattern_and_reaches_scipys_minimum(monkeypatch):
+    searches = []
+    search = FoundSparsity._search
+    monkeypatch.setattr(FoundSparsity, "_search", lambda self, *args: searches.append(1) or search(self, *args))
+    x0 = torch.zeros(N, dtype=torch.float64)
+    tol = dict(ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    found = TrustRegion(GaussNewtonModel(), solver="cg", **tol).solve(_bvp, x0)
+    assert len(searches) == 1  # after the first linearization, whose CG spent more than SEARCH_AFTER products
+    free = TrustRegion(GaussNewtonModel(find_sparsity=False), solver="cg", **tol).solve(_bvp, x0)
+    reference = scipy.optimize.least_squares(lambda z: _bvp(torch.from_numpy(z)).numpy(), np.zeros(N),
+                                             method="trf", **tol)
+    assert found.success and free.success
+    assert found.cost <= 1e-20 and free.cost <= 1e-20 and reference.cost <= 1e-20
+    torch.testing.assert_close(found.x, torch.from_numpy(reference.x), rtol=0, atol=1e-8)
+    torch.testing.assert_close(found.x, free.x, rtol=0, atol=1e-8)
