@@ -41,22 +41,23 @@ How J is obtained (the routes, in the order they are tried):
   functions defeat (random draws, custom autograd Functions, sparse ops).
 
 Sparsity found. With neither ``jacobian`` nor ``jac_sparsity``, a
-matrix-free J whose CG solve spent `SEARCH_AFTER` = 128 products at one
-point (64 CG iterations: an ill-conditioned problem, a discretized
-differential equation) makes the next linearization search J's pattern from
-products through the kept graph (`trustls.sparsity.found`: 8 to 56 of
-them, once per solve), and from then on J is the exact sparse J of that
-pattern, colored as for ``jac_sparsity``, at c + 1 products per point (c
-colors, and one product that checks the colored J at the point and sends
-the search again where J has left the pattern). CG's products are then
-sparse matrix-vector products, and ``x_scale="jac"`` takes J's exact column
-norms. It applies from `FIND_FROM` = 1,024 float64 variables on (in float32
-the search cannot tell column indices in the thousands apart), and the
-search gives up, leaving the solve matrix-free, when J is not sparse enough
-(some row keeps two of its variables in one class of 16) or its pattern
-keeps changing. ``find_sparsity=False`` turns it off. Solves whose CG needs
-fewer products never search: a search and its coloring cost as much as
-several such solves (docs/sparse.md, "Sparsity found").
+matrix-free J that has computed `SEARCH_AFTER` = 128 products at one point
+(64 CG iterations: an ill-conditioned problem, a discretized differential
+equation) searches J's pattern from products through the kept graph
+(`trustls.sparsity.found`: 8 to 56 of them, once per solve) and, if it finds
+one, answers its remaining products, in the middle of the CG solve, from the
+exact sparse J of that pattern, colored as for ``jac_sparsity``; every
+later point gets that sparse J at c + 1 products (c colors, and one product
+that checks the colored J at the point and sends the search again where J
+has left the pattern). CG's products are then sparse matrix-vector products,
+and ``x_scale="jac"`` takes J's exact column norms. It applies from
+`FIND_FROM` = 1,024 float64 variables on (in float32 the search cannot tell
+column indices in the thousands apart); the search gives up, leaving the
+solve matrix-free, when J is not sparse enough (some row keeps two of its
+variables in one class of 16) or its pattern keeps changing.
+``find_sparsity=False`` turns it off. Solves whose CG needs fewer products
+never search: a search and its coloring cost as much as several such solves
+(docs/sparse.md, "Sparsity found").
 
 Small problems. Up to 32 variables a matrix-free linearization stores J
 instead, computed from the kept graph by the dense route
@@ -147,7 +148,6 @@ class _Context:
     measurable: bool = True  # False once measuring the graph failed (`evaluate`)
     sparse: SparseStructure = field(default_factory=SparseStructure)  # a user's last sparse J
     found: FoundSparsity = field(default_factory=FoundSparsity)  # J's pattern found from products
-    matrix_free: JacobianOperator | None = None  # the last matrix-free J, which counts its products
 
 
 class _Outputs:
@@ -339,36 +339,20 @@ class GaussNewtonModel(CurvatureModel):
             # From the kept graph: no call of fun (a torch.func evaluation has none: one call).
             result = context.dense(_Outputs(fun, x, context.shape), x, graph=graph)
             return self._assemble(evaluation, loss, DenseOperator(result.matrix), result.matrix if dense else None)
-        if self._finds_sparsity(context, graph, x):
-            J = self._found_jacobian(context, graph, x, m)
+        finds = self._finds_sparsity(graph, x) and context.found.given_up is None
+        if finds and context.found.colored is not None:  # a pattern is in use: J from it, checked
+            J = _found_jacobian(context, graph, x, m)
             if J is not None:
                 return self._assemble(evaluation, loss, J, None)
         products = jacobian_products(fun, x, "autograd", fallback=context.fallback, graph=graph) if graph else kept
-        context.matrix_free = JacobianOperator(products, x.shape[0])
-        return self._assemble(evaluation, loss, context.matrix_free, None)
+        if finds:  # matrix-free until its products reach SEARCH_AFTER, then from the pattern found
+            J = _SearchingJacobian(products, x.shape[0], lambda: _found_jacobian(context, graph, x, m))
+            return self._assemble(evaluation, loss, J, None)
+        return self._assemble(evaluation, loss, JacobianOperator(products, x.shape[0]), None)
 
-    def _finds_sparsity(self, context: _Context, graph: ResidualGraph | None, x: Tensor) -> bool:
-        """Whether J comes from the found pattern (module docstring, "Sparsity found"): once a pattern
-        is in use, until it is given up; before, from the linearization after one whose matrix-free
-        products reached `SEARCH_AFTER`."""
-        if not self.find_sparsity or graph is None or x.shape[0] < FIND_FROM or x.dtype != torch.float64:
-            return False
-        found = context.found
-        if found.given_up is not None:
-            return False
-        return found.colored is not None or (
-            context.matrix_free is not None and context.matrix_free.calls >= SEARCH_AFTER)
-
-    @staticmethod
-    def _found_jacobian(context: _Context, graph: ResidualGraph, x: Tensor, m: int) -> SparseOperator | None:
-        """J at x on the pattern found from the graph's products (`trustls.sparsity.found`), or ``None``
-        where there is none to find (the search gave up, or J v is not available from the graph)."""
-        with torch.enable_grad():
-            try:
-                return context.found.jacobian(lambda seeds: context.dense.compressed_columns(graph, seeds), x, m)
-            except RuntimeError as error:  # the backward of fun is not differentiable: products decide
-                context.found.given_up = f"no J v from the graph ({error})"
-                return None
+    def _finds_sparsity(self, graph: ResidualGraph | None, x: Tensor) -> bool:
+        """Whether J's pattern may be found from products (module docstring, "Sparsity found")."""
+        return self.find_sparsity and graph is not None and x.shape[0] >= FIND_FROM and x.dtype == torch.float64
 
     def linearization_calls(self, context: Any, *, dense: bool) -> int:
         """One call for a dense J after a ``torch.func`` evaluation (it keeps no autograd graph), else none."""
@@ -436,3 +420,40 @@ class GaussNewtonModel(CurvatureModel):
             return
         generator = torch.Generator(device=J.device).manual_seed(0)
         yield from diluted_column_norms(J, self.column_norm_probes, generator)
+
+
+def _found_jacobian(context: _Context, graph: ResidualGraph, x: Tensor, m: int) -> SparseOperator | None:
+    """J at x on the pattern found from the graph's products (`trustls.sparsity.found`), or ``None``
+    where there is none to find (the search gave up, or J v is not available from the graph)."""
+    with torch.enable_grad():
+        try:
+            return context.found.jacobian(lambda seeds: context.dense.compressed_columns(graph, seeds), x, m)
+        except RuntimeError as error:  # the backward of fun is not differentiable: products decide
+            context.found.given_up = f"no J v from the graph ({error})"
+            return None
+
+
+class _SearchingJacobian(JacobianOperator):
+    """A matrix-free J whose `SEARCH_AFTER`-th product finds J's pattern (``find``) and, if one is found,
+    answers that product and all later ones from the exact sparse J, in the middle of a CG solve:
+    the operator stays the same matrix (the found J is checked at this point), only cheaper."""
+
+    def __init__(self, products, n: int, find: Callable[[], SparseOperator | None]):
+        super().__init__(products, n)
+        self._find = find
+        self.sparse: SparseOperator | None = None
+
+    def _route(self) -> SparseOperator | None:
+        if self.sparse is None and self.calls == SEARCH_AFTER:
+            self.sparse = self._find()
+        return self.sparse
+
+    def matvec(self, v: Tensor) -> Tensor:
+        sparse = self._route()
+        self.calls += 1
+        return self.products.jvp(v) if sparse is None else sparse.matvec(v)
+
+    def rmatvec(self, u: Tensor) -> Tensor:
+        sparse = self._route()
+        self.calls += 1
+        return self.products.vjp(u) if sparse is None else sparse.rmatvec(u)
