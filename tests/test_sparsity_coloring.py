@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trustls.sparsity.coloring as coloring_module
-from trustls.sparsity.coloring import ORDERINGS, ColumnColoring, color_columns
+from trustls.sparsity.coloring import ORDERINGS, ColumnColoring, color_columns, cyclic_coloring
 from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern
 
 GREEDY = [o for o in ORDERINGS if o != "best"]
@@ -77,6 +77,39 @@ def test_every_ordering_gives_a_valid_coloring_within_the_greedy_bounds(dense):
         counts[ordering] = coloring.n_colors
     assert counts["smallest-last"] <= _degeneracy(adjacency) + 1
     assert counts["best"] <= min(counts[o] for o in GREEDY)
+
+
+@settings(derandomize=True, max_examples=80, deadline=None)
+@given(patterns(), st.integers(1, 30))
+def test_cyclic_coloring_is_the_fewest_valid_cyclic_colors(dense, largest):
+    def cyclic_valid(c):
+        colors = torch.arange(dense.shape[1]) % c
+        return all(bool((dense[:, colors == k].sum(1) <= 1).all()) for k in range(c))
+
+    lower_bound = int(dense.sum(1).max())
+    coloring = cyclic_coloring(dense, largest)
+    valid = [c for c in range(max(lower_bound, 1), largest + 1) if cyclic_valid(c)]
+    if coloring is None:
+        assert valid == []
+    else:
+        assert coloring.method == "cyclic" and coloring.n_colors == valid[0] and coloring.lower_bound == lower_bound
+        _assert_valid(coloring, dense)
+
+
+def test_the_five_point_stencil_colors_cyclically_with_one_color_above_its_bound():
+    n = 316  # 99,856 variables, as in benchmarks/user_problems.py: j mod 5 puts j - 316 with j - 1
+    i = torch.arange(n * n)
+    rows = torch.cat([i, i[i % n > 0], i[i % n < n - 1], i[i >= n], i[i < n * n - n]])
+    cols = torch.cat([i, i[i % n > 0] - 1, i[i % n < n - 1] + 1, i[i >= n] - n, i[i < n * n - n] + n])
+    pattern = JacobianPattern(*_row_major(rows, cols, n * n), (n * n, n * n))
+    coloring = cyclic_coloring(pattern, 16)
+    assert (coloring.n_colors, coloring.lower_bound) == (6, 5)
+    assert coloring.conflicts(pattern).numel() == 0
+
+
+def _row_major(rows, cols, n):
+    keys = torch.unique(rows * n + cols)
+    return keys // n, keys % n
 
 
 def test_largest_first_orders_by_degree():

@@ -15,10 +15,13 @@ clique, so they need distinct colors and χ ≥ k = max_i |{j : (i, j) in the
 pattern}|, the largest row count (`ColumnColoring.lower_bound`). A coloring
 reaching it is optimal; bundle adjustment's (9 + 3 = 12) does.
 
-Banded patterns (CPR 1974). If the columns of every row lie within k
-consecutive columns, the cyclic coloring j ↦ j mod k is valid (two columns of
-one color are k or more apart, so never in one row) and therefore optimal.
-Checking the condition costs one pass over the rows' first and last entries.
+Cyclic colorings (CPR 1974). The coloring j ↦ j mod c is valid exactly
+when no two columns of a row differ by a multiple of c. If the columns of
+every row lie within k consecutive columns, j mod k is valid (two columns of
+one color are k or more apart) and therefore optimal; stencils whose rows
+reach far columns (the five-point stencil's j ± N) need a c above k, but
+often only just (`cyclic_coloring` tests c = k, k + 1, … vectorized, one
+count of the keys (i, j mod c) each).
 
 Upper bound. Sequential greedy coloring (CPR's method, in the graph form of
 Coleman & Moré 1983) visits the columns in some order and gives each the
@@ -34,8 +37,8 @@ matters; Coleman & Moré study
 * incidence-degree (ID): next, a column with the most already-ordered
   neighbors.
 
-``ordering="best"`` (the default) takes the cyclic coloring when it is
-valid, else runs LF and the natural order, then SL and ID, stopping as soon
+``ordering="best"`` (the default) takes the cyclic coloring with c = k when
+it is valid, else runs LF and the natural order, then SL and ID, stopping as soon
 as one reaches the lower bound, and keeps the fewest colors. What it tries
 is bounded by cost: SL and ID walk the graph's edges one by one (a heap of
 degrees), so they run only on graphs of at most ``_MAX_ORDERING_EDGES``
@@ -76,7 +79,7 @@ from torch import Tensor
 from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern
 from trustls.sparsity.twins import identical_sets
 
-__all__ = ["ORDERINGS", "ColumnColoring", "color_columns"]
+__all__ = ["ORDERINGS", "ColumnColoring", "color_columns", "cyclic_coloring"]
 
 ORDERINGS = ("best", "largest-first", "smallest-last", "incidence-degree", "natural")
 
@@ -86,6 +89,8 @@ ORDERINGS = ("best", "largest-first", "smallest-last", "incidence-degree", "natu
 # Python heap operation per entry; about 0.3 s each at the bound).
 _MAX_GRAPH_PAIRS = 2_000_000
 _MAX_ORDERING_EDGES = 250_000
+# Bins (rows times colors) up to which `cyclic_coloring` counts keys with bincount rather than a sort.
+_MAX_CYCLIC_BINS = 2**26
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +101,7 @@ class ColumnColoring:
         colors: ``(n,)`` int64 color of each column, in ``[0, n_colors)``.
         n_colors: the number of colors (JVPs per Jacobian).
         lower_bound: the largest row count of the pattern, below which no coloring goes.
-        method: what produced it: ``"cyclic"`` (j mod k on a band of width k),
+        method: what produced it: ``"cyclic"`` (j mod c, `cyclic_coloring`),
             or the greedy ordering (one of `ORDERINGS` other than ``"best"``).
 
     Examples:
@@ -155,10 +160,10 @@ def color_columns(jac_sparsity: object, ordering: str = "best") -> ColumnColorin
         raise ValueError(f"ordering must be one of {list(ORDERINGS)}, got {ordering!r}")
     pattern = jacobian_pattern(jac_sparsity)
     lower_bound = int(pattern.row_counts().max()) if pattern.nnz else 0
-    if ordering == "best" and _fits_band(pattern, lower_bound):
-        n_colors = max(lower_bound, 1)  # an empty pattern still gets one (idle) color
-        colors = torch.arange(pattern.shape[1], dtype=torch.int64) % n_colors
-        return ColumnColoring(colors, n_colors, lower_bound, "cyclic")
+    if ordering == "best":
+        cyclic = cyclic_coloring(pattern, max(lower_bound, 1))
+        if cyclic is not None:
+            return cyclic
     merged = _MergedPattern(pattern, lower_bound)
     if ordering == "natural" or (ordering == "best" and merged.pairs > _MAX_GRAPH_PAIRS):
         return merged.coloring(list(range(merged.n_blocks)), "natural")
@@ -261,16 +266,34 @@ class _MergedPattern:
         return colors
 
 
-def _fits_band(pattern: JacobianPattern, width: int) -> bool:
-    """Whether the columns of every row lie within ``width`` consecutive columns."""
-    if pattern.nnz == 0:
-        return True
-    counts = pattern.row_counts()
-    last = torch.cumsum(counts, 0) - 1
-    nonempty = counts > 0
-    first = last - counts + 1
-    span = pattern.cols[last[nonempty]] - pattern.cols[first[nonempty]]
-    return bool((span < width).all())
+def cyclic_coloring(jac_sparsity: object, largest: int) -> ColumnColoring | None:
+    """The valid coloring j ↦ j mod c with the fewest colors c ≤ ``largest``, or ``None`` (module docstring).
+
+    c runs from the lower bound up; j mod c is valid when the keys
+    (i, j mod c) of the entries are distinct, counted in one ``bincount``
+    of m·c bins (a sort beyond 2²⁶ bins).
+
+    Examples:
+        >>> import torch
+        >>> n = 10  # the five-point stencil on an n x n grid: rows reach j ± 1 and j ± n
+        >>> i, j = torch.arange(n * n)[:, None], torch.arange(n * n)[None, :]
+        >>> stencil = (j == i) | ((j - i).abs() == n) | (((j - i).abs() == 1) & (i // n == j // n))
+        >>> coloring = cyclic_coloring(stencil, 16)
+        >>> coloring.n_colors, coloring.lower_bound, coloring.conflicts(stencil).numel()
+        (6, 5, 0)
+    """
+    pattern = jacobian_pattern(jac_sparsity)
+    lower_bound = int(pattern.row_counts().max()) if pattern.nnz else 0
+    m, n = pattern.shape
+    for c in range(max(lower_bound, 1), largest + 1):
+        keys = pattern.rows * c + pattern.cols % c
+        if m * c <= _MAX_CYCLIC_BINS:
+            valid = pattern.nnz == 0 or int(torch.bincount(keys, minlength=m * c).max()) <= 1
+        else:
+            valid = torch.unique(keys).numel() == pattern.nnz
+        if valid:
+            return ColumnColoring(torch.arange(n, dtype=torch.int64) % c, c, lower_bound, "cyclic")
+    return None
 
 
 def _largest_first(merged: _MergedPattern, degrees: list[int], neighbors) -> list[int]:
