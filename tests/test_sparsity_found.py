@@ -98,6 +98,18 @@ def test_a_row_the_last_stage_cannot_split_is_named():
     assert reason == "1 of 3 rows depend on variables that 16 classes do not tell apart"
 
 
+def test_a_stage_too_large_for_its_memory_bound_ends_the_search(monkeypatch):
+    import trustls.sparsity.found as found_module
+
+    J = torch.zeros(3, 100, dtype=torch.float64)
+    J[[0, 1, 2], [0, 1, 2]] = 1.0
+    J[[0, 1, 2], [40, 41, 42]] = 2.0  # x_j and x_{j+40}: one class mod 4 and mod 8, told apart mod 16
+    monkeypatch.setattr(found_module, "_STAGE_ELEMENTS", 2 * 8 * 103)  # room for K = 4 and 8, not 16
+    pattern, spent, reason = find_pattern(_products(J), 100, 3, generator=torch.Generator())
+    assert pattern is None and spent == 2 * (4 + 8)
+    assert reason == "a stage of 32 products of 100 variables and 3 residuals is too large"
+
+
 def test_disagreeing_rows_allow_rounding_but_not_a_missing_entry():
     J = SparseOperator(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
                        torch.tensor([1.0, 1e-3, 5.0], dtype=torch.float64), (3, 3))

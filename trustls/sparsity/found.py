@@ -27,7 +27,9 @@ thousands apart). Stages K = 4, 8, 16 each cost 2K products; a row is done
 at the first stage where none of its pairs collides, and the search stops
 when every row is done (a tridiagonal J at K = 4, the five-point stencil at
 K = 16 at the latest), or gives up when the last stage leaves collisions (a
-dense J, after 56 products). This is group testing
+dense J, after 56 products). A stage holds its 2K seeds and products, 2K(n + m)
+numbers; one of more than 2²⁴ (128 MB in float64) is not run, and the search
+gives up there. This is group testing
 with the column index carried in the products' values, in the spirit of
 the probing of Griewank & Mitev (2002), who find patterns from products with
 structured seeds.
@@ -81,7 +83,7 @@ MAX_SEARCHES = 3
 FIND_FROM = 1024
 SEARCH_AFTER = 128
 # Largest number of elements the seeds and products of one stage may hold.
-_STAGE_ELEMENTS = 2**26
+_STAGE_ELEMENTS = 2**24
 
 Products = Callable[[Tensor], Tensor]
 
