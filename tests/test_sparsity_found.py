@@ -88,10 +88,10 @@ def test_tridiagonal_is_found_at_the_first_stage_and_a_dense_J_is_given_up_after
 
 
 def test_a_row_the_last_stage_cannot_split_is_named():
-    n = 64
+    n = 200
     J = torch.zeros(3, n, dtype=torch.float64)
     J[0, 0] = J[0, 1] = 1.0  # separated at K = 4
-    J[1, 5], J[1, 5 + 48] = 1.0, 2.0  # 48 is a multiple of 4, 8 and 16: never separated
+    J[1, 5], J[1, 5 + 176] = 1.0, 2.0  # 176 is a multiple of 4, 8, 11 and 16: never separated
     J[2, 7] = 3.0
     pattern, spent, reason = find_pattern(_products(J), n, 3, generator=torch.Generator())
     assert pattern is None and spent == 2 * sum(STAGES)
@@ -104,10 +104,10 @@ def test_a_stage_too_large_for_its_memory_bound_ends_the_search(monkeypatch):
     J = torch.zeros(3, 100, dtype=torch.float64)
     J[[0, 1, 2], [0, 1, 2]] = 1.0
     J[[0, 1, 2], [40, 41, 42]] = 2.0  # x_j and x_{j+40}: one class mod 4 and mod 8, told apart mod 16
-    monkeypatch.setattr(found_module, "_STAGE_ELEMENTS", 2 * 8 * 103)  # room for K = 4 and 8, not 16
+    monkeypatch.setattr(found_module, "_STAGE_ELEMENTS", 2 * 8 * 103)  # room for K = 4 and 8, not 11
     pattern, spent, reason = find_pattern(_products(J), 100, 3, generator=torch.Generator())
     assert pattern is None and spent == 2 * (4 + 8)
-    assert reason == "a stage of 32 products of 100 variables and 3 residuals is too large"
+    assert reason == "a stage of 22 products of 100 variables and 3 residuals is too large"
 
 
 def test_disagreeing_rows_allow_rounding_but_not_a_missing_entry():
@@ -122,39 +122,74 @@ def test_disagreeing_rows_allow_rounding_but_not_a_missing_entry():
     assert disagreeing_rows(J, v, exact).tolist() == [1]
 
 
-def test_a_pattern_that_grows_is_searched_again_and_joined():
+def _jacobian(found, J, x):
+    return found.jacobian(_products(J), lambda u: J.T @ u, x, J.shape[0])
+
+
+def test_an_entry_that_appears_is_repaired_from_its_row_and_column():
     n = 40
     base = torch.diag(torch.arange(1.0, n + 1, dtype=torch.float64))
     grown = base.clone()
     grown[3, 20] = 7.0  # a dependency whose derivative was zero at the first point
     found = FoundSparsity()
     x = torch.zeros(n, dtype=torch.float64)
-    assert torch.equal(found.jacobian(_products(base), x, n).to_dense(), base)
+    assert torch.equal(_jacobian(found, base, x).to_dense(), base)
     assert found.searches == 1
-    J = found.jacobian(_products(grown), x, n)
-    assert torch.equal(J.to_dense(), grown) and found.searches == 2
+    J = _jacobian(found, grown, x)
+    assert torch.equal(J.to_dense(), grown) and found.searches == 2  # the search, then one repair
     assert found.colored.pattern.nnz == n + 1  # the union
-    assert torch.equal(found.jacobian(_products(base), x, n).to_dense(), base)  # the union still holds base
+    assert torch.equal(_jacobian(found, base, x).to_dense(), base)  # the union still holds base
     assert found.searches == 2
+
+
+def test_many_rows_that_leave_the_pattern_send_the_search_again():
+    n = 200
+    x = torch.zeros(n, dtype=torch.float64)
+    diagonal = torch.diag(torch.arange(1.0, n + 1, dtype=torch.float64))
+    bidiagonal = diagonal + torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)  # 199 rows gain an entry
+    found = FoundSparsity()
+    _jacobian(found, diagonal, x)
+    assert torch.equal(_jacobian(found, bidiagonal, x).to_dense(), bidiagonal)
+    assert found.searches == 2 and found.colored.n_colors == 2
+
+
+def test_a_tiny_global_parameter_is_kept_by_the_column_check():
+    # u'' discretized (entries ~1e8) plus a parameter p entering every row with 1e-9: below the decoding's
+    # rounding tolerance wherever p shares a class with a stencil column, and below √eps in every row.
+    n = 200
+    J = torch.diag(torch.full((n,), 2e8, dtype=torch.float64)) - torch.diag(torch.full((n - 1,), 1e8,
+                                                                                         dtype=torch.float64), 1)
+    J -= torch.diag(torch.full((n - 1,), 1e8, dtype=torch.float64), -1)
+    J = torch.cat([J, torch.linspace(1e-9, 2e-9, n, dtype=torch.float64)[:, None]], 1)
+    found = FoundSparsity()
+    J_found = _jacobian(found, J, torch.zeros(n + 1, dtype=torch.float64))
+    assert torch.equal(J_found.to_dense(), J)
+    assert found.searches == 2  # the search lost p in some rows; the column check repaired its column
 
 
 def test_a_pattern_that_keeps_changing_is_given_up():
     n, found = 40, FoundSparsity()
     x = torch.zeros(n, dtype=torch.float64)
-    J = torch.eye(n, dtype=torch.float64)
-
-    def moving(seeds):  # a different extra dependency at every call: no search's pattern holds
-        moving.calls += 1
-        K = J.clone()
-        K[0, 1 + moving.calls % (n - 1)] = 1.0
-        return seeds @ K.T
-
-    moving.calls = 0
-    for _ in range(MAX_SEARCHES + 1):
-        J_found = found.jacobian(moving, x, n)
+    for point in range(MAX_SEARCHES + 1):  # a different extra dependency at every point
+        J = torch.eye(n, dtype=torch.float64)
+        J[0, 1 + point] = 1.0
+        J_found = _jacobian(found, J, x)
+        if point < MAX_SEARCHES:
+            assert torch.equal(J_found.to_dense(), J)
     assert J_found is None and found.searches == MAX_SEARCHES
-    assert found.given_up == f"the pattern changed after {MAX_SEARCHES} searches"
-    assert found.jacobian(_products(J), x, n) is None  # given up for the rest of the solve
+    assert found.given_up == f"J left the pattern found after {MAX_SEARCHES} searches and repairs"
+    assert _jacobian(found, torch.eye(n, dtype=torch.float64), x) is None  # given up for the rest of the solve
+
+
+def test_a_five_point_stencil_with_a_stride_of_64_is_found():
+    N = 64  # j ± 64 share a class mod 4, 8 and 16 with j: the stage K = 11 tells them apart
+    i = torch.arange(N * N)
+    rows = torch.cat([i, i[i % N > 0], i[i % N < N - 1], i[i >= N], i[i < N * N - N]])
+    cols = torch.cat([i, i[i % N > 0] - 1, i[i % N < N - 1] + 1, i[i >= N] - N, i[i < N * N - N] + N])
+    J = torch.zeros(N * N, N * N, dtype=torch.float64)
+    J[rows, cols] = torch.rand(rows.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 1
+    pattern, spent, _ = find_pattern(_products(J), N * N, N * N, generator=torch.Generator())
+    assert torch.equal(pattern.to_dense(), J != 0) and spent == 2 * (4 + 8 + 11)
 
 
 # -- in GaussNewtonModel -------------------------------------------------------------------------

@@ -44,20 +44,20 @@ Sparsity found. With neither ``jacobian`` nor ``jac_sparsity``, a
 matrix-free J that has computed `SEARCH_AFTER` = 128 products at one point
 (64 CG iterations: an ill-conditioned problem, a discretized differential
 equation) searches J's pattern from products through the kept graph
-(`trustls.sparsity.found`: 8 to 56 of them, once per solve) and, if it finds
+(`trustls.sparsity.found`: 8 to 78 of them, once per solve) and, if it finds
 one, answers its remaining products, in the middle of the CG solve, from the
 exact sparse J of that pattern, colored as for ``jac_sparsity``; every
-later point gets that sparse J at c + 1 products (c colors, and one product
-that checks the colored J at the point and sends the search again where J
-has left the pattern). CG's products are then sparse matrix-vector products,
-and ``x_scale="jac"`` takes J's exact column norms. It applies from
-`FIND_FROM` = 1,024 float64 variables on (in float32 the search cannot tell
-column indices in the thousands apart); the search gives up, leaving the
-solve matrix-free, when J is not sparse enough (some row keeps two of its
-variables in one class of 16) or its pattern keeps changing.
-``find_sparsity=False`` turns it off. Solves whose CG needs fewer products
-never search: a search and its coloring cost as much as several such solves
-(docs/sparse.md, "Sparsity found").
+later point gets that sparse J at c + 2 products (c colors, one J v and one
+Jᵀu that check the colored J at the point, repairing the rows and columns
+that left the pattern or searching again). CG's products are then sparse
+matrix-vector products, and ``x_scale="jac"`` takes J's exact column norms.
+It applies from `FIND_FROM` = 1,024 float64 variables on (in float32 the
+search cannot tell column indices in the thousands apart); the search gives
+up, leaving the solve matrix-free, when J is not sparse enough (some row
+keeps two of its variables in one class of each stage) or its pattern keeps
+changing. ``find_sparsity=False`` turns it off. Solves whose CG needs fewer
+products never search: a search and its coloring cost as much as several
+such solves (docs/sparse.md, "Sparsity found").
 
 Small problems. Up to 32 variables a matrix-free linearization stores J
 instead, computed from the kept graph by the dense route
@@ -427,7 +427,8 @@ def _found_jacobian(context: _Context, graph: ResidualGraph, x: Tensor, m: int) 
     where there is none to find (the search gave up, or J v is not available from the graph)."""
     with torch.enable_grad():
         try:
-            return context.found.jacobian(lambda seeds: context.dense.compressed_columns(graph, seeds), x, m)
+            return context.found.jacobian(lambda seeds: context.dense.compressed_columns(graph, seeds),
+                                          lambda u: graph.vjp(u).detach(), x, m)
         except RuntimeError as error:  # the backward of fun is not differentiable: products decide
             context.found.given_up = f"no J v from the graph ({error})"
             return None

@@ -23,34 +23,44 @@ the random weights make a non-integer, or an index outside the class, with
 probability 1: such a (row, class) pair is a *collision*. Rounding is
 allowed for with a relative tolerance of 2¹⁰ eps on the ratio; the search
 runs in float64 only (in float32 that tolerance cannot tell indices in the
-thousands apart). Stages K = 4, 8, 16 each cost 2K products; a row is done
-at the first stage where none of its pairs collides, and the search stops
-when every row is done (a tridiagonal J at K = 4, the five-point stencil at
-K = 16 at the latest), or gives up when the last stage leaves collisions (a
-dense J, after 56 products). A stage holds its 2K seeds and products, 2K(n + m)
-numbers; one of more than 2²⁴ (128 MB in float64) is not run, and the search
-gives up there. This is group testing
-with the column index carried in the products' values, in the spirit of
-the probing of Griewank & Mitev (2002), who find patterns from products with
-structured seeds.
+thousands apart). Stages K = 4, 8, 11, 16 each cost 2K products; a row is
+done at the first stage where none of its pairs collides, and the search
+stops when every row is done (a tridiagonal J at K = 4, a band of width 8 at
+K = 8), or gives up when the last stage leaves collisions (a dense J, after
+78 products). The odd modulus 11 tells apart the columns of stencils whose
+strides are multiples of 16 (the five-point stencil on a 64 × 64 grid reaches
+j ± 64, in one class mod 4, 8 and 16). A stage holds its 2K seeds and
+products, 2K(n + m) numbers; one of more than 2²⁴ (128 MB in float64) is not
+run, and the search gives up there. This is group testing with the column
+index carried in the products' values, in the spirit of the probing of
+Griewank & Mitev (2002), who find patterns from products with structured
+seeds.
 
-**Coloring.** A row told apart at stage K has its columns in distinct
-classes mod K, hence mod every multiple of K, so j ↦ j mod 16 colors any
-pattern found; `trustls.sparsity.coloring.cyclic_coloring` takes the fewest
-cyclic colors that are valid (3 for a tridiagonal J, 6 for the five-point
-stencil on a 316 × 316 grid), vectorized, and the greedy coloring runs only
-for the union of several searches when no cyclic coloring fits.
+**Coloring.** Every stage's j ↦ j mod K is valid on the rows it told apart;
+`trustls.sparsity.coloring.cyclic_coloring` takes the fewest valid cyclic
+colors up to 16 (3 for a tridiagonal J, 6 for the five-point stencil on a
+316 × 316 grid), vectorized, and the greedy coloring runs only where no
+cyclic coloring fits (after a repair that added a dense column, say).
 
 **Verification.** A nonzero can hide: J_ij = 0 at the point of the search
-although r_i depends on x_j elsewhere (a start at x = 0), or a collision
-decodes to a valid index by accident. A pattern that misses an entry makes
-the colored J wrong, and J v ≠ J_colored v for a random v with probability 1
-(`trustls.sparsity.check`). So every colored J is checked at its point with
-one more product, J v for a Gaussian v: where it disagrees, the search runs
-again at that point, its pattern joined to the old one; after
-``MAX_SEARCHES`` searches the solve goes back to matrix-free products. The
-Gauss-Newton model is therefore built from the exact J at every point; only
-the route to it changes.
+although r_i depends on x_j elsewhere (a start at x = 0); the pattern can
+move with x (``torch.where`` choosing a neighbor); and an entry below the
+decoding's rounding tolerance relative to its row (a global parameter
+entering every row with a tiny coefficient) decodes as part of a row's
+other entry in its class. A pattern that misses an entry makes the colored J
+wrong, and J v ≠ J_colored v for a random v with probability 1
+(`trustls.sparsity.check`). So every colored J is checked at its point both
+ways: J v for a Gaussian v row by row, against the scale of each row's
+terms, and Jᵀu for a Gaussian u column by column, against the scale of each
+column's terms (a tiny entry that is negligible in its row is not in its
+column). Where up to `REPAIR_UP_TO` = 16 rows and columns disagree, each is
+recomputed exactly by one product (a VJP with e_i for a row, a JVP with e_j
+for a column) and its nonzeros join the pattern; where more disagree, the
+search runs again at that point and its pattern joins the old one. After
+`MAX_SEARCHES` searches and repairs the solve goes back to matrix-free
+products. The Gauss-Newton model is therefore built from the exact J at
+every point, up to entries negligible (√eps) in both their row and their
+column; only the route to it changes.
 
 References:
     A. R. Curtis, M. J. D. Powell and J. K. Reid, "On the estimation of sparse
@@ -72,12 +82,23 @@ from trustls.sparsity.colored import ColoredJacobian
 from trustls.sparsity.coloring import cyclic_coloring
 from trustls.sparsity.pattern import JacobianPattern, pattern_from_indices
 
-__all__ = ["FIND_FROM", "MAX_SEARCHES", "SEARCH_AFTER", "STAGES", "FoundSparsity", "disagreeing_rows", "find_pattern"]
+__all__ = [
+    "FIND_FROM",
+    "MAX_SEARCHES",
+    "REPAIR_UP_TO",
+    "SEARCH_AFTER",
+    "STAGES",
+    "FoundSparsity",
+    "disagreeing_rows",
+    "find_pattern",
+]
 
-# Stages of the search: the numbers K of column classes.
-STAGES = (4, 8, 16)
-# Searches per solve (the first, and repeats where a check failed) before going matrix-free.
-MAX_SEARCHES = 3
+# Stages of the search: the numbers K of column classes (11 for strides that are powers of two).
+STAGES = (4, 8, 11, 16)
+# Searches and repairs per solve (the first search, then one per failed check) before going matrix-free.
+MAX_SEARCHES = 4
+# A failed check repairs up to this many rows and columns, one exact product each; more: a new search.
+REPAIR_UP_TO = 16
 # `GaussNewtonModel` searches from this many variables on, after a linearization whose
 # matrix-free products reached SEARCH_AFTER (its module docstring).
 FIND_FROM = 1024
@@ -141,12 +162,14 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
     return None, spent, f"{left} of {m} rows depend on variables that {stages[-1]} classes do not tell apart"
 
 
-def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: float | None = None) -> Tensor:
+def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: float | None = None, *,
+                     transpose: bool = False) -> Tensor:
     """The rows where J_colored v differs from the exact J v beyond rounding (`trustls.sparsity.check`).
 
     Each row is compared with the scale (|J_colored| |v|)_i + |(J v)_i| of its
     own terms, at relative tolerance ``rtol`` (default √eps of the dtype); a
-    non-finite J v disagrees.
+    non-finite J v disagrees. With ``transpose``, the same for Jᵀ: the columns
+    where J_coloredᵀ v differs from the exact Jᵀ v.
 
     Examples:
         >>> import torch
@@ -154,20 +177,23 @@ def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: f
         >>> disagreeing_rows(J, torch.ones(2), torch.tensor([2.0, 4.0]))
         tensor([1])
     """
-    colored = jacobian.matvec(v)
-    scale = jacobian.with_values(jacobian.values.abs()).matvec(v.abs()) + exact.abs()
-    tolerance = (torch.finfo(exact.dtype).eps ** 0.5 if rtol is None else rtol) * scale
+    absolute = jacobian.with_values(jacobian.values.abs())
+    if transpose:
+        colored, scale = jacobian.rmatvec(v), absolute.rmatvec(v.abs())
+    else:
+        colored, scale = jacobian.matvec(v), absolute.matvec(v.abs())
+    tolerance = (torch.finfo(exact.dtype).eps ** 0.5 if rtol is None else rtol) * (scale + exact.abs())
     return torch.nonzero(~((exact - colored).abs() <= tolerance)).flatten()
 
 
 @dataclass(eq=False)
 class FoundSparsity:
-    """One solve's found pattern: its colored J, the searches made, and whether it gave up.
+    """One solve's found pattern: its colored J, the searches and repairs made, and whether it gave up.
 
     Attributes:
         colored: the `ColoredJacobian` of the pattern found so far (``None`` before the first search).
-        searches: searches made.
-        products: products spent on searches and checks.
+        searches: searches and repairs made (at most `MAX_SEARCHES`).
+        products: products (J v and Jᵀu) spent on searches, checks and repairs.
         given_up: ``None`` while the found pattern is used; otherwise why the
             solve went back to matrix-free products.
 
@@ -175,8 +201,10 @@ class FoundSparsity:
         >>> import torch
         >>> J = torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 3.0, 4.0, 0.0], [0.0, 0.0, 0.0, 5.0]], dtype=torch.float64)
         >>> found = FoundSparsity()
-        >>> found.jacobian(lambda S: S @ J.T, torch.zeros(4, dtype=torch.float64), 3).to_dense().tolist()
-        [[1.0, 2.0, 0.0, 0.0], [0.0, 3.0, 4.0, 0.0], [0.0, 0.0, 0.0, 5.0]]
+        >>> found.jacobian(lambda S: S @ J.T, lambda u: J.T @ u, torch.zeros(4, dtype=torch.float64), 3).to_dense()
+        tensor([[1., 2., 0., 0.],
+                [0., 3., 4., 0.],
+                [0., 0., 0., 5.]], dtype=torch.float64)
     """
 
     colored: ColoredJacobian | None = None
@@ -185,11 +213,12 @@ class FoundSparsity:
     given_up: str | None = None
     _generator: torch.Generator | None = field(default=None, repr=False)
 
-    def jacobian(self, products: Products, x: Tensor, m: int) -> SparseOperator | None:
-        """J at ``x`` on the found pattern, checked by one product; ``None`` once the search gave up.
+    def jacobian(self, products: Products, vjp: Callable[[Tensor], Tensor], x: Tensor, m: int) -> SparseOperator | None:
+        """J at ``x`` on the found pattern, checked by one J v and one Jᵀu; ``None`` once the search gave up.
 
         Args:
             products: ``S ↦ J Sᵀ`` at ``x`` as in `find_pattern`, in x's dtype (float64).
+            vjp: ``u ↦ Jᵀu`` at ``x``.
             x: the point, float64.
             m: J's rows.
         """
@@ -198,34 +227,67 @@ class FoundSparsity:
         if self._generator is None:
             self._generator = torch.Generator(device=x.device).manual_seed(0)
         n = x.shape[0]
+        if self.colored is None or self.colored.shape != (m, n):
+            self.colored = None
+            if not self._search(products, n, m):
+                return None
         while True:
-            if self.colored is None or self.colored.shape != (m, n):
-                if not self._search(products, n, m, None):
-                    return None
             v = torch.randn(n, generator=self._generator, dtype=x.dtype, device=x.device)
+            u = torch.randn(m, generator=self._generator, dtype=x.dtype, device=x.device)
             out = products(torch.cat([self.colored.seeds(x), v[None]]))
-            self.products += self.colored.n_colors + 1
+            self.products += self.colored.n_colors + 2
             J = self.colored.from_products(out[:-1] if self.colored.pattern.nnz else None, x)
-            if disagreeing_rows(J, v, out[-1]).numel() == 0:
+            rows = disagreeing_rows(J, v, out[-1])
+            columns = disagreeing_rows(J, u, vjp(u), transpose=True)
+            if rows.numel() == 0 and columns.numel() == 0:
                 return J
             if self.searches >= MAX_SEARCHES:
-                self.given_up = f"the pattern changed after {self.searches} searches"
+                self.given_up = f"J left the pattern found after {self.searches} searches and repairs"
                 return None
-            if not self._search(products, n, m, self.colored.pattern):
+            if rows.numel() + columns.numel() <= REPAIR_UP_TO:
+                self._repair(products, vjp, x, m, rows, columns)
+            elif not self._search(products, n, m):
                 return None
 
-    def _search(self, products: Products, n: int, m: int, previous: JacobianPattern | None) -> bool:
+    def _search(self, products: Products, n: int, m: int) -> bool:
+        """Search at this point; join the pattern found to the one in use (None: give up)."""
         self.searches += 1
         pattern, spent, reason = find_pattern(products, n, m, generator=self._generator)
         self.products += spent
         if pattern is None:
             self.given_up = reason
             return False
-        if previous is not None:  # entries of the earlier points stay: J's pattern is their union
-            pattern = pattern_from_indices(torch.cat([previous.rows, pattern.rows]),
-                                           torch.cat([previous.cols, pattern.cols]), (m, n))
-        # The last stage's K colors j mod K validly (each row was told apart at a stage dividing it):
-        # the fewest cyclic colors up to K, found vectorized, spare the greedy coloring's Python loop.
+        self._use(pattern.rows, pattern.cols, (m, n))
+        return True
+
+    def _repair(self, products: Products, vjp: Callable[[Tensor], Tensor], x: Tensor, m: int,
+                rows: Tensor, columns: Tensor) -> None:
+        """Add the nonzeros of the rows and columns where the check failed: each from one exact product."""
+        self.searches += 1
+        n = x.shape[0]
+        found_rows, found_cols = [], []
+        for i in rows.tolist():
+            row = vjp(torch.zeros(m, dtype=x.dtype, device=x.device).index_fill_(0, torch.tensor([i], device=x.device), 1.0))
+            cols = torch.nonzero(row != 0).flatten()
+            found_rows.append(torch.full_like(cols, i))
+            found_cols.append(cols)
+        if columns.numel():
+            seeds = torch.zeros(columns.numel(), n, dtype=x.dtype, device=x.device)
+            seeds[torch.arange(columns.numel(), device=x.device), columns] = 1.0
+            for j, column in zip(columns.tolist(), products(seeds)):
+                rows_j = torch.nonzero(column != 0).flatten()
+                found_rows.append(rows_j)
+                found_cols.append(torch.full_like(rows_j, j))
+        self.products += rows.numel() + columns.numel()
+        self._use(torch.cat(found_rows), torch.cat(found_cols), (m, n))
+
+    def _use(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> None:
+        """Color the union of the pattern in use and the entries (rows, cols)."""
+        if self.colored is not None:  # entries of the earlier points stay: J's pattern is their union
+            previous = self.colored.pattern
+            rows, cols = torch.cat([previous.rows, rows.cpu()]), torch.cat([previous.cols, cols.cpu()])
+        pattern = pattern_from_indices(rows, cols, shape)
+        # The fewest cyclic colors, found vectorized, spare the greedy coloring's Python loop
+        # (a pattern that stencils and bands make, and every stage's j mod K colors validly).
         coloring = cyclic_coloring(pattern, STAGES[-1])
         self.colored = ColoredJacobian(pattern, "best" if coloring is None else coloring)
-        return True
