@@ -21,6 +21,7 @@ from trustls import GaussNewtonModel, TrustRegion
 from trustls.operators import JacobianOperator, SparseOperator
 from trustls.sparsity.found import (
     FIND_FROM,
+    MAX_COLORS,
     MAX_SEARCHES,
     SEARCH_AFTER,
     STAGES,
@@ -165,6 +166,18 @@ def test_a_tiny_global_parameter_is_kept_by_the_column_check():
     J_found = _jacobian(found, J, torch.zeros(n + 1, dtype=torch.float64))
     assert torch.equal(J_found.to_dense(), J)
     assert found.searches == 2  # the search lost p in some rows; the column check repaired its column
+
+
+def test_a_dense_row_that_appears_gives_the_pattern_up():
+    n = 100
+    x = torch.zeros(n, dtype=torch.float64)
+    J = torch.diag(torch.full((n,), 4.0, dtype=torch.float64)) - torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)
+    found = FoundSparsity()
+    _jacobian(found, torch.cat([J, torch.zeros(1, n, dtype=torch.float64)]), x)  # an inactive penalty row
+    # Now active, with entries negligible in their columns: only the row's check fails, and its repair
+    # would make every later point cost a hundred products.
+    assert _jacobian(found, torch.cat([J, torch.full((1, n), 1e-12, dtype=torch.float64)]), x) is None
+    assert found.given_up == f"a row of J has {n} nonzeros, more than {MAX_COLORS} colors can hold"
 
 
 def test_a_pattern_that_keeps_changing_is_given_up():

@@ -38,9 +38,11 @@ seeds.
 
 **Coloring.** Every stage's j ↦ j mod K is valid on the rows it told apart;
 `trustls.sparsity.coloring.cyclic_coloring` takes the fewest valid cyclic
-colors up to 16 (3 for a tridiagonal J, 6 for the five-point stencil on a
-316 × 316 grid), vectorized, and the greedy coloring runs only where no
-cyclic coloring fits (after a repair that added a dense column, say).
+colors up to `MAX_COLORS` = 32 (3 for a tridiagonal J, 6 for the five-point
+stencil on a 316 × 316 grid), vectorized, and the greedy coloring runs only
+where no cyclic coloring fits (after a repair that added a dense column,
+say). A pattern that needs more than 32 colors (a repair that added a dense
+row) is given up: each later point would cost that many products.
 
 **Verification.** A nonzero can hide: J_ij = 0 at the point of the search
 although r_i depends on x_j elsewhere (a start at x = 0); the pattern can
@@ -79,11 +81,12 @@ from torch import Tensor
 
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian
-from trustls.sparsity.coloring import cyclic_coloring
+from trustls.sparsity.coloring import color_columns, cyclic_coloring
 from trustls.sparsity.pattern import JacobianPattern, pattern_from_indices
 
 __all__ = [
     "FIND_FROM",
+    "MAX_COLORS",
     "MAX_SEARCHES",
     "REPAIR_UP_TO",
     "SEARCH_AFTER",
@@ -99,6 +102,8 @@ STAGES = (4, 8, 11, 16)
 MAX_SEARCHES = 4
 # A failed check repairs up to this many rows and columns, one exact product each; more: a new search.
 REPAIR_UP_TO = 16
+# Colors beyond which the found pattern is given up: each later point would cost that many products.
+MAX_COLORS = 32
 # `GaussNewtonModel` searches from this many variables on, after a linearization whose
 # matrix-free products reached SEARCH_AFTER (its module docstring).
 FIND_FROM = 1024
@@ -244,9 +249,8 @@ class FoundSparsity:
             if self.searches >= MAX_SEARCHES:
                 self.given_up = f"J left the pattern found after {self.searches} searches and repairs"
                 return None
-            if rows.numel() + columns.numel() <= REPAIR_UP_TO:
-                self._repair(products, vjp, x, m, rows, columns)
-            elif not self._search(products, n, m):
+            repaired = rows.numel() + columns.numel() <= REPAIR_UP_TO
+            if not (self._repair(products, vjp, x, m, rows, columns) if repaired else self._search(products, n, m)):
                 return None
 
     def _search(self, products: Products, n: int, m: int) -> bool:
@@ -257,12 +261,12 @@ class FoundSparsity:
         if pattern is None:
             self.given_up = reason
             return False
-        self._use(pattern.rows, pattern.cols, (m, n))
-        return True
+        return self._use(pattern.rows, pattern.cols, (m, n))
 
     def _repair(self, products: Products, vjp: Callable[[Tensor], Tensor], x: Tensor, m: int,
-                rows: Tensor, columns: Tensor) -> None:
-        """Add the nonzeros of the rows and columns where the check failed: each from one exact product."""
+                rows: Tensor, columns: Tensor) -> bool:
+        """Add the nonzeros of the rows and columns where the check failed, each from one exact product
+        (False: given up)."""
         self.searches += 1
         n = x.shape[0]
         found_rows, found_cols = [], []
@@ -279,15 +283,24 @@ class FoundSparsity:
                 found_rows.append(rows_j)
                 found_cols.append(torch.full_like(rows_j, j))
         self.products += rows.numel() + columns.numel()
-        self._use(torch.cat(found_rows), torch.cat(found_cols), (m, n))
+        return self._use(torch.cat(found_rows), torch.cat(found_cols), (m, n))
 
-    def _use(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> None:
-        """Color the union of the pattern in use and the entries (rows, cols)."""
+    def _use(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> bool:
+        """Color the union of the pattern in use and the entries (rows, cols); give up (False) where
+        that takes more than `MAX_COLORS` colors."""
         if self.colored is not None:  # entries of the earlier points stay: J's pattern is their union
             previous = self.colored.pattern
             rows, cols = torch.cat([previous.rows, rows.cpu()]), torch.cat([previous.cols, cols.cpu()])
         pattern = pattern_from_indices(rows, cols, shape)
         # The fewest cyclic colors, found vectorized, spare the greedy coloring's Python loop
         # (a pattern that stencils and bands make, and every stage's j mod K colors validly).
-        coloring = cyclic_coloring(pattern, STAGES[-1])
-        self.colored = ColoredJacobian(pattern, "best" if coloring is None else coloring)
+        lower_bound = int(pattern.row_counts().max()) if pattern.nnz else 0
+        if lower_bound > MAX_COLORS:  # a dense row (repaired): no coloring could pay
+            self.given_up = f"a row of J has {lower_bound} nonzeros, more than {MAX_COLORS} colors can hold"
+            return False
+        coloring = cyclic_coloring(pattern, MAX_COLORS) or color_columns(pattern)
+        if coloring.n_colors > MAX_COLORS:
+            self.given_up = f"J's pattern needs {coloring.n_colors} colors, more than {MAX_COLORS}"
+            return False
+        self.colored = ColoredJacobian(pattern, coloring)
+        return True
