@@ -44,7 +44,7 @@ Sparsity found. With neither ``jacobian`` nor ``jac_sparsity``, a
 matrix-free J that has computed `SEARCH_AFTER` = 128 products at one point
 (64 CG iterations: an ill-conditioned problem, a discretized differential
 equation) searches J's pattern from products through the kept graph
-(`trustls.sparsity.found`: 8 to 78 of them, once per solve) and, if it finds
+(`trustls.sparsity.found`: 8 to 102 of them, once per solve) and, if it finds
 one, answers its remaining products, in the middle of the CG solve, from the
 exact sparse J of that pattern, colored as for ``jac_sparsity``; every
 later point gets that sparse J at c + 2 products (c colors, one J v and one
@@ -54,7 +54,7 @@ matrix-vector products, and ``x_scale="jac"`` takes J's exact column norms.
 It applies from `FIND_FROM` = 1,024 float64 variables on (in float32 the
 search cannot tell column indices in the thousands apart); the search gives
 up, leaving the solve matrix-free, when J is not sparse enough (some row
-keeps two of its variables in one class of each stage) or its pattern keeps
+keeps two of its variables in one class at every stage) or its pattern keeps
 changing. ``find_sparsity=False`` turns it off. Solves whose CG needs fewer
 products never search: a search and its coloring cost as much as several
 such solves (docs/sparse.md, "Sparsity found").

@@ -23,21 +23,29 @@ the random weights make a non-integer, or an index outside the class, with
 probability 1: such a (row, class) pair is a *collision*. Rounding is
 allowed for with a relative tolerance of 2¹⁰ eps on the ratio; the search
 runs in float64 only (in float32 that tolerance cannot tell indices in the
-thousands apart). Stages K = 4, 8, 11, 16 each cost 2K products; a row is
-done at the first stage where none of its pairs collides, and the search
-stops when every row is done (a tridiagonal J at K = 4, a band of width 8 at
-K = 8), or gives up when the last stage leaves collisions (a dense J, after
-78 products). The odd modulus 11 tells apart the columns of stencils whose
-strides are multiples of 16 (the five-point stencil on a 64 × 64 grid reaches
-j ± 64, in one class mod 4, 8 and 16). A stage holds its 2K seeds and
-products, 2K(n + m) numbers; one of more than 2²⁴ (128 MB in float64) is not
+thousands apart).
+
+**Stages.** K = 4, 7, 11, 13, 16, each 2K products. An entry is found at the
+first stage where it is alone in its class, and its term w_j J_ij = y_{a,i}
+is then known; a row is *explained* when the terms of its entries found so
+far reproduce its products y at every stage run (a collided class is the sum
+of its entries' terms). The search stops when every row is explained: a
+tridiagonal J at K = 4 (8 products), a band of width 7 at K = 7, the
+five-point stencil on a 316 × 316 grid at K = 11 (44); a row whose entries
+share a class at every stage (a dense J, after 102 products) makes it give
+up. Mixing even and odd moduli serves stencils whose strides are multiples of
+powers of two (a 64 × 64 grid's j ± 64 share j's class mod 4 and 16 and
+j ± 1's mod 7, and are told apart mod 11); an entry need only be alone at one
+stage, so all but six of the 2-D five-point stencils with 32 ≤ N ≤ 1000 and
+all 3-D seven-point stencils with 11 ≤ N ≤ 100 are found. A stage holds its
+seeds and products, 2K(n + m) numbers, and keeps its y and decoded columns
+to the end (2Km); a stage that would hold more than 2²⁵ numbers in all is not
 run, and the search gives up there. This is group testing with the column
 index carried in the products' values, in the spirit of the probing of
 Griewank & Mitev (2002), who find patterns from products with structured
 seeds.
 
-**Coloring.** Every stage's j ↦ j mod K is valid on the rows it told apart;
-`trustls.sparsity.coloring.cyclic_coloring` takes the fewest valid cyclic
+**Coloring.** `trustls.sparsity.coloring.cyclic_coloring` takes the fewest valid cyclic
 colors up to `MAX_COLORS` = 32 (3 for a tridiagonal J, 6 for the five-point
 stencil on a 316 × 316 grid), vectorized, and the greedy coloring runs only
 where no cyclic coloring fits (after a repair that added a dense column,
@@ -96,8 +104,8 @@ __all__ = [
     "find_pattern",
 ]
 
-# Stages of the search: the numbers K of column classes (11 for strides that are powers of two).
-STAGES = (4, 8, 11, 16)
+# Stages of the search: the numbers K of column classes (odd ones for strides that are powers of two).
+STAGES = (4, 7, 11, 13, 16)
 # Searches and repairs per solve (the first search, then one per failed check) before going matrix-free.
 MAX_SEARCHES = 4
 # A failed check repairs up to this many rows and columns, one exact product each; more: a new search.
@@ -108,8 +116,8 @@ MAX_COLORS = 32
 # matrix-free products reached SEARCH_AFTER (its module docstring).
 FIND_FROM = 1024
 SEARCH_AFTER = 128
-# Largest number of elements the seeds and products of one stage may hold.
-_STAGE_ELEMENTS = 2**24
+# Largest number of elements a stage's seeds and products and the kept products of all stages may hold.
+_STAGE_ELEMENTS = 2**25
 
 Products = Callable[[Tensor], Tensor]
 
@@ -138,10 +146,16 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
     device = generator.device
     j = torch.arange(n, device=device)
     w = 1.0 + torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-    done = torch.zeros(m, dtype=torch.bool, device=device)
-    found_rows, found_cols, spent = [], [], 0
+    tolerance = 2**10 * torch.finfo(torch.float64).eps
+    index_dtype = torch.int32 if n < 2**31 else torch.int64
+    # Per stage: K, the products y (K, m) and each pair's decoded column (-1: none).
+    stages_seen: list[tuple[int, Tensor, Tensor]] = []
+    found_rows = torch.zeros(0, dtype=torch.int64, device=device)
+    found_cols, found_terms = found_rows.clone(), torch.zeros(0, dtype=torch.float64, device=device)
+    spent, held = 0, 0
     for K in stages:
-        if 2 * K * (n + m) > _STAGE_ELEMENTS:
+        held += 2 * K * m  # the stage's y and decoded columns, kept to the end
+        if 2 * K * (n + m) + held > _STAGE_ELEMENTS:
             return None, spent, f"a stage of {2 * K} products of {n} variables and {m} residuals is too large"
         classes = torch.arange(K, device=device)
         index = torch.div(j, K, rounding_mode="floor") + 1
@@ -149,22 +163,31 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
         out = products(torch.cat([seeds, seeds * index]))
         spent += 2 * K
         y, z = out[:K], out[K:]
-        present = (y != 0) | (z != 0)
         ratio = z / torch.where(y != 0, y, 1.0)
         k = ratio.round()
         column = (k - 1) * K + classes[:, None]
-        valid = (present & (y != 0) & (k >= 1) & (column < n)
-                 & ((ratio - k).abs() <= 2**10 * torch.finfo(torch.float64).eps * k))
-        collides = present & ~valid
+        valid = (y != 0) & (k >= 1) & (column < n) & ((ratio - k).abs() <= tolerance * k)
+        decoded = torch.where(valid, column, -1.0).to(index_dtype)
         a, i = torch.nonzero(valid, as_tuple=True)
-        found_rows.append(i)
-        found_cols.append(column[a, i].long())
-        done |= ~collides.any(0)
-        if bool(done.all()):
-            pattern = pattern_from_indices(torch.cat(found_rows), torch.cat(found_cols), (m, n))
-            return pattern, spent, None
-    left = int((~done).sum())
-    return None, spent, f"{left} of {m} rows depend on variables that {stages[-1]} classes do not tell apart"
+        cols = decoded[a, i].long()
+        new = torch.ones_like(cols, dtype=torch.bool)
+        for K_s, _, decoded_s in stages_seen:  # found alone at an earlier stage already
+            new &= decoded_s[cols % K_s, i].long() != cols
+        found_rows, found_cols = torch.cat([found_rows, i[new]]), torch.cat([found_cols, cols[new]])
+        found_terms = torch.cat([found_terms, y[a, i][new]])  # w_j J_ij, the same at every stage
+        stages_seen.append((K, y, decoded))
+        # A row is explained when the entries found reproduce its products at every stage so far.
+        unexplained = torch.zeros(m, dtype=torch.bool, device=device)
+        for K_s, y_s, _ in stages_seen:
+            keys = (found_cols % K_s) * m + found_rows
+            predicted = torch.zeros(K_s * m, dtype=torch.float64, device=device).index_add_(0, keys, found_terms)
+            size = torch.zeros(K_s * m, dtype=torch.float64, device=device).index_add_(0, keys, found_terms.abs())
+            wrong = ~((y_s - predicted.view(K_s, m)).abs() <= tolerance * (size.view(K_s, m) + y_s.abs()))
+            unexplained |= wrong.any(0)
+        if not bool(unexplained.any()):
+            return pattern_from_indices(found_rows, found_cols, (m, n)), spent, None
+    left = int(unexplained.sum())
+    return None, spent, f"{left} of {m} rows depend on variables that {len(stages)} stages do not tell apart"
 
 
 def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: float | None = None, *,
