@@ -117,17 +117,29 @@ def test_rows_are_explained_by_entries_found_alone_at_different_stages():
     assert spent == 2 * (4 + 7)
 
 
-def test_a_stage_too_large_for_its_memory_bound_ends_the_search(monkeypatch):
+def test_the_memory_bound_batches_the_classes_and_ends_the_search_below_one(monkeypatch):
     import trustls.sparsity.found as found_module
 
-    J = torch.zeros(3, 100, dtype=torch.float64)
-    J[[0, 1, 2], [0, 1, 2]] = 1.0
-    J[[0, 1, 2], [28, 29, 30]] = 2.0  # x_j and x_{j+28}: one class mod 4 and mod 7, told apart mod 11
-    # Stage K needs 2K(n + m) for its seeds and products and keeps 2Km: room for K = 4 and 7, not 11.
-    monkeypatch.setattr(found_module, "_STAGE_ELEMENTS", 2000)
-    pattern, spent, reason = find_pattern(_products(J), 100, 3, generator=torch.Generator())
-    assert pattern is None and spent == 2 * (4 + 7)
-    assert reason == "a stage of 22 products of 100 variables and 3 residuals is too large"
+    n = 100
+    J = torch.zeros(n, n, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for offset in (0, 1, 4, 15):  # found at K = 7 (as in the test above)
+        rows = torch.arange(n - offset)
+        J[rows, rows + offset] = torch.rand(rows.numel(), dtype=torch.float64, generator=generator) + 1
+    calls = []
+
+    def products(seeds):
+        calls.append(seeds.shape[0])
+        return seeds @ J.T
+
+    monkeypatch.setattr(found_module, "_STAGE_ELEMENTS", 3000)  # less than the 7 classes of the second stage
+    pattern, spent, _ = find_pattern(products, n, n, generator=torch.Generator())
+    assert torch.equal(pattern.to_dense(), J != 0) and spent == 2 * (4 + 7)
+    assert max(calls) < 2 * 7 and sum(calls) == spent
+    monkeypatch.setattr(found_module, "_STAGE_ELEMENTS", 2 * (n + n) - 1)  # not one class
+    pattern, spent, reason = find_pattern(products, n, n, generator=torch.Generator())
+    assert pattern is None and spent == 0
+    assert reason == "the search's products for 100 variables and 100 residuals exceed its memory bound at 4 classes"
 
 
 def test_disagreeing_rows_allow_rounding_but_not_a_missing_entry():

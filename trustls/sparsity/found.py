@@ -37,10 +37,12 @@ up. Mixing even and odd moduli serves stencils whose strides are multiples of
 powers of two (a 64 × 64 grid's j ± 64 share j's class mod 4 and 16 and
 j ± 1's mod 7, and are told apart mod 11); an entry need only be alone at one
 stage, so all but six of the 2-D five-point stencils with 32 ≤ N ≤ 1000 and
-all 3-D seven-point stencils with 11 ≤ N ≤ 100 are found. A stage holds its
-seeds and products, 2K(n + m) numbers, and keeps its y and decoded columns
-to the end (2Km); a stage that would hold more than 2²⁵ numbers in all is not
-run, and the search gives up there. This is group testing with the column
+all 3-D seven-point stencils with 11 ≤ N ≤ 100 are found. Memory: the classes
+of a stage are taken in batches whose seeds and products, 2(n + m) numbers
+per class, fit within 2²⁵ numbers (256 MB in float64) beside what the search
+keeps: the entries found and each stage's collided products (a row's sum over
+the entries of a class), sparse, which a dense J fills and so ends the search.
+This is group testing with the column
 index carried in the products' values, in the spirit of the probing of
 Griewank & Mitev (2002), who find patterns from products with structured
 seeds.
@@ -116,7 +118,7 @@ MAX_COLORS = 32
 # matrix-free products reached SEARCH_AFTER (its module docstring).
 FIND_FROM = 1024
 SEARCH_AFTER = 128
-# Largest number of elements a stage's seeds and products and the kept products of all stages may hold.
+# Largest number of elements a batch of seeds and products, with what the search keeps, may hold.
 _STAGE_ELEMENTS = 2**25
 
 Products = Callable[[Tensor], Tensor]
@@ -147,43 +149,53 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
     j = torch.arange(n, device=device)
     w = 1.0 + torch.rand(n, generator=generator, dtype=torch.float64, device=device)
     tolerance = 2**10 * torch.finfo(torch.float64).eps
-    index_dtype = torch.int32 if n < 2**31 else torch.int64
-    # Per stage: K, the products y (K, m) and each pair's decoded column (-1: none).
-    stages_seen: list[tuple[int, Tensor, Tensor]] = []
     found_rows = torch.zeros(0, dtype=torch.int64, device=device)
     found_cols, found_terms = found_rows.clone(), torch.zeros(0, dtype=torch.float64, device=device)
-    spent, held = 0, 0
+    collided: list[tuple[int, Tensor, Tensor]] = []  # per stage: K, sorted keys a·m + i, their y
+    spent = 0
     for K in stages:
-        held += 2 * K * m  # the stage's y and decoded columns, kept to the end
-        if 2 * K * (n + m) + held > _STAGE_ELEMENTS:
-            return None, spent, f"a stage of {2 * K} products of {n} variables and {m} residuals is too large"
-        classes = torch.arange(K, device=device)
+        # Classes per batch of products: their seeds and products fit the bound beside what is kept.
+        held = 3 * (found_rows.numel() + sum(keys.numel() for _, keys, _ in collided))
+        batch = (_STAGE_ELEMENTS - held) // (2 * (n + m))
+        if batch < 1:
+            return None, spent, (f"the search's products for {n} variables and {m} residuals "
+                                 f"exceed its memory bound at {K} classes")
         index = torch.div(j, K, rounding_mode="floor") + 1
-        seeds = torch.where(j % K == classes[:, None], w, 0.0)  # (K, n)
-        out = products(torch.cat([seeds, seeds * index]))
-        spent += 2 * K
-        y, z = out[:K], out[K:]
-        ratio = z / torch.where(y != 0, y, 1.0)
-        k = ratio.round()
-        column = (k - 1) * K + classes[:, None]
-        valid = (y != 0) & (k >= 1) & (column < n) & ((ratio - k).abs() <= tolerance * k)
-        decoded = torch.where(valid, column, -1.0).to(index_dtype)
-        a, i = torch.nonzero(valid, as_tuple=True)
-        cols = decoded[a, i].long()
-        new = torch.ones_like(cols, dtype=torch.bool)
-        for K_s, _, decoded_s in stages_seen:  # found alone at an earlier stage already
-            new &= decoded_s[cols % K_s, i].long() != cols
-        found_rows, found_cols = torch.cat([found_rows, i[new]]), torch.cat([found_cols, cols[new]])
-        found_terms = torch.cat([found_terms, y[a, i][new]])  # w_j J_ij, the same at every stage
-        stages_seen.append((K, y, decoded))
-        # A row is explained when the entries found reproduce its products at every stage so far.
+        stage_keys, stage_y = [], []
+        for first in range(0, K, batch):
+            classes = torch.arange(first, min(K, first + batch), device=device)
+            seeds = torch.where(j % K == classes[:, None], w, 0.0)
+            out = products(torch.cat([seeds, seeds * index]))
+            spent += 2 * classes.numel()
+            y, z = out[: classes.numel()], out[classes.numel():]
+            ratio = z / torch.where(y != 0, y, 1.0)
+            k = ratio.round()
+            column = (k - 1) * K + classes[:, None]
+            valid = (y != 0) & (k >= 1) & (column < n) & ((ratio - k).abs() <= tolerance * k)
+            a, i = torch.nonzero(valid, as_tuple=True)
+            found_rows = torch.cat([found_rows, i])
+            found_cols = torch.cat([found_cols, column[a, i].long()])
+            found_terms = torch.cat([found_terms, y[a, i]])  # w_j J_ij, the same at every stage
+            a, i = torch.nonzero(((y != 0) | (z != 0)) & ~valid, as_tuple=True)
+            stage_keys.append((classes[a] * m + i))
+            stage_y.append(y[a, i])
+        collided.append((K, torch.cat(stage_keys), torch.cat(stage_y)))  # ascending: by class, then row
+        # Entries found at several stages once (their terms agree up to rounding).
+        entry, inverse = torch.unique(found_rows * n + found_cols, return_inverse=True)
+        found_terms = torch.zeros(entry.numel(), dtype=torch.float64, device=device).scatter_(0, inverse, found_terms)
+        found_rows, found_cols = torch.div(entry, n, rounding_mode="floor"), entry % n
+        # A row is explained when the terms of its entries found reproduce every collided product.
         unexplained = torch.zeros(m, dtype=torch.bool, device=device)
-        for K_s, y_s, _ in stages_seen:
-            keys = (found_cols % K_s) * m + found_rows
-            predicted = torch.zeros(K_s * m, dtype=torch.float64, device=device).index_add_(0, keys, found_terms)
-            size = torch.zeros(K_s * m, dtype=torch.float64, device=device).index_add_(0, keys, found_terms.abs())
-            wrong = ~((y_s - predicted.view(K_s, m)).abs() <= tolerance * (size.view(K_s, m) + y_s.abs()))
-            unexplained |= wrong.any(0)
+        for K_s, keys_s, y_s in collided:
+            if keys_s.numel() == 0:
+                continue
+            mine = (found_cols % K_s) * m + found_rows
+            at = torch.searchsorted(keys_s, mine).clamp_(max=keys_s.numel() - 1)
+            hit = keys_s[at] == mine
+            predicted = torch.zeros_like(y_s).index_add_(0, at[hit], found_terms[hit])
+            size = torch.zeros_like(y_s).index_add_(0, at[hit], found_terms[hit].abs())
+            wrong = ~((y_s - predicted).abs() <= tolerance * (size + y_s.abs()))
+            unexplained[keys_s[wrong] % m] = True
         if not bool(unexplained.any()):
             return pattern_from_indices(found_rows, found_cols, (m, n)), spent, None
     left = int(unexplained.sum())
