@@ -1,6 +1,7 @@
 """Scaled trust regions: diagonal and block-diagonal operators, block-Jacobi scaling, user Jacobians."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -449,6 +450,23 @@ def test_jacobi_after_the_identity_keeps_its_units_at_later_refreshes():
     # Larger norms lower T in the same units: the running maximum of c.
     T32 = policy.scaling(model, model.linearize(lambda x: 2 * d * x - 1, torch.zeros(64, dtype=F64)), T16, 32)
     torch.testing.assert_close(T32.diagonal, d.max() / (2 * d), rtol=1e-14, atol=0)
+
+
+def test_exact_norms_after_the_identity_keep_the_largest_columns_units():
+    # A matrix-free J whose pattern is found mid-solve: T = I from estimates, then exact norms from the
+    # sparse J. Jacobi's T = max c / c keeps the radius' meaning (T = 1/c would shrink it by max c = 10³).
+    d = torch.logspace(0, 3, 64, dtype=F64)
+    model, policy = GaussNewtonModel(), JacobiScale()
+    T0 = policy.scaling(model, model.linearize(lambda x: 2 * x - 1, torch.zeros(64, dtype=F64)), None, 0)
+    assert isinstance(T0, UniformScaling)
+    exact = model.linearize(lambda x: d * x - 1, torch.zeros(64, dtype=F64))
+    exact = replace(exact, jacobian=SparseOperator.from_tensor(torch.diag(d).to_sparse()))
+    assert not model.column_norms_are_estimated(exact)
+    T1 = policy.scaling(model, exact, T0, 1)
+    torch.testing.assert_close(T1.diagonal, d.max() / d, rtol=1e-14, atol=0)
+    assert T1.unit == float(d.max())
+    T2 = policy.scaling(model, exact, T1, 2)  # the running maximum, in those units
+    torch.testing.assert_close(T2.diagonal, T1.diagonal, rtol=1e-14, atol=0)
 
 
 def test_a_restored_uniform_diagonal_is_recognized_without_probes():

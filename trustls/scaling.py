@@ -202,9 +202,11 @@ class JacobiScale(ScalePolicy):
                 return _running_block_jacobi(linearization.jacobian, partition, previous)
         if isinstance(previous, BlockScaling):
             previous = None
-        if not model.column_norms_are_estimated(linearization):
-            return _running_jacobi(model.column_norms(linearization), previous)
         uniform = _is_uniform(previous)
+        if not model.column_norms_are_estimated(linearization):
+            # Exact norms after T = I (a J whose pattern was found mid-solve): the largest column's units.
+            norms = model.column_norms(linearization)
+            return _jacobi_after_uniform(norms) if uniform else _running_jacobi(norms, previous)
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
         if previous is not None and not uniform:
@@ -217,10 +219,7 @@ class JacobiScale(ScalePolicy):
             largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
             if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
                 return UniformScaling(norms)
-        if uniform and math.isfinite(largest):
-            scale = largest / norms
-            return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0), unit=largest)
-        return _running_jacobi(norms, None)
+        return _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
 
 
 BLOCK_FLOOR = 1e-2  # μ of JacobiScale's automatic block-Jacobi scaling (its docstring)
@@ -238,6 +237,15 @@ def _refresh(iteration: int, uniform: bool) -> bool:
     if not uniform:
         return power_of_two
     return iteration >= 8 and power_of_two and (iteration.bit_length() - 1) % 3 == 0
+
+
+def _jacobi_after_uniform(norms: Tensor, largest: float | None = None) -> DiagonalScaling:
+    """T = max c / c after T = I: Jacobi's scale in the largest column's units, which the radius kept."""
+    largest = float(norms.amax()) if largest is None else largest
+    if not math.isfinite(largest) or largest == 0.0:
+        return _running_jacobi(norms, None)
+    scale = largest / norms
+    return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0), unit=largest)
 
 
 def _running_jacobi(norms: Tensor, previous: Scaling | None) -> DiagonalScaling:
