@@ -24,6 +24,7 @@ from torch import Tensor
 from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
 from trustls.sparsity.colored import ColoredJacobian, colored_jacobian
+from trustls.sparsity.found import disagreeing_rows
 
 __all__ = ["check_sparsity"]
 
@@ -79,12 +80,10 @@ def check_sparsity(
     if residual.dtype != x.dtype:
         raise TypeError(f"fun must return a tensor of x's dtype {x.dtype}, got {residual.dtype}")
     exact = graph.jvp(v).detach()
-    colored = jacobian.matvec(v)
-    scale = jacobian.with_values(jacobian.values.abs()).matvec(v.abs()) + exact.abs()
-    tolerance = (torch.finfo(exact.dtype).eps ** 0.5 if rtol is None else rtol) * scale
-    wrong = torch.nonzero((exact - colored).abs() > tolerance).flatten()
+    wrong = disagreeing_rows(jacobian, v, exact, rtol)
     if wrong.numel() == 0:
         return
+    colored = jacobian.matvec(v)
     row = int(wrong[0])
     row_of_j = graph.vjp(torch.zeros_like(residual).index_fill_(0, wrong[:1], 1.0)).detach()
     dependencies = torch.nonzero(row_of_j != 0).flatten()
