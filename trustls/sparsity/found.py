@@ -130,7 +130,8 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
 
     Args:
         products: ``S ↦ (J Sᵀ)ᵀ``, shape ``(k, m)`` for seeds of shape ``(k, n)``, float64.
-        n, m: J's columns and rows.
+        n: J's columns.
+        m: J's rows.
         generator: draws the weights (on the products' device).
         stages: the numbers K of column classes, increasing.
 
