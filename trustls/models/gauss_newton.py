@@ -44,7 +44,7 @@ Sparsity found. With neither ``jacobian`` nor ``jac_sparsity``, a
 matrix-free J that has computed `SEARCH_AFTER` = 128 products at one point
 (64 CG iterations: an ill-conditioned problem, a discretized differential
 equation) searches J's pattern from products through the kept graph
-(`trustls.sparsity.found`: 8 to 102 of them, once per solve) and, if it finds
+(`trustls.sparsity.found`: 8 to 142 of them, once per solve) and, if it finds
 one, answers its remaining products, in the middle of the CG solve, from the
 exact sparse J of that pattern, colored as for ``jac_sparsity``; every
 later point gets that sparse J at c + 2 products (c colors, one J v and one

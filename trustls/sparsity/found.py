@@ -25,25 +25,26 @@ allowed for with a relative tolerance of 2¹⁰ eps on the ratio; the search
 runs in float64 only (in float32 that tolerance cannot tell indices in the
 thousands apart).
 
-**Stages.** K = 4, 7, 11, 13, 16, each 2K products. An entry is found at the
-first stage where it is alone in its class, and its term w_j J_ij = y_{a,i}
-is then known; a row is *explained* when the terms of its entries found so
-far reproduce its products y at every stage run (a collided class is the sum
-of its entries' terms). The search stops when every row is explained: a
+**Stages.** K = 4, 7, 11, 13, 17, 19, each 2K products. An entry is found at
+the first stage where it is alone in its class, and its term w_j J_ij = y_{a,i}
+is then known; a row is *explained* when the terms of its entries found so far
+reproduce its products y at every stage run (a collided class is the sum of
+its entries' terms). The search stops when every row is explained: a
 tridiagonal J at K = 4 (8 products), a band of width 7 at K = 7, the
-five-point stencil on a 316 × 316 grid at K = 11 (44); a row whose entries
-share a class at every stage (a dense J, after 102 products) makes it give
-up. Mixing even and odd moduli serves stencils whose strides are multiples of
-powers of two (a 64 × 64 grid's j ± 64 share j's class mod 4 and 16 and
-j ± 1's mod 7, and are told apart mod 11); an entry need only be alone at one
-stage, so all but six of the 2-D five-point stencils with 32 ≤ N ≤ 1000 and
-all 3-D seven-point stencils with 11 ≤ N ≤ 100 are found. Memory: the classes
-of a stage are taken in batches whose seeds and products, 2(n + m) numbers
-per class, fit within 2²⁵ numbers (256 MB in float64) beside what the search
-keeps: the entries found and each stage's collided products (a row's sum over
-the entries of a class), sparse, which a dense J fills and so ends the search.
-This is group testing with the column
-index carried in the products' values, in the spirit of the probing of
+five-point stencil on a 316 × 316 grid at K = 11 (44). Mixing even and odd,
+mostly prime, moduli serves stencils whose strides are multiples of small
+numbers (a 64 × 64 grid's j ± 64 share j's class mod 4 and j ± 1's mod 7, and
+are told apart mod 11), and since an entry need only be alone at one stage,
+every 2-D five-point stencil with 32 ≤ N ≤ 2000, every 3-D seven-point stencil
+with 11 ≤ N ≤ 100, all but 15 of the 2-D nine-point stencils with
+32 ≤ N ≤ 1000, and every band up to width 13 are found. The search gives up
+when no entry at all is alone after K = 7 (a dense J, or bands of width 14 or
+more: 22 products spent), or when rows are left unexplained after the last
+stage (142 products). Memory: the classes of a stage are taken in batches
+whose seeds and products, 2(n + m) numbers per class, fit within 2²⁵ numbers
+(256 MB in float64) beside what the search keeps: the entries found and each
+stage's collided products (a row's sum over the entries of a class), sparse.
+This is group testing with the column index carried in the products' values, in the spirit of the probing of
 Griewank & Mitev (2002), who find patterns from products with structured
 seeds.
 
@@ -107,7 +108,7 @@ __all__ = [
 ]
 
 # Stages of the search: the numbers K of column classes (odd ones for strides that are powers of two).
-STAGES = (4, 7, 11, 13, 16)
+STAGES = (4, 7, 11, 13, 17, 19)
 # Searches and repairs per solve (the first search, then one per failed check) before going matrix-free.
 MAX_SEARCHES = 4
 # A failed check repairs up to this many rows and columns, one exact product each; more: a new search.
@@ -199,6 +200,8 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
             unexplained[keys_s[wrong] % m] = True
         if not bool(unexplained.any()):
             return pattern_from_indices(found_rows, found_cols, (m, n)), spent, None
+        if K >= 7 and found_rows.numel() == 0:
+            return None, spent, f"no variable is alone in its class of {K} in any residual (J looks dense)"
     left = int(unexplained.sum())
     return None, spent, f"{left} of {m} rows depend on variables that {len(stages)} stages do not tell apart"
 
