@@ -146,6 +146,18 @@ def test_the_memory_bound_batches_the_classes_and_ends_the_search_below_one(monk
     assert reason == "the search's products for 100 variables and 100 residuals exceed its memory bound at 4 classes"
 
 
+def test_positions_by_table_and_by_binary_search_agree():
+    from trustls.sparsity.found import _STAGE_ELEMENTS, _positions
+
+    generator = torch.Generator().manual_seed(0)
+    sorted_keys = torch.unique(torch.randint(0, 1000, (300,), generator=generator))
+    keys = torch.randint(0, 1000, (500,), generator=generator)
+    at, hit = _positions(sorted_keys, keys, 1000)
+    at_search, hit_search = _positions(sorted_keys, keys, _STAGE_ELEMENTS + 1)
+    assert torch.equal(hit, torch.isin(keys, sorted_keys)) and torch.equal(hit, hit_search)
+    assert torch.equal(at[hit], at_search[hit]) and torch.equal(sorted_keys[at[hit]], keys[hit])
+
+
 def test_disagreeing_rows_allow_rounding_but_not_a_missing_entry():
     J = SparseOperator(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
                        torch.tensor([1.0, 1e-3, 5.0], dtype=torch.float64), (3, 3))

@@ -43,10 +43,13 @@ more: 22 products spent), or when rows are left unexplained after the last
 stage (142 products). Memory: the classes of a stage are taken in batches
 whose seeds and products, 2(n + m) numbers per class, fit within 2²⁵ numbers
 (256 MB in float64) beside what the search keeps: the entries found and each
-stage's collided products (a row's sum over the entries of a class), sparse.
-This is group testing with the column index carried in the products' values, in the spirit of the probing of
-Griewank & Mitev (2002), who find patterns from products with structured
-seeds.
+stage's collided products (a row's sum over the entries of a class), sparse,
+with what is left of each once the terms of the entries found are taken out;
+later stages decode only in rows not yet explained, and take a new entry's
+terms out of the earlier stages' products it belongs to. This is group
+testing with the column index carried in the products' values, in the
+spirit of the probing of Griewank & Mitev (2002), who find patterns from
+products with structured seeds.
 
 **Coloring.** `trustls.sparsity.coloring.cyclic_coloring` takes the fewest valid cyclic
 colors up to `MAX_COLORS` = 32 (3 for a tridiagonal J, 6 for the five-point
@@ -151,19 +154,21 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
     j = torch.arange(n, device=device)
     w = 1.0 + torch.rand(n, generator=generator, dtype=torch.float64, device=device)
     tolerance = 2**10 * torch.finfo(torch.float64).eps
-    found_rows = torch.zeros(0, dtype=torch.int64, device=device)
-    found_cols, found_terms = found_rows.clone(), torch.zeros(0, dtype=torch.float64, device=device)
-    collided: list[tuple[int, Tensor, Tensor]] = []  # per stage: K, sorted keys a·m + i, their y
+    found: list[tuple[Tensor, Tensor, Tensor]] = []  # per stage, the entries found there: rows, cols, terms
+    # Per stage, the collided pairs of rows then unexplained: K, sorted keys a·m + i, their y, and y
+    # less the terms of the entries found in them so far, with the size of those terms.
+    collided: list[tuple[int, Tensor, Tensor, Tensor, Tensor]] = []
+    active = torch.ones(m, dtype=torch.bool, device=device)  # the rows not yet explained
     spent = 0
     for K in stages:
         # Classes per batch of products: their seeds and products fit the bound beside what is kept.
-        held = 3 * (found_rows.numel() + sum(keys.numel() for _, keys, _ in collided))
+        held = 3 * sum(r.numel() for r, _, _ in found) + 4 * sum(pairs[1].numel() for pairs in collided)
         batch = (_STAGE_ELEMENTS - held) // (2 * (n + m))
         if batch < 1:
             return None, spent, (f"the search's products for {n} variables and {m} residuals "
                                  f"exceed its memory bound at {K} classes")
         index = torch.div(j, K, rounding_mode="floor") + 1
-        stage_keys, stage_y = [], []
+        keys, ys, new_rows, new_cols, new_terms = [], [], [], [], []
         for first in range(0, K, batch):
             classes = torch.arange(first, min(K, first + batch), device=device)
             seeds = torch.where(j % K == classes[:, None], w, 0.0)
@@ -173,37 +178,58 @@ def find_pattern(products: Products, n: int, m: int, *, generator: torch.Generat
             ratio = z / torch.where(y != 0, y, 1.0)
             k = ratio.round()
             column = (k - 1) * K + classes[:, None]
-            valid = (y != 0) & (k >= 1) & (column < n) & ((ratio - k).abs() <= tolerance * k)
-            a, i = torch.nonzero(valid, as_tuple=True)
-            found_rows = torch.cat([found_rows, i])
-            found_cols = torch.cat([found_cols, column[a, i].long()])
-            found_terms = torch.cat([found_terms, y[a, i]])  # w_j J_ij, the same at every stage
-            a, i = torch.nonzero(((y != 0) | (z != 0)) & ~valid, as_tuple=True)
-            stage_keys.append((classes[a] * m + i))
-            stage_y.append(y[a, i])
-        collided.append((K, torch.cat(stage_keys), torch.cat(stage_y)))  # ascending: by class, then row
-        # Entries found at several stages once (their terms agree up to rounding).
-        entry, inverse = torch.unique(found_rows * n + found_cols, return_inverse=True)
-        found_terms = torch.zeros(entry.numel(), dtype=torch.float64, device=device).scatter_(0, inverse, found_terms)
-        found_rows, found_cols = torch.div(entry, n, rounding_mode="floor"), entry % n
-        # A row is explained when the terms of its entries found reproduce every collided product.
-        unexplained = torch.zeros(m, dtype=torch.bool, device=device)
-        for K_s, keys_s, y_s in collided:
-            if keys_s.numel() == 0:
-                continue
-            mine = (found_cols % K_s) * m + found_rows
-            at = torch.searchsorted(keys_s, mine).clamp_(max=keys_s.numel() - 1)
-            hit = keys_s[at] == mine
-            predicted = torch.zeros_like(y_s).index_add_(0, at[hit], found_terms[hit])
-            size = torch.zeros_like(y_s).index_add_(0, at[hit], found_terms[hit].abs())
-            wrong = ~((y_s - predicted).abs() <= tolerance * (size + y_s.abs()))
-            unexplained[keys_s[wrong] % m] = True
-        if not bool(unexplained.any()):
-            return pattern_from_indices(found_rows, found_cols, (m, n)), spent, None
-        if K >= 7 and found_rows.numel() == 0:
+            alone = (y != 0) & (k >= 1) & (column < n) & ((ratio - k).abs() <= tolerance * k)
+            a, i = torch.nonzero(alone & active, as_tuple=True)
+            new_rows.append(i)
+            new_cols.append(column[a, i].long())
+            new_terms.append(y[a, i])  # w_j J_ij, the same at every stage
+            a, i = torch.nonzero(((y != 0) | (z != 0)) & ~alone & active, as_tuple=True)
+            keys.append(classes[a] * m + i)  # ascending: by class, then row
+            ys.append(y[a, i])
+        rows, cols, terms = torch.cat(new_rows), torch.cat(new_cols), torch.cat(new_terms)
+        # An entry of a row still unexplained was found at an earlier stage exactly when it was alone
+        # there, that is, when its pair was not among that stage's collided ones.
+        new = torch.ones_like(rows, dtype=torch.bool)
+        for K_s, keys_s, *_ in collided:
+            new &= _positions(keys_s, (cols % K_s) * m + rows, K_s * m)[1]
+        found.append((rows[new], cols[new], terms[new]))
+        y = torch.cat(ys)
+        collided.append((K, torch.cat(keys), y, y.clone(), torch.zeros_like(y)))
+        # Entries' terms leave the collided products they belong to (this stage's products all the
+        # entries found, earlier stages' the new ones); a row is explained when what is left of each
+        # of its collided products is rounding.
+        active = torch.zeros(m, dtype=torch.bool, device=device)
+        for s, (K_s, keys_s, y_s, left_s, size_s) in enumerate(collided):
+            entries = found if s == len(collided) - 1 else found[-1:]
+            rows = torch.cat([r for r, _, _ in entries])
+            cols, terms = torch.cat([c for _, c, _ in entries]), torch.cat([t for *_, t in entries])
+            at, hit = _positions(keys_s, (cols % K_s) * m + rows, K_s * m)
+            left_s.index_add_(0, at[hit], -terms[hit])
+            size_s.index_add_(0, at[hit], terms[hit].abs())
+            wrong = ~(left_s.abs() <= tolerance * (size_s + y_s.abs()))
+            active[keys_s[wrong] % m] = True
+        if not bool(active.any()):
+            return pattern_from_indices(torch.cat([r for r, _, _ in found]), torch.cat([c for _, c, _ in found]),
+                                        (m, n)), spent, None
+        if K >= 7 and sum(r.numel() for r, _, _ in found) == 0:
             return None, spent, f"no variable is alone in its class of {K} in any residual (J looks dense)"
-    left = int(unexplained.sum())
+    left = int(active.sum())
     return None, spent, f"{left} of {m} rows depend on variables that {len(stages)} stages do not tell apart"
+
+
+def _positions(sorted_keys: Tensor, keys: Tensor, bound: int) -> tuple[Tensor, Tensor]:
+    """Where each of ``keys`` (in [0, bound)) is in ``sorted_keys``, and whether it is there at all:
+    by a table of ``bound`` entries where that is small, else by binary search."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
+    if bound <= _STAGE_ELEMENTS:
+        table = torch.full((bound,), -1, dtype=torch.int64, device=keys.device)
+        table[sorted_keys] = torch.arange(sorted_keys.numel(), device=keys.device)
+        at = table[keys]
+        hit = at >= 0
+        return at.clamp_(min=0), hit
+    at = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+    return at, sorted_keys[at] == keys
 
 
 def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: float | None = None, *,
