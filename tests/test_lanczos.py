@@ -223,16 +223,6 @@ def test_solver_is_a_frozen_value_resolved_by_name():
         GLTR().forcing = 0.5
 
 
-def test_prepare_rejects_non_symmetric_operator():
-    from trustls.models import Linearization
-    from trustls.operators import DenseOperator
-
-    J = torch.ones(3, 3, dtype=torch.float64)
-    lin = Linearization(torch.zeros(3), torch.zeros(3), 0.0, torch.ones(3), DenseOperator(J), DenseOperator(J))
-    with pytest.raises(ValueError, match="^GLTR needs a symmetric curvature operator$"):
-        GLTR().prepare(lin)
-
-
 
 @pytest.mark.parametrize(
     "loss, n, expected",

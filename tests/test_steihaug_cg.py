@@ -23,6 +23,7 @@ from trustls.models import Linearization
 from trustls.operators import DenseOperator, LinearOperator, NormalOperator
 from trustls.subproblem import (
     SOLVERS,
+    GLTR,
     DenseLstsq,
     IterativeSchur,
     SteihaugCG,
@@ -602,11 +603,12 @@ def test_float32_smoke(kind, generator):
     assert float(step.predicted_reduction) == pytest.approx(-model(B, g, step.step.double()), rel=1e-4)
 
 
-def test_prepare_rejects_non_symmetric_operator():
+@pytest.mark.parametrize("solver", [SteihaugCG, GLTR], ids=["cg", "gltr"])
+def test_prepare_rejects_non_symmetric_operator(solver):
     J = torch.ones(3, 3, dtype=torch.float64)
     lin = Linearization(torch.zeros(3), torch.zeros(3), 0.0, torch.ones(3), DenseOperator(J), DenseOperator(J))
-    with pytest.raises(ValueError, match="^SteihaugCG needs a symmetric curvature operator$"):
-        SteihaugCG().prepare(lin)
+    with pytest.raises(ValueError, match=f"^{solver.__name__} needs a symmetric curvature operator$"):
+        solver().prepare(lin)
 
 
 @pytest.mark.parametrize(

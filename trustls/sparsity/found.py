@@ -233,13 +233,14 @@ def _positions(sorted_keys: Tensor, keys: Tensor, bound: int) -> tuple[Tensor, T
 
 
 def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: float | None = None, *,
-                     transpose: bool = False) -> Tensor:
+                     transpose: bool = False, absolute: SparseOperator | None = None) -> Tensor:
     """The rows where J_colored v differs from the exact J v beyond rounding (`trustls.sparsity.check`).
 
     Each row is compared with the scale (|J_colored| |v|)_i + |(J v)_i| of its
     own terms, at relative tolerance ``rtol`` (default √eps of the dtype); a
     non-finite J v disagrees. With ``transpose``, the same for Jᵀ: the columns
-    where J_coloredᵀ v differs from the exact Jᵀ v.
+    where J_coloredᵀ v differs from the exact Jᵀ v. ``absolute``: |J_colored|,
+    when the caller checks both ways.
 
     Examples:
         >>> import torch
@@ -247,7 +248,7 @@ def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: f
         >>> disagreeing_rows(J, torch.ones(2), torch.tensor([2.0, 4.0]))
         tensor([1])
     """
-    absolute = jacobian.with_values(jacobian.values.abs())
+    absolute = jacobian.with_values(jacobian.values.abs()) if absolute is None else absolute
     if transpose:
         colored, scale = jacobian.rmatvec(v), absolute.rmatvec(v.abs())
     else:
@@ -297,18 +298,17 @@ class FoundSparsity:
         if self._generator is None:
             self._generator = torch.Generator(device=x.device).manual_seed(0)
         n = x.shape[0]
-        if self.colored is None or self.colored.shape != (m, n):
-            self.colored = None
-            if not self._search(products, n, m):
-                return None
+        if self.colored is None and not self._search(products, n, m):
+            return None
         while True:
             v = torch.randn(n, generator=self._generator, dtype=x.dtype, device=x.device)
             u = torch.randn(m, generator=self._generator, dtype=x.dtype, device=x.device)
             out = products(torch.cat([self.colored.seeds(x), v[None]]))
             self.products += self.colored.n_colors + 2
             J = self.colored.from_products(out[:-1] if self.colored.pattern.nnz else None, x)
-            rows = disagreeing_rows(J, v, out[-1])
-            columns = disagreeing_rows(J, u, vjp(u), transpose=True)
+            absolute = J.with_values(J.values.abs())
+            rows = disagreeing_rows(J, v, out[-1], absolute=absolute)
+            columns = disagreeing_rows(J, u, vjp(u), transpose=True, absolute=absolute)
             if rows.numel() == 0 and columns.numel() == 0:
                 return J
             if self.searches >= MAX_SEARCHES:
@@ -319,7 +319,7 @@ class FoundSparsity:
                 return None
 
     def _search(self, products: Products, n: int, m: int) -> bool:
-        """Search at this point; join the pattern found to the one in use (None: give up)."""
+        """Search at this point; join the pattern found to the one in use (False: given up)."""
         self.searches += 1
         pattern, spent, reason = find_pattern(products, n, m, generator=self._generator)
         self.products += spent
@@ -336,8 +336,9 @@ class FoundSparsity:
         n = x.shape[0]
         found_rows, found_cols = [], []
         for i in rows.tolist():
-            row = vjp(torch.zeros(m, dtype=x.dtype, device=x.device).index_fill_(0, torch.tensor([i], device=x.device), 1.0))
-            cols = torch.nonzero(row != 0).flatten()
+            e = torch.zeros(m, dtype=x.dtype, device=x.device)
+            e[i] = 1.0
+            cols = torch.nonzero(vjp(e) != 0).flatten()
             found_rows.append(torch.full_like(cols, i))
             found_cols.append(cols)
         if columns.numel():
