@@ -29,6 +29,7 @@ ratio to scipy's; on a shared machine the process time is the less disturbed
 of the two. Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/large_structured.py [--sizes 10000 100000] [--only NAME ...]
+        [--search-after N]
 """
 
 from __future__ import annotations
@@ -138,7 +139,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tol", type=float, default=1e-10)
     parser.add_argument("--only", nargs="*", help="problem names (default: all)")
+    parser.add_argument("--search-after", type=int, default=None,
+                        help="products of a matrix-free J before it searches its pattern (default: the library's, "
+                             "trustls.sparsity.found.SEARCH_AFTER; 0: search at once)")
     args = parser.parse_args()
+    if args.search_after is not None:  # the constant as GaussNewtonModel reads it
+        import trustls.models.gauss_newton as gauss_newton
+        gauss_newton.SEARCH_AFTER = args.search_after
     torch.set_num_threads(1)
     problems = {**MGH, **WELL_SCALED, **BADLY_SCALED}
     print(f"torch {torch.__version__} threads {torch.get_num_threads()}; numpy {np.__version__}; "
