@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -288,6 +289,30 @@ def test_estimated_column_norms_are_refreshed_on_a_doubling_schedule():
     assert not isinstance(state.scaling, UniformScaling)
     assert len(linearized_at) > 8
     assert model.calls == sum(1 for k in linearized_at if k & (k - 1) == 0)
+
+
+def lagged(x):
+    """Rows 16 apart share a column: the estimate's stages of 8 and 16 row classes are both off."""
+    return x[16:] - 0.5 * x[:-16] ** 2
+
+
+@pytest.mark.parametrize(("fun", "settled"), [(broyden_tridiagonal(200).residual, 1), (lagged, 3)],
+                         ids=["tridiagonal", "rows-16-apart"])
+def test_refreshes_take_the_stages_that_gave_the_full_estimate(fun, settled):
+    """An estimate exact after 8 probes (a tridiagonal J) is refreshed with 8; one that only the
+    last stage gets right (rows 16 apart) with all 32. n = 200, column norms spread over 10⁶."""
+    problem = SimpleNamespace(residual=fun, x0=torch.linspace(0.5, 2.0, 200, dtype=F64), n=200)
+    scaled, y0, _ = in_units(problem, 1e6)
+    model, policy = CountingModel(), resolve_x_scale("jac")
+    lin = model.linearize(scaled, y0)
+    first = policy.scaling(model, lin, None, 0)
+    assert model.stages == 3 and first.estimate_stages == settled
+    later = model.linearize(scaled, 1.1 * y0)
+    refreshed = policy.scaling(model, later, first, 1)
+    assert model.stages == 3 + settled and refreshed.estimate_stages == settled
+    # What the refresh reads equals the full estimate there: T is the running minimum of the two.
+    full = policy.scaling(model, later, None, 0)
+    torch.testing.assert_close(refreshed.diagonal, torch.minimum(first.diagonal, full.diagonal), rtol=1e-14, atol=0)
 
 
 def test_exact_column_norms_are_refreshed_every_iteration():

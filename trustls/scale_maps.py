@@ -60,11 +60,16 @@ class DiagonalScaling(Scaling):
         unit: for Jacobi's T = unit/c (`JacobiScale`), the column norm that T
             maps to 1, kept so that the running maximum of c stays in the
             same units from point to point; 1 otherwise.
+        estimate_stages: for Jacobi's T from estimated column norms, the
+            stages of the estimate that gave the full estimate at the point
+            where it was last made in full (`JacobiScale`'s refreshes stop
+            there); ``None`` otherwise.
     """
 
-    def __init__(self, diagonal: Tensor, unit: float = 1.0):
+    def __init__(self, diagonal: Tensor, unit: float = 1.0, estimate_stages: int | None = None):
         self.diagonal = diagonal
         self.unit = unit
+        self.estimate_stages = estimate_stages
 
     def apply(self, z: Tensor) -> Tensor:
         return self.diagonal * z

@@ -122,7 +122,14 @@ class JacobiScale(ScalePolicy):
     refreshes are saved. The first stage of the estimate (8 VJPs) settles a
     well-scaled J; the decision is checked again at iterations 8, 64, 512, …
     Otherwise T is Jacobi's from the full estimate, refreshed at iterations
-    0, 1, 2, 4, 8, …; after T = I it is T = max c / c, which keeps the largest
+    0, 1, 2, 4, 8, … A refresh stops at the first stage that reproduced the
+    full estimate to 1 % in every column (``SETTLED``) when it was last made
+    in full: a stage of P probes is exact when no two rows sharing a column
+    lie a multiple of P apart, which the full estimate shows and no pair of
+    stages alone can (rows 16 apart are off by the same cross terms with 8
+    and 16 probes), and J's pattern seldom changes between points, so a
+    banded J is refreshed with 8 VJPs instead of K, and a J the full estimate
+    itself leaves noisy with all K; after T = I it is T = max c / c, which keeps the largest
     column's units and so the meaning of the radius (its refreshes keep the
     running maximum in those units). Jacobi's loss on a well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
@@ -209,17 +216,26 @@ class JacobiScale(ScalePolicy):
             return _jacobi_after_uniform(norms) if uniform else _running_jacobi(norms, previous)
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
-        if previous is not None and not uniform:
-            return _running_jacobi(model.column_norms(linearization), previous)
+        stages = getattr(model, "column_norm_estimates", None)
+        if stages is None:
+            stages = lambda linearization: iter([model.column_norms(linearization)])  # noqa: E731
+        if previous is not None and not uniform:  # a refresh: as many stages as gave the full estimate
+            for count, norms in enumerate(stages(linearization), 1):
+                if count == previous.estimate_stages:
+                    break
+            return _running_jacobi(norms, previous)
         # Decide after each stage of the estimate (GaussNewtonModel.column_norm_estimates):
         # a well-scaled J stops at the first, a badly scaled one gets the full estimate.
-        stages = getattr(model, "column_norm_estimates", None)
-        for norms in stages(linearization) if stages is not None else [model.column_norms(linearization)]:
+        estimates = []
+        for norms in stages(linearization):
+            estimates.append(norms)
             smallest_positive = torch.where(norms > 0, norms, math.inf).amin()
             largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
             if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
                 return UniformScaling(norms)
-        return _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
+        scaling = _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
+        scaling.estimate_stages = _settled_stages(estimates)
+        return scaling
 
 
 BLOCK_FLOOR = 1e-2  # μ of JacobiScale's automatic block-Jacobi scaling (its docstring)
@@ -237,6 +253,21 @@ def _refresh(iteration: int, uniform: bool) -> bool:
     if not uniform:
         return power_of_two
     return iteration >= 8 and power_of_two and (iteration.bit_length() - 1) % 3 == 0
+
+
+# How closely an early stage of the column-norm estimate must reproduce the full one, column by
+# column, for `JacobiScale`'s refreshes to stop at it.
+SETTLED = 1e-2
+
+
+def _settled_stages(estimates: list[Tensor]) -> int:
+    """The fewest stages of an estimate whose norms are within `SETTLED` of the last stage's in every
+    column (`JacobiScale`), one read per stage compared."""
+    last = estimates[-1]
+    for count, norms in enumerate(estimates[:-1], 1):
+        if bool(((norms - last).abs() <= SETTLED * last).all()):
+            return count
+    return len(estimates)
 
 
 def _jacobi_after_uniform(norms: Tensor, largest: float | None = None) -> DiagonalScaling:
@@ -257,7 +288,8 @@ def _running_jacobi(norms: Tensor, previous: Scaling | None) -> DiagonalScaling:
     if isinstance(previous, DiagonalScaling):
         unit = previous.unit
         scale = unit * torch.reciprocal(norms)  # inf for a column of zeros
-        return DiagonalScaling(torch.minimum(scale, previous.diagonal), unit)  # finite: previous is
+        # finite: previous is
+        return DiagonalScaling(torch.minimum(scale, previous.diagonal), unit, previous.estimate_stages)
     scale = torch.reciprocal(norms)
     return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
 
