@@ -133,6 +133,7 @@ class ColoredJacobian:
         self.gather = self.coloring.colors.index_select(0, self.pattern.cols) * m + self.pattern.rows
         # Per device: the SparseOperator whose structure later values reuse, and the gather index.
         self._on_device: dict[torch.device, tuple[SparseOperator | None, Tensor]] = {}
+        self._seeds: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -147,8 +148,12 @@ class ColoredJacobian:
                 f"lower_bound={self.coloring.lower_bound}, method={self.coloring.method!r})")
 
     def seeds(self, x: Tensor) -> Tensor:
-        """The ``(n_colors, n)`` seeds v_c on ``x``'s dtype and device."""
-        return self.coloring.seeds(x.dtype, x.device)
+        """The ``(n_colors, n)`` seeds v_c on ``x``'s dtype and device, made once per dtype and device
+        (read-only: the products of every point share them)."""
+        key = (x.dtype, x.device)
+        if key not in self._seeds:
+            self._seeds[key] = self.coloring.seeds(x.dtype, x.device)
+        return self._seeds[key]
 
     def __call__(
         self,

@@ -66,10 +66,11 @@ entering every row with a tiny coefficient) decodes as part of a row's
 other entry in its class. A pattern that misses an entry makes the colored J
 wrong, and J v ≠ J_colored v for a random v with probability 1
 (`trustls.sparsity.check`). So every colored J is checked at its point both
-ways: J v for a Gaussian v row by row, against the scale of each row's
-terms, and Jᵀu for a Gaussian u column by column, against the scale of each
+ways: J v for a random v row by row, against the scale of each row's
+terms, and Jᵀu for a random u column by column, against the scale of each
 column's terms (a tiny entry that is negligible in its row is not in its
-column). Where up to `REPAIR_UP_TO` = 16 rows and columns disagree, each is
+column); v and u are uniform in [½, 3⁄2), so that every entry weighs at
+least ½ in them. Where up to `REPAIR_UP_TO` = 16 rows and columns disagree, each is
 recomputed exactly by one product (a VJP with e_i for a row, a JVP with e_j
 for a column) and its nonzeros join the pattern; where more disagree, the
 search runs again at that point and its pattern joins the old one. After
@@ -257,6 +258,13 @@ def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: f
     return torch.nonzero(~((exact - colored).abs() <= tolerance)).flatten()
 
 
+def _probe(size: int, generator: torch.Generator, x: Tensor) -> Tensor:
+    """A check's random vector, uniform in [½, 3⁄2): every entry of J enters its row's and its column's
+    product with a weight of at least ½ (a Gaussian weight near zero could hide an entry below the
+    rounding tolerance), and drawing it costs a fifth of a Gaussian's."""
+    return torch.rand(size, generator=generator, dtype=x.dtype, device=x.device).add_(0.5)
+
+
 @dataclass(eq=False)
 class FoundSparsity:
     """One solve's found pattern: its colored J, the searches and repairs made, and whether it gave up.
@@ -301,8 +309,8 @@ class FoundSparsity:
         if self.colored is None and not self._search(products, n, m):
             return None
         while True:
-            v = torch.randn(n, generator=self._generator, dtype=x.dtype, device=x.device)
-            u = torch.randn(m, generator=self._generator, dtype=x.dtype, device=x.device)
+            v = _probe(n, self._generator, x)
+            u = _probe(m, self._generator, x)
             out = products(torch.cat([self.colored.seeds(x), v[None]]))
             self.products += self.colored.n_colors + 2
             J = self.colored.from_products(out[:-1] if self.colored.pattern.nnz else None, x)
