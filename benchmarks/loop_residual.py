@@ -8,10 +8,11 @@ pass is bound by the engine's cost per operation, not by arithmetic.
 
 Two tables, each from this one run:
 
-1. one linearization's colored products (7 colors) from the kept graph: in
-   single double-backward passes against one vmapped pass
-   (`trustls.models.dense_jacobian.DenseJacobian.compressed_columns`, the
-   route a solve takes on such a graph), beside one evaluation of ``fun``;
+1. one linearization's colored products (7 colors) from a new graph: by
+   columns, in single double-backward passes or one vmapped pass
+   (`trustls.models.dense_jacobian.DenseJacobian.compressed_columns`), and by
+   rows, in one vmapped backward pass over the 7 row colors (`compressed_rows`,
+   the route a solve takes on this pattern), beside one evaluation of ``fun``;
 2. the solve ``trustls.least_squares(fun, x0, jac_sparsity=A)`` against
    ``scipy.optimize.least_squares(fun, x0, jac_sparsity=A)`` (finite
    differences grouped by the same pattern), both with default tolerances.
@@ -88,22 +89,42 @@ def main() -> None:
     print(f"torch {torch.__version__}, scipy {scipy.__version__}, one thread, process time, median of {args.repeat}\n")
 
     colored = ColoredJacobian(A)
-    seeds = colored.seeds(x)
-    graph = ResidualGraph.evaluate(fun, x, measure=True)
-    graph.prepare_jvp()
+    seeds, row_seeds = colored.seeds(x), colored.row_seeds(x)
+    measured = ResidualGraph.evaluate(fun, x, measure=True)
     batched = DenseJacobian()
-    batched.saved_elements, batched.saved_tensors = graph.saved_elements, graph.saved_tensors
+    batched.saved_elements, batched.saved_tensors = measured.saved_elements, measured.saved_tensors
+
+    def forward_single():
+        graph = ResidualGraph.evaluate(fun, x)
+        graph.prepare_jvp()
+        return torch.stack([graph.jvp(seed) for seed in seeds])
+
+    def forward_batched():
+        graph = ResidualGraph.evaluate(fun, x)
+        return batched.compressed_columns(graph, seeds)
+
+    def reverse():
+        return batched.compressed_rows(ResidualGraph.evaluate(fun, x), row_seeds)
+
     with torch.no_grad():
         evaluation = median_time(lambda: fun(x), args.repeat)
-    single = median_time(lambda: torch.stack([graph.jvp(seed) for seed in seeds]), args.repeat)
-    vmapped = median_time(lambda: batched.compressed_columns(graph, seeds), args.repeat)
-    print(f"## One linearization's {colored.n_colors} colored products, n = {n} "
-          f"({graph.saved_tensors:,} saved tensors, {graph.saved_elements:,} elements)\n")
-    print("| route | s | ratio to single passes |")
+    recorded = median_time(lambda: ResidualGraph.evaluate(fun, x), args.repeat)
+    single = median_time(forward_single, args.repeat)
+    vmapped = median_time(forward_batched, args.repeat)
+    by_rows = median_time(reverse, args.repeat)
+    print(f"## One linearization, n = {n} ({measured.saved_tensors:,} saved tensors, "
+          f"{measured.saved_elements:,} elements): {colored.n_colors} column colors, "
+          f"{colored.row_coloring.n_colors} row colors\n")
+    print("Each route from a new evaluation of fun with its graph.\n")
+    print("| route | s | ratio to single double-backward passes |")
     print("|---|---:|---:|")
     print(f"| one evaluation of fun (no graph) | {evaluation:.3f} | {evaluation / single:.2f} |")
-    print(f"| {colored.n_colors} single double-backward passes | {single:.3f} | 1.00 |")
-    print(f"| compressed_columns (the solve's route) | {vmapped:.3f} | {vmapped / single:.2f} |")
+    print(f"| one evaluation of fun with its graph | {recorded:.3f} | {recorded / single:.2f} |")
+    print(f"| the graph of u ↦ Jᵀu, then {colored.n_colors} single double-backward passes | {single:.3f} | 1.00 |")
+    print(f"| the graph of u ↦ Jᵀu, then one vmapped double-backward pass (`compressed_columns`) | "
+          f"{vmapped:.3f} | {vmapped / single:.2f} |")
+    print(f"| one vmapped backward pass over the row colors (`compressed_rows`, the solve's route) | "
+          f"{by_rows:.3f} | {by_rows / single:.2f} |")
 
     runs = {
         "scipy, finite differences by the pattern": lambda: scipy.optimize.least_squares(fun_np, x0, jac_sparsity=A),

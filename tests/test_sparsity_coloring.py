@@ -209,3 +209,29 @@ def test_bad_arguments():
         ColumnColoring(torch.tensor([0, 1]), 2, 3, "natural")
     with pytest.raises(TypeError, match="colors must be a 1-D int64 tensor"):
         ColumnColoring(torch.tensor([0.0]), 1, 1, "natural")
+
+
+@settings(derandomize=True, max_examples=80, deadline=None)
+@given(patterns())
+def test_a_row_coloring_is_valid_needs_no_more_colors_and_gives_j(dense):
+    """`ColoredJacobian.row_coloring`: where there is one, no two rows of a color share a column, it
+    has at most the columns' colors, and J comes back from the products uᵀJ; there is none exactly
+    where it could not do with as few colors (a column's rows outnumber the column colors) or the
+    pattern is empty, or the greedy coloring of the rows needed more."""
+    from trustls.sparsity.colored import ColoredJacobian
+
+    colored = ColoredJacobian(dense)
+    rows = colored.row_coloring
+    if dense.sum() == 0 or int(dense.sum(0).max()) > colored.n_colors:
+        assert rows is None
+        return
+    if rows is None:  # the greedy coloring of Jᵀ needed more colors than J's columns
+        assert color_columns(dense.T.contiguous()).n_colors > colored.n_colors
+        return
+    assert rows.n_colors <= colored.n_colors
+    assert rows.conflicts(dense.T.contiguous()).numel() == 0  # a coloring of the columns of Jᵀ
+    J = torch.where(dense, torch.rand(dense.shape, generator=torch.Generator().manual_seed(1),
+                                      dtype=torch.float64) + 0.5, 0.0)
+    x = torch.zeros(dense.shape[1], dtype=torch.float64)
+    by_rows = colored.from_row_products(colored.row_seeds(x.new_zeros(dense.shape[0])) @ J, x)
+    torch.testing.assert_close(by_rows.to_dense(), J, rtol=0, atol=0)

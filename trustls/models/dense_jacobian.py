@@ -207,13 +207,7 @@ class DenseJacobian:
         """
         graph.prepare_jvp()
         route = "forward-batched"
-        fits = (
-            self.saved_elements is not None
-            and self.saved_tensors
-            and self.saved_elements <= _BATCHED_TENSOR_ELEMENTS * self.saved_tensors
-            and seeds.shape[0] * self.saved_elements <= BATCH_ELEMENTS
-        )
-        if fits and route not in self.unavailable:
+        if self._batches(seeds.shape[0]) and route not in self.unavailable:
             try:
                 products = graph.jvp_batched(seeds)
             except (RuntimeError, NotImplementedError) as error:
@@ -224,6 +218,39 @@ class DenseJacobian:
                 self._rule_out((route,), RuntimeError(
                     "the batched pass disagreed with a single pass (a wrong batching rule in torch)"))
         return torch.stack([graph.jvp(seed) for seed in seeds])
+
+    def compressed_rows(self, graph: ResidualGraph, seeds: Tensor) -> Tensor:
+        """The products uᵀJ for the k rows u of ``seeds`` (shape ``(k, m)``, the residual's dtype), as
+        the rows of a ``(k, n)`` tensor, by reverse mode from ``graph``. With the seeds of a row
+        coloring these are the colored J's products by rows (`trustls.sparsity.colored`).
+
+        Plain backward passes, with no ``create_graph`` pass before them: batched where
+        `compressed_columns` batches, by the same rule and with the same check against a single
+        pass; one by one elsewhere.
+        """
+        route = "reverse-batched"
+        if self._batches(seeds.shape[0]) and route not in self.unavailable:
+            try:
+                products = graph.vjp_batched(seeds)
+            except (RuntimeError, NotImplementedError) as error:
+                self._rule_out((route,), error)
+            else:
+                if route in self._checked or self._agrees_with_a_single_pass(graph, "reverse", products, seeds):
+                    return products
+                self._rule_out((route,), RuntimeError(
+                    "the batched pass disagreed with a single pass (a wrong batching rule in torch)"))
+        return torch.stack([graph.vjp(seed) for seed in seeds])
+
+    def _batches(self, k: int) -> bool:
+        """Whether k colored products go in one batched pass: the graph's saved tensors are small (at
+        most 2¹⁴ elements on average, as measured at the solve's first evaluation) and k copies of
+        them hold at most `BATCH_ELEMENTS` (`compressed_columns`)."""
+        return bool(
+            self.saved_elements is not None
+            and self.saved_tensors
+            and self.saved_elements <= _BATCHED_TENSOR_ELEMENTS * self.saved_tensors
+            and k * self.saved_elements <= BATCH_ELEMENTS
+        )
 
     # -- computing ----------------------------------------------------------
 
@@ -248,13 +275,15 @@ class DenseJacobian:
     ) -> bool:
         """Whether uᵀJ (reverse) or J v (forward) from ``matrix`` equals one single pass, to rounding.
 
-        ``matrix`` is J, or J Sᵀ for the ``seeds`` S of `compressed_columns` (forward): then v = Sᵀw."""
+        ``matrix`` is J, or J Sᵀ for the ``seeds`` S of `compressed_columns` (forward): then v = Sᵀw,
+        or S J for those of `compressed_rows` (reverse): then u = Sᵀw."""
         self._checked.add(f"{family}-batched")
         size = matrix.shape[0] if family == "reverse" else matrix.shape[1]
         generator = torch.Generator(device=matrix.device).manual_seed(0)
         probe = torch.rand(size, generator=generator, dtype=matrix.dtype, device=matrix.device) + 0.5
         if family == "reverse":
-            single, batched, terms = graph.vjp(probe), probe @ matrix, probe.abs() @ matrix.abs()
+            direction = probe if seeds is None else seeds.T @ probe.to(seeds.dtype)
+            single, batched, terms = graph.vjp(direction), probe @ matrix, probe.abs() @ matrix.abs()
         else:
             direction = probe if seeds is None else seeds.T.to(probe.dtype) @ probe
             single, batched, terms = graph.jvp(direction), matrix @ probe, matrix.abs() @ probe.abs()

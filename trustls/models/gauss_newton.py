@@ -36,8 +36,10 @@ How J is obtained (the routes, in the order they are tried):
   are colored once, at construction, so that no two columns of a color share
   a row (`trustls.sparsity`), and the exact sparse J comes from one product
   J v_c per color: double-backward passes through the graph the trial kept
-  (the map u ↦ Jᵀu is linear; its VJP with cotangent v is Jv), so again no
-  second call of the residual function, and no ``vmap``, which some
+  (the map u ↦ Jᵀu is linear; its VJP with cotangent v is Jv), or, where J's
+  rows color with no more colors than its columns, one VJP u_cᵀJ per row
+  color, plain backward passes (`trustls.sparsity.colored`, "By rows"); so
+  again no second call of the residual function, and no ``vmap``, which some
   functions defeat (random draws, custom autograd Functions, sparse ops).
 
 Sparsity found. With neither ``jacobian`` nor ``jac_sparsity``, a
@@ -328,7 +330,10 @@ class GaussNewtonModel(CurvatureModel):
                 raise ValueError(f"jac_sparsity must have shape {(m, x.shape[0])} (outputs, variables), "
                                  f"got {self.colored.shape}")
             with torch.enable_grad():
-                if graph is not None:  # batched when the graph is small enough (DenseJacobian.compressed_columns)
+                if graph is not None and self.colored.row_coloring is not None:  # backward passes only
+                    products = context.dense.compressed_rows(graph, self.colored.row_seeds(graph.residual))
+                    J = self.colored.from_row_products(products.to(graph.residual.dtype), x)
+                elif graph is not None:  # batched when the graph is small enough (DenseJacobian.compressed_columns)
                     nonzero = self.colored.pattern.nnz
                     products = context.dense.compressed_columns(graph, self.colored.seeds(x)) if nonzero else None
                     J = self.colored.from_products(products, x)

@@ -36,6 +36,19 @@ In a solve the products come from the graph of the accepted trial point
 `trustls.models.dense_jacobian.DenseJacobian.compressed_columns`, in one
 vmapped backward pass through that graph where its tensors are small).
 
+By rows. The same holds for Jᵀ: with a coloring of the rows, no two rows of a
+color sharing a column, and seeds u_c = Σ_{color(i)=c} e_i, J_ij = (u_{color(i)}ᵀJ)_j,
+so k' row colors give J from k' VJPs, plain backward passes through the kept
+graph (`ColoredJacobian.from_row_products`, `DenseJacobian.compressed_rows`).
+By columns a solve pays one backward pass with ``create_graph=True`` (the
+graph of u ↦ Jᵀu) and then k passes through that larger graph; by rows only
+the k' passes. So where the rows color with no more colors than the columns
+(`ColoredJacobian.row_coloring`: square bands, stencils, chained residuals;
+not bundle adjustment, whose camera columns meet hundreds of rows), the model
+takes J by rows (measured in docs/sparse.md, "By rows"). The row coloring is
+tried only where a column's rows do not already outnumber the column colors
+(its lower bound), cyclically first, at the first use.
+
 A `VmapDecision` remembers that vmap failed: the first failure warns once
 (naming the reason: the first line of vmap's error) and every later
 evaluation with the same decision goes straight to the loop. `ColoredJacobianResult.calls`
@@ -51,6 +64,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -58,7 +72,7 @@ from torch import Tensor
 from trustls.operators.product_fallback import error_reason
 from trustls.operators.residual_graph import ResidualGraph
 from trustls.operators.sparse import SparseOperator
-from trustls.sparsity.coloring import ColumnColoring, color_columns
+from trustls.sparsity.coloring import ColumnColoring, color_columns, cyclic_coloring
 from trustls.sparsity.pattern import JacobianPattern, jacobian_pattern
 
 __all__ = ["ColoredJacobian", "ColoredJacobianResult", "VmapDecision", "colored_jacobian"]
@@ -133,7 +147,8 @@ class ColoredJacobian:
         self.gather = self.coloring.colors.index_select(0, self.pattern.cols) * m + self.pattern.rows
         # Per device: the SparseOperator whose structure later values reuse, and the gather index.
         self._on_device: dict[torch.device, tuple[SparseOperator | None, Tensor]] = {}
-        self._seeds: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._seeds: dict[tuple, Tensor] = {}
+        self._row_gathers: dict[torch.device, Tensor] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -150,9 +165,35 @@ class ColoredJacobian:
     def seeds(self, x: Tensor) -> Tensor:
         """The ``(n_colors, n)`` seeds v_c on ``x``'s dtype and device, made once per dtype and device
         (read-only: the products of every point share them)."""
-        key = (x.dtype, x.device)
+        return self._cached_seeds(self.coloring, x)
+
+    @cached_property
+    def row_coloring(self) -> ColumnColoring | None:
+        """A coloring of J's rows, no two rows of a color sharing a column, when it needs no more
+        colors than the columns' (module docstring, "By rows"); ``None`` otherwise. Computed at
+        the first use."""
+        m, n = self.shape
+        if self.pattern.nnz == 0 or int(self.pattern.column_counts().max()) > self.n_colors:
+            return None  # a column's rows need distinct colors: more than the columns need
+        order = self.pattern.column_order  # stable: rows ascend within each column, as Jᵀ's pattern needs
+        transposed = JacobianPattern(self.pattern.cols.index_select(0, order), self.pattern.rows.index_select(0, order),
+                                     (n, m))
+        coloring = cyclic_coloring(transposed, self.n_colors) or color_columns(transposed)
+        return coloring if coloring.n_colors <= self.n_colors else None
+
+    @cached_property
+    def _row_gather(self) -> Tensor:
+        # Entry (i, j) of J is entry j of row product color(i): one gather from the flattened (k, n) products.
+        return self.row_coloring.colors.index_select(0, self.pattern.rows) * self.shape[1] + self.pattern.cols
+
+    def row_seeds(self, residual: Tensor) -> Tensor:
+        """The ``(k, m)`` seeds u_c of `row_coloring` on the residual's dtype and device."""
+        return self._cached_seeds(self.row_coloring, residual)
+
+    def _cached_seeds(self, coloring: ColumnColoring, like: Tensor) -> Tensor:
+        key = (coloring is self.coloring, like.dtype, like.device)
         if key not in self._seeds:
-            self._seeds[key] = self.coloring.seeds(x.dtype, x.device)
+            self._seeds[key] = coloring.seeds(like.dtype, like.device)
         return self._seeds[key]
 
     def __call__(
@@ -238,16 +279,37 @@ class ColoredJacobian:
             self.pattern.check_shape(products.shape[1], self.shape[1])
         return self._operator(products, x)
 
+    def from_row_products(self, products: Tensor, x: Tensor) -> SparseOperator:
+        """J(x) from the ``(k, n)`` products u_cᵀJ for the seeds of `row_coloring`, computed by the
+        caller (module docstring, "By rows").
+
+        Examples:
+            >>> import torch
+            >>> colored = ColoredJacobian(torch.tensor([[1, 1, 0], [0, 1, 1]]))
+            >>> J = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 4.0]])
+            >>> colored.from_row_products(colored.row_seeds(torch.zeros(2)) @ J, torch.zeros(3)).to_dense()
+            tensor([[2., 1., 0.],
+                    [0., 3., 4.]])
+        """
+        self._check_x(x)
+        if products.shape != (self.row_coloring.n_colors, self.shape[1]):
+            raise ValueError(f"products must have shape {(self.row_coloring.n_colors, self.shape[1])} "
+                             f"(row colors, variables), got {tuple(products.shape)}")
+        return self._operator(products, x, by_rows=True)
+
     def _check_x(self, x: Tensor) -> None:
         n = self.shape[1]
         if x.shape != (n,):
             raise ValueError(f"x must have shape ({n},), the columns of jac_sparsity {self.shape}, got {tuple(x.shape)}")
 
-    def _operator(self, products: Tensor | None, x: Tensor) -> SparseOperator:
-        """The `SparseOperator` with the entries of the colored products, on the cached structure."""
+    def _operator(self, products: Tensor | None, x: Tensor, *, by_rows: bool = False) -> SparseOperator:
+        """The `SparseOperator` with the entries of the colored products (by columns, or by rows), on
+        the cached structure."""
         operator, gather = self._on_device.get(x.device, (None, None))
         if gather is None:
             gather = self.gather.to(x.device)
+        if by_rows:
+            gather = self._row_gathers.setdefault(x.device, self._row_gather.to(x.device))
         values = (torch.zeros(0, dtype=x.dtype, device=x.device) if products is None
                   else products.reshape(-1).index_select(0, gather))
         if operator is None:
