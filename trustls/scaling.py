@@ -129,9 +129,9 @@ class JacobiScale(ScalePolicy):
     stages alone can (rows 16 apart are off by the same cross terms with 8
     and 16 probes), and J's pattern seldom changes between points, so a
     banded J is refreshed with 8 VJPs instead of K, and a J the full estimate
-    itself leaves noisy with all K; after T = I it is T = max c / c, which keeps the largest
-    column's units and so the meaning of the radius (its refreshes keep the
-    running maximum in those units). Jacobi's loss on a well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
+    itself leaves noisy with all K. After T = I it is T = max c / c, which
+    keeps the largest column's units and so the meaning of the radius (its
+    refreshes keep the running maximum in those units). Jacobi's loss on a well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
     van der Sluis 1969), T = I's on a badly scaled one is not: the decision
     errs towards Jacobi, and ``uniform_spread`` = 4 only declares well scaled
@@ -216,18 +216,15 @@ class JacobiScale(ScalePolicy):
             return _jacobi_after_uniform(norms) if uniform else _running_jacobi(norms, previous)
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
-        stages = getattr(model, "column_norm_estimates", None)
-        if stages is None:
-            stages = lambda linearization: iter([model.column_norms(linearization)])  # noqa: E731
         if previous is not None and not uniform:  # a refresh: as many stages as gave the full estimate
-            for count, norms in enumerate(stages(linearization), 1):
+            for count, norms in enumerate(_estimates(model, linearization), 1):
                 if count == previous.estimate_stages:
                     break
             return _running_jacobi(norms, previous)
         # Decide after each stage of the estimate (GaussNewtonModel.column_norm_estimates):
         # a well-scaled J stops at the first, a badly scaled one gets the full estimate.
         estimates = []
-        for norms in stages(linearization):
+        for norms in _estimates(model, linearization):
             estimates.append(norms)
             smallest_positive = torch.where(norms > 0, norms, math.inf).amin()
             largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
@@ -239,6 +236,13 @@ class JacobiScale(ScalePolicy):
 
 
 BLOCK_FLOOR = 1e-2  # μ of JacobiScale's automatic block-Jacobi scaling (its docstring)
+
+
+def _estimates(model, linearization: Linearization):
+    """The stages of the model's column-norm estimate (`GaussNewtonModel.column_norm_estimates`), or
+    its column norms as the one stage of a model without stages."""
+    stages = getattr(model, "column_norm_estimates", None)
+    return stages(linearization) if stages is not None else iter([model.column_norms(linearization)])
 
 
 def _running_block_jacobi(J: SparseOperator, partition, previous: Scaling | None) -> BlockScaling:
@@ -288,8 +292,8 @@ def _running_jacobi(norms: Tensor, previous: Scaling | None) -> DiagonalScaling:
     if isinstance(previous, DiagonalScaling):
         unit = previous.unit
         scale = unit * torch.reciprocal(norms)  # inf for a column of zeros
-        # finite: previous is
-        return DiagonalScaling(torch.minimum(scale, previous.diagonal), unit, previous.estimate_stages)
+        diagonal = torch.minimum(scale, previous.diagonal)  # finite: previous is
+        return DiagonalScaling(diagonal, unit, previous.estimate_stages)
     scale = torch.reciprocal(norms)
     return DiagonalScaling(scale.masked_fill_(~torch.isfinite(scale), 1.0))
 

@@ -309,7 +309,9 @@ class ColoredJacobian:
         if gather is None:
             gather = self.gather.to(x.device)
         if by_rows:
-            gather = self._row_gathers.setdefault(x.device, self._row_gather.to(x.device))
+            if x.device not in self._row_gathers:
+                self._row_gathers[x.device] = self._row_gather.to(x.device)
+            gather = self._row_gathers[x.device]
         values = (torch.zeros(0, dtype=x.dtype, device=x.device) if products is None
                   else products.reshape(-1).index_select(0, gather))
         if operator is None:
