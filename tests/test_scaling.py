@@ -313,6 +313,11 @@ def test_refreshes_take_the_stages_that_gave_the_full_estimate(fun, settled):
     # What the refresh reads equals the full estimate there: T is the running minimum of the two.
     full = policy.scaling(model, later, None, 0)
     torch.testing.assert_close(refreshed.diagonal, torch.minimum(first.diagonal, full.diagonal), rtol=1e-14, atol=0)
+    # At iteration 8 (then 64, 512, …) the estimate is made in full again, keeping the running minimum.
+    stages = model.stages
+    again = policy.scaling(model, later, refreshed, 8)
+    assert model.stages == stages + 3 and again.estimate_stages == settled
+    torch.testing.assert_close(again.diagonal, refreshed.diagonal, rtol=1e-14, atol=0)
 
 
 def test_exact_column_norms_are_refreshed_every_iteration():

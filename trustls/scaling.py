@@ -129,7 +129,8 @@ class JacobiScale(ScalePolicy):
     stages alone can (rows 16 apart are off by the same cross terms with 8
     and 16 probes), and J's pattern seldom changes between points, so a
     banded J is refreshed with 8 VJPs instead of K, and a J the full estimate
-    itself leaves noisy with all K. After T = I it is T = max c / c, which
+    itself leaves noisy with all K; the full estimate is made again at
+    iterations 8, 64, 512, …, where a pattern that changed shows. After T = I it is T = max c / c, which
     keeps the largest column's units and so the meaning of the radius (its
     refreshes keep the running maximum in those units). Jacobi's loss on a well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
@@ -216,21 +217,28 @@ class JacobiScale(ScalePolicy):
             return _jacobi_after_uniform(norms) if uniform else _running_jacobi(norms, previous)
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
-        if previous is not None and not uniform:  # a refresh: as many stages as gave the full estimate
+        jacobi = previous is not None and not uniform
+        if jacobi and not _refresh(iteration, uniform=True):  # a refresh: the stages that gave the full estimate
             for count, norms in enumerate(_estimates(model, linearization), 1):
                 if count == previous.estimate_stages:
                     break
             return _running_jacobi(norms, previous)
-        # Decide after each stage of the estimate (GaussNewtonModel.column_norm_estimates):
-        # a well-scaled J stops at the first, a badly scaled one gets the full estimate.
+        # The full estimate (at 8, 64, 512, … also after Jacobi's T, to see a pattern that changed).
+        # After T = I decide after each stage: a well-scaled J stops at the first, a badly scaled
+        # one gets the full estimate.
         estimates = []
         for norms in _estimates(model, linearization):
             estimates.append(norms)
+            if jacobi:
+                continue
             smallest_positive = torch.where(norms > 0, norms, math.inf).amin()
             largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
             if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
                 return UniformScaling(norms)
-        scaling = _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
+        if jacobi:
+            scaling = _running_jacobi(norms, previous)
+        else:
+            scaling = _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
         scaling.estimate_stages = _settled_stages(estimates)
         return scaling
 
