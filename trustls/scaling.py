@@ -129,8 +129,11 @@ class JacobiScale(ScalePolicy):
     stages alone can (rows 16 apart are off by the same cross terms with 8
     and 16 probes), and J's pattern seldom changes between points, so a
     banded J is refreshed with 8 VJPs instead of K, and a J the full estimate
-    itself leaves noisy with all K; the full estimate is made again at
-    iterations 8, 64, 512, …, where a pattern that changed shows. After T = I it is T = max c / c, which
+    itself leaves noisy with all K. The full estimate is made again at
+    iteration 1, since entries that vanish at x₀ (products of variables that
+    start at zero) make a pattern look sparser there than it is, and at 8, 64,
+    512, …, where a pattern that changed shows; a refresh takes the most
+    stages any of them needed. After T = I it is T = max c / c, which
     keeps the largest column's units and so the meaning of the radius (its
     refreshes keep the running maximum in those units). Jacobi's loss on a well-scaled J is bounded (the Jacobi-scaled B is within a factor q of the
     best diagonal scaling's condition number, q the nonzeros of a row of B;
@@ -218,14 +221,15 @@ class JacobiScale(ScalePolicy):
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
         jacobi = previous is not None and not uniform
-        if jacobi and not _refresh(iteration, uniform=True):  # a refresh: the stages that gave the full estimate
+        full = not jacobi or previous.estimate_stages is None or iteration == 1 or _refresh(iteration, uniform=True)
+        if not full:  # a refresh: the stages that gave the full estimate
             for count, norms in enumerate(_estimates(model, linearization), 1):
                 if count == previous.estimate_stages:
                     break
             return _running_jacobi(norms, previous)
-        # The full estimate (at 8, 64, 512, … also after Jacobi's T, to see a pattern that changed).
-        # After T = I decide after each stage: a well-scaled J stops at the first, a badly scaled
-        # one gets the full estimate.
+        # The full estimate: also after Jacobi's T at iteration 1 (x0 may hide entries, zero there)
+        # and 8, 64, 512, … (a pattern that changed). After T = I decide after each stage: a
+        # well-scaled J stops at the first, a badly scaled one gets the full estimate.
         estimates = []
         for norms in _estimates(model, linearization):
             estimates.append(norms)
@@ -235,11 +239,13 @@ class JacobiScale(ScalePolicy):
             largest, smallest = torch.stack([norms.amax(), smallest_positive]).tolist()  # one read
             if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
                 return UniformScaling(norms)
-        if jacobi:
+        settled = _settled_stages(estimates)
+        if jacobi:  # the most stages any full estimate needed: entries that appear do not go away
             scaling = _running_jacobi(norms, previous)
+            settled = max(settled, previous.estimate_stages or 0)
         else:
             scaling = _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
-        scaling.estimate_stages = _settled_stages(estimates)
+        scaling.estimate_stages = settled
         return scaling
 
 
