@@ -352,23 +352,31 @@ def test_a_residual_of_small_tensors_gets_its_colored_products_from_one_batched_
 
 @pytest.mark.parametrize("saved, tensors, batched", [(1000, 10, True), (2**15 * 10, 10, False), (None, None, False),
                                                       (2**22, 2**10, False)])
-def test_colored_products_are_batched_only_where_it_pays(saved, tensors, batched, monkeypatch):
+@pytest.mark.parametrize("by", ["columns", "rows"])
+def test_colored_products_are_batched_only_where_it_pays(saved, tensors, batched, by, monkeypatch):
     # Batched: saved tensors of at most 2¹⁴ elements on average, and k copies within BATCH_ELEMENTS (2²²).
     from trustls.models.dense_jacobian import DenseJacobian
     from trustls.operators.residual_graph import ResidualGraph
 
     calls = []
-    original = ResidualGraph.jvp_batched
-    monkeypatch.setattr(ResidualGraph, "jvp_batched", lambda self, V: calls.append(1) or original(self, V))
-    fun, pattern, x0 = chained_fit()
+    name = "jvp_batched" if by == "columns" else "vjp_batched"
+    original = getattr(ResidualGraph, name)
+    monkeypatch.setattr(ResidualGraph, name, lambda self, seeds: calls.append(1) or original(self, seeds))
+    if by == "columns":
+        fun, pattern, x = chained_fit()
+    else:
+        fun, _, pattern, x0 = broyden_in_a_loop()
+        x = x0 + torch.linspace(0.0, 1.0, N, dtype=torch.float64)
     colored = ColoredJacobian(pattern)
     jacobian = DenseJacobian()
     jacobian.saved_elements, jacobian.saved_tensors = saved, tensors
-    graph = ResidualGraph.evaluate(fun, x0)
-    products = jacobian.compressed_columns(graph, colored.seeds(x0))
+    graph = ResidualGraph.evaluate(fun, x)
+    if by == "columns":
+        J = colored.from_products(jacobian.compressed_columns(graph, colored.seeds(x)), x)
+    else:
+        J = colored.from_row_products(jacobian.compressed_rows(graph, colored.row_seeds(graph.residual)), x)
     assert bool(calls) == batched
-    torch.testing.assert_close(colored.from_products(products, x0).to_dense(), torch.func.jacrev(fun)(x0),
-                               rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(J.to_dense(), torch.func.jacrev(fun)(x), rtol=1e-15, atol=1e-15)
 
 
 def test_colored_products_without_a_batching_rule_warn_once_and_come_one_by_one():
@@ -433,27 +441,6 @@ def test_a_square_band_gets_its_colored_products_by_rows_in_one_batched_backward
     assert not (calls["prepare_jvp"] or calls["jvp"] or calls["jvp_batched"])  # no double backward
     assert result.nfev == reference.nfev and result.cost == pytest.approx(reference.cost, rel=1e-12, abs=1e-28)
     torch.testing.assert_close(result.x, reference.x, rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize("saved, tensors, batched", [(1000, 10, True), (2**15 * 10, 10, False), (None, None, False),
-                                                      (2**22, 2**10, False)])
-def test_colored_products_by_rows_are_batched_only_where_it_pays(saved, tensors, batched, monkeypatch):
-    from trustls.models.dense_jacobian import DenseJacobian
-    from trustls.operators.residual_graph import ResidualGraph
-
-    calls = []
-    original = ResidualGraph.vjp_batched
-    monkeypatch.setattr(ResidualGraph, "vjp_batched", lambda self, U: calls.append(1) or original(self, U))
-    fun, _, pattern, x0 = broyden_in_a_loop()
-    x = x0 + torch.linspace(0.0, 1.0, N, dtype=torch.float64)
-    colored = ColoredJacobian(pattern)
-    jacobian = DenseJacobian()
-    jacobian.saved_elements, jacobian.saved_tensors = saved, tensors
-    graph = ResidualGraph.evaluate(fun, x)
-    products = jacobian.compressed_rows(graph, colored.row_seeds(graph.residual))
-    assert bool(calls) == batched
-    torch.testing.assert_close(colored.from_row_products(products, x).to_dense(), torch.func.jacrev(fun)(x),
-                               rtol=1e-15, atol=1e-15)
 
 
 def test_colored_products_by_rows_without_a_batching_rule_warn_once_and_come_one_by_one():

@@ -221,10 +221,11 @@ class JacobiScale(ScalePolicy):
         if previous is not None and not _refresh(iteration, uniform):
             return UniformScaling(linearization.x) if uniform else previous
         jacobi = previous is not None and not uniform
-        full = not jacobi or previous.estimate_stages is None or iteration == 1 or _refresh(iteration, uniform=True)
+        learned = getattr(previous, "estimate_stages", None)  # None: a T restored without it
+        full = not jacobi or learned is None or iteration == 1 or _refresh(iteration, uniform=True)
         if not full:  # a refresh: the stages that gave the full estimate
             for count, norms in enumerate(_estimates(model, linearization), 1):
-                if count == previous.estimate_stages:
+                if count == learned:
                     break
             return _running_jacobi(norms, previous)
         # The full estimate: also after Jacobi's T at iteration 1 (x0 may hide entries, zero there)
@@ -240,9 +241,9 @@ class JacobiScale(ScalePolicy):
             if largest == 0.0 or math.isfinite(largest) and largest <= self.uniform_spread * smallest:
                 return UniformScaling(norms)
         settled = _settled_stages(estimates)
-        if jacobi:  # the most stages any full estimate needed: entries that appear do not go away
+        if jacobi:  # the most stages any full estimate needed: entries that appeared may come back
             scaling = _running_jacobi(norms, previous)
-            settled = max(settled, previous.estimate_stages or 0)
+            settled = max(settled, learned or 0)
         else:
             scaling = _jacobi_after_uniform(norms, largest) if uniform else _running_jacobi(norms, None)
         scaling.estimate_stages = settled

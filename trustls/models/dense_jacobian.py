@@ -206,18 +206,7 @@ class DenseJacobian:
                 no J v can come from the graph.
         """
         graph.prepare_jvp()
-        route = "forward-batched"
-        if self._batches(seeds.shape[0]) and route not in self.unavailable:
-            try:
-                products = graph.jvp_batched(seeds)
-            except (RuntimeError, NotImplementedError) as error:
-                self._rule_out((route,), error)
-            else:
-                if route in self._checked or self._agrees_with_a_single_pass(graph, "forward", products.T, seeds):
-                    return products
-                self._rule_out((route,), RuntimeError(
-                    "the batched pass disagreed with a single pass (a wrong batching rule in torch)"))
-        return torch.stack([graph.jvp(seed) for seed in seeds])
+        return self._compressed(graph, seeds, "forward")
 
     def compressed_rows(self, graph: ResidualGraph, seeds: Tensor) -> Tensor:
         """The products uᵀJ for the k rows u of ``seeds`` (shape ``(k, m)``, the residual's dtype), as
@@ -228,18 +217,26 @@ class DenseJacobian:
         `compressed_columns` batches, by the same rule and with the same check against a single
         pass; one by one elsewhere.
         """
-        route = "reverse-batched"
+        return self._compressed(graph, seeds, "reverse")
+
+    def _compressed(self, graph: ResidualGraph, seeds: Tensor, family: str) -> Tensor:
+        """The k products of ``seeds`` by ``family`` ("forward": J v, "reverse": uᵀJ), as rows: one
+        batched pass where `_batches` allows and the route stands, checked once per solve against a
+        single pass; else one pass per seed."""
+        route = f"{family}-batched"
+        single = graph.jvp if family == "forward" else graph.vjp
         if self._batches(seeds.shape[0]) and route not in self.unavailable:
             try:
-                products = graph.vjp_batched(seeds)
+                products = graph.jvp_batched(seeds) if family == "forward" else graph.vjp_batched(seeds)
             except (RuntimeError, NotImplementedError) as error:
                 self._rule_out((route,), error)
             else:
-                if route in self._checked or self._agrees_with_a_single_pass(graph, "reverse", products, seeds):
+                matrix = products.T if family == "forward" else products  # J Sᵀ, or S J
+                if route in self._checked or self._agrees_with_a_single_pass(graph, family, matrix, seeds):
                     return products
                 self._rule_out((route,), RuntimeError(
                     "the batched pass disagreed with a single pass (a wrong batching rule in torch)"))
-        return torch.stack([graph.vjp(seed) for seed in seeds])
+        return torch.stack([single(seed) for seed in seeds])
 
     def _batches(self, k: int) -> bool:
         """Whether k colored products go in one batched pass: the graph's saved tensors are small (at
