@@ -261,7 +261,7 @@ def disagreeing_rows(jacobian: SparseOperator, v: Tensor, exact: Tensor, rtol: f
 def _probe(size: int, generator: torch.Generator, x: Tensor) -> Tensor:
     """A check's random vector, uniform in [½, 3⁄2): every entry of J enters its row's and its column's
     product with a weight of at least ½ (a Gaussian weight near zero could hide an entry below the
-    rounding tolerance), and drawing it costs a fifth of a Gaussian's."""
+    rounding tolerance)."""
     return torch.rand(size, generator=generator, dtype=x.dtype, device=x.device).add_(0.5)
 
 
